@@ -1,0 +1,31 @@
+//! Loss and error counters, one slot each in the per-CPU `COUNTERS` array. Nothing the kernel side fails to
+//! record goes uncounted: userspace sums the CPUs and prints every counter in the report.
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// An event could not be written because the ring buffer was full.
+    LostEvents = 0,
+    /// An insert into a kernel map failed (map full, or out of memory).
+    MapFull = 1,
+    /// `bpf_get_stackid` failed: the stack map was full or its hash bucket was taken (-EEXIST), or the
+    /// user stack could not be read (-EFAULT). The bytes are still counted, under an unknown stack.
+    StackErrors = 2,
+    /// A syscall exit without the matching entry: the call began before the probes were attached.
+    UnpairedSyscalls = 3,
+}
+
+impl Counter {
+    pub const ALL: [Counter; 4] =
+        [Counter::LostEvents, Counter::MapFull, Counter::StackErrors, Counter::UnpairedSyscalls];
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::LostEvents => "lost_events",
+            Counter::MapFull => "map_full",
+            Counter::StackErrors => "stack_errors",
+            Counter::UnpairedSyscalls => "unpaired_syscalls",
+        }
+    }
+}

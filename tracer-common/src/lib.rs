@@ -1,0 +1,25 @@
+//! Types shared by the kernel programs (`tracer-ebpf`) and the collector (`tracer`).
+//!
+//! Everything here is `#[repr(C)]` and plain data: the kernel writes these bytes into maps and the ring
+//! buffer, and userspace reads the same bytes back.
+#![no_std]
+// The tracepoint layouts are quoted from the kernel's format files, tabs included.
+#![allow(clippy::tabs_in_doc_comments)]
+
+pub mod counters;
+pub mod events;
+pub mod tracepoints;
+
+/// Name of each map, as declared in the kernel object; userspace looks maps up by these names.
+pub mod map_names {
+    pub const TARGETS: &str = "TARGETS";
+    pub const EVENTS: &str = "EVENTS";
+    pub const STACKS: &str = "STACKS";
+    pub const COUNTERS: &str = "COUNTERS";
+}
+
+/// Flag for `bpf_get_stackid`: walk the user stack (frame pointers), not the kernel one.
+pub const BPF_F_USER_STACK: u64 = 1 << 8;
+
+/// Frames kept per stack: the kernel's `PERF_MAX_STACK_DEPTH`.
+pub const MAX_STACK_DEPTH: usize = 127;

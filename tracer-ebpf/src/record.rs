@@ -1,0 +1,74 @@
+//! What every probe does once it has decided to record something: count a failure, take the user stack,
+//! read the word at the user stack pointer, send an event.
+
+use aya_ebpf::{
+    bindings::pt_regs,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user_buf,
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    },
+    programs::tracing::StackIdContext,
+};
+use tracer_common::{
+    BPF_F_USER_STACK,
+    counters::Counter,
+    events::{MemEvent, STACK_TOP_WORDS},
+};
+
+use crate::maps::{COUNTERS, EVENTS, STACKS, TARGETS};
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // Per-CPU slot: no other CPU writes it, and programs do not nest on one CPU for these hooks.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// The calling thread's tgid when its process is traced.
+#[inline(always)]
+pub fn traced_tgid() -> Option<u32> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    unsafe { TARGETS.get(&tgid) }.map(|_| tgid)
+}
+
+/// Id of the current user stack, or the negative errno (counted) when it could not be taken.
+#[inline(always)]
+pub fn user_stack_id<C: StackIdContext>(ctx: &C) -> i32 {
+    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK) {
+        Ok(id) => id as i32,
+        Err(errno) => {
+            count(Counter::StackErrors);
+            errno
+        }
+    }
+}
+
+/// Copies the top of the user stack into `stack_top` and returns the user stack pointer, or 0 when the
+/// copy failed (see [`MemEvent::stack_top`]).
+#[inline(always)]
+pub fn copy_stack_top(stack_top: &mut [u64; STACK_TOP_WORDS]) -> u64 {
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
+        let Ok(sp) = bpf_probe_read_kernel(&(*regs).rsp) else { return 0 };
+        let bytes = core::slice::from_raw_parts_mut(stack_top.as_mut_ptr().cast::<u8>(), STACK_TOP_WORDS * 8);
+        match bpf_probe_read_user_buf(sp as *const u8, bytes) {
+            Ok(()) => sp,
+            Err(_) => 0,
+        }
+    }
+}
+
+/// Reserves an event in the ring buffer, lets `fill` write it in place (it is too large for the BPF
+/// stack), and submits it. A full ring buffer is counted.
+#[inline(always)]
+pub fn send(fill: impl FnOnce(&mut MemEvent)) {
+    match EVENTS.reserve::<MemEvent>(0) {
+        Some(mut entry) => {
+            // SAFETY: `fill` writes every field the reader uses; the entry is ours until submitted.
+            fill(unsafe { &mut *entry.as_mut_ptr() });
+            entry.submit(0);
+        }
+        None => count(Counter::LostEvents),
+    }
+}

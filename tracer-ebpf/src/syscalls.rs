@@ -1,0 +1,194 @@
+//! mmap, munmap, mremap, brk and madvise, from their syscall tracepoints.
+//!
+//! The entry tracepoint keeps the arguments by thread; the exit tracepoint reads the result, drops failed
+//! calls (they change nothing) and sends one event. The user stack is taken at exit: user registers are
+//! the same at entry and exit, and a failed call then costs no stack walk.
+
+use core::mem::offset_of;
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tracer_common::{
+    counters::Counter,
+    events::EventKind,
+    tracepoints::{SysEnterBrk, SysEnterMadvise, SysEnterMmap, SysEnterMremap, SysEnterMunmap, SysExit},
+};
+
+use crate::{
+    maps::PENDING_SYSCALLS,
+    record::{copy_stack_top, count, send, traced_tgid, user_stack_id},
+};
+
+/// madvise behaviours after which the kernel may drop the pages (asm-generic/mman-common.h).
+const MADV_DONTNEED: u64 = 4;
+const MADV_FREE: u64 = 8;
+const MADV_REMOVE: u64 = 9;
+const MADV_DONTNEED_LOCKED: u64 = 24;
+
+/// A syscall's arguments, kept from its entry to its exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingSyscall {
+    kind: u32,
+    prot: u32,
+    addr: u64,
+    len: u64,
+    new_len: u64,
+    flags: u64,
+    fd: i64,
+}
+
+impl PendingSyscall {
+    const fn new(kind: EventKind, addr: u64, len: u64) -> Self {
+        Self { kind: kind as u32, prot: 0, addr, len, new_len: 0, flags: 0, fd: -1 }
+    }
+}
+
+#[inline(always)]
+fn remember(pending: PendingSyscall) {
+    if traced_tgid().is_none() {
+        return;
+    }
+    if PENDING_SYSCALLS.insert(&bpf_get_current_pid_tgid(), &pending, 0).is_err() {
+        count(Counter::MapFull);
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_mmap")]
+pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
+    if let Ok(args) = unsafe { ctx.read_at::<SysEnterMmap>(0) } {
+        remember(PendingSyscall {
+            prot: args.prot as u32,
+            flags: args.flags,
+            fd: args.fd as i64,
+            ..PendingSyscall::new(EventKind::Mmap, args.addr, args.len)
+        });
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_munmap")]
+pub fn sys_enter_munmap(ctx: TracePointContext) -> u32 {
+    if let Ok(args) = unsafe { ctx.read_at::<SysEnterMunmap>(0) } {
+        remember(PendingSyscall::new(EventKind::Munmap, args.addr, args.len));
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_mremap")]
+pub fn sys_enter_mremap(ctx: TracePointContext) -> u32 {
+    if let Ok(args) = unsafe { ctx.read_at::<SysEnterMremap>(0) } {
+        remember(PendingSyscall {
+            new_len: args.new_len,
+            flags: args.flags,
+            ..PendingSyscall::new(EventKind::Mremap, args.addr, args.old_len)
+        });
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_brk")]
+pub fn sys_enter_brk(ctx: TracePointContext) -> u32 {
+    if let Ok(args) = unsafe { ctx.read_at::<SysEnterBrk>(0) } {
+        remember(PendingSyscall::new(EventKind::Brk, args.brk, 0));
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_madvise")]
+pub fn sys_enter_madvise(ctx: TracePointContext) -> u32 {
+    if let Ok(args) = unsafe { ctx.read_at::<SysEnterMadvise>(0) } {
+        let behaviour = args.behavior & 0xffff_ffff;
+        if matches!(behaviour, MADV_DONTNEED | MADV_FREE | MADV_REMOVE | MADV_DONTNEED_LOCKED) {
+            remember(PendingSyscall {
+                flags: behaviour,
+                ..PendingSyscall::new(EventKind::Madvise, args.start, args.len_in)
+            });
+        }
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_mmap")]
+pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
+    finish(&ctx, EventKind::Mmap);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_munmap")]
+pub fn sys_exit_munmap(ctx: TracePointContext) -> u32 {
+    finish(&ctx, EventKind::Munmap);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_mremap")]
+pub fn sys_exit_mremap(ctx: TracePointContext) -> u32 {
+    finish(&ctx, EventKind::Mremap);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_brk")]
+pub fn sys_exit_brk(ctx: TracePointContext) -> u32 {
+    finish(&ctx, EventKind::Brk);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_madvise")]
+pub fn sys_exit_madvise(ctx: TracePointContext) -> u32 {
+    finish(&ctx, EventKind::Madvise);
+    0
+}
+
+/// Pairs an exit with its entry and sends the event when the call succeeded.
+#[inline(always)]
+fn finish(ctx: &TracePointContext, kind: EventKind) {
+    let Some(tgid) = traced_tgid() else { return };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(pending) = (unsafe { PENDING_SYSCALLS.get(&pid_tgid) }).copied() else {
+        // madvise entries with a behaviour we ignore are never stored: not a lost pair.
+        if kind != EventKind::Madvise {
+            count(Counter::UnpairedSyscalls);
+        }
+        return;
+    };
+    let _ = PENDING_SYSCALLS.remove(&pid_tgid);
+    if pending.kind != kind as u32 {
+        count(Counter::UnpairedSyscalls);
+        return;
+    }
+    let Ok(ret) = (unsafe { ctx.read_at::<i64>(offset_of!(SysExit, ret)) }) else { return };
+    // Errors come back as -errno; mmap and mremap return addresses, which are below 2^47.
+    let failed = match kind {
+        EventKind::Munmap | EventKind::Madvise => ret != 0,
+        _ => (-4095..0).contains(&ret),
+    };
+    if failed {
+        return;
+    }
+
+    let takes_stack = matches!(kind, EventKind::Mmap | EventKind::Mremap | EventKind::Brk);
+    send(|event| {
+        event.timestamp_ns = unsafe { bpf_ktime_get_ns() };
+        event.kind = kind as u32;
+        event.tgid = tgid;
+        event.tid = pid_tgid as u32;
+        event.addr = if kind == EventKind::Mmap { ret as u64 } else { pending.addr };
+        event.len = pending.len;
+        event.new_addr = if matches!(kind, EventKind::Mremap | EventKind::Brk) { ret as u64 } else { 0 };
+        event.new_len = pending.new_len;
+        event.flags = pending.flags;
+        event.prot = pending.prot;
+        event.fd = pending.fd as i32;
+        // Only calls that can add memory need to say where they came from.
+        if takes_stack {
+            event.stack_id = user_stack_id(ctx);
+            event.user_sp = copy_stack_top(&mut event.stack_top);
+        } else {
+            event.stack_id = -1;
+            event.user_sp = 0;
+        }
+    });
+}

@@ -1,0 +1,63 @@
+//! Command-line options.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{ArgGroup, Parser};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dispatch-leaktrace",
+    version,
+    about = "Finds where a running process's memory goes: outstanding memory by call stack, traced with eBPF.",
+    after_help = "Examples:\n  sudo dispatch-leaktrace --pid $(pidof dispatch-server) -d 2h\n  sudo dispatch-leaktrace -o report -- ./server --port 8080",
+    group(ArgGroup::new("target").required(true).args(["pid", "command"]))
+)]
+pub struct Cli {
+    /// Trace this running process (every thread of it).
+    #[arg(short, long, value_name = "PID")]
+    pub pid: Option<u32>,
+
+    /// Folder for the reports [default: ./leaktrace-<pid>-<UTC time>].
+    #[arg(short, long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+
+    /// Stop after this long (e.g. 30s, 15m, 2h) [default: until Ctrl-C or the target exits].
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Launch this command and trace it from its first instruction.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text)
+        .map_err(|_| format!("`{text}` is not a duration: write it like 30s, 15m or 2h"))?;
+    if duration.is_zero() {
+        return Err("the duration must be longer than zero".to_string());
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn a_target_is_required_and_only_one() {
+        assert!(Cli::try_parse_from(["dispatch-leaktrace"]).is_err());
+        assert!(Cli::try_parse_from(["dispatch-leaktrace", "--pid", "1", "--", "true"]).is_err());
+        let cli = Cli::try_parse_from(["dispatch-leaktrace", "-d", "5s", "--", "ls", "-l"]).unwrap();
+        assert_eq!(cli.command, vec!["ls", "-l"]);
+        assert_eq!(cli.duration, Some(Duration::from_secs(5)));
+    }
+}

@@ -1,0 +1,247 @@
+//! Drains the kernel's events into the ledger, owns the time axis, and decides when the trace ends.
+//! It knows nothing of report formats: it hands a [`Trace`] to the report writers.
+
+pub mod stacks;
+pub mod unwind;
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::Result;
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, Signal, SignalKind},
+};
+use tracer_common::events::{EventKind, MemEvent};
+
+use crate::{
+    ledger::{Ledger, Source, StackKey},
+    probes::KernelMaps,
+    procfs::{self, maps::MemoryMap, ProcessInfo},
+    symbolizer::{modules::ModuleMap, FrameName, Symbolizer},
+    target::{ExitStatus, Target},
+};
+use stacks::StackTable;
+
+const PROT_EXEC: u32 = 4;
+
+/// How often the collector samples the target's RSS and names new stacks.
+const TICK: Duration = Duration::from_millis(200);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    Duration,
+    Signal,
+    TargetExit,
+}
+
+impl EndReason {
+    pub const fn name(self) -> &'static str {
+        match self {
+            EndReason::Duration => "duration",
+            EndReason::Signal => "signal",
+            EndReason::TargetExit => "target-exit",
+        }
+    }
+}
+
+/// SIGINT and SIGTERM, caught from before the first probe is attached: a signal at any moment ends the
+/// trace with a report instead of killing the tracer.
+pub struct StopSignals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl StopSignals {
+    /// Must be called inside the tokio runtime.
+    pub fn catch() -> Result<Self> {
+        Ok(Self { interrupt: signal(SignalKind::interrupt())?, terminate: signal(SignalKind::terminate())? })
+    }
+}
+
+/// Everything the reports are made from.
+pub struct Trace {
+    pub target: ProcessInfo,
+    pub started_at: SystemTime,
+    pub ended_at: SystemTime,
+    pub end_reason: EndReason,
+    pub exit_status: Option<ExitStatus>,
+    pub ledger: Ledger,
+    /// Frame names by stack index, innermost first.
+    pub frames: Vec<Vec<FrameName>>,
+    /// Kernel counters, in `Counter::ALL` order.
+    pub kernel_counters: Vec<u64>,
+    pub rss_bytes: u64,
+    pub events: u64,
+}
+
+pub struct Collector {
+    maps: KernelMaps,
+    target: Target,
+    ledger: Ledger,
+    stacks: StackTable,
+    modules: ModuleMap,
+    symbolizer: Symbolizer,
+    frames: Vec<Vec<FrameName>>,
+    started_at: SystemTime,
+    page_size: u64,
+    rss_bytes: u64,
+    events: u64,
+}
+
+impl Collector {
+    /// `seed_existing`: the process ran before tracing began, so record what it already had mapped.
+    pub fn new(maps: KernelMaps, target: Target, seed_existing: bool) -> Self {
+        let page_size = procfs::page_size();
+        let pid = target.pid();
+        let mut ledger = Ledger::new(page_size);
+        if seed_existing {
+            if let Ok(map) = MemoryMap::read(pid) {
+                let brk =
+                    map.iter().find(|m| m.pathname == "[heap]").map(|m| m.end).or_else(|| procfs::start_brk(pid).ok());
+                ledger.seed_preexisting(pid, map.iter().map(|m| (m.start, m.end)), brk);
+            }
+        }
+        Self {
+            maps,
+            modules: ModuleMap::new(pid),
+            target,
+            ledger,
+            stacks: StackTable::default(),
+            symbolizer: Symbolizer::default(),
+            frames: vec![Vec::new()],
+            started_at: SystemTime::now(),
+            page_size,
+            rss_bytes: 0,
+            events: 0,
+        }
+    }
+
+    /// Collects until the duration ends, a SIGINT or SIGTERM arrives, or the target exits.
+    pub async fn run(
+        mut self,
+        duration: Option<Duration>,
+        events: RingBuf<MapData>,
+        mut stop: StopSignals,
+    ) -> Result<Trace> {
+        // SAFETY: both descriptors are owned by the value registered, open until it is dropped.
+        let mut events = unsafe { AsyncFd::register(events)? };
+        let target_exit = unsafe { AsyncFd::register(self.target.pidfd.try_clone()?)? };
+        let deadline = async {
+            match duration {
+                Some(duration) => tokio::time::sleep(duration).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline);
+        let mut tick = tokio::time::interval(TICK);
+
+        let end_reason = loop {
+            tokio::select! {
+                ready = events.readable_mut() => {
+                    let mut guard = ready?;
+                    self.drain(guard.get_inner_mut());
+                    guard.clear_ready();
+                }
+                _ = tick.tick() => self.on_tick(),
+                _ = stop.interrupt.recv() => break EndReason::Signal,
+                _ = stop.terminate.recv() => break EndReason::Signal,
+                _ = &mut deadline => break EndReason::Duration,
+                _ = target_exit.readable() => break EndReason::TargetExit,
+            }
+        };
+        // Whatever the kernel wrote before the end is still in the ring buffer.
+        self.drain(events.get_mut());
+        let exit_status = if end_reason == EndReason::TargetExit { self.target.reap() } else { None };
+        if end_reason == EndReason::TargetExit || self.target.has_exited() {
+            self.modules.mark_exited();
+        } else {
+            self.sample_rss();
+        }
+        self.name_new_stacks();
+        Ok(Trace {
+            target: self.target.info.clone(),
+            started_at: self.started_at,
+            ended_at: SystemTime::now(),
+            end_reason,
+            exit_status,
+            kernel_counters: self.maps.read_counters(),
+            ledger: self.ledger,
+            frames: self.frames,
+            rss_bytes: self.rss_bytes,
+            events: self.events,
+        })
+    }
+
+    fn on_tick(&mut self) {
+        self.sample_rss();
+        self.name_new_stacks();
+    }
+
+    fn sample_rss(&mut self) {
+        if let Ok(rss) = procfs::rss_bytes(self.target.pid(), self.page_size) {
+            // A zombie reports 0; keep the last real figure, from just before the exit.
+            if rss > 0 {
+                self.rss_bytes = rss;
+            }
+        }
+    }
+
+    /// Names stacks while the process's mappings can still be read.
+    fn name_new_stacks(&mut self) {
+        for stack in self.frames.len()..self.stacks.len() {
+            let names = self.symbolizer.name_stack(self.stacks.ips(stack as u32), &mut self.modules);
+            self.frames.push(names);
+        }
+    }
+
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        while let Some(item) = ring.next() {
+            if item.len() < size_of::<MemEvent>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a MemEvent (repr(C), plain data) of at least this size.
+            let event: MemEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            drop(item);
+            self.apply(&event);
+        }
+    }
+
+    fn apply(&mut self, event: &MemEvent) {
+        self.events += 1;
+        let Some(kind) = EventKind::from_u32(event.kind) else { return };
+        match kind {
+            EventKind::Mmap => {
+                if event.prot & PROT_EXEC != 0 {
+                    // New code (a library, a JIT region): read the maps while the process still has them.
+                    self.modules.refresh();
+                }
+                let key = self.stack_key(event, Source::Mmap);
+                self.ledger.map(event.tgid, event.addr, event.len, key);
+            }
+            EventKind::Munmap => self.ledger.unmap(event.tgid, event.addr, event.len),
+            EventKind::Mremap => {
+                let key = self.stack_key(event, Source::Mmap);
+                self.ledger.remap(event.tgid, event.addr, event.len, event.new_addr, event.new_len, event.flags, key);
+            }
+            EventKind::Brk => {
+                let key = self.stack_key(event, Source::Brk);
+                self.ledger.brk(event.tgid, event.new_addr, key);
+            }
+            // madvise gives pages back but leaves the mapping: it matters to resident memory, not to the
+            // mapped-bytes ledger.
+            EventKind::Madvise => {}
+        }
+    }
+
+    fn stack_key(&mut self, event: &MemEvent, source: Source) -> StackKey {
+        let stack = self.stacks.from_kernel(
+            &self.maps.stacks,
+            event.stack_id,
+            event.user_sp,
+            &event.stack_top,
+            &mut self.modules,
+        );
+        StackKey { source, stack }
+    }
+}

@@ -1,0 +1,178 @@
+//! Completes user stacks where frame-pointer unwinding fails: in the C runtime.
+//!
+//! The kernel walks frame pointers (`bpf_get_stackid`). glibc keeps none: a syscall wrapper with a stack
+//! frame (mremap) hides its caller, and a function that uses %rbp as a general register (sbrk) leaves the
+//! walk garbage. So the innermost frames that lie in the C runtime are unwound here instead, with their
+//! CFI (.eh_frame) over the copy of the top of the user stack the kernel sent, until a frame outside the
+//! runtime is reached; from there the frame-pointer chain is valid again and the kernel's frames are used.
+
+use std::{collections::HashMap, fs, sync::Arc};
+
+use gimli::{
+    BaseAddresses, CfaRule, EhFrame, EhFrameHdr, EndianArcSlice, LittleEndian, ParsedEhFrameHdr, RegisterRule,
+    UnwindContext, UnwindSection, X86_64,
+};
+use object::{Object, ObjectSection, ObjectSegment};
+
+use crate::symbolizer::modules::{is_runtime_module, ModuleMap};
+
+type Reader = EndianArcSlice<LittleEndian>;
+
+/// How deep into the C runtime we unwind before giving up (malloc -> sysmalloc -> sbrk -> brk is 4).
+const MAX_RUNTIME_FRAMES: usize = 8;
+
+#[derive(Default)]
+pub struct Unwinder {
+    tables: HashMap<String, Option<Arc<CfiTable>>>,
+    context: UnwindContext<usize>,
+}
+
+/// Where, relative to the stack pointer of a frame, its caller's state is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FrameRule {
+    /// CFA = %rsp + this. `None` when the CFA is computed from %rbp (the function keeps a frame pointer).
+    cfa_from_sp: Option<i64>,
+    /// The return address is at CFA + this.
+    return_address_from_cfa: i64,
+    /// The caller's %rbp was saved at CFA + this, when the function saves it.
+    saved_rbp_from_cfa: Option<i64>,
+}
+
+impl Unwinder {
+    /// The full stack (innermost first) from the kernel's frame-pointer stack and the copy of the top of
+    /// the user stack (`window`, starting at `user_sp`; empty when there is none).
+    pub fn complete(&mut self, kernel: &[u64], user_sp: u64, window: &[u64], modules: &mut ModuleMap) -> Vec<u64> {
+        let Some(&ip) = kernel.first() else { return Vec::new() };
+        if user_sp == 0 || window.is_empty() {
+            return kernel.to_vec();
+        }
+        let word_at = |address: i128| -> Option<u64> {
+            let offset = address - user_sp as i128;
+            (offset >= 0 && offset % 8 == 0).then_some(offset as usize / 8).and_then(|i| window.get(i).copied())
+        };
+
+        let mut frames = vec![ip];
+        let mut pc = ip;
+        let mut sp = user_sp as i128;
+        let mut caller_rbp: Option<u64> = None;
+        while frames.len() <= MAX_RUNTIME_FRAMES {
+            let lookup = if frames.len() == 1 { pc } else { pc.saturating_sub(1) };
+            let Some(rule) = self.rule_for(lookup, modules) else { break };
+            let Some(cfa_from_sp) = rule.cfa_from_sp else { break };
+            let cfa = sp + cfa_from_sp as i128;
+            let Some(return_address) = word_at(cfa + rule.return_address_from_cfa as i128) else { break };
+            if let Some(from_cfa) = rule.saved_rbp_from_cfa {
+                // The outermost save is the value the first frame outside the runtime had.
+                caller_rbp = word_at(cfa + from_cfa as i128);
+                if caller_rbp.is_none() {
+                    break;
+                }
+            }
+            frames.push(return_address);
+            pc = return_address;
+            sp = cfa;
+            if !modules.lookup(pc).is_some_and(|m| is_runtime_module(m.file_path())) {
+                break;
+            }
+        }
+        if frames.len() == 1 {
+            return kernel.to_vec();
+        }
+        match caller_rbp {
+            // %rbp at the syscall still belongs to the first frame that keeps one, the frame we stopped in:
+            // the kernel's frame 1 is that frame's return address, and its chain is sound from there.
+            None => frames.extend_from_slice(&kernel[1.min(kernel.len())..]),
+            // A runtime function used %rbp for something else: the kernel's chain is garbage. Follow the
+            // saved frame pointer as far as the copy of the stack reaches.
+            Some(mut rbp) => {
+                while frames.len() < tracer_common::MAX_STACK_DEPTH {
+                    let (Some(next_rbp), Some(return_address)) = (word_at(rbp as i128), word_at(rbp as i128 + 8))
+                    else {
+                        break;
+                    };
+                    if return_address == 0 || next_rbp <= rbp {
+                        break;
+                    }
+                    frames.push(return_address);
+                    rbp = next_rbp;
+                }
+            }
+        }
+        frames
+    }
+
+    /// The CFI rule at `address`, for code in the C runtime only.
+    fn rule_for(&mut self, address: u64, modules: &mut ModuleMap) -> Option<FrameRule> {
+        let mapping = modules.lookup(address)?;
+        if !mapping.executable || !mapping.is_file() || !is_runtime_module(mapping.file_path()) {
+            return None;
+        }
+        let file_offset = mapping.file_offset_of(address);
+        let path = mapping.file_path().to_string();
+        let table = self.tables.entry(path).or_insert_with_key(|path| CfiTable::load(path).map(Arc::new)).clone()?;
+        table.rule_at(table.virtual_address(file_offset)?, &mut self.context)
+    }
+}
+
+/// A file's .eh_frame, ready for lookups.
+struct CfiTable {
+    eh_frame: EhFrame<Reader>,
+    header: ParsedEhFrameHdr<Reader>,
+    bases: BaseAddresses,
+    /// (file offset, file size, virtual address) of each loadable segment.
+    segments: Vec<(u64, u64, u64)>,
+}
+
+impl CfiTable {
+    fn load(path: &str) -> Option<Self> {
+        let data = fs::read(path).ok()?;
+        let file = object::File::parse(&*data).ok()?;
+        let section = |name: &str| file.section_by_name(name).and_then(|s| Some((s.address(), s.data().ok()?)));
+        let (eh_frame_address, eh_frame_data) = section(".eh_frame")?;
+        let (header_address, header_data) = section(".eh_frame_hdr")?;
+        let text_address = file.section_by_name(".text").map_or(0, |s| s.address());
+        let reader = |bytes: &[u8]| Reader::new(Arc::from(bytes), LittleEndian);
+        let bases = BaseAddresses::default()
+            .set_eh_frame(eh_frame_address)
+            .set_eh_frame_hdr(header_address)
+            .set_text(text_address);
+        let header = EhFrameHdr::from(reader(header_data)).parse(&bases, 8).ok()?;
+        let segments = file
+            .segments()
+            .map(|segment| {
+                let (offset, size) = segment.file_range();
+                (offset, size, segment.address())
+            })
+            .collect();
+        Some(Self { eh_frame: EhFrame::from(reader(eh_frame_data)), header, bases, segments })
+    }
+
+    fn virtual_address(&self, file_offset: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|(offset, size, _)| (*offset..offset + size).contains(&file_offset))
+            .map(|(offset, _, address)| file_offset - offset + address)
+    }
+
+    fn rule_at(&self, address: u64, context: &mut UnwindContext<usize>) -> Option<FrameRule> {
+        let table = self.header.table()?;
+        let row = table
+            .unwind_info_for_address(&self.eh_frame, &self.bases, context, address, EhFrame::cie_from_offset)
+            .ok()?;
+        let cfa_from_sp = match row.cfa() {
+            CfaRule::RegisterAndOffset { register, offset } if *register == X86_64::RSP => Some(*offset),
+            CfaRule::RegisterAndOffset { .. } => None,
+            CfaRule::Expression(_) => return None,
+        };
+        let return_address_from_cfa = match row.register(X86_64::RA) {
+            Some(RegisterRule::Offset(offset)) => offset,
+            None | Some(RegisterRule::Undefined) => -8,
+            _ => return None,
+        };
+        let saved_rbp_from_cfa = match row.register(X86_64::RBP) {
+            Some(RegisterRule::Offset(offset)) => Some(offset),
+            _ => None,
+        };
+        Some(FrameRule { cfa_from_sp, return_address_from_cfa, saved_rbp_from_cfa })
+    }
+}

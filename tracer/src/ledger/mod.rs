@@ -1,0 +1,277 @@
+//! Outstanding memory per (source, stack): what was allocated, what of it was given back, what is left.
+//!
+//! Pure data structures, fed by the collector with decoded events; nothing here touches the kernel.
+
+pub mod ranges;
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use ranges::RangeMap;
+
+/// The layer memory was taken from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// mmap, and the pages mremap adds.
+    Mmap,
+    /// The brk heap.
+    Brk,
+}
+
+impl Source {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Source::Mmap => "mmap",
+            Source::Brk => "brk",
+        }
+    }
+}
+
+/// A stack interned by the collector (see `collector::stacks`).
+pub type StackIx = u32;
+
+/// One allocation: a single mmap, a brk growth, the pages an mremap added.
+pub type AllocId = u64;
+
+/// Memory that was mapped before tracing began. It belongs to no stack; its release is counted apart so
+/// that it is neither an unmatched free nor a negative figure.
+pub const PREEXISTING: AllocId = 0;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StackKey {
+    pub source: Source,
+    pub stack: StackIx,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackStats {
+    pub outstanding_bytes: u64,
+    pub outstanding_allocs: u64,
+    pub allocated_bytes: u64,
+    pub allocated_allocs: u64,
+    pub freed_bytes: u64,
+}
+
+impl StackStats {
+    pub fn add(&mut self, other: &StackStats) {
+        self.outstanding_bytes += other.outstanding_bytes;
+        self.outstanding_allocs += other.outstanding_allocs;
+        self.allocated_bytes += other.allocated_bytes;
+        self.allocated_allocs += other.allocated_allocs;
+        self.freed_bytes += other.freed_bytes;
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LedgerCounters {
+    /// Release calls (munmap, mremap shrink, brk shrink) that found no byte they covered in the ledger.
+    pub unmatched_frees: u64,
+    /// Bytes released that were mapped before tracing began.
+    pub preexisting_released_bytes: u64,
+}
+
+#[derive(Debug)]
+struct Allocation {
+    key: StackKey,
+    remaining: u64,
+}
+
+#[derive(Debug, Default)]
+struct AddressSpace {
+    owners: RangeMap,
+    /// Current program break, once known.
+    brk: Option<u64>,
+}
+
+/// mremap flags (linux/mman.h).
+pub const MREMAP_FIXED: u64 = 2;
+pub const MREMAP_DONTUNMAP: u64 = 4;
+
+#[derive(Debug)]
+pub struct Ledger {
+    page_size: u64,
+    stats: HashMap<StackKey, StackStats>,
+    spaces: HashMap<u32, AddressSpace>,
+    allocations: HashMap<AllocId, Allocation>,
+    next_alloc: AllocId,
+    counters: LedgerCounters,
+}
+
+impl Ledger {
+    pub fn new(page_size: u64) -> Self {
+        Self {
+            page_size,
+            stats: HashMap::new(),
+            spaces: HashMap::new(),
+            allocations: HashMap::new(),
+            next_alloc: PREEXISTING + 1,
+            counters: LedgerCounters::default(),
+        }
+    }
+
+    /// Records what `tgid` had mapped before tracing began, and its break.
+    pub fn seed_preexisting(&mut self, tgid: u32, regions: impl IntoIterator<Item = (u64, u64)>, brk: Option<u64>) {
+        let space = self.spaces.entry(tgid).or_default();
+        for (start, end) in regions {
+            space.owners.remove(start, end);
+            space.owners.insert(start, end, PREEXISTING);
+        }
+        space.brk = brk;
+    }
+
+    /// A successful `mmap` of `len` bytes at `addr`. A mapping placed over an older one (MAP_FIXED)
+    /// releases what it covers, as the kernel does.
+    pub fn map(&mut self, tgid: u32, addr: u64, len: u64, key: StackKey) {
+        let end = addr + self.page_align(len);
+        self.release(tgid, addr, end);
+        self.allocate(tgid, addr, end, key);
+    }
+
+    /// A successful `munmap`.
+    pub fn unmap(&mut self, tgid: u32, addr: u64, len: u64) {
+        let end = addr + self.page_align(len);
+        if self.release(tgid, addr, end) == 0 {
+            self.counters.unmatched_frees += 1;
+        }
+    }
+
+    /// A successful `mremap` of `[old_addr, old_addr+old_len)` to `[new_addr, new_addr+new_len)`.
+    /// Bytes that stay keep their allocation (and stack); bytes it adds belong to `key`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn remap(
+        &mut self,
+        tgid: u32,
+        old_addr: u64,
+        old_len: u64,
+        new_addr: u64,
+        new_len: u64,
+        flags: u64,
+        key: StackKey,
+    ) {
+        let old_len = self.page_align(old_len);
+        let new_len = self.page_align(new_len);
+        if old_len == 0 {
+            // old_len 0 makes a second mapping of a shared region: a new mapping.
+            self.map(tgid, new_addr, new_len, key);
+            return;
+        }
+        let kept = old_len.min(new_len);
+        if new_addr == old_addr {
+            if new_len < old_len {
+                self.release(tgid, old_addr + new_len, old_addr + old_len);
+            } else {
+                self.allocate(tgid, old_addr + old_len, old_addr + new_len, key);
+            }
+            return;
+        }
+        if flags & MREMAP_FIXED != 0 {
+            // The kernel unmaps whatever was at the destination first.
+            self.release(tgid, new_addr, new_addr + new_len);
+        }
+        if flags & MREMAP_DONTUNMAP != 0 {
+            // The old range stays mapped (emptied); the new range is a mapping of its own.
+            self.allocate(tgid, new_addr, new_addr + new_len, key);
+            return;
+        }
+        let space = self.spaces.entry(tgid).or_default();
+        let moved = space.owners.remove(old_addr, old_addr + kept);
+        for segment in moved {
+            let offset = segment.start - old_addr;
+            space.owners.insert(new_addr + offset, new_addr + offset + segment.len(), segment.owner);
+        }
+        if new_len < old_len {
+            self.release(tgid, old_addr + new_len, old_addr + old_len);
+        } else {
+            self.allocate(tgid, new_addr + old_len, new_addr + new_len, key);
+        }
+    }
+
+    /// A `brk(requested)` call that left the break at `result`. The kernel answers a query (0), a refused
+    /// request and a success alike with the break after the call, so growth and shrink come from the
+    /// break we knew before.
+    pub fn brk(&mut self, tgid: u32, result: u64, key: StackKey) {
+        let previous = self.spaces.entry(tgid).or_default().brk.replace(result);
+        let Some(previous) = previous else { return };
+        if result > previous {
+            self.allocate(tgid, previous, result, key);
+        } else if result < previous && self.release(tgid, result, previous) == 0 {
+            self.counters.unmatched_frees += 1;
+        }
+    }
+
+    pub fn stats(&self) -> impl Iterator<Item = (&StackKey, &StackStats)> {
+        self.stats.iter()
+    }
+
+    #[cfg(test)]
+    pub fn stats_of(&self, key: &StackKey) -> Option<&StackStats> {
+        self.stats.get(key)
+    }
+
+    pub fn counters(&self) -> LedgerCounters {
+        self.counters
+    }
+
+    pub fn outstanding(&self) -> (u64, u64) {
+        self.stats
+            .values()
+            .fold((0, 0), |(bytes, allocs), s| (bytes + s.outstanding_bytes, allocs + s.outstanding_allocs))
+    }
+
+    fn page_align(&self, len: u64) -> u64 {
+        len.div_ceil(self.page_size) * self.page_size
+    }
+
+    fn allocate(&mut self, tgid: u32, start: u64, end: u64, key: StackKey) {
+        if start >= end {
+            return;
+        }
+        let id = self.next_alloc;
+        self.next_alloc += 1;
+        let bytes = end - start;
+        self.spaces.entry(tgid).or_default().owners.insert(start, end, id);
+        self.allocations.insert(id, Allocation { key, remaining: bytes });
+        let stats = self.stats.entry(key).or_default();
+        stats.outstanding_bytes += bytes;
+        stats.outstanding_allocs += 1;
+        stats.allocated_bytes += bytes;
+        stats.allocated_allocs += 1;
+    }
+
+    /// Releases `[start, end)` and returns the number of bytes the ledger knew there.
+    fn release(&mut self, tgid: u32, start: u64, end: u64) -> u64 {
+        let Some(space) = self.spaces.get_mut(&tgid) else { return 0 };
+        let removed = space.owners.remove(start, end);
+        let mut known = 0;
+        for segment in removed {
+            known += segment.len();
+            self.charge_release(segment.owner, segment.len());
+        }
+        known
+    }
+
+    fn charge_release(&mut self, owner: AllocId, bytes: u64) {
+        if owner == PREEXISTING {
+            self.counters.preexisting_released_bytes += bytes;
+            return;
+        }
+        let Some(allocation) = self.allocations.get_mut(&owner) else { return };
+        allocation.remaining -= bytes;
+        let key = allocation.key;
+        let gone = allocation.remaining == 0;
+        if gone {
+            self.allocations.remove(&owner);
+        }
+        let stats = self.stats.get_mut(&key).expect("an allocation's stack has stats");
+        stats.outstanding_bytes -= bytes;
+        stats.freed_bytes += bytes;
+        if gone {
+            stats.outstanding_allocs -= 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,113 @@
+//! Which allocation owns each byte of an address space: non-overlapping `[start, end)` segments.
+//!
+//! A segment is cut wherever a release covers only part of it, so a partial munmap, a munmap spanning
+//! several mappings, or a move by mremap all come down to [`RangeMap::remove`] and [`RangeMap::insert`].
+
+use std::collections::BTreeMap;
+
+use super::AllocId;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub start: u64,
+    pub end: u64,
+    pub owner: AllocId,
+}
+
+impl Segment {
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct RangeMap {
+    /// start -> (end, owner)
+    segments: BTreeMap<u64, (u64, AllocId)>,
+}
+
+impl RangeMap {
+    /// Takes `[start, end)` out of the map and returns the pieces that were there, in address order.
+    pub fn remove(&mut self, start: u64, end: u64) -> Vec<Segment> {
+        let mut removed = Vec::new();
+        if start >= end {
+            return removed;
+        }
+        // A segment starting before `start` may reach into the range.
+        let first = self
+            .segments
+            .range(..start)
+            .next_back()
+            .filter(|(_, (seg_end, _))| *seg_end > start)
+            .map(|(seg_start, _)| *seg_start)
+            .unwrap_or(start);
+        let overlapping: Vec<u64> = self.segments.range(first..end).map(|(s, _)| *s).collect();
+        for seg_start in overlapping {
+            let (seg_end, owner) = self.segments.remove(&seg_start).expect("key just listed");
+            if seg_start < start {
+                self.segments.insert(seg_start, (start, owner));
+            }
+            if seg_end > end {
+                self.segments.insert(end, (seg_end, owner));
+            }
+            removed.push(Segment { start: seg_start.max(start), end: seg_end.min(end), owner });
+        }
+        removed
+    }
+
+    /// Gives `[start, end)` to `owner`. The range must be free: call [`RangeMap::remove`] first.
+    pub fn insert(&mut self, start: u64, end: u64, owner: AllocId) {
+        if start < end {
+            self.segments.insert(start, (end, owner));
+        }
+    }
+
+    #[cfg(test)]
+    pub fn segments(&self) -> impl Iterator<Item = Segment> + '_ {
+        self.segments.iter().map(|(start, (end, owner))| Segment { start: *start, end: *end, owner: *owner })
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.segments.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(start: u64, end: u64, owner: AllocId) -> Segment {
+        Segment { start, end, owner }
+    }
+
+    #[test]
+    fn remove_cuts_partial_overlaps_and_keeps_the_rest() {
+        let mut map = RangeMap::default();
+        map.insert(0x1000, 0x5000, 1);
+        map.insert(0x6000, 0x8000, 2);
+        map.insert(0x8000, 0x9000, 3);
+
+        let removed = map.remove(0x3000, 0x8800);
+        assert_eq!(removed, vec![seg(0x3000, 0x5000, 1), seg(0x6000, 0x8000, 2), seg(0x8000, 0x8800, 3)]);
+        assert_eq!(map.segments().collect::<Vec<_>>(), vec![seg(0x1000, 0x3000, 1), seg(0x8800, 0x9000, 3)]);
+    }
+
+    #[test]
+    fn remove_in_the_middle_splits_one_segment_in_two() {
+        let mut map = RangeMap::default();
+        map.insert(0x1000, 0x9000, 7);
+        assert_eq!(map.remove(0x4000, 0x5000), vec![seg(0x4000, 0x5000, 7)]);
+        assert_eq!(map.segments().collect::<Vec<_>>(), vec![seg(0x1000, 0x4000, 7), seg(0x5000, 0x9000, 7)]);
+    }
+
+    #[test]
+    fn remove_of_a_hole_or_empty_range_finds_nothing() {
+        let mut map = RangeMap::default();
+        map.insert(0x1000, 0x2000, 1);
+        assert!(map.remove(0x2000, 0x3000).is_empty());
+        assert!(map.remove(0x0, 0x1000).is_empty());
+        assert!(map.remove(0x1800, 0x1800).is_empty());
+        assert_eq!(map.len(), 1);
+    }
+}

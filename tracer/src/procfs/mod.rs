@@ -1,0 +1,86 @@
+//! What the collector reads from /proc about the target. Parsers take text so they can be tested without
+//! a process.
+
+pub mod maps;
+
+use std::{fs, io, path::PathBuf};
+
+/// The target's identity, as shown in reports. The environment is never read: it holds secrets.
+#[derive(Clone, Debug)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub exe: PathBuf,
+    pub cmdline: Vec<String>,
+}
+
+impl ProcessInfo {
+    pub fn read(pid: u32) -> io::Result<Self> {
+        let exe = fs::read_link(format!("/proc/{pid}/exe"))?;
+        let cmdline = parse_cmdline(&fs::read(format!("/proc/{pid}/cmdline"))?);
+        Ok(Self { pid, exe, cmdline })
+    }
+}
+
+pub fn parse_cmdline(raw: &[u8]) -> Vec<String> {
+    raw.split(|b| *b == 0).filter(|arg| !arg.is_empty()).map(|arg| String::from_utf8_lossy(arg).into_owned()).collect()
+}
+
+/// Resident bytes of the process (`/proc/PID/statm`, second field, in pages).
+pub fn rss_bytes(pid: u32, page_size: u64) -> io::Result<u64> {
+    let statm = fs::read_to_string(format!("/proc/{pid}/statm"))?;
+    parse_statm_resident(&statm)
+        .map(|pages| pages * page_size)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc/PID/statm"))
+}
+
+fn parse_statm_resident(statm: &str) -> Option<u64> {
+    statm.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `start_brk` from `/proc/PID/stat` (field 47): where the brk heap begins.
+pub fn start_brk(pid: u32) -> io::Result<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_stat_field(&stat, 47).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc/PID/stat"))
+}
+
+/// Field `n` (1-based, as in proc(5)) of a `/proc/PID/stat` line. The command name (field 2) may hold
+/// spaces and parentheses, so counting starts after its last ')'.
+fn parse_stat_field(stat: &str, n: usize) -> Option<u64> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
+}
+
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 {
+        size as u64
+    } else {
+        4096
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_splits_on_nul_and_drops_the_trailing_one() {
+        assert_eq!(parse_cmdline(b"/usr/bin/x\0--flag\0a b\0"), vec!["/usr/bin/x", "--flag", "a b"]);
+    }
+
+    #[test]
+    fn statm_resident_is_the_second_field() {
+        assert_eq!(parse_statm_resident("2048 513 200 10 0 300 0\n"), Some(513));
+        assert_eq!(parse_statm_resident("2048"), None);
+    }
+
+    #[test]
+    fn stat_fields_count_after_a_command_name_with_spaces() {
+        let mut fields: Vec<String> = (3..=52).map(|n| n.to_string()).collect();
+        fields[47 - 3] = "94819328".into();
+        let line = format!("1234 (a (weird) name) {}", fields.join(" "));
+        assert_eq!(parse_stat_field(&line, 47), Some(94819328));
+        assert_eq!(parse_stat_field(&line, 4), Some(4));
+    }
+}

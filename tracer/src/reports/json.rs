@@ -1,0 +1,136 @@
+//! report.json. Fields are only ever added, never renamed: scripts read this file.
+
+use std::{collections::BTreeMap, time::SystemTime};
+
+use anyhow::Result;
+use serde::Serialize;
+use tracer_common::counters::Counter;
+
+use super::{redact::redact_cmdline, stacks::ReportStack};
+use crate::{collector::Trace, probes::ProbeRecord, target::ExitStatus};
+
+pub const VERSION: u32 = 1;
+
+#[derive(Serialize)]
+struct Report<'a> {
+    version: u32,
+    tool: Tool,
+    target: Target,
+    started_at: String,
+    ended_at: String,
+    end_reason: &'static str,
+    /// How the target exited, when it was launched by us and exited during the trace.
+    target_exit: Option<TargetExit>,
+    totals: Totals,
+    stacks: Vec<Stack<'a>>,
+    counters: BTreeMap<&'static str, u64>,
+    probes: &'a [ProbeRecord],
+    events: u64,
+}
+
+#[derive(Serialize)]
+struct Tool {
+    name: &'static str,
+    version: &'static str,
+}
+
+#[derive(Serialize)]
+struct Target {
+    pid: u32,
+    exe: String,
+    cmdline: Vec<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+enum TargetExit {
+    Code(i32),
+    Signal(i32),
+}
+
+#[derive(Serialize)]
+struct Totals {
+    outstanding_bytes: u64,
+    outstanding_allocs: u64,
+    rss_bytes: u64,
+    by_source: BTreeMap<&'static str, SourceTotals>,
+}
+
+#[derive(Serialize, Default)]
+struct SourceTotals {
+    outstanding_bytes: u64,
+    outstanding_allocs: u64,
+    allocated_bytes: u64,
+    freed_bytes: u64,
+}
+
+#[derive(Serialize)]
+struct Stack<'a> {
+    source: &'static str,
+    frames: &'a [String],
+    runtime_frames: &'a [String],
+    outstanding_bytes: u64,
+    outstanding_allocs: u64,
+    allocated_bytes: u64,
+    allocated_allocs: u64,
+    freed_bytes: u64,
+    /// Change of outstanding bytes over the run: the trace starts with nothing outstanding.
+    growth_bytes: i64,
+}
+
+pub fn render(trace: &Trace, stacks: &[ReportStack], probes: &[ProbeRecord]) -> Result<String> {
+    let (outstanding_bytes, outstanding_allocs) = trace.ledger.outstanding();
+    let mut by_source: BTreeMap<&'static str, SourceTotals> = BTreeMap::new();
+    for stack in stacks {
+        let totals = by_source.entry(stack.source.name()).or_default();
+        totals.outstanding_bytes += stack.stats.outstanding_bytes;
+        totals.outstanding_allocs += stack.stats.outstanding_allocs;
+        totals.allocated_bytes += stack.stats.allocated_bytes;
+        totals.freed_bytes += stack.stats.freed_bytes;
+    }
+    let mut counters: BTreeMap<&'static str, u64> =
+        Counter::ALL.iter().zip(&trace.kernel_counters).map(|(counter, value)| (counter.name(), *value)).collect();
+    let ledger_counters = trace.ledger.counters();
+    counters.insert("unmatched_frees", ledger_counters.unmatched_frees);
+    counters.insert("preexisting_released_bytes", ledger_counters.preexisting_released_bytes);
+
+    let report = Report {
+        version: VERSION,
+        tool: Tool { name: "dispatch-leaktrace", version: env!("CARGO_PKG_VERSION") },
+        target: Target {
+            pid: trace.target.pid,
+            exe: trace.target.exe.display().to_string(),
+            cmdline: redact_cmdline(&trace.target.cmdline),
+        },
+        started_at: rfc3339(trace.started_at),
+        ended_at: rfc3339(trace.ended_at),
+        end_reason: trace.end_reason.name(),
+        target_exit: trace.exit_status.map(|status| match status {
+            ExitStatus::Code(code) => TargetExit::Code(code),
+            ExitStatus::Signal(signal) => TargetExit::Signal(signal),
+        }),
+        totals: Totals { outstanding_bytes, outstanding_allocs, rss_bytes: trace.rss_bytes, by_source },
+        stacks: stacks
+            .iter()
+            .map(|stack| Stack {
+                source: stack.source.name(),
+                frames: &stack.frames,
+                runtime_frames: &stack.runtime_frames,
+                outstanding_bytes: stack.stats.outstanding_bytes,
+                outstanding_allocs: stack.stats.outstanding_allocs,
+                allocated_bytes: stack.stats.allocated_bytes,
+                allocated_allocs: stack.stats.allocated_allocs,
+                freed_bytes: stack.stats.freed_bytes,
+                growth_bytes: stack.stats.outstanding_bytes as i64,
+            })
+            .collect(),
+        counters,
+        probes,
+        events: trace.events,
+    };
+    Ok(serde_json::to_string_pretty(&report)? + "\n")
+}
+
+pub fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
+}

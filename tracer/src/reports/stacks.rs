@@ -1,0 +1,92 @@
+//! The ledger's stacks with their frames named, in report order: the view every report shares.
+
+use std::collections::HashMap;
+
+use crate::{
+    collector::Trace,
+    ledger::{Source, StackStats},
+    symbolizer::FrameName,
+};
+
+/// One (source, stack) with its figures, frames root first.
+#[derive(Clone, Debug)]
+pub struct ReportStack {
+    pub source: Source,
+    /// From the root to the frame that asked for memory.
+    pub frames: Vec<String>,
+    /// C-runtime frames above the reported leaf (the allocator or syscall wrapper), root first.
+    pub runtime_frames: Vec<String>,
+    pub stats: StackStats,
+}
+
+/// Stacks merged by source and frame names (two call sites in one function are one frame to a reader),
+/// sorted by outstanding bytes, largest first (ties: allocated bytes, then frames).
+pub fn report_stacks(trace: &Trace) -> Vec<ReportStack> {
+    let mut merged: HashMap<(Source, Vec<String>), ReportStack> = HashMap::new();
+    for (key, stats) in trace.ledger.stats() {
+        let names = trace.frames.get(key.stack as usize).map(Vec::as_slice).unwrap_or(&[]);
+        let (runtime_frames, frames) = split_runtime_frames(names);
+        let entry = merged.entry((key.source, frames.clone())).or_insert_with(|| ReportStack {
+            source: key.source,
+            frames,
+            runtime_frames,
+            stats: StackStats::default(),
+        });
+        entry.stats.add(stats);
+    }
+    let mut stacks: Vec<ReportStack> = merged.into_values().collect();
+    stacks.sort_by(|a, b| {
+        b.stats
+            .outstanding_bytes
+            .cmp(&a.stats.outstanding_bytes)
+            .then(b.stats.allocated_bytes.cmp(&a.stats.allocated_bytes))
+            .then_with(|| a.frames.cmp(&b.frames))
+            .then(a.source.cmp(&b.source))
+    });
+    stacks
+}
+
+/// Splits innermost-first names into (runtime frames, the rest), both root first. The innermost frames
+/// that belong to the C runtime are the syscall wrapper or allocator: the leaf a reader wants is the code
+/// that called them. A stack made only of runtime frames keeps them all.
+fn split_runtime_frames(innermost_first: &[FrameName]) -> (Vec<String>, Vec<String>) {
+    let runtime = innermost_first.iter().take_while(|f| f.in_runtime).count();
+    let runtime = if runtime == innermost_first.len() { 0 } else { runtime };
+    let rooted = |frames: &[FrameName]| frames.iter().rev().map(|f| f.name.to_string()).collect::<Vec<_>>();
+    let frames = if innermost_first.is_empty() {
+        vec!["[stack unavailable]".to_string()]
+    } else {
+        rooted(&innermost_first[runtime..])
+    };
+    (rooted(&innermost_first[..runtime]), frames)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(name: &str, in_runtime: bool) -> FrameName {
+        FrameName { name: name.into(), in_runtime }
+    }
+
+    #[test]
+    fn innermost_runtime_frames_are_split_off() {
+        let names = [frame("__mmap", true), frame("leak", false), frame("__libc_start_call_main", true)];
+        let (runtime, frames) = split_runtime_frames(&names);
+        assert_eq!(runtime, vec!["__mmap"]);
+        assert_eq!(frames, vec!["__libc_start_call_main", "leak"]);
+    }
+
+    #[test]
+    fn an_all_runtime_stack_is_kept_whole() {
+        let names = [frame("__mmap", true), frame("_dl_map_object", true)];
+        let (runtime, frames) = split_runtime_frames(&names);
+        assert!(runtime.is_empty());
+        assert_eq!(frames, vec!["_dl_map_object", "__mmap"]);
+    }
+
+    #[test]
+    fn an_unknown_stack_is_named_so() {
+        assert_eq!(split_runtime_frames(&[]).1, vec!["[stack unavailable]"]);
+    }
+}

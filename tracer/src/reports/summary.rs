@@ -1,0 +1,67 @@
+//! What is printed at the end: the figures that matter and where the files are.
+
+use std::fmt::Write;
+
+use super::{stacks::report_stacks, Written};
+use crate::collector::Trace;
+
+const TOP: usize = 5;
+
+pub fn render(trace: &Trace, written: &Written) -> String {
+    let mut out = String::new();
+    let seconds = trace.ended_at.duration_since(trace.started_at).unwrap_or_default().as_secs_f64();
+    let (bytes, allocs) = trace.ledger.outstanding();
+    let _ = writeln!(out, "traced pid {} for {seconds:.1} s, ended by {}", trace.target.pid, trace.end_reason.name());
+    let _ = writeln!(
+        out,
+        "outstanding: {} in {allocs} allocations; target RSS {}",
+        human_bytes(bytes),
+        human_bytes(trace.rss_bytes)
+    );
+    let stacks = report_stacks(trace);
+    for stack in stacks.iter().filter(|s| s.stats.outstanding_bytes > 0).take(TOP) {
+        let path: Vec<&str> = stack.frames.iter().rev().take(3).map(String::as_str).collect();
+        let _ = writeln!(
+            out,
+            "  {:>10}  [{}] {}",
+            human_bytes(stack.stats.outstanding_bytes),
+            stack.source.name(),
+            path.join(" <- ")
+        );
+    }
+    let lost: u64 = trace.kernel_counters.iter().sum();
+    if lost > 0 {
+        let _ = writeln!(out, "warning: {lost} events or stacks were not recorded: see counters in report.json");
+    }
+    let _ = writeln!(out, "report:     {}", written.report.display());
+    let _ = writeln!(out, "flamegraph: {}", written.flamegraph.display());
+    let _ = writeln!(out, "folded:     {}", written.folded.display());
+    out
+}
+
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_read_in_binary_units() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(5 << 30), "5.0 GiB");
+    }
+}

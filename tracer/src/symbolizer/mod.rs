@@ -1,0 +1,105 @@
+//! Names for stack frames: native code through blazesym (ELF symbols, DWARF, demangling). A frame that
+//! cannot be named is written `module+0xOFFSET` (file offset), which can be symbolized offline later.
+
+pub mod modules;
+
+use std::{collections::HashMap, path::Path, sync::Arc};
+
+use blazesym::symbolize::{source::Elf, source::Source, Input, Symbolized, Symbolizer as Blaze};
+
+use modules::{is_runtime_module, ModuleMap};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrameName {
+    pub name: Arc<str>,
+    /// The frame is in the C runtime (libc, the dynamic loader): allocation and syscall plumbing rather
+    /// than the code that asked for memory.
+    pub in_runtime: bool,
+}
+
+pub struct Symbolizer {
+    blaze: Blaze,
+    /// By lookup address (a return address minus one; see [`lookup_address`]).
+    names: HashMap<u64, FrameName>,
+}
+
+impl Default for Symbolizer {
+    fn default() -> Self {
+        Self { blaze: Blaze::new(), names: HashMap::new() }
+    }
+}
+
+/// Frame 0 is where the thread was; every other frame is a return address, which points after its call
+/// instruction, possibly into the next function. One byte back lands inside the call.
+pub fn lookup_address(ip: u64, frame_index: usize) -> u64 {
+    if frame_index == 0 {
+        ip
+    } else {
+        ip.saturating_sub(1)
+    }
+}
+
+impl Symbolizer {
+    /// Names every frame of a stack (innermost first).
+    pub fn name_stack(&mut self, ips: &[u64], modules: &mut ModuleMap) -> Vec<FrameName> {
+        let lookups: Vec<u64> = ips.iter().enumerate().map(|(i, ip)| lookup_address(*ip, i)).collect();
+        self.resolve(&lookups, modules);
+        lookups.iter().map(|addr| self.names[addr].clone()).collect()
+    }
+
+    /// Names every address not named yet, one blazesym call per file.
+    fn resolve(&mut self, addrs: &[u64], modules: &mut ModuleMap) {
+        let mut by_file: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
+        for &addr in addrs {
+            if self.names.contains_key(&addr) {
+                continue;
+            }
+            match modules.lookup(addr) {
+                Some(mapping) if mapping.is_file() => {
+                    by_file
+                        .entry(mapping.file_path().to_string())
+                        .or_default()
+                        .push((addr, mapping.file_offset_of(addr)));
+                }
+                Some(mapping) if !mapping.pathname.is_empty() => {
+                    let name = format!("{}+{:#x}", mapping.pathname, addr - mapping.start);
+                    self.names.insert(addr, FrameName { name: name.into(), in_runtime: false });
+                }
+                Some(_) => {
+                    self.names.insert(addr, FrameName { name: format!("[anon] {addr:#x}").into(), in_runtime: false });
+                }
+                None => {
+                    self.names
+                        .insert(addr, FrameName { name: format!("[unknown] {addr:#x}").into(), in_runtime: false });
+                }
+            }
+        }
+        for (path, entries) in by_file {
+            let module = Path::new(&path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or(path.clone());
+            let in_runtime = is_runtime_module(&module);
+            let offsets: Vec<u64> = entries.iter().map(|(_, offset)| *offset).collect();
+            let symbolized = self
+                .blaze
+                .symbolize(&Source::Elf(Elf::new(&path)), Input::FileOffset(&offsets))
+                .unwrap_or_else(|_| Vec::new());
+            for (i, (addr, offset)) in entries.iter().enumerate() {
+                let name = match symbolized.get(i) {
+                    Some(Symbolized::Sym(sym)) => sym.name.to_string(),
+                    _ => format!("{module}+{offset:#x}"),
+                };
+                self.names.insert(*addr, FrameName { name: name.into(), in_runtime });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_addresses_are_looked_up_one_byte_back() {
+        assert_eq!(lookup_address(0x1000, 0), 0x1000);
+        assert_eq!(lookup_address(0x1000, 1), 0xfff);
+    }
+}

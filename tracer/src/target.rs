@@ -1,0 +1,184 @@
+//! The traced process: found by pid, or launched and held until every probe is attached.
+
+use std::{
+    ffi::CString,
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::procfs::ProcessInfo;
+
+/// A live process we trace, with a pidfd that becomes readable when it exits.
+pub struct Target {
+    pub info: ProcessInfo,
+    pub pidfd: OwnedFd,
+    /// We launched it, so we reap it and learn its exit status.
+    pub is_child: bool,
+}
+
+/// How the target ended, when we know (only for a process we launched).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Target {
+    /// An existing process.
+    pub fn existing(pid: u32) -> Result<Self> {
+        let pidfd = pidfd_open(pid).map_err(|error| match error.raw_os_error() {
+            Some(libc::ESRCH) => {
+                anyhow::anyhow!("no process with pid {pid}: check the pid (for example `pidof dispatch-server`)")
+            }
+            _ => anyhow::anyhow!("cannot open process {pid}: {error}"),
+        })?;
+        let info = ProcessInfo::read(pid).map_err(|error| match error.raw_os_error() {
+            Some(libc::ENOENT) => anyhow::anyhow!(
+                "process {pid} has no executable (a kernel thread, or it just exited): give the pid of a user process"
+            ),
+            _ => anyhow::anyhow!("cannot read /proc/{pid}: {error}: run as root"),
+        })?;
+        Ok(Self { info, pidfd, is_child: false })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.info.pid
+    }
+
+    /// True once the process has exited (without blocking).
+    pub fn has_exited(&self) -> bool {
+        let mut poll = libc::pollfd { fd: self.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, zero timeout.
+        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+        ready > 0 && poll.revents & libc::POLLIN != 0
+    }
+
+    /// Reaps a child that has exited and returns how it ended. `None` for a process we did not launch.
+    pub fn reap(&self) -> Option<ExitStatus> {
+        if !self.is_child {
+            return None;
+        }
+        let mut status = 0;
+        // SAFETY: waiting on our own child; status is a valid out pointer.
+        let pid = unsafe { libc::waitpid(self.pid() as i32, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return None;
+        }
+        if libc::WIFEXITED(status) {
+            Some(ExitStatus::Code(libc::WEXITSTATUS(status)))
+        } else if libc::WIFSIGNALED(status) {
+            Some(ExitStatus::Signal(libc::WTERMSIG(status)))
+        } else {
+            None
+        }
+    }
+}
+
+/// A forked child that has not run the command yet: it waits for [`HeldChild::release`].
+pub struct HeldChild {
+    pub pid: u32,
+    command: String,
+    /// Writing a byte lets the child exec; closing it unwritten makes the child exit.
+    go: Option<OwnedFd>,
+    exec_error: OwnedFd,
+}
+
+impl HeldChild {
+    /// Forks a child that will `execvp(command)` once released. Nothing of the command runs before that.
+    pub fn spawn(command: &[String]) -> Result<Self> {
+        let Some(program) = command.first() else { bail!("no command given after `--`") };
+        let argv: Vec<CString> = command
+            .iter()
+            .map(|arg| CString::new(arg.as_bytes()))
+            .collect::<Result<_, _>>()
+            .context("the command contains a NUL byte")?;
+        let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+
+        let (go_read, go_write) = cloexec_pipe()?;
+        let (error_read, error_write) = cloexec_pipe()?;
+        // SAFETY: between fork and exec the child only calls async-signal-safe functions (close, read,
+        // signal, execvp, write, _exit) on memory prepared before the fork.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            bail!("cannot start {program}: fork failed: {}", io::Error::last_os_error());
+        }
+        if pid == 0 {
+            unsafe {
+                libc::close(go_write.as_raw_fd());
+                libc::close(error_read.as_raw_fd());
+                let mut byte = 0u8;
+                let got = libc::read(go_read.as_raw_fd(), (&mut byte as *mut u8).cast(), 1);
+                if got != 1 {
+                    libc::_exit(127); // the tracer gave up before attaching
+                }
+                // Rust ignores SIGPIPE; an exec keeps ignored signals ignored, so restore the default.
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                libc::execvp(argv_ptrs[0], argv_ptrs.as_ptr());
+                let errno = *libc::__errno_location();
+                libc::write(error_write.as_raw_fd(), (&errno as *const i32).cast(), 4);
+                libc::_exit(127);
+            }
+        }
+        drop(go_read);
+        drop(error_write);
+        Ok(Self { pid: pid as u32, command: program.clone(), go: Some(go_write), exec_error: error_read })
+    }
+
+    /// Lets the child run the command, and waits until the exec has happened.
+    pub fn release(mut self) -> Result<Target> {
+        let pidfd = pidfd_open(self.pid).context("cannot watch the launched process")?;
+        let go = self.go.take().expect("released once");
+        // SAFETY: writing one byte from a valid buffer to our pipe.
+        let written = unsafe { libc::write(go.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+        drop(go);
+        if written != 1 {
+            bail!("cannot start {}: {}", self.command, io::Error::last_os_error());
+        }
+        let mut errno = 0i32;
+        // SAFETY: reading at most 4 bytes into a valid i32. EOF (0) means the exec succeeded (CLOEXEC).
+        let got = unsafe { libc::read(self.exec_error.as_raw_fd(), (&mut errno as *mut i32).cast(), 4) };
+        if got == 4 {
+            // SAFETY: reaping our own child, which has exited.
+            unsafe { libc::waitpid(self.pid as i32, std::ptr::null_mut(), 0) };
+            bail!("cannot run {}: {}", self.command, io::Error::from_raw_os_error(errno));
+        }
+        let info =
+            ProcessInfo::read(self.pid).with_context(|| format!("the launched process {} vanished", self.pid))?;
+        Ok(Target { info, pidfd, is_child: true })
+    }
+}
+
+impl Drop for HeldChild {
+    fn drop(&mut self) {
+        // Dropped unreleased (an error before attaching): closing `go` makes the child exit without
+        // running anything; reap it.
+        if let Some(go) = self.go.take() {
+            drop(go);
+            // SAFETY: waiting on our own child, which exits at once.
+            unsafe { libc::waitpid(self.pid as i32, std::ptr::null_mut(), 0) };
+        }
+    }
+}
+
+fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        bail!("cannot create a pipe: {}", io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 returned two fresh descriptors we now own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}

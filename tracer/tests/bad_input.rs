@@ -1,0 +1,169 @@
+//! Bad input gets one line that says what is wrong and what to do, and a nonzero exit: never a panic.
+
+mod common;
+
+use std::{
+    path::Path,
+    process::{Command, Output},
+};
+
+use common::{fixture, output_dir, start_tracer, Running, TRACER};
+use tracer_common::tracepoints::EXPECTED_FIELDS;
+
+fn assert_one_line_error(output: &Output, expected: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "exit status {:?}, stderr {stderr:?}", output.status);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected: {stderr:?}");
+    assert!(lines[0].starts_with("dispatch-leaktrace: error: "), "{stderr:?}");
+    assert!(lines[0].contains(expected), "{expected:?} not in {stderr:?}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr:?}");
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(TRACER).args(args).output().unwrap()
+}
+
+fn sleeper() -> Running {
+    Running::spawn(Command::new(fixture("mappings")).arg("wait"))
+}
+
+#[test]
+fn a_pid_that_does_not_exist() {
+    let out = run(&["--pid", "2147483647", "-d", "1s"]);
+    assert_one_line_error(&out, "no process with pid 2147483647");
+}
+
+#[test]
+fn a_process_that_already_exited() {
+    // A zombie: exited, not yet reaped.
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    while !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap().contains(") Z ") {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = run(&["--pid", &pid.to_string(), "-d", "1s"]);
+    assert_one_line_error(&out, &format!("process {pid}"));
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_kernel_thread() {
+    let out = run(&["--pid", "2", "-d", "1s"]);
+    assert_one_line_error(&out, "process 2 has no executable");
+}
+
+#[test]
+fn not_root() {
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", TRACER, "--pid", "1", "-d", "1s"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "needs root");
+}
+
+#[test]
+fn an_output_folder_that_cannot_be_written() {
+    let target = sleeper();
+    let out = run(&["-o", "/proc/leaktrace-out", "--pid", &target.pid().to_string(), "-d", "1s"]);
+    assert_one_line_error(&out, "cannot write the output folder /proc/leaktrace-out");
+}
+
+#[test]
+fn a_command_that_cannot_run() {
+    let out_dir = output_dir("a_command_that_cannot_run");
+    let out = run(&["-o", out_dir.to_str().unwrap(), "--", "/nonexistent/server", "--port", "1"]);
+    assert_one_line_error(&out, "cannot run /nonexistent/server: No such file or directory");
+}
+
+#[test]
+fn arguments_that_make_no_sense() {
+    let out = run(&["--pid", "1", "-d", "soon"]);
+    assert_one_line_error(&out, "`soon` is not a duration");
+    assert_eq!(out.status.code(), Some(2));
+    assert_one_line_error(&run(&[]), "required");
+    assert_one_line_error(&run(&["--pid", "1", "--", "ls"]), "cannot be used with");
+}
+
+/// A tracefs whose format files hold exactly the fields the kernel programs read, from which `edit` may
+/// remove or move some.
+fn fake_tracefs(name: &str, edit: impl Fn(&str, &str, &mut usize) -> bool) -> std::path::PathBuf {
+    let root = output_dir(name);
+    for field in EXPECTED_FIELDS {
+        let dir = root.join("events").join(field.category).join(field.event);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut offset = field.offset;
+        if !edit(field.event, field.field, &mut offset) {
+            continue;
+        }
+        let line =
+            format!("\tfield:unsigned long {};\toffset:{offset};\tsize:{};\tsigned:0;\n", field.field, field.size);
+        let path = dir.join("format");
+        let mut text = std::fs::read_to_string(&path).unwrap_or_else(|_| format!("name: {}\nformat:\n", field.event));
+        text.push_str(&line);
+        std::fs::write(path, text).unwrap();
+    }
+    root
+}
+
+fn run_with_tracefs(tracefs: &Path) -> Output {
+    let target = sleeper();
+    Command::new(TRACER)
+        .args(["--pid", &target.pid().to_string(), "-d", "1s", "-o"])
+        .arg(tracefs.join("out"))
+        .env("LEAKTRACE_TRACEFS", tracefs)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_kernel_without_a_needed_tracepoint() {
+    let tracefs = fake_tracefs("tracefs_missing_event", |event, _, _| event != "sys_enter_mremap");
+    for entry in std::fs::read_dir(tracefs.join("events/syscalls")).unwrap() {
+        let entry = entry.unwrap();
+        if !entry.path().join("format").exists() {
+            std::fs::remove_dir(entry.path()).unwrap();
+        }
+    }
+    assert_one_line_error(&run_with_tracefs(&tracefs), "this kernel has no tracepoint syscalls/sys_enter_mremap");
+}
+
+#[test]
+fn a_kernel_with_another_record_layout() {
+    let tracefs = fake_tracefs("tracefs_moved_field", |event, field, offset| {
+        if event == "sys_enter_munmap" && field == "len" {
+            *offset += 8;
+        }
+        true
+    });
+    assert_one_line_error(&run_with_tracefs(&tracefs), "syscalls/sys_enter_munmap field `len` is at offset 32 size 8");
+}
+
+#[test]
+fn tracefs_not_mounted_is_mounted_and_tracing_goes_on() {
+    // In a mount namespace of its own, so the machine's tracefs stays as it is.
+    let out = output_dir("tracefs_not_mounted");
+    let target = sleeper();
+    let script = format!(
+        "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; umount /sys/kernel/debug 2>/dev/null; \
+         test -e /sys/kernel/tracing/events && {{ echo 'tracefs still mounted' >&2; exit 99; }}; \
+         exec {TRACER} -d 1s -o {} --pid {}",
+        out.display(),
+        target.pid()
+    );
+    let result =
+        Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stderr}");
+    assert!(stderr.contains("mounted tracefs on /sys/kernel/tracing"), "{stderr}");
+    common::Report::load(&out);
+}
+
+#[test]
+fn help_and_version_succeed() {
+    let help = run(&["--help"]);
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--pid"));
+    assert!(run(&["--version"]).status.success());
+    let _ = start_tracer; // shared helpers
+}

@@ -1,0 +1,217 @@
+//! Helpers for the tests that run the real tracer against real processes on the real kernel. They need
+//! root (CI runs them as root).
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
+    sync::{mpsc, Mutex, OnceLock},
+    thread,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+pub const TRACER: &str = env!("CARGO_BIN_EXE_dispatch-leaktrace");
+pub const PAGE: u64 = 4096;
+const LINE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Compiles `tests/fixtures/<name>.c` once per test binary: no optimisation (every function keeps its
+/// call site), frame pointers on.
+pub fn fixture(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    let built = BUILT.get_or_init(Default::default);
+    let mut built = built.lock().unwrap();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+    let binary = dir.join(name);
+    if !built.iter().any(|b| b == name) {
+        std::fs::create_dir_all(&dir).unwrap();
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(format!("{name}.c"));
+        let status = Command::new("cc")
+            .args(["-O0", "-g", "-fno-omit-frame-pointer", "-fno-optimize-sibling-calls", "-pthread", "-o"])
+            .arg(&binary)
+            .arg(&source)
+            .status()
+            .expect("cc runs");
+        assert!(status.success(), "cannot compile {}", source.display());
+        built.push(name.to_string());
+    }
+    binary
+}
+
+/// A fresh, empty folder for one test's output.
+pub fn output_dir(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("out").join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Lines of a child's output, read on a thread so the child never blocks on a full pipe.
+pub struct Lines {
+    receiver: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Lines {
+    pub fn new(stream: impl std::io::Read + Send + 'static) -> Self {
+        let (sender, receiver) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { receiver, seen: Vec::new() }
+    }
+
+    /// Waits for a line containing `needle` and returns it.
+    pub fn wait_for(&mut self, needle: &str) -> String {
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        loop {
+            match self.receiver.recv_timeout(LINE_TIMEOUT) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no line containing {needle:?} within {LINE_TIMEOUT:?}; saw {:?}", self.seen),
+            }
+        }
+    }
+
+    /// Every line, once the stream has ended.
+    pub fn all(mut self) -> Vec<String> {
+        while let Ok(line) = self.receiver.recv_timeout(LINE_TIMEOUT) {
+            self.seen.push(line);
+        }
+        self.seen
+    }
+}
+
+/// A running process with its stdin open and its stdout and stderr read line by line.
+pub struct Running {
+    pub child: Child,
+    pub stdin: Option<ChildStdin>,
+    pub stdout: Lines,
+    pub stderr: Lines,
+}
+
+impl Running {
+    pub fn spawn(command: &mut Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+        let stdout = Lines::new(child.stdout.take().unwrap());
+        let stderr = Lines::new(child.stderr.take().unwrap());
+        Self { stdin: child.stdin.take(), child, stdout, stderr }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn send_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    pub fn close_stdin(&mut self) {
+        self.stdin.take();
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: sending a signal to our own child.
+        assert_eq!(unsafe { libc::kill(self.pid() as i32, signal) }, 0);
+    }
+
+    pub fn wait(&mut self) -> ExitStatus {
+        self.close_stdin();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The tracer, started with `args`, waited until it says it is tracing.
+pub fn start_tracer(args: &[&str]) -> Running {
+    let mut tracer = Running::spawn(Command::new(TRACER).args(args));
+    tracer.stderr.wait_for("tracing pid");
+    tracer
+}
+
+/// report.json, with lookups the tests share.
+pub struct Report(pub Value);
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Figures {
+    pub outstanding_bytes: u64,
+    pub outstanding_allocs: u64,
+    pub allocated_bytes: u64,
+}
+
+impl Report {
+    pub fn load(dir: &Path) -> Self {
+        let text = std::fs::read_to_string(dir.join("report.json"))
+            .unwrap_or_else(|e| panic!("no report.json in {}: {e}", dir.display()));
+        Self(serde_json::from_str(&text).expect("report.json is JSON"))
+    }
+
+    pub fn stacks(&self) -> &Vec<Value> {
+        self.0["stacks"].as_array().expect("stacks is an array")
+    }
+
+    /// Figures summed over the stacks of `source` whose innermost reported frame is `leaf`.
+    pub fn by_leaf(&self, source: &str, leaf: &str) -> Figures {
+        let mut figures = Figures::default();
+        for stack in self.stacks() {
+            let frames = stack["frames"].as_array().unwrap();
+            if stack["source"] == source && frames.last().and_then(Value::as_str) == Some(leaf) {
+                figures.outstanding_bytes += stack["outstanding_bytes"].as_u64().unwrap();
+                figures.outstanding_allocs += stack["outstanding_allocs"].as_u64().unwrap();
+                figures.allocated_bytes += stack["allocated_bytes"].as_u64().unwrap();
+            }
+        }
+        figures
+    }
+
+    pub fn has_frame(&self, name: &str) -> bool {
+        self.stacks().iter().any(|s| s["frames"].as_array().unwrap().iter().any(|f| f == name))
+    }
+
+    pub fn end_reason(&self) -> &str {
+        self.0["end_reason"].as_str().unwrap()
+    }
+
+    pub fn counter(&self, name: &str) -> u64 {
+        self.0["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name}"))
+    }
+
+    pub fn program_ids(&self) -> Vec<u64> {
+        self.0["probes"].as_array().unwrap().iter().map(|p| p["program_id"].as_u64().unwrap()).collect()
+    }
+}
+
+/// Every program the report says was attached is gone from the kernel.
+pub fn assert_detached(report: &Report) {
+    let ids = report.program_ids();
+    assert!(!ids.is_empty(), "the report lists no probes");
+    for id in ids {
+        assert_ne!(id, 0, "a probe without a program id");
+        let out = Command::new("bpftool").args(["prog", "show", "id", &id.to_string()]).output().expect("bpftool runs");
+        assert!(!out.status.success(), "program {id} is still loaded: {}", String::from_utf8_lossy(&out.stdout));
+    }
+}

@@ -1,0 +1,112 @@
+//! Mapped memory by call stack, on the real kernel: tests/fixtures/mappings.c states the ground truth of
+//! every call site; each figure must match exactly, whether the tracer launched the fixture or attached to
+//! it by pid.
+
+mod common;
+
+use std::{thread, time::Duration};
+
+use common::{assert_detached, fixture, output_dir, start_tracer, Figures, Report, Running, PAGE};
+
+/// (source, call site, outstanding bytes, outstanding allocations, allocated bytes), from mappings.c.
+const GROUND_TRUTH: &[(&str, &str, u64, u64, u64)] = &[
+    ("mmap", "keep_regions", 15 * PAGE, 3, 15 * PAGE),
+    ("mmap", "map_then_unmap", 0, 0, 8 * PAGE),
+    ("mmap", "partial_unmap", 5 * PAGE, 1, 10 * PAGE),
+    ("mmap", "reserve_window", 0, 0, 8 * PAGE),
+    ("mmap", "span_first", 2 * PAGE, 1, 4 * PAGE),
+    ("mmap", "span_second", 0, 0, 4 * PAGE),
+    ("mmap", "grow_origin", 2 * PAGE, 1, 2 * PAGE),
+    ("mmap", "grow_region", 4 * PAGE, 1, 4 * PAGE),
+    ("mmap", "shrink_origin", 2 * PAGE, 1, 6 * PAGE),
+    ("mmap", "move_origin", 3 * PAGE, 1, 3 * PAGE),
+    ("mmap", "move_target", 0, 0, 3 * PAGE),
+    ("brk", "heap_grow", 15000, 1, 20000),
+    ("mmap", "thread_keeps", 8 * PAGE, 4, 8 * PAGE),
+];
+
+fn assert_ground_truth(report: &Report) {
+    for &(source, site, outstanding_bytes, outstanding_allocs, allocated_bytes) in GROUND_TRUTH {
+        assert_eq!(
+            report.by_leaf(source, site),
+            Figures { outstanding_bytes, outstanding_allocs, allocated_bytes },
+            "{source} {site}"
+        );
+    }
+    // Calls that failed, and a brk that only shrank, record nothing.
+    assert!(!report.has_frame("failed_calls"), "a failed call was recorded");
+    assert_eq!(report.by_leaf("brk", "heap_shrink"), Figures::default());
+    for counter in ["lost_events", "map_full", "stack_errors", "unpaired_syscalls"] {
+        assert_eq!(report.counter(counter), 0, "{counter}");
+    }
+    assert_eq!(report.end_reason(), "target-exit");
+}
+
+#[test]
+fn launched_target_exact_per_call_site() {
+    let out = output_dir("launched_target_exact_per_call_site");
+    let fixture = fixture("mappings");
+    let mut tracer = start_tracer(&["-o", out.to_str().unwrap(), "--", fixture.to_str().unwrap()]);
+    // The launched fixture shares the tracer's stdin and stdout.
+    tracer.stdout.wait_for("done");
+    // Let the tracer read the fixture's maps (to name libc frames) before the fixture exits.
+    thread::sleep(Duration::from_millis(300));
+    assert!(tracer.wait().success());
+
+    let report = Report::load(&out);
+    assert_ground_truth(&report);
+    assert_eq!(report.0["target_exit"]["code"], 0);
+    assert_eq!(report.0["target"]["exe"], fixture.to_str().unwrap());
+    assert_detached(&report);
+}
+
+#[test]
+fn attached_target_exact_per_call_site() {
+    let out = output_dir("attached_target_exact_per_call_site");
+    let mut target = Running::spawn(std::process::Command::new(fixture("mappings")).arg("wait"));
+    let pid = target.pid().to_string();
+    let mut tracer = start_tracer(&["-o", out.to_str().unwrap(), "--pid", &pid]);
+    target.send_line("go");
+    target.stdout.wait_for("done");
+    target.close_stdin();
+    assert!(target.wait().success());
+    assert!(tracer.wait().success());
+
+    let report = Report::load(&out);
+    assert_ground_truth(&report);
+    assert_eq!(report.0["target"]["pid"].as_u64(), Some(target.pid() as u64));
+    assert_eq!(report.0["target"]["cmdline"][1], "wait");
+    // We did not launch it, so its exit status is not ours to know.
+    assert!(report.0["target_exit"].is_null());
+    assert_detached(&report);
+}
+
+#[test]
+fn report_files_agree_with_each_other() {
+    let out = output_dir("report_files_agree_with_each_other");
+    let mut target = Running::spawn(std::process::Command::new(fixture("mappings")).arg("wait"));
+    let mut tracer = start_tracer(&["-o", out.to_str().unwrap(), "--pid", &target.pid().to_string()]);
+    target.send_line("go");
+    target.stdout.wait_for("done");
+    target.close_stdin();
+    target.wait();
+    assert!(tracer.wait().success());
+
+    let report = Report::load(&out);
+    let folded = std::fs::read_to_string(out.join("stacks.folded")).unwrap();
+    // Every folded line is one report stack with outstanding bytes: same frames, same bytes.
+    let outstanding: Vec<_> = report.stacks().iter().filter(|s| s["outstanding_bytes"].as_u64().unwrap() > 0).collect();
+    assert_eq!(folded.lines().count(), outstanding.len());
+    for (line, stack) in folded.lines().zip(&outstanding) {
+        let (frames, bytes) = line.rsplit_once(' ').unwrap();
+        let mut expected = vec![format!("[{}]", stack["source"].as_str().unwrap())];
+        expected.extend(stack["frames"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().replace(';', ":")));
+        assert_eq!(frames, expected.join(";"));
+        assert_eq!(bytes.parse::<u64>().unwrap(), stack["outstanding_bytes"].as_u64().unwrap());
+    }
+    let total: u64 = report.stacks().iter().map(|s| s["outstanding_bytes"].as_u64().unwrap()).sum();
+    assert_eq!(report.0["totals"]["outstanding_bytes"].as_u64(), Some(total));
+    let svg = std::fs::read_to_string(out.join("flamegraph.svg")).unwrap();
+    assert!(svg.starts_with("<?xml") && svg.trim_end().ends_with("</svg>"));
+    assert!(svg.contains("keep_regions"), "the flamegraph names the call sites");
+}

@@ -1,0 +1,105 @@
+//! Installs what the build and the tests need, idempotently: each step first checks whether its result is
+//! already there.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{root, run};
+
+/// Emits LLVM 22 bitcode, which the bpf-linker below (built against LLVM 22) reads. Do not float it: a
+/// nightly from Rust 1.99 on emits LLVM 23. Keep in step with tracer-ebpf/rust-toolchain.toml.
+pub const NIGHTLY: &str = "nightly-2026-05-20";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+pub fn all() -> Result<()> {
+    ebpf_toolchain()?;
+    apt_packages(&[("bpftool", "/usr/sbin/bpftool")])
+}
+
+pub fn ebpf_toolchain() -> Result<()> {
+    nightly()?;
+    apt_packages(&[("llvm-22-dev", &format!("{LLVM_PREFIX}/bin/llvm-config"))])?;
+    bpf_linker()
+}
+
+fn nightly() -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", NIGHTLY])
+        .output()
+        .is_ok_and(|out| {
+            out.status.success() && String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("rust-src"))
+        });
+    if installed {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Rust {NIGHTLY} with rust-src");
+    run(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        NIGHTLY,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
+}
+
+fn bpf_linker() -> Result<()> {
+    let version = Command::new("bpf-linker").arg("--version").output();
+    if version.is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION)) {
+        return Ok(());
+    }
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
+    run(Command::new(env!("CARGO"))
+        .args([
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ])
+        .env("LLVM_PREFIX", LLVM_PREFIX))
+}
+
+/// Debian packages, each checked by a file it installs.
+fn apt_packages(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> =
+        packages.iter().filter(|(_, file)| !std::path::Path::new(file).exists()).map(|(name, _)| *name).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    let sudo = !crate::is_root();
+    let apt = |args: &[&str]| {
+        let mut command = if sudo { Command::new("sudo") } else { Command::new("apt-get") };
+        if sudo {
+            command.arg("apt-get");
+        }
+        command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        command
+    };
+    run(&mut apt(&["update", "-qq"]))?;
+    run(apt(&["install", "-y", "-qq", "--no-install-recommends"]).args(&missing))
+}
+
+/// Compiles the native demo program (C, frame pointers on) and returns its path.
+pub fn build_native_demo() -> Result<PathBuf> {
+    let source = root().join("demo/native/session_leak.c");
+    let binary = root().join("target/demo/session_leak");
+    std::fs::create_dir_all(binary.parent().expect("has a parent"))?;
+    let status = Command::new("cc")
+        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .status()
+        .context("cannot run cc: install gcc")?;
+    if !status.success() {
+        bail!("cannot compile {}", source.display());
+    }
+    Ok(binary)
+}
