@@ -24,5 +24,4 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::C
 
 /// Arguments of a syscall between its entry and its exit, by thread (pid_tgid).
 #[map]
-pub static PENDING_SYSCALLS: HashMap<u64, crate::syscalls::PendingSyscall> =
-    HashMap::with_max_entries(16384, 0);
+pub static PENDING_SYSCALLS: HashMap<u64, crate::syscalls::PendingSyscall> = HashMap::with_max_entries(16384, 0);

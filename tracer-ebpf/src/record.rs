@@ -10,9 +10,9 @@ use aya_ebpf::{
     programs::tracing::StackIdContext,
 };
 use tracer_common::{
-    BPF_F_USER_STACK,
     counters::Counter,
     events::{MemEvent, STACK_TOP_WORDS},
+    BPF_F_USER_STACK,
 };
 
 use crate::maps::{COUNTERS, EVENTS, STACKS, TARGETS};

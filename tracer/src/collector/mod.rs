@@ -235,7 +235,7 @@ impl Collector {
     }
 
     fn stack_key(&mut self, event: &MemEvent, source: Source) -> StackKey {
-        let stack = self.stacks.from_kernel(
+        let stack = self.stacks.intern_kernel_stack(
             &self.maps.stacks,
             event.stack_id,
             event.user_sp,

@@ -56,7 +56,7 @@ impl StackTable {
 
     /// The interned stack for a kernel stack id (negative: none was taken), completed with the copy of the
     /// top of the user stack taken at the same moment.
-    pub fn from_kernel(
+    pub fn intern_kernel_stack(
         &mut self,
         kernel_stacks: &StackTraceMap<MapData>,
         stack_id: i32,

@@ -103,7 +103,7 @@ pub struct FormatField {
 }
 
 /// Parses the `field:` lines of a tracepoint `format` file, e.g.
-/// `field:unsigned long addr;	offset:16;	size:8;	signed:0;`.
+/// `field:unsigned long addr;<TAB>offset:16;<TAB>size:8;<TAB>signed:0;`.
 pub fn parse_format(text: &str) -> Vec<FormatField> {
     text.lines().filter_map(parse_field_line).collect()
 }

@@ -20,6 +20,11 @@ const LINE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Compiles `tests/fixtures/<name>.c` once per test binary: no optimisation (every function keeps its
 /// call site), frame pointers on.
 pub fn fixture(name: &str) -> PathBuf {
+    compile(name, &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(format!("{name}.c")))
+}
+
+/// Compiles a C source once per test binary (see [`fixture`]).
+pub fn compile(name: &str, source: &Path) -> PathBuf {
     static BUILT: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
     let built = BUILT.get_or_init(Default::default);
     let mut built = built.lock().unwrap();
@@ -27,11 +32,10 @@ pub fn fixture(name: &str) -> PathBuf {
     let binary = dir.join(name);
     if !built.iter().any(|b| b == name) {
         std::fs::create_dir_all(&dir).unwrap();
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(format!("{name}.c"));
         let status = Command::new("cc")
             .args(["-O0", "-g", "-fno-omit-frame-pointer", "-fno-optimize-sibling-calls", "-pthread", "-o"])
             .arg(&binary)
-            .arg(&source)
+            .arg(source)
             .status()
             .expect("cc runs");
         assert!(status.success(), "cannot compile {}", source.display());
