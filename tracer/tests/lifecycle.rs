@@ -60,3 +60,21 @@ fn default_output_folder_is_named_after_the_pid() {
     assert!(folders[0].starts_with(&prefix) && folders[0].ends_with('Z'), "{folders:?}");
     Report::load(&cwd.join(&folders[0]));
 }
+
+#[test]
+fn under_sudo_the_files_belong_to_the_invoking_user() {
+    use std::os::unix::fs::MetadataExt;
+    let out = output_dir("under_sudo_the_files_belong_to_the_invoking_user");
+    let target = waiting_fixture();
+    let mut tracer = Running::spawn(
+        Command::new(common::TRACER)
+            .args(["-d", "1s", "-o", out.to_str().unwrap(), "--pid", &target.pid().to_string()])
+            .env("SUDO_UID", "65534")
+            .env("SUDO_GID", "65533"),
+    );
+    assert!(tracer.wait().success());
+    for name in ["", "report.json", "stacks.folded", "flamegraph.svg"] {
+        let meta = std::fs::metadata(out.join(name)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65533), "{name}");
+    }
+}
