@@ -6,6 +6,7 @@
 // The tracepoint layouts are quoted from the kernel's format files, tabs included.
 #![allow(clippy::tabs_in_doc_comments)]
 
+pub mod alloc;
 pub mod counters;
 pub mod events;
 pub mod tracepoints;

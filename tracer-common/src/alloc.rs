@@ -1,0 +1,86 @@
+//! Allocator entry points: how each takes its arguments and returns its result. Userspace finds the entry
+//! points in the target's ELF objects and attaches one generic program to each, passing an [`AllocCookie`]
+//! as the uprobe's attach cookie; the kernel program reads the arguments the cookie names.
+
+/// The calling convention of an allocator function, as far as accounting goes.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AllocShape {
+    /// Returns a new block of `arg[size]` bytes, or NULL: malloc, aligned_alloc, memalign, valloc, pvalloc,
+    /// operator new, mi_malloc, mi_zalloc, mallocx, tc_malloc...
+    Malloc = 1,
+    /// Returns a new block of `arg[count] * arg[size]` bytes: calloc, mi_calloc, mi_mallocn...
+    Calloc = 2,
+    /// Resizes `arg[ptr]` to `arg[size]` bytes, maybe moving it: realloc, mi_realloc, rallocx... A NULL ptr
+    /// makes it an allocation; a NULL result with size 0 is a free; a NULL result otherwise changes nothing.
+    Realloc = 3,
+    /// Like [`AllocShape::Realloc`] with `arg[count] * arg[size]` bytes: reallocarray, mi_reallocn.
+    ReallocArray = 4,
+    /// Writes the new block of `arg[size]` bytes through `arg[ptr]` (a `void **`) and returns 0 on success:
+    /// posix_memalign.
+    PosixMemalign = 5,
+    /// Frees `arg[ptr]`: free, operator delete, mi_free, dallocx, sdallocx...
+    Free = 6,
+    /// Resizes `arg[ptr]` in place and returns its new usable size: xallocx.
+    ResizeInPlace = 7,
+    /// Resizes `arg[ptr]` in place to `arg[size]` bytes, returning ptr, or NULL when it cannot: mi_expand.
+    ExpandInPlace = 8,
+}
+
+impl AllocShape {
+    pub const fn from_u8(value: u8) -> Option<Self> {
+        Some(match value {
+            1 => Self::Malloc,
+            2 => Self::Calloc,
+            3 => Self::Realloc,
+            4 => Self::ReallocArray,
+            5 => Self::PosixMemalign,
+            6 => Self::Free,
+            7 => Self::ResizeInPlace,
+            8 => Self::ExpandInPlace,
+            _ => return None,
+        })
+    }
+
+    /// Whether the result matters, so that a return probe is needed too.
+    pub const fn needs_return_probe(self) -> bool {
+        !matches!(self, Self::Free)
+    }
+}
+
+/// An entry point's shape and which argument registers hold what (0 = first argument). Unused indices are
+/// 0. Packed into the 64-bit uprobe attach cookie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AllocCookie {
+    pub shape: AllocShape,
+    pub ptr_arg: u8,
+    pub size_arg: u8,
+    pub count_arg: u8,
+}
+
+impl AllocCookie {
+    pub const fn new(shape: AllocShape, ptr_arg: u8, size_arg: u8, count_arg: u8) -> Self {
+        Self { shape, ptr_arg, size_arg, count_arg }
+    }
+
+    pub const fn encode(self) -> u64 {
+        (self.shape as u64) | (self.ptr_arg as u64) << 8 | (self.size_arg as u64) << 16 | (self.count_arg as u64) << 24
+    }
+
+    pub const fn decode(cookie: u64) -> Option<Self> {
+        let Some(shape) = AllocShape::from_u8(cookie as u8) else { return None };
+        Some(Self { shape, ptr_arg: (cookie >> 8) as u8, size_arg: (cookie >> 16) as u8, count_arg: (cookie >> 24) as u8 })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_round_trip() {
+        let cookie = AllocCookie::new(AllocShape::ReallocArray, 1, 3, 2);
+        assert_eq!(AllocCookie::decode(cookie.encode()), Some(cookie));
+        assert_eq!(AllocCookie::decode(0), None);
+    }
+}
