@@ -69,7 +69,12 @@ impl AllocCookie {
 
     pub const fn decode(cookie: u64) -> Option<Self> {
         let Some(shape) = AllocShape::from_u8(cookie as u8) else { return None };
-        Some(Self { shape, ptr_arg: (cookie >> 8) as u8, size_arg: (cookie >> 16) as u8, count_arg: (cookie >> 24) as u8 })
+        Some(Self {
+            shape,
+            ptr_arg: (cookie >> 8) as u8,
+            size_arg: (cookie >> 16) as u8,
+            count_arg: (cookie >> 24) as u8,
+        })
     }
 }
 

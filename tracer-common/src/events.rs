@@ -15,6 +15,12 @@ pub enum EventKind {
     /// `madvise(addr, len, flags)` returned 0, for a behaviour that gives pages back (DONTNEED, FREE,
     /// REMOVE, DONTNEED_LOCKED).
     Madvise = 5,
+    /// A user page fault at `addr`; `flags` is the x86 error code (bit 0: the page was present, bit 1:
+    /// write).
+    PageFault = 6,
+    /// The page fault in progress on `tid` at `addr` brought in a block of `len` bytes (a transparent huge
+    /// page, or a multi-size THP), not a base page.
+    LargePage = 7,
 }
 
 impl EventKind {
@@ -25,6 +31,8 @@ impl EventKind {
             3 => Self::Mremap,
             4 => Self::Brk,
             5 => Self::Madvise,
+            6 => Self::PageFault,
+            7 => Self::LargePage,
             _ => return None,
         })
     }

@@ -113,6 +113,39 @@ pub struct SysExit {
     pub ret: i64,
 }
 
+/// exceptions/page_fault_user
+/// ```text
+/// field:unsigned long address;	offset:8;	size:8;	signed:0;
+/// field:unsigned long ip;	offset:16;	size:8;	signed:0;
+/// field:unsigned long error_code;	offset:24;	size:8;	signed:0;
+/// ```
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PageFaultUser {
+    pub common: CommonHeader,
+    pub address: u64,
+    pub ip: u64,
+    pub error_code: u64,
+}
+
+/// kmem/mm_page_alloc
+/// ```text
+/// field:unsigned long pfn;	offset:8;	size:8;	signed:0;
+/// field:unsigned int order;	offset:16;	size:4;	signed:0;
+/// field:unsigned long gfp_flags;	offset:24;	size:8;	signed:0;
+/// field:int migratetype;	offset:32;	size:4;	signed:1;
+/// ```
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct MmPageAlloc {
+    pub common: CommonHeader,
+    pub pfn: u64,
+    pub order: u32,
+    pub pad: u32,
+    pub gfp_flags: u64,
+    pub migratetype: i32,
+}
+
 /// One field the kernel programs read: which tracepoint, the field's name in the format file, and where
 /// our struct expects it.
 #[derive(Clone, Copy, Debug)]
@@ -126,12 +159,15 @@ pub struct ExpectedField {
 
 macro_rules! field {
     ($category:literal, $event:literal, $ty:ty, $member:ident, $name:literal) => {
+        field!($category, $event, $ty, $member, $name, u64)
+    };
+    ($category:literal, $event:literal, $ty:ty, $member:ident, $name:literal, $size:ty) => {
         ExpectedField {
             category: $category,
             event: $event,
             field: $name,
             offset: offset_of!($ty, $member),
-            size: size_of::<u64>(),
+            size: size_of::<$size>(),
         }
     };
 }
@@ -159,4 +195,8 @@ pub const EXPECTED_FIELDS: &[ExpectedField] = &[
     field!("syscalls", "sys_enter_madvise", SysEnterMadvise, len_in, "len_in"),
     field!("syscalls", "sys_enter_madvise", SysEnterMadvise, behavior, "behavior"),
     field!("syscalls", "sys_exit_madvise", SysExit, ret, "ret"),
+    field!("exceptions", "page_fault_user", PageFaultUser, address, "address"),
+    field!("exceptions", "page_fault_user", PageFaultUser, error_code, "error_code"),
+    field!("kmem", "mm_page_alloc", MmPageAlloc, order, "order", u32),
+    field!("kmem", "mm_page_alloc", MmPageAlloc, migratetype, "migratetype", i32),
 ];

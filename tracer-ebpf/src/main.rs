@@ -2,6 +2,7 @@
 #![no_std]
 #![no_main]
 
+mod faults;
 mod maps;
 mod record;
 mod syscalls;

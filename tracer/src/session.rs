@@ -1,14 +1,17 @@
 //! One tracing session from start to end: find or launch the target, attach, collect, detach, report.
 
-use std::{path::PathBuf, time::SystemTime};
+use std::{
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
 
 use anyhow::{bail, Result};
 
 use crate::{
     cli::Cli,
-    collector::{Collector, StopSignals},
+    collector::{Collector, Signals, SnapshotReason, Trace},
     privileges,
-    probes::{tracefs, Probes},
+    probes::{tracefs, ProbeRecord, Probes},
     reports::{self, output::OutputDir, summary},
     target::{HeldChild, Target},
 };
@@ -34,9 +37,9 @@ pub fn run(cli: Cli) -> Result<()> {
     tracefs::check_layouts(&tracefs_root)?;
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let stop = {
+    let signals = {
         let _context = runtime.enter();
-        StopSignals::catch()?
+        Signals::catch()?
     };
 
     let pending = match cli.pid {
@@ -49,6 +52,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let (mut probes, mut maps, events) = Probes::load()?;
     maps.add_target(pid)?;
     probes.attach_syscalls()?;
+    probes.attach_faults()?;
     let (target, launched) = match pending {
         Pending::Existing(target) => {
             if target.has_exited() {
@@ -60,19 +64,41 @@ pub fn run(cli: Cli) -> Result<()> {
     };
     eprintln!("dispatch-leaktrace: tracing pid {pid} ({}); Ctrl-C to stop", target.info.exe.display());
 
-    let collector = Collector::new(maps, target, !launched);
-    let trace = runtime.block_on(collector.run(cli.duration, events, stop))?;
-    // Detach before the slower work of writing reports.
     let probe_records = probes.records.clone();
+    let mut collector = Collector::new(maps, target, !launched);
+    let ending = runtime.block_on(collector.run(cli.duration, events, signals, |trace, reason| {
+        write_snapshot(trace, reason, &probe_records, &out);
+    }))?;
+    // Detach before the slower work of writing reports.
     drop(probes);
 
+    let trace = collector.trace(Some(ending));
     let written = reports::write_all(&trace, &probe_records, &out)?;
     print!("{}", summary::render(&trace, &written));
     Ok(())
 }
 
+/// `OUTPUT/snapshots/<UTC time>-<reason>/`: the full report set while the trace goes on. A failure is a
+/// warning: the trace itself must go on.
+fn write_snapshot(trace: &Trace<'_>, reason: SnapshotReason, probes: &[ProbeRecord], out: &OutputDir) {
+    let stamp = humantime::format_rfc3339_millis(trace.ended_at).to_string().replace(['-', ':'], "");
+    let name = format!("{stamp}-{}", reason.name());
+    let written = out.subfolder(&Path::new("snapshots").join(name)).and_then(|dir| {
+        reports::write_all(trace, probes, &dir)?;
+        Ok(dir)
+    });
+    match written {
+        Ok(dir) => eprintln!("dispatch-leaktrace: snapshot written to {}", dir.path().display()),
+        Err(error) => eprintln!("dispatch-leaktrace: warning: cannot write a snapshot: {error:#}"),
+    }
+}
+
+/// `20261128T031500Z`: sorts in time order and is valid in a file name.
+fn utc_stamp(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string().replace(['-', ':'], "")
+}
+
 /// `./leaktrace-<pid>-<UTC time>`, e.g. `leaktrace-4242-20261128T031500Z`.
 fn default_output(pid: u32) -> PathBuf {
-    let stamp = humantime::format_rfc3339_seconds(SystemTime::now()).to_string().replace(['-', ':'], "");
-    PathBuf::from(format!("leaktrace-{pid}-{stamp}"))
+    PathBuf::from(format!("leaktrace-{pid}-{}", utc_stamp(SystemTime::now())))
 }

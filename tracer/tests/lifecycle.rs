@@ -78,3 +78,35 @@ fn under_sudo_the_files_belong_to_the_invoking_user() {
         assert_eq!((meta.uid(), meta.gid()), (65534, 65533), "{name}");
     }
 }
+
+#[test]
+fn sigusr1_writes_a_snapshot_and_the_trace_goes_on() {
+    let out = output_dir("sigusr1_writes_a_snapshot_and_the_trace_goes_on");
+    let mut target = waiting_fixture();
+    let mut tracer = start_tracer(&["-o", out.to_str().unwrap(), "--pid", &target.pid().to_string()]);
+    let before = tracer.snapshot();
+    target.send_line("go");
+    target.stdout.wait_for("done");
+    let after = tracer.snapshot();
+    target.close_stdin();
+    assert!(target.wait().success());
+    assert!(tracer.wait().success());
+
+    assert!(before.starts_with(out.join("snapshots")) && before.ends_with_requested(), "{before:?}");
+    let (before, after, end) = (Report::load(&before), Report::load(&after), Report::load(&out));
+    assert!(before.0["end_reason"].is_null() && after.0["end_reason"].is_null());
+    assert_eq!(end.end_reason(), "target-exit");
+    assert_eq!(before.by_leaf("mmap", "keep_regions").outstanding_bytes, 0);
+    assert_eq!(after.by_leaf("mmap", "keep_regions").outstanding_bytes, 15 * common::PAGE);
+    assert_eq!(end.by_leaf("mmap", "keep_regions").outstanding_bytes, 15 * common::PAGE);
+}
+
+trait SnapshotName {
+    fn ends_with_requested(&self) -> bool;
+}
+
+impl SnapshotName for std::path::PathBuf {
+    fn ends_with_requested(&self) -> bool {
+        self.file_name().unwrap().to_string_lossy().ends_with("Z-requested")
+    }
+}

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::{thread, time::Duration};
-
 use common::{assert_detached, fixture, output_dir, start_tracer, Figures, Report, Running, PAGE};
 
 /// (source, call site, outstanding bytes, outstanding allocations, allocated bytes), from mappings.c.
@@ -49,8 +47,8 @@ fn launched_target_exact_per_call_site() {
     let mut tracer = start_tracer(&["-o", out.to_str().unwrap(), "--", fixture.to_str().unwrap()]);
     // The launched fixture shares the tracer's stdin and stdout.
     tracer.stdout.wait_for("done");
-    // Let the tracer read the fixture's maps (to name libc frames) before the fixture exits.
-    thread::sleep(Duration::from_millis(300));
+    // Once the snapshot is written the tracer has seen everything, while the fixture still runs.
+    tracer.snapshot();
     assert!(tracer.wait().success());
 
     let report = Report::load(&out);

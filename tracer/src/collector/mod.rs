@@ -4,7 +4,10 @@
 pub mod stacks;
 pub mod unwind;
 
-use std::time::{Duration, SystemTime};
+use std::{
+    collections::HashMap,
+    time::{Duration, SystemTime},
+};
 
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
@@ -15,7 +18,7 @@ use tokio::{
 use tracer_common::events::{EventKind, MemEvent};
 
 use crate::{
-    ledger::{Ledger, Source, StackKey},
+    ledger::{Backing, Ledger, Source, StackKey},
     probes::KernelMaps,
     procfs::{self, maps::MemoryMap, ProcessInfo},
     symbolizer::{modules::ModuleMap, FrameName, Symbolizer},
@@ -45,30 +48,59 @@ impl EndReason {
     }
 }
 
-/// SIGINT and SIGTERM, caught from before the first probe is attached: a signal at any moment ends the
-/// trace with a report instead of killing the tracer.
-pub struct StopSignals {
+/// The signals the tracer answers, caught from before the first probe is attached: SIGINT or SIGTERM at
+/// any moment ends the trace with a report instead of killing the tracer; SIGUSR1 writes a snapshot.
+pub struct Signals {
     interrupt: Signal,
     terminate: Signal,
+    snapshot: Signal,
 }
 
-impl StopSignals {
+impl Signals {
     /// Must be called inside the tokio runtime.
     pub fn catch() -> Result<Self> {
-        Ok(Self { interrupt: signal(SignalKind::interrupt())?, terminate: signal(SignalKind::terminate())? })
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            snapshot: signal(SignalKind::user_defined1())?,
+        })
     }
 }
 
-/// Everything the reports are made from.
-pub struct Trace {
-    pub target: ProcessInfo,
-    pub started_at: SystemTime,
-    pub ended_at: SystemTime,
-    pub end_reason: EndReason,
+/// Why a snapshot was taken while the trace goes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotReason {
+    /// SIGUSR1.
+    Requested,
+}
+
+impl SnapshotReason {
+    pub const fn name(self) -> &'static str {
+        match self {
+            SnapshotReason::Requested => "requested",
+        }
+    }
+}
+
+/// How and when the trace ended.
+#[derive(Clone, Copy, Debug)]
+pub struct Ending {
+    pub reason: EndReason,
     pub exit_status: Option<ExitStatus>,
-    pub ledger: Ledger,
+    pub at: SystemTime,
+}
+
+/// Everything the reports are made from, at the end of the trace or at a snapshot while it runs.
+pub struct Trace<'a> {
+    pub target: &'a ProcessInfo,
+    pub started_at: SystemTime,
+    /// The end of the trace, or the moment of the snapshot.
+    pub ended_at: SystemTime,
+    /// `None` for a snapshot of a trace still running.
+    pub ending: Option<Ending>,
+    pub ledger: &'a Ledger,
     /// Frame names by stack index, innermost first.
-    pub frames: Vec<Vec<FrameName>>,
+    pub frames: &'a [Vec<FrameName>],
     /// Kernel counters, in `Counter::ALL` order.
     pub kernel_counters: Vec<u64>,
     pub rss_bytes: u64,
@@ -85,6 +117,8 @@ pub struct Collector {
     frames: Vec<Vec<FrameName>>,
     started_at: SystemTime,
     page_size: u64,
+    /// The last page fault of each thread, which a [`EventKind::LargePage`] event may widen.
+    last_fault: HashMap<u32, (u64, StackKey)>,
     rss_bytes: u64,
     events: u64,
 }
@@ -112,18 +146,21 @@ impl Collector {
             frames: vec![Vec::new()],
             started_at: SystemTime::now(),
             page_size,
+            last_fault: HashMap::new(),
             rss_bytes: 0,
             events: 0,
         }
     }
 
-    /// Collects until the duration ends, a SIGINT or SIGTERM arrives, or the target exits.
+    /// Collects until the duration ends, a SIGINT or SIGTERM arrives, or the target exits. Snapshots
+    /// asked for meanwhile are handed to `on_snapshot`, after every event before them has been counted.
     pub async fn run(
-        mut self,
+        &mut self,
         duration: Option<Duration>,
         events: RingBuf<MapData>,
-        mut stop: StopSignals,
-    ) -> Result<Trace> {
+        mut signals: Signals,
+        mut on_snapshot: impl FnMut(&Trace<'_>, SnapshotReason),
+    ) -> Result<Ending> {
         // SAFETY: both descriptors are owned by the value registered, open until it is dropped.
         let mut events = unsafe { AsyncFd::register(events)? };
         let target_exit = unsafe { AsyncFd::register(self.target.pidfd.try_clone()?)? };
@@ -136,7 +173,7 @@ impl Collector {
         tokio::pin!(deadline);
         let mut tick = tokio::time::interval(TICK);
 
-        let end_reason = loop {
+        let reason = loop {
             tokio::select! {
                 ready = events.readable_mut() => {
                     let mut guard = ready?;
@@ -144,33 +181,43 @@ impl Collector {
                     guard.clear_ready();
                 }
                 _ = tick.tick() => self.on_tick(),
-                _ = stop.interrupt.recv() => break EndReason::Signal,
-                _ = stop.terminate.recv() => break EndReason::Signal,
+                _ = signals.snapshot.recv() => {
+                    self.drain(events.get_mut());
+                    self.sample_rss();
+                    self.name_new_stacks();
+                    on_snapshot(&self.trace(None), SnapshotReason::Requested);
+                }
+                _ = signals.interrupt.recv() => break EndReason::Signal,
+                _ = signals.terminate.recv() => break EndReason::Signal,
                 _ = &mut deadline => break EndReason::Duration,
                 _ = target_exit.readable() => break EndReason::TargetExit,
             }
         };
         // Whatever the kernel wrote before the end is still in the ring buffer.
         self.drain(events.get_mut());
-        let exit_status = if end_reason == EndReason::TargetExit { self.target.reap() } else { None };
-        if end_reason == EndReason::TargetExit || self.target.has_exited() {
+        let exit_status = if reason == EndReason::TargetExit { self.target.reap() } else { None };
+        if reason == EndReason::TargetExit || self.target.has_exited() {
             self.modules.mark_exited();
         } else {
             self.sample_rss();
         }
         self.name_new_stacks();
-        Ok(Trace {
-            target: self.target.info.clone(),
+        Ok(Ending { reason, exit_status, at: SystemTime::now() })
+    }
+
+    /// The reports' view of the trace: at its end, or now for a snapshot (`ending` None).
+    pub fn trace(&self, ending: Option<Ending>) -> Trace<'_> {
+        Trace {
+            target: &self.target.info,
             started_at: self.started_at,
-            ended_at: SystemTime::now(),
-            end_reason,
-            exit_status,
+            ended_at: ending.map_or_else(SystemTime::now, |e| e.at),
+            ending,
+            ledger: &self.ledger,
+            frames: &self.frames,
             kernel_counters: self.maps.read_counters(),
-            ledger: self.ledger,
-            frames: self.frames,
             rss_bytes: self.rss_bytes,
             events: self.events,
-        })
+        }
     }
 
     fn on_tick(&mut self) {
@@ -217,7 +264,7 @@ impl Collector {
                     self.modules.refresh();
                 }
                 let key = self.stack_key(event, Source::Mmap);
-                self.ledger.map(event.tgid, event.addr, event.len, key);
+                self.ledger.map(event.tgid, event.addr, event.len, backing_of(event), key);
             }
             EventKind::Munmap => self.ledger.unmap(event.tgid, event.addr, event.len),
             EventKind::Mremap => {
@@ -228,10 +275,44 @@ impl Collector {
                 let key = self.stack_key(event, Source::Brk);
                 self.ledger.brk(event.tgid, event.new_addr, key);
             }
-            // madvise gives pages back but leaves the mapping: it matters to resident memory, not to the
-            // mapped-bytes ledger.
-            EventKind::Madvise => {}
+            EventKind::Madvise => self.ledger.drop_pages(event.tgid, event.addr, event.len),
+            EventKind::PageFault => {
+                if self.maps_zero_page(event) {
+                    self.ledger.zero_page_read();
+                    return;
+                }
+                let key = self.stack_key(event, Source::PageFault);
+                self.ledger.fault(event.tgid, event.addr, self.page_size, key);
+                self.last_fault.insert(event.tid, (event.addr, key));
+            }
+            EventKind::LargePage => {
+                // Follows the fault it belongs to: widen that fault to the block the kernel allocated.
+                if let Some((addr, key)) = self.last_fault.remove(&event.tid).filter(|(addr, _)| *addr == event.addr) {
+                    self.ledger.fault(event.tgid, addr, event.len, key);
+                }
+            }
         }
+    }
+
+    /// A read fault on a not-present page of never-written private anonymous memory maps the kernel's zero
+    /// page: nothing becomes resident before the first write, which faults again.
+    fn maps_zero_page(&mut self, event: &MemEvent) -> bool {
+        const PRESENT: u64 = 1;
+        const WRITE: u64 = 2;
+        if event.flags & (PRESENT | WRITE) != 0 {
+            return false;
+        }
+        let backing = self.ledger.backing_at(event.tgid, event.addr).or_else(|| {
+            let mapping = self.modules.lookup(event.addr)?;
+            Some(if mapping.is_file() {
+                Backing::File
+            } else if mapping.shared {
+                Backing::SharedAnonymous
+            } else {
+                Backing::Anonymous
+            })
+        });
+        backing.is_some_and(Backing::reads_zero_page)
     }
 
     fn stack_key(&mut self, event: &MemEvent, source: Source) -> StackKey {
@@ -243,5 +324,16 @@ impl Collector {
             &mut self.modules,
         );
         StackKey { source, stack }
+    }
+}
+
+/// What backs a new mapping, from its mmap flags.
+fn backing_of(event: &MemEvent) -> Backing {
+    const MAP_SHARED: u64 = 0x01;
+    const MAP_ANONYMOUS: u64 = 0x20;
+    match (event.flags & MAP_ANONYMOUS != 0 || event.fd < 0, event.flags & MAP_SHARED != 0) {
+        (true, false) => Backing::Anonymous,
+        (true, true) => Backing::SharedAnonymous,
+        (false, _) => Backing::File,
     }
 }

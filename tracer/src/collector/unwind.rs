@@ -60,7 +60,10 @@ impl Unwinder {
             let Some(rule) = self.rule_for(lookup, modules) else { break };
             let Some(cfa_from_sp) = rule.cfa_from_sp else { break };
             let cfa = sp + cfa_from_sp as i128;
-            let Some(return_address) = word_at(cfa + rule.return_address_from_cfa as i128) else { break };
+            // A zero return address ends the stack (thread entry points clear it).
+            let Some(return_address) = word_at(cfa + rule.return_address_from_cfa as i128).filter(|ra| *ra != 0) else {
+                break;
+            };
             if let Some(from_cfa) = rule.saved_rbp_from_cfa {
                 // The outermost save is the value the first frame outside the runtime had.
                 caller_rbp = word_at(cfa + from_cfa as i128);

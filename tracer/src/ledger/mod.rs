@@ -18,6 +18,8 @@ pub enum Source {
     Mmap,
     /// The brk heap.
     Brk,
+    /// Pages made resident by a first-touch page fault.
+    PageFault,
 }
 
 impl Source {
@@ -25,6 +27,7 @@ impl Source {
         match self {
             Source::Mmap => "mmap",
             Source::Brk => "brk",
+            Source::PageFault => "page-fault",
         }
     }
 }
@@ -70,17 +73,49 @@ pub struct LedgerCounters {
     pub unmatched_frees: u64,
     /// Bytes released that were mapped before tracing began.
     pub preexisting_released_bytes: u64,
+    /// Page faults on pages the ledger already held resident (copy-on-write, a write after a read of a
+    /// never-written page). Not lost: they add no resident memory.
+    pub faults_on_resident_pages: u64,
+    /// Read faults on never-written private anonymous memory: the kernel maps its zero page, nothing
+    /// becomes resident until the first write.
+    pub zero_page_reads: u64,
+    /// Faults that brought in a huge page at once.
+    pub huge_page_faults: u64,
 }
 
 #[derive(Debug)]
 struct Allocation {
     key: StackKey,
     remaining: u64,
+    backing: Backing,
+}
+
+/// What backs a mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backing {
+    /// The brk heap.
+    Heap,
+    /// Private anonymous memory.
+    Anonymous,
+    /// Shared anonymous memory (shmem).
+    SharedAnonymous,
+    /// A file.
+    File,
+}
+
+impl Backing {
+    /// A read of a never-written page maps the shared zero page, which adds nothing resident.
+    pub fn reads_zero_page(self) -> bool {
+        matches!(self, Backing::Heap | Backing::Anonymous)
+    }
 }
 
 #[derive(Debug, Default)]
 struct AddressSpace {
-    owners: RangeMap,
+    /// Which allocation mapped each byte.
+    owners: RangeMap<AllocId>,
+    /// Which stack made each resident page resident. For pages, an "allocation" is one base page.
+    resident: RangeMap<StackKey>,
     /// Current program break, once known.
     brk: Option<u64>,
 }
@@ -123,10 +158,10 @@ impl Ledger {
 
     /// A successful `mmap` of `len` bytes at `addr`. A mapping placed over an older one (MAP_FIXED)
     /// releases what it covers, as the kernel does.
-    pub fn map(&mut self, tgid: u32, addr: u64, len: u64, key: StackKey) {
+    pub fn map(&mut self, tgid: u32, addr: u64, len: u64, backing: Backing, key: StackKey) {
         let end = addr + self.page_align(len);
         self.release(tgid, addr, end);
-        self.allocate(tgid, addr, end, key);
+        self.allocate(tgid, addr, end, backing, key);
     }
 
     /// A successful `munmap`.
@@ -152,9 +187,11 @@ impl Ledger {
     ) {
         let old_len = self.page_align(old_len);
         let new_len = self.page_align(new_len);
+        // Pages mremap adds are backed like the region it resizes.
+        let backing = self.backing_at(tgid, old_addr).unwrap_or(Backing::Anonymous);
         if old_len == 0 {
             // old_len 0 makes a second mapping of a shared region: a new mapping.
-            self.map(tgid, new_addr, new_len, key);
+            self.map(tgid, new_addr, new_len, backing, key);
             return;
         }
         let kept = old_len.min(new_len);
@@ -162,7 +199,7 @@ impl Ledger {
             if new_len < old_len {
                 self.release(tgid, old_addr + new_len, old_addr + old_len);
             } else {
-                self.allocate(tgid, old_addr + old_len, old_addr + new_len, key);
+                self.allocate(tgid, old_addr + old_len, old_addr + new_len, backing, key);
             }
             return;
         }
@@ -172,20 +209,30 @@ impl Ledger {
         }
         if flags & MREMAP_DONTUNMAP != 0 {
             // The old range stays mapped (emptied); the new range is a mapping of its own.
-            self.allocate(tgid, new_addr, new_addr + new_len, key);
+            self.allocate(tgid, new_addr, new_addr + new_len, backing, key);
             return;
         }
         let space = self.spaces.entry(tgid).or_default();
-        let moved = space.owners.remove(old_addr, old_addr + kept);
-        for segment in moved {
+        for segment in space.owners.remove(old_addr, old_addr + kept) {
             let offset = segment.start - old_addr;
             space.owners.insert(new_addr + offset, new_addr + offset + segment.len(), segment.owner);
+        }
+        // Resident pages move with their mapping.
+        for segment in space.resident.remove(old_addr, old_addr + kept) {
+            let offset = segment.start - old_addr;
+            space.resident.insert_merging(new_addr + offset, new_addr + offset + segment.len(), segment.owner);
         }
         if new_len < old_len {
             self.release(tgid, old_addr + new_len, old_addr + old_len);
         } else {
-            self.allocate(tgid, new_addr + old_len, new_addr + new_len, key);
+            self.allocate(tgid, new_addr + old_len, new_addr + new_len, backing, key);
         }
+    }
+
+    /// What backs the mapping at `addr`, when the ledger saw it being made.
+    pub fn backing_at(&self, tgid: u32, addr: u64) -> Option<Backing> {
+        let owner = self.spaces.get(&tgid)?.owners.owner_at(addr)?;
+        self.allocations.get(&owner).map(|allocation| allocation.backing)
     }
 
     /// A `brk(requested)` call that left the break at `result`. The kernel answers a query (0), a refused
@@ -195,7 +242,7 @@ impl Ledger {
         let previous = self.spaces.entry(tgid).or_default().brk.replace(result);
         let Some(previous) = previous else { return };
         if result > previous {
-            self.allocate(tgid, previous, result, key);
+            self.allocate(tgid, previous, result, Backing::Heap, key);
         } else if result < previous && self.release(tgid, result, previous) == 0 {
             self.counters.unmatched_frees += 1;
         }
@@ -224,7 +271,7 @@ impl Ledger {
         len.div_ceil(self.page_size) * self.page_size
     }
 
-    fn allocate(&mut self, tgid: u32, start: u64, end: u64, key: StackKey) {
+    fn allocate(&mut self, tgid: u32, start: u64, end: u64, backing: Backing, key: StackKey) {
         if start >= end {
             return;
         }
@@ -232,7 +279,7 @@ impl Ledger {
         self.next_alloc += 1;
         let bytes = end - start;
         self.spaces.entry(tgid).or_default().owners.insert(start, end, id);
-        self.allocations.insert(id, Allocation { key, remaining: bytes });
+        self.allocations.insert(id, Allocation { key, remaining: bytes, backing });
         let stats = self.stats.entry(key).or_default();
         stats.outstanding_bytes += bytes;
         stats.outstanding_allocs += 1;
@@ -240,8 +287,10 @@ impl Ledger {
         stats.allocated_allocs += 1;
     }
 
-    /// Releases `[start, end)` and returns the number of bytes the ledger knew there.
+    /// Releases `[start, end)`, mapped and resident, and returns the number of mapped bytes the ledger
+    /// knew there.
     fn release(&mut self, tgid: u32, start: u64, end: u64) -> u64 {
+        self.release_resident(tgid, start, end);
         let Some(space) = self.spaces.get_mut(&tgid) else { return 0 };
         let removed = space.owners.remove(start, end);
         let mut known = 0;
@@ -250,6 +299,53 @@ impl Ledger {
             self.charge_release(segment.owner, segment.len());
         }
         known
+    }
+
+    /// A user page fault at `addr` that made a page of `page_bytes` (a base page, or a huge page) resident,
+    /// unless the ledger holds it resident already (a write to a zero page, a copy-on-write).
+    pub fn fault(&mut self, tgid: u32, addr: u64, page_bytes: u64, key: StackKey) {
+        if page_bytes > self.page_size {
+            self.counters.huge_page_faults += 1;
+        }
+        let start = addr & !(page_bytes - 1);
+        let end = start + page_bytes;
+        let space = self.spaces.entry(tgid).or_default();
+        let mut added = 0;
+        for (gap_start, gap_end) in space.resident.gaps(start, end) {
+            space.resident.insert_merging(gap_start, gap_end, key);
+            added += gap_end - gap_start;
+        }
+        if added == 0 {
+            self.counters.faults_on_resident_pages += 1;
+            return;
+        }
+        let pages = added / self.page_size;
+        let stats = self.stats.entry(key).or_default();
+        stats.outstanding_bytes += added;
+        stats.outstanding_allocs += pages;
+        stats.allocated_bytes += added;
+        stats.allocated_allocs += pages;
+    }
+
+    pub fn zero_page_read(&mut self) {
+        self.counters.zero_page_reads += 1;
+    }
+
+    /// A successful madvise that lets the kernel drop the pages (DONTNEED, FREE, REMOVE): they are no longer
+    /// resident, though still mapped.
+    pub fn drop_pages(&mut self, tgid: u32, addr: u64, len: u64) {
+        let end = addr + self.page_align(len);
+        self.release_resident(tgid, addr, end);
+    }
+
+    fn release_resident(&mut self, tgid: u32, start: u64, end: u64) {
+        let Some(space) = self.spaces.get_mut(&tgid) else { return };
+        for segment in space.resident.remove(start, end) {
+            let stats = self.stats.get_mut(&segment.owner).expect("a resident page's stack has stats");
+            stats.outstanding_bytes -= segment.len();
+            stats.outstanding_allocs -= segment.len() / self.page_size;
+            stats.freed_bytes += segment.len();
+        }
     }
 
     fn charge_release(&mut self, owner: AllocId, bytes: u64) {

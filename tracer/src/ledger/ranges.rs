@@ -5,30 +5,34 @@
 
 use std::collections::BTreeMap;
 
-use super::AllocId;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Segment {
+pub struct Segment<O> {
     pub start: u64,
     pub end: u64,
-    pub owner: AllocId,
+    pub owner: O,
 }
 
-impl Segment {
+impl<O> Segment<O> {
     pub fn len(&self) -> u64 {
         self.end - self.start
     }
 }
 
-#[derive(Debug, Default)]
-pub struct RangeMap {
+#[derive(Debug)]
+pub struct RangeMap<O> {
     /// start -> (end, owner)
-    segments: BTreeMap<u64, (u64, AllocId)>,
+    segments: BTreeMap<u64, (u64, O)>,
 }
 
-impl RangeMap {
+impl<O> Default for RangeMap<O> {
+    fn default() -> Self {
+        Self { segments: BTreeMap::new() }
+    }
+}
+
+impl<O: Copy + PartialEq> RangeMap<O> {
     /// Takes `[start, end)` out of the map and returns the pieces that were there, in address order.
-    pub fn remove(&mut self, start: u64, end: u64) -> Vec<Segment> {
+    pub fn remove(&mut self, start: u64, end: u64) -> Vec<Segment<O>> {
         let mut removed = Vec::new();
         if start >= end {
             return removed;
@@ -56,14 +60,64 @@ impl RangeMap {
     }
 
     /// Gives `[start, end)` to `owner`. The range must be free: call [`RangeMap::remove`] first.
-    pub fn insert(&mut self, start: u64, end: u64, owner: AllocId) {
+    pub fn insert(&mut self, start: u64, end: u64, owner: O) {
         if start < end {
             self.segments.insert(start, (end, owner));
         }
     }
 
+    /// Like [`RangeMap::insert`], joining the new range with neighbours of the same owner, so that memory
+    /// filled page by page from one place stays one segment.
+    pub fn insert_merging(&mut self, mut start: u64, mut end: u64, owner: O) {
+        if start >= end {
+            return;
+        }
+        if let Some((&before_start, &(before_end, before_owner))) = self.segments.range(..start).next_back() {
+            if before_end == start && before_owner == owner {
+                self.segments.remove(&before_start);
+                start = before_start;
+            }
+        }
+        if let Some(&(after_end, after_owner)) = self.segments.get(&end) {
+            if after_owner == owner {
+                self.segments.remove(&end);
+                end = after_end;
+            }
+        }
+        self.segments.insert(start, (end, owner));
+    }
+
+    /// The owner of the byte at `addr`.
+    pub fn owner_at(&self, addr: u64) -> Option<O> {
+        let (_, &(end, owner)) = self.segments.range(..=addr).next_back()?;
+        (addr < end).then_some(owner)
+    }
+
+    /// The parts of `[start, end)` that no segment covers, in address order.
+    pub fn gaps(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut gaps = Vec::new();
+        let mut cursor = start;
+        let first = self
+            .segments
+            .range(..start)
+            .next_back()
+            .filter(|(_, (seg_end, _))| *seg_end > start)
+            .map(|(seg_start, _)| *seg_start)
+            .unwrap_or(start);
+        for (&seg_start, &(seg_end, _)) in self.segments.range(first..end) {
+            if seg_start > cursor {
+                gaps.push((cursor, seg_start));
+            }
+            cursor = cursor.max(seg_end);
+        }
+        if cursor < end {
+            gaps.push((cursor, end));
+        }
+        gaps
+    }
+
     #[cfg(test)]
-    pub fn segments(&self) -> impl Iterator<Item = Segment> + '_ {
+    pub fn segments(&self) -> impl Iterator<Item = Segment<O>> + '_ {
         self.segments.iter().map(|(start, (end, owner))| Segment { start: *start, end: *end, owner: *owner })
     }
 
@@ -77,7 +131,7 @@ impl RangeMap {
 mod tests {
     use super::*;
 
-    fn seg(start: u64, end: u64, owner: AllocId) -> Segment {
+    fn seg(start: u64, end: u64, owner: u64) -> Segment<u64> {
         Segment { start, end, owner }
     }
 
@@ -91,6 +145,26 @@ mod tests {
         let removed = map.remove(0x3000, 0x8800);
         assert_eq!(removed, vec![seg(0x3000, 0x5000, 1), seg(0x6000, 0x8000, 2), seg(0x8000, 0x8800, 3)]);
         assert_eq!(map.segments().collect::<Vec<_>>(), vec![seg(0x1000, 0x3000, 1), seg(0x8800, 0x9000, 3)]);
+    }
+
+    #[test]
+    fn insert_merging_joins_neighbours_of_the_same_owner_only() {
+        let mut map = RangeMap::default();
+        map.insert_merging(0x2000, 0x3000, 1);
+        map.insert_merging(0x1000, 0x2000, 1);
+        map.insert_merging(0x3000, 0x4000, 1);
+        map.insert_merging(0x4000, 0x5000, 2);
+        assert_eq!(map.segments().collect::<Vec<_>>(), vec![seg(0x1000, 0x4000, 1), seg(0x4000, 0x5000, 2)]);
+    }
+
+    #[test]
+    fn gaps_are_what_no_segment_covers() {
+        let mut map = RangeMap::default();
+        map.insert(0x2000, 0x3000, 1);
+        map.insert(0x4000, 0x6000, 1);
+        assert_eq!(map.gaps(0x1000, 0x7000), vec![(0x1000, 0x2000), (0x3000, 0x4000), (0x6000, 0x7000)]);
+        assert_eq!(map.gaps(0x4800, 0x5000), vec![]);
+        assert_eq!(map.gaps(0x2800, 0x4800), vec![(0x3000, 0x4000)]);
     }
 
     #[test]

@@ -2,6 +2,7 @@ use super::*;
 
 const PAGE: u64 = 4096;
 const PID: u32 = 100;
+const ANON: Backing = Backing::Anonymous;
 const A: StackKey = StackKey { source: Source::Mmap, stack: 1 };
 const B: StackKey = StackKey { source: Source::Mmap, stack: 2 };
 const HEAP: StackKey = StackKey { source: Source::Brk, stack: 3 };
@@ -13,8 +14,8 @@ fn outstanding(ledger: &Ledger, key: StackKey) -> (u64, u64) {
 #[test]
 fn mmap_rounds_up_to_pages_and_munmap_gives_back() {
     let mut ledger = Ledger::new(PAGE);
-    ledger.map(PID, 0x10000, 100, A);
-    ledger.map(PID, 0x20000, 3 * PAGE, A);
+    ledger.map(PID, 0x10000, 100, ANON, A);
+    ledger.map(PID, 0x20000, 3 * PAGE, ANON, A);
     assert_eq!(outstanding(&ledger, A), (4 * PAGE, 2));
     ledger.unmap(PID, 0x10000, PAGE);
     assert_eq!(outstanding(&ledger, A), (3 * PAGE, 1));
@@ -25,7 +26,7 @@ fn mmap_rounds_up_to_pages_and_munmap_gives_back() {
 #[test]
 fn partial_munmap_keeps_the_allocation_until_its_last_byte_goes() {
     let mut ledger = Ledger::new(PAGE);
-    ledger.map(PID, 0x10000, 4 * PAGE, A);
+    ledger.map(PID, 0x10000, 4 * PAGE, ANON, A);
     ledger.unmap(PID, 0x11000, PAGE); // a hole in the middle
     assert_eq!(outstanding(&ledger, A), (3 * PAGE, 1));
     ledger.unmap(PID, 0x10000, PAGE);
@@ -37,9 +38,9 @@ fn partial_munmap_keeps_the_allocation_until_its_last_byte_goes() {
 #[test]
 fn munmap_spanning_several_mappings_releases_each_stack() {
     let mut ledger = Ledger::new(PAGE);
-    ledger.map(PID, 0x10000, 2 * PAGE, A);
-    ledger.map(PID, 0x12000, 2 * PAGE, B);
-    ledger.map(PID, 0x16000, PAGE, B); // after a hole
+    ledger.map(PID, 0x10000, 2 * PAGE, ANON, A);
+    ledger.map(PID, 0x12000, 2 * PAGE, ANON, B);
+    ledger.map(PID, 0x16000, PAGE, ANON, B); // after a hole
     ledger.unmap(PID, 0x11000, 6 * PAGE);
     assert_eq!(outstanding(&ledger, A), (PAGE, 1));
     assert_eq!(outstanding(&ledger, B), (0, 0));
@@ -60,8 +61,8 @@ fn munmap_of_unknown_memory_is_an_unmatched_free() {
 #[test]
 fn map_fixed_over_an_old_mapping_releases_it() {
     let mut ledger = Ledger::new(PAGE);
-    ledger.map(PID, 0x10000, 4 * PAGE, A);
-    ledger.map(PID, 0x11000, PAGE, B);
+    ledger.map(PID, 0x10000, 4 * PAGE, ANON, A);
+    ledger.map(PID, 0x11000, PAGE, ANON, B);
     assert_eq!(outstanding(&ledger, A), (3 * PAGE, 1));
     assert_eq!(outstanding(&ledger, B), (PAGE, 1));
 }
@@ -69,7 +70,7 @@ fn map_fixed_over_an_old_mapping_releases_it() {
 #[test]
 fn mremap_grow_in_place_charges_the_growth_to_the_mremap_stack() {
     let mut ledger = Ledger::new(PAGE);
-    ledger.map(PID, 0x10000, 2 * PAGE, A);
+    ledger.map(PID, 0x10000, 2 * PAGE, ANON, A);
     ledger.remap(PID, 0x10000, 2 * PAGE, 0x10000, 5 * PAGE, 0, B);
     assert_eq!(outstanding(&ledger, A), (2 * PAGE, 1));
     assert_eq!(outstanding(&ledger, B), (3 * PAGE, 1));
@@ -78,7 +79,7 @@ fn mremap_grow_in_place_charges_the_growth_to_the_mremap_stack() {
 #[test]
 fn mremap_shrink_releases_the_tail() {
     let mut ledger = Ledger::new(PAGE);
-    ledger.map(PID, 0x10000, 4 * PAGE, A);
+    ledger.map(PID, 0x10000, 4 * PAGE, ANON, A);
     ledger.remap(PID, 0x10000, 4 * PAGE, 0x10000, PAGE, 0, B);
     assert_eq!(outstanding(&ledger, A), (PAGE, 1));
     assert_eq!(outstanding(&ledger, B), (0, 0));
@@ -87,7 +88,7 @@ fn mremap_shrink_releases_the_tail() {
 #[test]
 fn mremap_move_keeps_owners_and_frees_the_old_address() {
     let mut ledger = Ledger::new(PAGE);
-    ledger.map(PID, 0x10000, 2 * PAGE, A);
+    ledger.map(PID, 0x10000, 2 * PAGE, ANON, A);
     ledger.remap(PID, 0x10000, 2 * PAGE, 0x80000, 3 * PAGE, 1, B);
     assert_eq!(outstanding(&ledger, A), (2 * PAGE, 1));
     assert_eq!(outstanding(&ledger, B), (PAGE, 1));
@@ -101,8 +102,8 @@ fn mremap_move_keeps_owners_and_frees_the_old_address() {
 #[test]
 fn mremap_fixed_releases_the_destination_first() {
     let mut ledger = Ledger::new(PAGE);
-    ledger.map(PID, 0x10000, PAGE, A);
-    ledger.map(PID, 0x80000, 2 * PAGE, B);
+    ledger.map(PID, 0x10000, PAGE, ANON, A);
+    ledger.map(PID, 0x80000, 2 * PAGE, ANON, B);
     ledger.remap(PID, 0x10000, PAGE, 0x80000, PAGE, 1 | MREMAP_FIXED, A);
     assert_eq!(outstanding(&ledger, A), (PAGE, 1));
     assert_eq!(outstanding(&ledger, B), (PAGE, 1));
@@ -135,9 +136,80 @@ fn brk_shrink_below_the_traced_start_counts_preexisting_heap() {
 #[test]
 fn address_spaces_of_two_processes_are_apart() {
     let mut ledger = Ledger::new(PAGE);
-    ledger.map(1, 0x10000, PAGE, A);
-    ledger.map(2, 0x10000, PAGE, B);
+    ledger.map(1, 0x10000, PAGE, ANON, A);
+    ledger.map(2, 0x10000, PAGE, ANON, B);
     ledger.unmap(1, 0x10000, PAGE);
     assert_eq!(outstanding(&ledger, A), (0, 0));
     assert_eq!(outstanding(&ledger, B), (PAGE, 1));
+}
+
+const TOUCH: StackKey = StackKey { source: Source::PageFault, stack: 4 };
+const OTHER_TOUCH: StackKey = StackKey { source: Source::PageFault, stack: 5 };
+
+#[test]
+fn first_touch_makes_a_page_resident_once() {
+    let mut ledger = Ledger::new(PAGE);
+    ledger.map(PID, 0x10000, 4 * PAGE, ANON, A);
+    ledger.fault(PID, 0x10010, PAGE, TOUCH);
+    ledger.fault(PID, 0x10ff0, PAGE, OTHER_TOUCH); // the same page again: a copy-on-write or similar
+    ledger.fault(PID, 0x11000, PAGE, TOUCH);
+    assert_eq!(outstanding(&ledger, TOUCH), (2 * PAGE, 2));
+    assert_eq!(outstanding(&ledger, OTHER_TOUCH), (0, 0));
+    assert_eq!(ledger.counters().faults_on_resident_pages, 1);
+}
+
+#[test]
+fn madvise_munmap_and_mremap_shrink_release_resident_pages() {
+    let mut ledger = Ledger::new(PAGE);
+    ledger.map(PID, 0x10000, 8 * PAGE, ANON, A);
+    for page in 0..8 {
+        ledger.fault(PID, 0x10000 + page * PAGE, PAGE, TOUCH);
+    }
+    ledger.drop_pages(PID, 0x10000, 2 * PAGE);
+    assert_eq!(outstanding(&ledger, TOUCH), (6 * PAGE, 6));
+    assert_eq!(outstanding(&ledger, A), (8 * PAGE, 1), "madvise leaves the mapping");
+    ledger.unmap(PID, 0x12000, PAGE);
+    ledger.remap(PID, 0x10000, 8 * PAGE, 0x10000, 6 * PAGE, 0, B);
+    assert_eq!(outstanding(&ledger, TOUCH), (3 * PAGE, 3));
+    // A dropped page touched again is resident again.
+    ledger.fault(PID, 0x10000, PAGE, OTHER_TOUCH);
+    assert_eq!(outstanding(&ledger, OTHER_TOUCH), (PAGE, 1));
+}
+
+#[test]
+fn resident_pages_move_with_mremap() {
+    let mut ledger = Ledger::new(PAGE);
+    ledger.map(PID, 0x10000, 2 * PAGE, ANON, A);
+    ledger.fault(PID, 0x10000, PAGE, TOUCH);
+    ledger.remap(PID, 0x10000, 2 * PAGE, 0x80000, 2 * PAGE, 1, B);
+    ledger.fault(PID, 0x80000, PAGE, OTHER_TOUCH);
+    assert_eq!(outstanding(&ledger, OTHER_TOUCH), (0, 0), "the moved page is still resident");
+    ledger.unmap(PID, 0x80000, 2 * PAGE);
+    assert_eq!(outstanding(&ledger, TOUCH), (0, 0));
+}
+
+#[test]
+fn a_huge_page_fault_counts_the_huge_page_minus_what_was_resident() {
+    const HUGE: u64 = 2 << 20;
+    let mut ledger = Ledger::new(PAGE);
+    ledger.fault(PID, 0x20_0000 + 5 * PAGE, PAGE, OTHER_TOUCH);
+    ledger.fault(PID, 0x20_0000 + 0x1234, HUGE, TOUCH);
+    assert_eq!(outstanding(&ledger, TOUCH), (HUGE - PAGE, 511));
+    ledger.drop_pages(PID, 0x20_0000, HUGE);
+    assert_eq!(ledger.outstanding(), (0, 0));
+}
+
+#[test]
+fn the_ledger_knows_what_backs_what_it_saw_mapped() {
+    let mut ledger = Ledger::new(PAGE);
+    ledger.map(PID, 0x10000, PAGE, Backing::File, A);
+    ledger.map(PID, 0x20000, PAGE, ANON, A);
+    ledger.brk(PID, 0x5000_0000, HEAP);
+    ledger.brk(PID, 0x5000_2000, HEAP);
+    ledger.remap(PID, 0x20000, PAGE, 0x20000, 3 * PAGE, 0, B);
+    assert_eq!(ledger.backing_at(PID, 0x10fff), Some(Backing::File));
+    assert_eq!(ledger.backing_at(PID, 0x22000), Some(Backing::Anonymous));
+    assert_eq!(ledger.backing_at(PID, 0x5000_1000), Some(Backing::Heap));
+    assert_eq!(ledger.backing_at(PID, 0x40000), None);
+    assert!(Backing::Heap.reads_zero_page() && !Backing::File.reads_zero_page());
 }

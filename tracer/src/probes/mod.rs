@@ -29,6 +29,10 @@ const SYSCALL_TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_exit_madvise", "syscalls", "sys_exit_madvise"),
 ];
 
+/// User page faults, and page allocations to learn which faults brought in a huge page.
+const FAULT_TRACEPOINTS: &[(&str, &str, &str)] =
+    &[("page_fault_user", "exceptions", "page_fault_user"), ("mm_page_alloc", "kmem", "mm_page_alloc")];
+
 /// The maps the collector reads and writes, taken out of the loaded object so they outlive the programs.
 pub struct KernelMaps {
     pub targets: HashMap<MapData, u32, u32>,
@@ -80,7 +84,16 @@ impl Probes {
 
     /// Attaches the mmap, munmap, mremap, brk and madvise tracepoints.
     pub fn attach_syscalls(&mut self) -> Result<()> {
-        for (program_name, category, event) in SYSCALL_TRACEPOINTS {
+        self.attach_tracepoints(SYSCALL_TRACEPOINTS)
+    }
+
+    /// Attaches the user page-fault tracepoint.
+    pub fn attach_faults(&mut self) -> Result<()> {
+        self.attach_tracepoints(FAULT_TRACEPOINTS)
+    }
+
+    fn attach_tracepoints(&mut self, tracepoints: &[(&str, &str, &str)]) -> Result<()> {
+        for (program_name, category, event) in tracepoints {
             let program: &mut TracePoint = self
                 .ebpf
                 .program_mut(program_name)

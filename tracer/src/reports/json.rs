@@ -18,12 +18,15 @@ struct Report<'a> {
     target: Target,
     started_at: String,
     ended_at: String,
-    end_reason: &'static str,
+    /// Why the trace ended; null in a snapshot of a trace still running.
+    end_reason: Option<&'static str>,
     /// How the target exited, when it was launched by us and exited during the trace.
     target_exit: Option<TargetExit>,
     totals: Totals,
     stacks: Vec<Stack<'a>>,
     counters: BTreeMap<&'static str, u64>,
+    /// What the page-fault model saw besides first touches. Not losses.
+    page_faults: PageFaults,
     probes: &'a [ProbeRecord],
     events: u64,
 }
@@ -62,6 +65,16 @@ struct SourceTotals {
     outstanding_allocs: u64,
     allocated_bytes: u64,
     freed_bytes: u64,
+}
+
+#[derive(Serialize)]
+struct PageFaults {
+    /// Faults on pages already resident: copy-on-write, a write after a zero-page read.
+    on_resident_pages: u64,
+    /// Reads of never-written anonymous memory, which map the zero page and add nothing resident.
+    zero_page_reads: u64,
+    /// Faults that brought in a huge page (or a multi-size THP block) at once.
+    huge_pages: u64,
 }
 
 #[derive(Serialize)]
@@ -104,8 +117,8 @@ pub fn render(trace: &Trace, stacks: &[ReportStack], probes: &[ProbeRecord]) -> 
         },
         started_at: rfc3339(trace.started_at),
         ended_at: rfc3339(trace.ended_at),
-        end_reason: trace.end_reason.name(),
-        target_exit: trace.exit_status.map(|status| match status {
+        end_reason: trace.ending.map(|ending| ending.reason.name()),
+        target_exit: trace.ending.and_then(|ending| ending.exit_status).map(|status| match status {
             ExitStatus::Code(code) => TargetExit::Code(code),
             ExitStatus::Signal(signal) => TargetExit::Signal(signal),
         }),
@@ -125,6 +138,11 @@ pub fn render(trace: &Trace, stacks: &[ReportStack], probes: &[ProbeRecord]) -> 
             })
             .collect(),
         counters,
+        page_faults: PageFaults {
+            on_resident_pages: ledger_counters.faults_on_resident_pages,
+            zero_page_reads: ledger_counters.zero_page_reads,
+            huge_pages: ledger_counters.huge_page_faults,
+        },
         probes,
         events: trace.events,
     };

@@ -28,6 +28,22 @@ impl OutputDir {
         Ok(out)
     }
 
+    /// A folder inside this one, created and handed over like it.
+    pub fn subfolder(&self, relative: &Path) -> Result<Self> {
+        let path = self.path.join(relative);
+        fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        let mut dir = path.as_path();
+        while dir != self.path {
+            self.hand_over(dir);
+            dir = dir.parent().expect("inside the output folder");
+        }
+        Ok(Self { path, owner: self.owner })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub fn write(&self, name: &str, bytes: &[u8]) -> Result<PathBuf> {
         let path = self.path.join(name);
         let aside = self.path.join(format!(".{name}.partial"));

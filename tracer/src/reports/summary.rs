@@ -11,7 +11,8 @@ pub fn render(trace: &Trace, written: &Written) -> String {
     let mut out = String::new();
     let seconds = trace.ended_at.duration_since(trace.started_at).unwrap_or_default().as_secs_f64();
     let (bytes, allocs) = trace.ledger.outstanding();
-    let _ = writeln!(out, "traced pid {} for {seconds:.1} s, ended by {}", trace.target.pid, trace.end_reason.name());
+    let ending = trace.ending.map_or("nothing yet (snapshot)", |ending| ending.reason.name());
+    let _ = writeln!(out, "traced pid {} for {seconds:.1} s, ended by {ending}", trace.target.pid);
     let _ = writeln!(
         out,
         "outstanding: {} in {allocs} allocations; target RSS {}",

@@ -137,6 +137,15 @@ impl Running {
         assert_eq!(unsafe { libc::kill(self.pid() as i32, signal) }, 0);
     }
 
+    /// Asks the tracer for a snapshot (SIGUSR1) and waits until it is written: every event the kernel
+    /// sent before has then been counted. Returns the snapshot's folder.
+    pub fn snapshot(&mut self) -> PathBuf {
+        self.signal(libc::SIGUSR1);
+        let line = self.stderr.wait_for("snapshot written to ");
+        self.stderr.seen.retain(|l| l != &line);
+        PathBuf::from(line.split("snapshot written to ").nth(1).unwrap())
+    }
+
     pub fn wait(&mut self) -> ExitStatus {
         self.close_stdin();
         self.child.wait().unwrap()

@@ -1,0 +1,68 @@
+//! Resident memory by the stack whose page fault made it resident, on the real kernel:
+//! tests/fixtures/touches.c states the ground truth of every call site.
+
+mod common;
+
+use std::process::Command;
+
+use common::{assert_detached, fixture, output_dir, start_tracer, Figures, Report, Running, PAGE};
+
+/// (call site, resident bytes at exit, resident pages, bytes ever made resident), from touches.c.
+const GROUND_TRUTH: &[(&str, u64, u64, u64)] = &[
+    ("touch_kept", 16 * PAGE, 16, 16 * PAGE),
+    ("touch_with_memset", 8 * PAGE, 8, 8 * PAGE),
+    ("touch_then_unmap", 6 * PAGE, 6, 10 * PAGE),
+    ("touch_then_dontneed", 7 * PAGE, 7, 12 * PAGE),
+    ("first_toucher", 0, 0, 4 * PAGE),
+    ("second_toucher", 4 * PAGE, 4, 4 * PAGE),
+    ("writer_after_read", 3 * PAGE, 3, 3 * PAGE),
+    ("huge_touch", 4 << 20, 1024, 4 << 20),
+];
+
+fn thp_enabled() -> bool {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").is_ok_and(|mode| !mode.contains("[never]"))
+}
+
+#[test]
+fn resident_bytes_per_call_site_are_exact() {
+    let out = output_dir("resident_bytes_per_call_site_are_exact");
+    let mut target = Running::spawn(Command::new(fixture("touches")).arg("wait"));
+    let mut tracer = start_tracer(&["-o", out.to_str().unwrap(), "--pid", &target.pid().to_string()]);
+    target.send_line("go");
+    target.stdout.wait_for("done");
+    // Page sizes are read from the live process: let the tracer catch up before it exits.
+    tracer.snapshot();
+    target.close_stdin();
+    assert!(target.wait().success());
+    assert!(tracer.wait().success());
+
+    let report = Report::load(&out);
+    for &(site, bytes, pages, allocated) in GROUND_TRUTH {
+        assert_eq!(
+            report.by_leaf("page-fault", site),
+            Figures { outstanding_bytes: bytes, outstanding_allocs: pages, allocated_bytes: allocated },
+            "{site}"
+        );
+    }
+    assert!(!report.has_frame("only_reader"), "a read of the zero page made nothing resident");
+    assert!(report.0["page_faults"]["zero_page_reads"].as_u64().unwrap() >= 3);
+    // map_region only maps; the pages belong to whoever touched them.
+    assert_eq!(report.by_leaf("page-fault", "map_region"), Figures::default());
+    // The memset faults happened in libc; the caller is the reported leaf, memset a runtime frame.
+    let memset = report
+        .stacks()
+        .iter()
+        .find(|s| s["frames"].as_array().unwrap().last().unwrap() == "touch_with_memset")
+        .unwrap();
+    assert!(memset["runtime_frames"].as_array().unwrap().iter().any(|f| f.as_str().unwrap().contains("memset")));
+    let huge_faults = report.0["page_faults"]["huge_pages"].as_u64().unwrap();
+    if thp_enabled() {
+        assert!(huge_faults >= 1, "THP is enabled and huge_region asked for huge pages");
+    } else {
+        assert_eq!(huge_faults, 0);
+    }
+    for counter in ["lost_events", "map_full", "stack_errors"] {
+        assert_eq!(report.counter(counter), 0, "{counter}");
+    }
+    assert_detached(&report);
+}
