@@ -17,6 +17,7 @@ const GROUND_TRUTH: &[(&str, u64, u64, u64)] = &[
     ("second_toucher", 4 * PAGE, 4, 4 * PAGE),
     ("writer_after_read", 3 * PAGE, 3, 3 * PAGE),
     ("huge_touch", 4 << 20, 1024, 4 << 20),
+    ("named_touch", 5 * PAGE, 5, 5 * PAGE),
 ];
 
 fn thp_enabled() -> bool {
@@ -29,6 +30,7 @@ fn resident_bytes_per_call_site_are_exact() {
     let mut target = Running::spawn(Command::new(fixture("touches")).arg("wait"));
     let mut tracer = start_tracer(&["-o", out.to_str().unwrap(), "--pid", &target.pid().to_string()]);
     target.send_line("go");
+    let named = target.stdout.wait_for("named") == "named";
     target.stdout.wait_for("done");
     // Page sizes are read from the live process: let the tracer catch up before it exits.
     tracer.snapshot();
@@ -61,6 +63,19 @@ fn resident_bytes_per_call_site_are_exact() {
     } else {
         assert_eq!(huge_faults, 0);
     }
+    let regions = report.0["regions"].as_array().unwrap();
+    let region = |kind: &str| regions.iter().find(|r| r["kind"] == kind).map(|r| r["resident_bytes"].as_u64().unwrap());
+    let unnamed_anonymous = (16 + 8 + 6 + 7 + 4 + 3) * PAGE + (4 << 20);
+    if named {
+        assert_eq!(region("anon:leaktrace-test"), Some(5 * PAGE));
+        assert!(region("anonymous").unwrap() >= unnamed_anonymous);
+    } else {
+        // This kernel cannot name anonymous memory (no CONFIG_ANON_VMA_NAME).
+        assert_eq!(region("anon:leaktrace-test"), None);
+        assert!(region("anonymous").unwrap() >= unnamed_anonymous + 5 * PAGE);
+    }
+    let timeline = report.0["timeline"].as_array().unwrap();
+    assert!(!timeline.is_empty() && timeline.last().unwrap()["rss_bytes"].as_u64().unwrap() > 0);
     for counter in ["lost_events", "map_full", "stack_errors"] {
         assert_eq!(report.counter(counter), 0, "{counter}");
     }

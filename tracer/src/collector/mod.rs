@@ -2,10 +2,11 @@
 //! It knows nothing of report formats: it hands a [`Trace`] to the report writers.
 
 pub mod stacks;
+pub mod timeline;
 pub mod unwind;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     time::{Duration, SystemTime},
 };
 
@@ -18,18 +19,21 @@ use tokio::{
 use tracer_common::events::{EventKind, MemEvent};
 
 use crate::{
-    ledger::{Backing, Ledger, Source, StackKey},
+    ledger::{regions::bytes_by_region, Backing, Ledger, Source, StackKey},
     probes::KernelMaps,
     procfs::{self, maps::MemoryMap, ProcessInfo},
     symbolizer::{modules::ModuleMap, FrameName, Symbolizer},
     target::{ExitStatus, Target},
 };
 use stacks::StackTable;
+use timeline::{Timeline, TimelinePoint};
 
 const PROT_EXEC: u32 = 4;
 
 /// How often the collector samples the target's RSS and names new stacks.
 const TICK: Duration = Duration::from_millis(200);
+/// How often a point is added to the timeline.
+const TIMELINE_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndReason {
@@ -105,6 +109,9 @@ pub struct Trace<'a> {
     pub kernel_counters: Vec<u64>,
     pub rss_bytes: u64,
     pub events: u64,
+    pub timeline: &'a Timeline,
+    /// Resident bytes by the kind of mapping they lie in.
+    pub regions: BTreeMap<String, u64>,
 }
 
 pub struct Collector {
@@ -121,6 +128,7 @@ pub struct Collector {
     last_fault: HashMap<u32, (u64, StackKey)>,
     rss_bytes: u64,
     events: u64,
+    timeline: Timeline,
 }
 
 impl Collector {
@@ -149,6 +157,7 @@ impl Collector {
             last_fault: HashMap::new(),
             rss_bytes: 0,
             events: 0,
+            timeline: Timeline::default(),
         }
     }
 
@@ -172,6 +181,7 @@ impl Collector {
         };
         tokio::pin!(deadline);
         let mut tick = tokio::time::interval(TICK);
+        let mut timeline_tick = tokio::time::interval(TIMELINE_INTERVAL);
 
         let reason = loop {
             tokio::select! {
@@ -181,8 +191,10 @@ impl Collector {
                     guard.clear_ready();
                 }
                 _ = tick.tick() => self.on_tick(),
+                _ = timeline_tick.tick() => self.add_timeline_point(),
                 _ = signals.snapshot.recv() => {
                     self.drain(events.get_mut());
+                    self.modules.refresh();
                     self.sample_rss();
                     self.name_new_stacks();
                     on_snapshot(&self.trace(None), SnapshotReason::Requested);
@@ -202,6 +214,7 @@ impl Collector {
             self.sample_rss();
         }
         self.name_new_stacks();
+        self.add_timeline_point();
         Ok(Ending { reason, exit_status, at: SystemTime::now() })
     }
 
@@ -217,7 +230,21 @@ impl Collector {
             kernel_counters: self.maps.read_counters(),
             rss_bytes: self.rss_bytes,
             events: self.events,
+            timeline: &self.timeline,
+            regions: bytes_by_region(self.ledger.resident_segments(self.target.pid()), self.modules.snapshot()),
         }
+    }
+
+    fn add_timeline_point(&mut self) {
+        // Keep the mappings fresh for naming and for splitting memory by region.
+        if !self.target.has_exited() {
+            self.modules.refresh();
+        }
+        let mut outstanding = BTreeMap::new();
+        for (key, stats) in self.ledger.stats() {
+            *outstanding.entry(key.source).or_default() += stats.outstanding_bytes;
+        }
+        self.timeline.push(TimelinePoint { at: SystemTime::now(), rss_bytes: self.rss_bytes, outstanding });
     }
 
     fn on_tick(&mut self) {

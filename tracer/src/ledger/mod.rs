@@ -3,6 +3,7 @@
 //! Pure data structures, fed by the collector with decoded events; nothing here touches the kernel.
 
 pub mod ranges;
+pub mod regions;
 
 use std::collections::HashMap;
 
@@ -246,6 +247,11 @@ impl Ledger {
         } else if result < previous && self.release(tgid, result, previous) == 0 {
             self.counters.unmatched_frees += 1;
         }
+    }
+
+    /// Resident pages of `tgid`, segment by segment.
+    pub fn resident_segments(&self, tgid: u32) -> impl Iterator<Item = ranges::Segment<StackKey>> + '_ {
+        self.spaces.get(&tgid).into_iter().flat_map(|space| space.resident.segments())
     }
 
     pub fn stats(&self) -> impl Iterator<Item = (&StackKey, &StackStats)> {

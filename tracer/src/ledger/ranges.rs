@@ -116,7 +116,6 @@ impl<O: Copy + PartialEq> RangeMap<O> {
         gaps
     }
 
-    #[cfg(test)]
     pub fn segments(&self) -> impl Iterator<Item = Segment<O>> + '_ {
         self.segments.iter().map(|(start, (end, owner))| Segment { start: *start, end: *end, owner: *owner })
     }

@@ -29,6 +29,23 @@ struct Report<'a> {
     page_faults: PageFaults,
     probes: &'a [ProbeRecord],
     events: u64,
+    /// The target's RSS and the outstanding bytes per source over the run.
+    timeline: Vec<TimelinePoint>,
+    /// Resident bytes (page-fault source) by the kind of mapping they lie in, largest first.
+    regions: Vec<Region<'a>>,
+}
+
+#[derive(Serialize)]
+struct Region<'a> {
+    kind: &'a str,
+    resident_bytes: u64,
+}
+
+#[derive(Serialize)]
+struct TimelinePoint {
+    at: String,
+    rss_bytes: u64,
+    outstanding_bytes: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Serialize)]
@@ -145,6 +162,22 @@ pub fn render(trace: &Trace, stacks: &[ReportStack], probes: &[ProbeRecord]) -> 
         },
         probes,
         events: trace.events,
+        timeline: trace
+            .timeline
+            .points()
+            .iter()
+            .map(|point| TimelinePoint {
+                at: rfc3339(point.at),
+                rss_bytes: point.rss_bytes,
+                outstanding_bytes: point.outstanding.iter().map(|(source, bytes)| (source.name(), *bytes)).collect(),
+            })
+            .collect(),
+        regions: {
+            let mut regions: Vec<Region> =
+                trace.regions.iter().map(|(kind, bytes)| Region { kind, resident_bytes: *bytes }).collect();
+            regions.sort_by(|a, b| b.resident_bytes.cmp(&a.resident_bytes).then(a.kind.cmp(b.kind)));
+            regions
+        },
     };
     Ok(serde_json::to_string_pretty(&report)? + "\n")
 }

@@ -40,6 +40,11 @@ impl ModuleMap {
         }
     }
 
+    /// The mappings as last read.
+    pub fn snapshot(&self) -> &MemoryMap {
+        &self.map
+    }
+
     /// The mapping holding `addr`, re-reading the process's maps once if none does.
     pub fn lookup(&mut self, addr: u64) -> Option<&Mapping> {
         if self.map.find(addr).is_none()
