@@ -8,16 +8,18 @@ pub enum Counter {
     LostEvents = 0,
     /// An insert into a kernel map failed (map full, or out of memory).
     MapFull = 1,
-    /// `bpf_get_stackid` failed: the stack map was full or its hash bucket was taken (-EEXIST), or the
-    /// user stack could not be read (-EFAULT). The bytes are still counted, under an unknown stack.
+    /// No user stack could be taken, not even into the event itself (-EFAULT: the stack could not be
+    /// read). The bytes are still counted, under an unknown stack.
     StackErrors = 2,
     /// A syscall exit without the matching entry: the call began before the probes were attached.
     UnpairedSyscalls = 3,
+    /// Stacks that did not fit in the stack map and travelled inside their event instead. Not a loss.
+    InlineStacks = 4,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 4] =
-        [Counter::LostEvents, Counter::MapFull, Counter::StackErrors, Counter::UnpairedSyscalls];
+    pub const ALL: [Counter; 5] =
+        [Counter::LostEvents, Counter::MapFull, Counter::StackErrors, Counter::UnpairedSyscalls, Counter::InlineStacks];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
     pub const fn name(self) -> &'static str {
@@ -26,6 +28,12 @@ impl Counter {
             Counter::MapFull => "map_full",
             Counter::StackErrors => "stack_errors",
             Counter::UnpairedSyscalls => "unpaired_syscalls",
+            Counter::InlineStacks => "inline_stacks",
         }
+    }
+
+    /// Whether the counter counts something that was not recorded.
+    pub const fn is_loss(self) -> bool {
+        !matches!(self, Counter::InlineStacks)
     }
 }

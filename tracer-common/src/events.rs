@@ -72,6 +72,20 @@ pub struct MemEvent {
     pub stack_top: [u64; STACK_TOP_WORDS],
 }
 
+/// A [`MemEvent`] whose stack did not fit in the kernel's stack map (its hash bucket was taken by another
+/// stack, or the map was full): the frames travel in the event itself. Told apart by its size.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MemEventWithStack {
+    pub event: MemEvent,
+    /// Frames in `ips`, innermost first.
+    pub depth: u64,
+    pub ips: [u64; crate::MAX_STACK_DEPTH],
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for MemEventWithStack {}
+
 /// Words of user stack copied with each event that carries a stack (512 bytes).
 pub const STACK_TOP_WORDS: usize = 64;
 

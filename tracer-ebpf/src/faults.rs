@@ -19,7 +19,7 @@ use tracer_common::{
     tracepoints::{MmPageAlloc, PageFaultUser},
 };
 
-use crate::record::{copy_stack_top, send, traced_tgid, user_stack_id};
+use crate::record::{send, send_with_stack, traced_tgid};
 
 /// Movable pages: what user memory is allocated as (MIGRATE_MOVABLE).
 const MIGRATE_MOVABLE: i32 = 1;
@@ -44,7 +44,7 @@ pub fn page_fault_user(ctx: TracePointContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
     let now = unsafe { bpf_ktime_get_ns() };
     let _ = FAULTS_IN_PROGRESS.insert(&tid, &FaultInProgress { addr: fault.address, started_ns: now }, 0);
-    send(|event| {
+    send_with_stack(&ctx, |event| {
         event.timestamp_ns = now;
         event.kind = EventKind::PageFault as u32;
         event.tgid = tgid;
@@ -56,8 +56,6 @@ pub fn page_fault_user(ctx: TracePointContext) -> u32 {
         event.flags = fault.error_code;
         event.prot = 0;
         event.fd = -1;
-        event.stack_id = user_stack_id(&ctx);
-        event.user_sp = copy_stack_top(&mut event.stack_top);
     });
     0
 }

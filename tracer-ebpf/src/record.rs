@@ -5,14 +5,14 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user_buf,
-        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+        generated::{bpf_get_current_task_btf, bpf_get_stack, bpf_task_pt_regs},
     },
     programs::tracing::StackIdContext,
 };
 use tracer_common::{
+    BPF_F_USER_STACK, MAX_STACK_DEPTH,
     counters::Counter,
-    events::{MemEvent, STACK_TOP_WORDS},
-    BPF_F_USER_STACK,
+    events::{MemEvent, MemEventWithStack, STACK_TOP_WORDS},
 };
 
 use crate::maps::{COUNTERS, EVENTS, STACKS, TARGETS};
@@ -30,18 +30,6 @@ pub fn count(counter: Counter) {
 pub fn traced_tgid() -> Option<u32> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     unsafe { TARGETS.get(&tgid) }.map(|_| tgid)
-}
-
-/// Id of the current user stack, or the negative errno (counted) when it could not be taken.
-#[inline(always)]
-pub fn user_stack_id<C: StackIdContext>(ctx: &C) -> i32 {
-    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK) {
-        Ok(id) => id as i32,
-        Err(errno) => {
-            count(Counter::StackErrors);
-            errno
-        }
-    }
 }
 
 /// Copies the top of the user stack into `stack_top` and returns the user stack pointer, or 0 when the
@@ -70,5 +58,46 @@ pub fn send(fill: impl FnOnce(&mut MemEvent)) {
             entry.submit(0);
         }
         None => count(Counter::LostEvents),
+    }
+}
+
+/// Like [`send`], with the user stack: its id in the stack map, or, when the map has no room for it (its
+/// hash bucket is taken by another stack, or it is full), the frames themselves in a larger event. Also
+/// copies the top of the user stack for the collector's unwinder.
+#[inline(always)]
+pub fn send_with_stack<C: StackIdContext>(ctx: &C, fill: impl FnOnce(&mut MemEvent)) {
+    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK) {
+        Ok(id) => send(|event| {
+            fill(event);
+            event.stack_id = id as i32;
+            event.user_sp = copy_stack_top(&mut event.stack_top);
+        }),
+        Err(errno) => {
+            let Some(mut entry) = EVENTS.reserve::<MemEventWithStack>(0) else {
+                count(Counter::LostEvents);
+                return;
+            };
+            // SAFETY: every field the reader uses is written below; the entry is ours until submitted.
+            let inline = unsafe { &mut *entry.as_mut_ptr() };
+            fill(&mut inline.event);
+            inline.event.stack_id = errno;
+            inline.event.user_sp = copy_stack_top(&mut inline.event.stack_top);
+            let bytes = unsafe {
+                bpf_get_stack(
+                    ctx.as_ptr(),
+                    inline.ips.as_mut_ptr().cast(),
+                    (MAX_STACK_DEPTH * 8) as u32,
+                    BPF_F_USER_STACK,
+                )
+            };
+            if bytes > 0 {
+                inline.depth = bytes as u64 / 8;
+                count(Counter::InlineStacks);
+            } else {
+                inline.depth = 0;
+                count(Counter::StackErrors);
+            }
+            entry.submit(0);
+        }
     }
 }

@@ -13,13 +13,13 @@ use aya_ebpf::{
 };
 use tracer_common::{
     counters::Counter,
-    events::EventKind,
+    events::{EventKind, MemEvent},
     tracepoints::{SysEnterBrk, SysEnterMadvise, SysEnterMmap, SysEnterMremap, SysEnterMunmap, SysExit},
 };
 
 use crate::{
     maps::PENDING_SYSCALLS,
-    record::{copy_stack_top, count, send, traced_tgid, user_stack_id},
+    record::{count, send, send_with_stack, traced_tgid},
 };
 
 /// madvise behaviours after which the kernel may drop the pages (asm-generic/mman-common.h).
@@ -169,8 +169,7 @@ fn finish(ctx: &TracePointContext, kind: EventKind) {
         return;
     }
 
-    let takes_stack = matches!(kind, EventKind::Mmap | EventKind::Mremap | EventKind::Brk);
-    send(|event| {
+    let fill = |event: &mut MemEvent| {
         event.timestamp_ns = unsafe { bpf_ktime_get_ns() };
         event.kind = kind as u32;
         event.tgid = tgid;
@@ -182,13 +181,13 @@ fn finish(ctx: &TracePointContext, kind: EventKind) {
         event.flags = pending.flags;
         event.prot = pending.prot;
         event.fd = pending.fd as i32;
-        // Only calls that can add memory need to say where they came from.
-        if takes_stack {
-            event.stack_id = user_stack_id(ctx);
-            event.user_sp = copy_stack_top(&mut event.stack_top);
-        } else {
-            event.stack_id = -1;
-            event.user_sp = 0;
-        }
-    });
+        event.stack_id = -1;
+        event.user_sp = 0;
+    };
+    // Only calls that can add memory need to say where they came from.
+    if matches!(kind, EventKind::Mmap | EventKind::Mremap | EventKind::Brk) {
+        send_with_stack(ctx, fill);
+    } else {
+        send(fill);
+    }
 }

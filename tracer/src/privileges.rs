@@ -1,6 +1,6 @@
 //! Whether this process may load eBPF programs and read another process's memory map.
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 
 const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;

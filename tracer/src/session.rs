@@ -5,13 +5,13 @@ use std::{
     time::SystemTime,
 };
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 
 use crate::{
     cli::Cli,
     collector::{Collector, Signals, SnapshotReason, Trace},
     privileges,
-    probes::{tracefs, ProbeRecord, Probes},
+    probes::{ProbeRecord, Probes, tracefs},
     reports::{self, output::OutputDir, summary},
     target::{HeldChild, Target},
 };

@@ -7,7 +7,7 @@ use std::{
     process::{Command, Output},
 };
 
-use common::{fixture, output_dir, start_tracer, Running, TRACER};
+use common::{Running, TRACER, fixture, output_dir, start_tracer};
 use tracer_common::tracepoints::EXPECTED_FIELDS;
 
 fn assert_one_line_error(output: &Output, expected: &str) {

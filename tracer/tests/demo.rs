@@ -5,7 +5,7 @@ mod common;
 
 use std::{collections::HashMap, path::Path};
 
-use common::{compile, output_dir, start_tracer, Report};
+use common::{Report, compile, output_dir, start_tracer};
 
 #[test]
 fn the_widest_leaf_is_the_leaking_function() {

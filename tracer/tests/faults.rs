@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{assert_detached, fixture, output_dir, start_tracer, Figures, Report, Running, PAGE};
+use common::{Figures, PAGE, Report, Running, assert_detached, fixture, output_dir, start_tracer};
 
 /// (call site, resident bytes at exit, resident pages, bytes ever made resident), from touches.c.
 const GROUND_TRUTH: &[(&str, u64, u64, u64)] = &[

@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{assert_detached, fixture, output_dir, start_tracer, Report, Running};
+use common::{Report, Running, assert_detached, fixture, output_dir, start_tracer};
 
 fn waiting_fixture() -> Running {
     Running::spawn(Command::new(fixture("mappings")).arg("wait"))

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_detached, fixture, output_dir, start_tracer, Figures, Report, Running, PAGE};
+use common::{Figures, PAGE, Report, Running, assert_detached, fixture, output_dir, start_tracer};
 
 /// (source, call site, outstanding bytes, outstanding allocations, allocated bytes), from mappings.c.
 const GROUND_TRUTH: &[(&str, &str, u64, u64, u64)] = &[

@@ -14,18 +14,18 @@ use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::unix::AsyncFd,
-    signal::unix::{signal, Signal, SignalKind},
+    signal::unix::{Signal, SignalKind, signal},
 };
-use tracer_common::events::{EventKind, MemEvent};
+use tracer_common::events::{EventKind, MemEvent, MemEventWithStack};
 
 use crate::{
-    ledger::{regions::bytes_by_region, Backing, Ledger, Source, StackKey},
+    ledger::{Backing, Ledger, Source, StackKey, regions::bytes_by_region},
     probes::KernelMaps,
-    procfs::{self, maps::MemoryMap, ProcessInfo},
-    symbolizer::{modules::ModuleMap, FrameName, Symbolizer},
+    procfs::{self, ProcessInfo, maps::MemoryMap},
+    symbolizer::{FrameName, Symbolizer, modules::ModuleMap},
     target::{ExitStatus, Target},
 };
-use stacks::StackTable;
+use stacks::{EventStack, StackTable};
 use timeline::{Timeline, TimelinePoint};
 
 const PROT_EXEC: u32 = 4;
@@ -271,17 +271,23 @@ impl Collector {
 
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         while let Some(item) = ring.next() {
-            if item.len() < size_of::<MemEvent>() {
-                continue;
+            if item.len() >= size_of::<MemEventWithStack>() {
+                // SAFETY: the kernel wrote a MemEventWithStack (repr(C), plain data) of this size.
+                let with_stack: MemEventWithStack = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                drop(item);
+                let depth = (with_stack.depth as usize).min(with_stack.ips.len());
+                self.apply(&with_stack.event, Some(&with_stack.ips[..depth]));
+            } else if item.len() >= size_of::<MemEvent>() {
+                // SAFETY: the kernel wrote a MemEvent (repr(C), plain data) of at least this size.
+                let event: MemEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                drop(item);
+                self.apply(&event, None);
             }
-            // SAFETY: the kernel wrote a MemEvent (repr(C), plain data) of at least this size.
-            let event: MemEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            drop(item);
-            self.apply(&event);
         }
     }
 
-    fn apply(&mut self, event: &MemEvent) {
+    /// Applies one event; `inline` holds its stack's frames when they came in the event itself.
+    fn apply(&mut self, event: &MemEvent, inline: Option<&[u64]>) {
         self.events += 1;
         let Some(kind) = EventKind::from_u32(event.kind) else { return };
         match kind {
@@ -290,16 +296,16 @@ impl Collector {
                     // New code (a library, a JIT region): read the maps while the process still has them.
                     self.modules.refresh();
                 }
-                let key = self.stack_key(event, Source::Mmap);
+                let key = self.stack_key(event, inline, Source::Mmap);
                 self.ledger.map(event.tgid, event.addr, event.len, backing_of(event), key);
             }
             EventKind::Munmap => self.ledger.unmap(event.tgid, event.addr, event.len),
             EventKind::Mremap => {
-                let key = self.stack_key(event, Source::Mmap);
+                let key = self.stack_key(event, inline, Source::Mmap);
                 self.ledger.remap(event.tgid, event.addr, event.len, event.new_addr, event.new_len, event.flags, key);
             }
             EventKind::Brk => {
-                let key = self.stack_key(event, Source::Brk);
+                let key = self.stack_key(event, inline, Source::Brk);
                 self.ledger.brk(event.tgid, event.new_addr, key);
             }
             EventKind::Madvise => self.ledger.drop_pages(event.tgid, event.addr, event.len),
@@ -308,7 +314,7 @@ impl Collector {
                     self.ledger.zero_page_read();
                     return;
                 }
-                let key = self.stack_key(event, Source::PageFault);
+                let key = self.stack_key(event, inline, Source::PageFault);
                 self.ledger.fault(event.tgid, event.addr, self.page_size, key);
                 self.last_fault.insert(event.tid, (event.addr, key));
             }
@@ -342,14 +348,10 @@ impl Collector {
         backing.is_some_and(Backing::reads_zero_page)
     }
 
-    fn stack_key(&mut self, event: &MemEvent, source: Source) -> StackKey {
-        let stack = self.stacks.intern_kernel_stack(
-            &self.maps.stacks,
-            event.stack_id,
-            event.user_sp,
-            &event.stack_top,
-            &mut self.modules,
-        );
+    fn stack_key(&mut self, event: &MemEvent, inline: Option<&[u64]>, source: Source) -> StackKey {
+        let event_stack =
+            EventStack { stack_id: event.stack_id, inline, user_sp: event.user_sp, stack_top: &event.stack_top };
+        let stack = self.stacks.intern_event_stack(&self.maps.stacks, &event_stack, &mut self.modules);
         StackKey { source, stack }
     }
 }

@@ -8,6 +8,15 @@ use aya::maps::{MapData, StackTraceMap};
 use super::unwind::Unwinder;
 use crate::{ledger::StackIx, symbolizer::modules::ModuleMap};
 
+/// Where an event's stack is: an id in the kernel's stack map, or frames carried in the event itself; and
+/// the copy of the top of the user stack taken at the same moment.
+pub struct EventStack<'a> {
+    pub stack_id: i32,
+    pub inline: Option<&'a [u64]>,
+    pub user_sp: u64,
+    pub stack_top: &'a [u64],
+}
+
 /// The stack of events whose stack could not be taken (counted in `stack_errors`).
 pub const UNKNOWN_STACK: StackIx = 0;
 
@@ -56,24 +65,25 @@ impl StackTable {
 
     /// The interned stack for a kernel stack id (negative: none was taken), completed with the copy of the
     /// top of the user stack taken at the same moment.
-    pub fn intern_kernel_stack(
+    pub fn intern_event_stack(
         &mut self,
         kernel_stacks: &StackTraceMap<MapData>,
-        stack_id: i32,
-        user_sp: u64,
-        stack_top: &[u64],
+        event: &EventStack<'_>,
         modules: &mut ModuleMap,
     ) -> StackIx {
-        let Ok(stack_id) = u32::try_from(stack_id) else { return UNKNOWN_STACK };
-        let kernel = match self.kernel_frames.get(&stack_id) {
-            Some(frames) => frames,
-            None => {
-                let Ok(trace) = kernel_stacks.get(&stack_id, 0) else { return UNKNOWN_STACK };
-                let frames: Box<[u64]> = trace.frames().iter().map(|frame| frame.ip).collect();
-                self.kernel_frames.entry(stack_id).or_insert(frames)
-            }
+        let kernel: &[u64] = match (event.inline, u32::try_from(event.stack_id)) {
+            (Some(inline), _) => inline,
+            (None, Ok(stack_id)) => match self.kernel_frames.get(&stack_id) {
+                Some(frames) => frames,
+                None => {
+                    let Ok(trace) = kernel_stacks.get(&stack_id, 0) else { return UNKNOWN_STACK };
+                    let frames: Box<[u64]> = trace.frames().iter().map(|frame| frame.ip).collect();
+                    self.kernel_frames.entry(stack_id).or_insert(frames)
+                }
+            },
+            (None, Err(_)) => return UNKNOWN_STACK,
         };
-        let ips = self.unwinder.complete(kernel, user_sp, stack_top, modules);
+        let ips = self.unwinder.complete(kernel, event.user_sp, event.stack_top, modules);
         self.intern(ips)
     }
 }

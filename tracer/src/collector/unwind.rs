@@ -14,7 +14,7 @@ use gimli::{
 };
 use object::{Object, ObjectSection, ObjectSegment};
 
-use crate::symbolizer::modules::{is_runtime_module, ModuleMap};
+use crate::symbolizer::modules::{ModuleMap, is_runtime_module};
 
 type Reader = EndianArcSlice<LittleEndian>;
 

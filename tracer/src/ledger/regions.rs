@@ -19,11 +19,7 @@ pub fn region_kind(mapping: Option<&Mapping>) -> String {
     } else if let Some(inner) = name.strip_prefix("[anon_shmem:").and_then(|n| n.strip_suffix(']')) {
         format!("shmem:{inner}")
     } else if name.is_empty() {
-        if mapping.shared {
-            "shared-anonymous".to_string()
-        } else {
-            "anonymous".to_string()
-        }
+        if mapping.shared { "shared-anonymous".to_string() } else { "anonymous".to_string() }
     } else if mapping.is_file() || name.starts_with('/') {
         "file".to_string()
     } else {

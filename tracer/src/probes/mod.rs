@@ -3,11 +3,11 @@
 
 pub mod tracefs;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result, anyhow};
 use aya::{
+    Ebpf, EbpfError,
     maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{ProgramError, TracePoint},
-    Ebpf, EbpfError,
 };
 use serde::Serialize;
 use tracer_common::map_names;
@@ -125,8 +125,7 @@ fn is_permission_error(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-const NEED_PRIVILEGES: &str =
-    "permission denied loading eBPF programs: run dispatch-leaktrace as root (sudo), or give it CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE";
+const NEED_PRIVILEGES: &str = "permission denied loading eBPF programs: run dispatch-leaktrace as root (sudo), or give it CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE";
 
 fn explain_load_error(error: EbpfError) -> anyhow::Error {
     if is_permission_error(&error) {

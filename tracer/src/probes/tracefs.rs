@@ -7,8 +7,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{bail, Context, Result};
-use tracer_common::tracepoints::{ExpectedField, EXPECTED_FIELDS};
+use anyhow::{Context, Result, bail};
+use tracer_common::tracepoints::{EXPECTED_FIELDS, ExpectedField};
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
@@ -39,11 +39,7 @@ fn mount_tracefs() -> io::Result<()> {
     let target = CString::new(TRACEFS).expect("no NUL");
     // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
     let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), source.as_ptr(), 0, std::ptr::null()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// Checks every field the kernel programs read against the running kernel's format files.

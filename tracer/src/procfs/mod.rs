@@ -53,11 +53,7 @@ fn parse_stat_field(stat: &str, n: usize) -> Option<u64> {
 pub fn page_size() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size > 0 {
-        size as u64
-    } else {
-        4096
-    }
+    if size > 0 { size as u64 } else { 4096 }
 }
 
 #[cfg(test)]

@@ -2,7 +2,9 @@
 
 use std::fmt::Write;
 
-use super::{stacks::report_stacks, Written};
+use super::{Written, stacks::report_stacks};
+use tracer_common::counters::Counter;
+
 use crate::collector::Trace;
 
 const TOP: usize = 5;
@@ -30,7 +32,12 @@ pub fn render(trace: &Trace, written: &Written) -> String {
             path.join(" <- ")
         );
     }
-    let lost: u64 = trace.kernel_counters.iter().sum();
+    let lost: u64 = Counter::ALL
+        .iter()
+        .zip(&trace.kernel_counters)
+        .filter(|(counter, _)| counter.is_loss())
+        .map(|(_, value)| value)
+        .sum();
     if lost > 0 {
         let _ = writeln!(out, "warning: {lost} events or stacks were not recorded: see counters in report.json");
     }
@@ -48,11 +55,7 @@ pub fn human_bytes(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
 #[cfg(test)]

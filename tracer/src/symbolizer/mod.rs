@@ -5,9 +5,9 @@ pub mod modules;
 
 use std::{collections::HashMap, path::Path, sync::Arc};
 
-use blazesym::symbolize::{source::Elf, source::Source, Input, Symbolized, Symbolizer as Blaze};
+use blazesym::symbolize::{Input, Symbolized, Symbolizer as Blaze, source::Elf, source::Source};
 
-use modules::{is_runtime_module, ModuleMap};
+use modules::{ModuleMap, is_runtime_module};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FrameName {
@@ -32,11 +32,7 @@ impl Default for Symbolizer {
 /// Frame 0 is where the thread was; every other frame is a return address, which points after its call
 /// instruction, possibly into the next function. One byte back lands inside the call.
 pub fn lookup_address(ip: u64, frame_index: usize) -> u64 {
-    if frame_index == 0 {
-        ip
-    } else {
-        ip.saturating_sub(1)
-    }
+    if frame_index == 0 { ip } else { ip.saturating_sub(1) }
 }
 
 impl Symbolizer {
