@@ -89,3 +89,45 @@ mod tests {
         assert_eq!(AllocCookie::decode(0), None);
     }
 }
+
+/// Key of a live block in the `ALLOCS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BlockKey {
+    pub tgid: u32,
+    pub pad: u32,
+    pub addr: u64,
+}
+
+/// A live block: what was asked for, when, and from which stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Block {
+    pub size: u64,
+    pub timestamp_ns: u64,
+    /// Id in the `STACKS` map, or [`NO_STACK`].
+    pub stack_id: u32,
+    pub pad: u32,
+}
+
+/// The stack id of blocks whose stack could not be stored (counted in `stack_errors`).
+pub const NO_STACK: u32 = u32::MAX;
+
+/// Figures per stack id, kept in the kernel (`ALLOC_STATS`) so that userspace needs no event per call.
+/// Updated with atomic adds from every CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackAllocStats {
+    pub outstanding_bytes: u64,
+    pub outstanding_blocks: u64,
+    pub allocated_bytes: u64,
+    pub allocated_blocks: u64,
+    pub freed_bytes: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::BlockKey {}
+    unsafe impl aya::Pod for super::Block {}
+    unsafe impl aya::Pod for super::StackAllocStats {}
+}

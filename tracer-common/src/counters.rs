@@ -15,11 +15,24 @@ pub enum Counter {
     UnpairedSyscalls = 3,
     /// Stacks that did not fit in the stack map and travelled inside their event instead. Not a loss.
     InlineStacks = 4,
+    /// An allocator free of a block the kernel never saw allocated (allocated before tracing began, or
+    /// by an entry point we did not find).
+    UnmatchedFrees = 5,
+    /// A new block at the address of a block never freed: the earlier block's free was missed (freed
+    /// through an entry point we did not find). Its bytes are taken out of its stack's figures.
+    MissedFrees = 6,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 5] =
-        [Counter::LostEvents, Counter::MapFull, Counter::StackErrors, Counter::UnpairedSyscalls, Counter::InlineStacks];
+    pub const ALL: [Counter; 7] = [
+        Counter::LostEvents,
+        Counter::MapFull,
+        Counter::StackErrors,
+        Counter::UnpairedSyscalls,
+        Counter::InlineStacks,
+        Counter::UnmatchedFrees,
+        Counter::MissedFrees,
+    ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
     pub const fn name(self) -> &'static str {
@@ -29,6 +42,8 @@ impl Counter {
             Counter::StackErrors => "stack_errors",
             Counter::UnpairedSyscalls => "unpaired_syscalls",
             Counter::InlineStacks => "inline_stacks",
+            Counter::UnmatchedFrees => "unmatched_frees",
+            Counter::MissedFrees => "missed_frees",
         }
     }
 

@@ -17,6 +17,8 @@ pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
     pub const STACKS: &str = "STACKS";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const ALLOCS: &str = "ALLOCS";
+    pub const ALLOC_STATS: &str = "ALLOC_STATS";
 }
 
 /// Flag for `bpf_get_stackid`: walk the user stack (frame pointers), not the kernel one.

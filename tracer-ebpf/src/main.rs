@@ -1,7 +1,11 @@
 //! Kernel programs of dispatch-leaktrace. One file per hook family; `maps.rs` declares what they share.
 #![no_std]
 #![no_main]
+// Atomic adds on map values: core's atomic types have no read-modify-write on the BPF target.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
+mod alloc;
 mod faults;
 mod maps;
 mod record;

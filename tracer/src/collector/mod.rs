@@ -1,6 +1,7 @@
 //! Drains the kernel's events into the ledger, owns the time axis, and decides when the trace ends.
 //! It knows nothing of report formats: it hands a [`Trace`] to the report writers.
 
+pub mod clock;
 pub mod stacks;
 pub mod timeline;
 pub mod unwind;
@@ -16,10 +17,13 @@ use tokio::{
     io::unix::AsyncFd,
     signal::unix::{Signal, SignalKind, signal},
 };
-use tracer_common::events::{EventKind, MemEvent, MemEventWithStack};
+use tracer_common::{
+    alloc::{NO_STACK, StackAllocStats},
+    events::{EventKind, MemEvent, MemEventWithStack},
+};
 
 use crate::{
-    ledger::{Backing, Ledger, Source, StackKey, regions::bytes_by_region},
+    ledger::{Backing, Ledger, Source, StackKey, StackStats, regions::bytes_by_region},
     probes::KernelMaps,
     procfs::{self, ProcessInfo, maps::MemoryMap},
     symbolizer::{FrameName, Symbolizer, modules::ModuleMap},
@@ -129,6 +133,8 @@ pub struct Collector {
     rss_bytes: u64,
     events: u64,
     timeline: Timeline,
+    /// `--min-age`: the allocator's outstanding figures count only blocks older than this.
+    min_age: Option<Duration>,
 }
 
 impl Collector {
@@ -158,7 +164,14 @@ impl Collector {
             rss_bytes: 0,
             events: 0,
             timeline: Timeline::default(),
+            min_age: None,
         }
+    }
+
+    /// Counts only allocator blocks older than `min_age` as outstanding (recent blocks are rarely leaks).
+    pub fn with_min_age(mut self, min_age: Option<Duration>) -> Self {
+        self.min_age = min_age;
+        self
     }
 
     /// Collects until the duration ends, a SIGINT or SIGTERM arrives, or the target exits. Snapshots
@@ -196,6 +209,7 @@ impl Collector {
                     self.drain(events.get_mut());
                     self.modules.refresh();
                     self.sample_rss();
+                    self.sync_allocator_figures();
                     self.name_new_stacks();
                     on_snapshot(&self.trace(None), SnapshotReason::Requested);
                 }
@@ -207,6 +221,7 @@ impl Collector {
         };
         // Whatever the kernel wrote before the end is still in the ring buffer.
         self.drain(events.get_mut());
+        self.sync_allocator_figures();
         let exit_status = if reason == EndReason::TargetExit { self.target.reap() } else { None };
         if reason == EndReason::TargetExit || self.target.has_exited() {
             self.modules.mark_exited();
@@ -249,7 +264,52 @@ impl Collector {
 
     fn on_tick(&mut self) {
         self.sample_rss();
+        self.sync_allocator_figures();
         self.name_new_stacks();
+    }
+
+    /// Reads the allocator figures the kernel keeps per stack id into the ledger. With `--min-age`, the
+    /// outstanding figures count only blocks older than that, from the live blocks themselves.
+    fn sync_allocator_figures(&mut self) {
+        let mut by_stack: HashMap<StackKey, StackStats> = HashMap::new();
+        let kernel_stats: Vec<(u32, StackAllocStats)> = self.maps.alloc_stats.iter().filter_map(Result::ok).collect();
+        let old_enough = self.min_age.map(|min_age| self.outstanding_blocks_older_than(min_age));
+        for (stack_id, figures) in kernel_stats {
+            let key = self.kernel_stack_key(stack_id, Source::Malloc);
+            let (outstanding_bytes, outstanding_allocs) = match &old_enough {
+                Some(old) => old.get(&stack_id).copied().unwrap_or_default(),
+                None => (figures.outstanding_bytes, figures.outstanding_blocks),
+            };
+            by_stack.entry(key).or_default().add(&StackStats {
+                outstanding_bytes,
+                outstanding_allocs,
+                allocated_bytes: figures.allocated_bytes,
+                allocated_allocs: figures.allocated_blocks,
+                freed_bytes: figures.freed_bytes,
+            });
+        }
+        self.ledger.replace_source_stats(Source::Malloc, by_stack);
+    }
+
+    /// (bytes, blocks) per kernel stack id of the live blocks allocated more than `min_age` ago.
+    fn outstanding_blocks_older_than(&self, min_age: Duration) -> HashMap<u32, (u64, u64)> {
+        let cutoff = clock::monotonic_now_ns().saturating_sub(min_age.as_nanos() as u64);
+        let mut old = HashMap::new();
+        for (_, block) in self.maps.blocks.iter().filter_map(Result::ok) {
+            if block.timestamp_ns <= cutoff {
+                let entry: &mut (u64, u64) = old.entry(block.stack_id).or_default();
+                entry.0 += block.size;
+                entry.1 += 1;
+            }
+        }
+        old
+    }
+
+    fn kernel_stack_key(&mut self, stack_id: u32, source: Source) -> StackKey {
+        let stack_id = if stack_id == NO_STACK { -1 } else { stack_id as i32 };
+        let event_stack = EventStack { stack_id, inline: None, user_sp: 0, stack_top: &[] };
+        let stack = self.stacks.intern_event_stack(&self.maps.stacks, &event_stack, &mut self.modules);
+        StackKey { source, stack }
     }
 
     fn sample_rss(&mut self) {

@@ -21,6 +21,8 @@ pub enum Source {
     Brk,
     /// Pages made resident by a first-touch page fault.
     PageFault,
+    /// Blocks from the allocator (malloc, operator new, mi_malloc, ...), whichever family.
+    Malloc,
 }
 
 impl Source {
@@ -29,6 +31,7 @@ impl Source {
             Source::Mmap => "mmap",
             Source::Brk => "brk",
             Source::PageFault => "page-fault",
+            Source::Malloc => "malloc",
         }
     }
 }
@@ -247,6 +250,13 @@ impl Ledger {
         } else if result < previous && self.release(tgid, result, previous) == 0 {
             self.counters.unmatched_frees += 1;
         }
+    }
+
+    /// Replaces the figures of every stack of `source` by figures kept elsewhere (the allocator's are kept
+    /// in the kernel).
+    pub fn replace_source_stats(&mut self, source: Source, stats: HashMap<StackKey, StackStats>) {
+        self.stats.retain(|key, _| key.source != source);
+        self.stats.extend(stats.into_iter().filter(|(key, _)| key.source == source));
     }
 
     /// Resident pages of `tgid`, segment by segment.

@@ -213,3 +213,16 @@ fn the_ledger_knows_what_backs_what_it_saw_mapped() {
     assert_eq!(ledger.backing_at(PID, 0x40000), None);
     assert!(Backing::Heap.reads_zero_page() && !Backing::File.reads_zero_page());
 }
+
+#[test]
+fn kernel_kept_figures_replace_a_whole_source() {
+    let mut ledger = Ledger::new(PAGE);
+    ledger.map(PID, 0x10000, PAGE, ANON, A);
+    let malloc = |stack| StackKey { source: Source::Malloc, stack };
+    let figures = |bytes| StackStats { outstanding_bytes: bytes, outstanding_allocs: 1, ..Default::default() };
+    ledger.replace_source_stats(Source::Malloc, [(malloc(1), figures(10)), (malloc(2), figures(20))].into());
+    ledger.replace_source_stats(Source::Malloc, [(malloc(2), figures(30))].into());
+    assert_eq!(ledger.stats_of(&malloc(1)), None);
+    assert_eq!(ledger.stats_of(&malloc(2)).unwrap().outstanding_bytes, 30);
+    assert_eq!(outstanding(&ledger, A), (PAGE, 1), "other sources stay");
+}

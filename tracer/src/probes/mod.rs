@@ -7,10 +7,21 @@ use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfError,
     maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
-    programs::{ProgramError, TracePoint},
+    programs::{
+        ProgramError, TracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+    },
 };
 use serde::Serialize;
-use tracer_common::map_names;
+use std::{
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+};
+
+use tracer_common::{
+    alloc::{AllocCookie, Block, BlockKey, StackAllocStats},
+    map_names,
+};
 
 /// The kernel object built by `cargo xtask build-ebpf` (see build.rs).
 static KERNEL_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LEAKTRACE_EBPF_OBJECT"));
@@ -38,6 +49,10 @@ pub struct KernelMaps {
     pub targets: HashMap<MapData, u32, u32>,
     pub stacks: StackTraceMap<MapData>,
     pub counters: PerCpuArray<MapData, u64>,
+    /// Live allocator blocks.
+    pub blocks: HashMap<MapData, BlockKey, Block>,
+    /// Allocator figures per stack id.
+    pub alloc_stats: HashMap<MapData, u32, StackAllocStats>,
 }
 
 impl KernelMaps {
@@ -60,6 +75,24 @@ pub struct ProbeRecord {
     pub kind: &'static str,
     pub attach_point: String,
     pub program_id: u32,
+    /// For uprobes: the ELF object, the function, its allocator family and the file offset probed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub symbol: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub family: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_offset: Option<u64>,
+}
+
+/// An allocator function to probe.
+pub struct AllocatorProbe<'a> {
+    pub object: &'a Path,
+    pub symbol: &'a str,
+    pub family: &'static str,
+    pub file_offset: u64,
+    pub cookie: AllocCookie,
 }
 
 pub struct Probes {
@@ -77,6 +110,8 @@ impl Probes {
             targets: HashMap::try_from(take(map_names::TARGETS)?)?,
             stacks: StackTraceMap::try_from(take(map_names::STACKS)?)?,
             counters: PerCpuArray::try_from(take(map_names::COUNTERS)?)?,
+            blocks: HashMap::try_from(take(map_names::ALLOCS)?)?,
+            alloc_stats: HashMap::try_from(take(map_names::ALLOC_STATS)?)?,
         };
         let events = RingBuf::try_from(take(map_names::EVENTS)?)?;
         Ok((Self { ebpf, records: Vec::new() }, maps, events))
@@ -106,7 +141,58 @@ impl Probes {
                 kind: "tracepoint",
                 attach_point: format!("{category}/{event}"),
                 program_id,
+                object: None,
+                symbol: None,
+                family: None,
+                file_offset: None,
             });
+        }
+        Ok(())
+    }
+
+    /// Attaches the allocator entry program to each function, and the return program to each whose
+    /// result matters, for process `pid` only.
+    pub fn attach_allocator<'a>(
+        &mut self,
+        pid: u32,
+        probes: impl IntoIterator<Item = AllocatorProbe<'a>>,
+    ) -> Result<()> {
+        let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0"))?);
+        const PROGRAMS: [(&str, &str); 2] = [("alloc_entry", "uprobe"), ("alloc_return", "uretprobe")];
+        for (program_name, _) in PROGRAMS {
+            let program: &mut UProbe = self
+                .ebpf
+                .program_mut(program_name)
+                .ok_or_else(|| anyhow!("the kernel object has no program {program_name}"))?
+                .try_into()?;
+            if program.fd().is_err() {
+                program.load().map_err(|e| explain_program_error(program_name, e))?;
+            }
+        }
+        for probe in probes {
+            for (program_name, kind) in PROGRAMS {
+                if kind == "uretprobe" && !probe.cookie.shape.needs_return_probe() {
+                    continue;
+                }
+                let program: &mut UProbe = self.ebpf.program_mut(program_name).expect("loaded above").try_into()?;
+                let point = UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
+                    cookie: Some(probe.cookie.encode()),
+                };
+                program
+                    .attach(point, probe.object, scope)
+                    .map_err(|e| anyhow!("cannot attach to {} in {}: {e}", probe.symbol, probe.object.display()))?;
+                let program_id = program.info().map(|info| info.id()).unwrap_or(0);
+                self.records.push(ProbeRecord {
+                    kind,
+                    attach_point: format!("{}:{}", probe.object.display(), probe.symbol),
+                    program_id,
+                    object: Some(probe.object.to_path_buf()),
+                    symbol: Some(probe.symbol.to_string()),
+                    family: Some(probe.family),
+                    file_offset: Some(probe.file_offset),
+                });
+            }
         }
         Ok(())
     }
