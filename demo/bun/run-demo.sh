@@ -25,6 +25,7 @@ ROUNDS=${ROUNDS:-1}
 SETTLE=${SETTLE:-3}
 mkdir -p "$OUT/jitdump"
 log=$OUT/server.log
+: >"$log" # exists before the server starts writing it, for the wait loop below
 
 BUN_JSC_useJITDump=1 BUN_JSC_jitDumpDirectory=$OUT/jitdump PORT=${PORT:-0} \
     "$BUN" "$here/server.ts" >"$log" 2>&1 &
@@ -39,7 +40,7 @@ trap stop_server EXIT
 
 port=
 for _ in $(seq 100); do
-    port=$(sed -n 's/^listening \([0-9][0-9]*\)$/\1/p' "$log")
+    port=$(sed -n 's/^listening \([0-9][0-9]*\)$/\1/p' "$log" || true)
     [[ -n $port ]] && break
     kill -0 "$server" 2>/dev/null || { echo "run-demo: the server exited:" >&2; cat "$log" >&2; exit 1; }
     sleep 0.1
