@@ -1,0 +1,508 @@
+// Nothing calls this API yet: the collector wires it in next.
+#![allow(dead_code)]
+//! Names for JIT-compiled frames: JavaScriptCore's perf jitdump files, read incrementally while the
+//! target keeps appending.
+//!
+//! # What Bun 1.3.13 writes (checked on the npm build, x86-64)
+//! - Switched on by `BUN_JSC_useJITDump` (or `JSC_useJITDump`) = `1`, `true` or `yes` (any case); `0` and
+//!   `false` leave it off. When both prefixes are set, the `BUN_JSC_` one wins, for the directory too.
+//! - One file per process (JSC's PerfLog is a singleton), created at the first JIT code, named after the
+//!   thread that created it *then* the pid: `/tmp/jit-<tid>-<pid>-XXXXXX` (random suffix, mode 0600) by
+//!   default, `DIR/jit-<tid>-<pid>.dump` (mode 0644) with `BUN_JSC_jitDumpDirectory=DIR`. A relative DIR
+//!   is relative to the process's working directory; a DIR that does not exist makes Bun abort at start
+//!   (SIGTRAP). Newer WebKit names it `jit-<pid>.dump`. Discovery accepts all of these.
+//! - The file is mapped once, one page, as perf's marker:
+//!   `7fe6c1c33000-7fe6c1c34000 r-xp 00000000 fe:00 10010673   /tmp/jit-23744-23741-pzUivg`.
+//! - Header: magic 0x4A695444 in host order ("DTiJ" on disk), version 1, total size 40, elf_mach 0x3e,
+//!   the pid, and flags 0: no JITDUMP_FLAGS_ARCH_TIMESTAMP, so timestamps are not TSC ticks.
+//! - Clock: CLOCK_MONOTONIC in nanoseconds, the clock of bpf_ktime_get_ns, so no conversion is needed.
+//!   JSC's ProfilerSupport::generateTimestamp is WTF's MonotonicTime::now(), which on Linux is
+//!   clock_gettime(CLOCK_MONOTONIC) (through a double: a few nanoseconds of rounding at most). Measured:
+//!   CLOCK_MONOTONIC read just before and after a 1.6 s run bracketed the header's and all 181 records'
+//!   timestamps (1735608552134 <= 1735624272328 .. 1737131462472 <= 1737221624513); CLOCK_REALTIME was
+//!   1.8e18. (CLOCK_BOOTTIME equalled CLOCK_MONOTONIC on that machine, so the measurement alone cannot
+//!   tell those two apart; the source can.)
+//! - A record's timestamp is taken when the code is linked, before it can run, but the record is written
+//!   later by a queue: the first record can be older than the header's timestamp, and records from
+//!   different compiler threads may be slightly out of order. Nothing here relies on file order.
+//! - Only JIT_CODE_LOAD records (JSC can also write DEBUG_INFO ones when asked for IR or source dumps);
+//!   no MOVE and no CLOSE, so an address is reused silently: in a 1.6 s run, the 2 KiB of `runTurn`'s DFG
+//!   code were freed and reused by an FTL OSR exit stub. Hence lookups by (address, time).
+//! - Names are `JSC-<profile>: <what>`. Seen: `JSC-Baseline:`, `JSC-DFG:`, `JSC-FTL:` followed by
+//!   `buildMessage#EOhoyY` (inferred name, '#', 6-character code block hash), `#ASrMsw` (an anonymous
+//!   function), `/tmp/script.js#BMmy9a` (a script's top-level code); `JSC-Thunk: DefaultCall`,
+//!   `JSC-LLIntThunk: arityFixup`, `JSC-ExtraCTIThunk: handleException`, `JSC-DFGThunk: unspecified`,
+//!   `JSC-FTLThunk: unspecified`, `JSC-InlineCache: GetById Load handler`, `JSC-DFGOSREntry: unspecified`,
+//!   `JSC-FTLOSRExit: unspecified`, `JSC-YarrJIT: /a(b+)c/`. JSC's list of profiles also has DFGOSRExit,
+//!   JumpIsland, WasmThunk, WasmBBQ, WasmOMG, CSSJIT and Uncategorized.
+
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+
+use anyhow::{bail, Result};
+
+const JITDUMP_MAGIC: u32 = 0x4A69_5444;
+const JITDUMP_VERSION: u32 = 1;
+/// magic, version, total_size, elf_mach, pad1, pid (u32 each), timestamp, flags (u64 each).
+const FILE_HEADER_SIZE: u32 = 40;
+/// id, total_size (u32 each), timestamp (u64).
+const RECORD_HEADER_SIZE: u64 = 16;
+/// After the record header: pid, tid (u32 each), vma, code_addr, code_size, code_index (u64 each).
+const CODE_LOAD_FIELDS_SIZE: u64 = 40;
+const JIT_CODE_LOAD: u32 = 0;
+/// Header flag: timestamps come from an architecture clock (the TSC on x86), not CLOCK_MONOTONIC.
+pub const JITDUMP_FLAGS_ARCH_TIMESTAMP: u64 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ByteOrder {
+    Little,
+    Big,
+}
+
+impl ByteOrder {
+    fn u32(self, bytes: &[u8]) -> u32 {
+        let array = bytes[..4].try_into().expect("four bytes");
+        match self {
+            ByteOrder::Little => u32::from_le_bytes(array),
+            ByteOrder::Big => u32::from_be_bytes(array),
+        }
+    }
+
+    fn u64(self, bytes: &[u8]) -> u64 {
+        let array = bytes[..8].try_into().expect("eight bytes");
+        match self {
+            ByteOrder::Little => u64::from_le_bytes(array),
+            ByteOrder::Big => u64::from_be_bytes(array),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JitdumpHeader {
+    /// Written big endian ("JiTD" on disk); every field is then read in that order.
+    pub big_endian: bool,
+    pub version: u32,
+    /// Where the first record starts.
+    pub header_size: u32,
+    pub elf_mach: u32,
+    pub pid: u32,
+    pub timestamp: u64,
+    pub flags: u64,
+}
+
+impl JitdumpHeader {
+    /// The header at the start of `bytes`, or None while fewer bytes than a header have been written.
+    pub fn parse(bytes: &[u8]) -> Result<Option<Self>> {
+        if bytes.len() < 4 {
+            return Ok(None);
+        }
+        let magic: [u8; 4] = bytes[..4].try_into().expect("four bytes");
+        let order = if u32::from_le_bytes(magic) == JITDUMP_MAGIC {
+            ByteOrder::Little
+        } else if u32::from_be_bytes(magic) == JITDUMP_MAGIC {
+            ByteOrder::Big
+        } else {
+            bail!("not a perf jitdump file (starts with {magic:02x?}, not \"DTiJ\" or \"JiTD\")");
+        };
+        if bytes.len() < 8 {
+            return Ok(None);
+        }
+        let version = order.u32(&bytes[4..]);
+        if version != JITDUMP_VERSION {
+            bail!("perf jitdump version {version} is not supported (only version {JITDUMP_VERSION})");
+        }
+        if bytes.len() < FILE_HEADER_SIZE as usize {
+            return Ok(None);
+        }
+        let header_size = order.u32(&bytes[8..]);
+        if header_size < FILE_HEADER_SIZE {
+            bail!("perf jitdump header of {header_size} bytes is shorter than the {FILE_HEADER_SIZE} of version 1");
+        }
+        Ok(Some(Self {
+            big_endian: order == ByteOrder::Big,
+            version,
+            header_size,
+            elf_mach: order.u32(&bytes[12..]),
+            pid: order.u32(&bytes[20..]),
+            timestamp: order.u64(&bytes[24..]),
+            flags: order.u64(&bytes[32..]),
+        }))
+    }
+
+    /// Timestamps are architecture clock ticks (JITDUMP_FLAGS_ARCH_TIMESTAMP), not comparable with
+    /// kernel timestamps without a calibration this reader does not attempt. JSC never sets it.
+    pub fn uses_arch_timestamps(&self) -> bool {
+        self.flags & JITDUMP_FLAGS_ARCH_TIMESTAMP != 0
+    }
+
+    fn byte_order(&self) -> ByteOrder {
+        if self.big_endian {
+            ByteOrder::Big
+        } else {
+            ByteOrder::Little
+        }
+    }
+}
+
+/// A JIT_CODE_LOAD record without its code bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodeLoad {
+    /// Record timestamp, as written (CLOCK_MONOTONIC nanoseconds for JSC).
+    pub timestamp: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub vma: u64,
+    /// Where the code runs (perf uses this one; JSC writes the same value as `vma`).
+    pub code_addr: u64,
+    pub code_size: u64,
+    pub code_index: u64,
+    pub name: String,
+}
+
+/// What one incremental read found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadProgress {
+    /// Code loads (jitdump) or entries (perf map) passed on.
+    pub loads: usize,
+    /// Other jitdump records (move, debug info, close, unwinding info, unknown kinds) or unparsable
+    /// perf map lines.
+    pub skipped: usize,
+}
+
+/// Reads a jitdump file a piece at a time while its writer appends to it: each call reads the records
+/// complete at that moment and remembers where the first unread one starts. Code bytes are skipped by
+/// seeking (a buffer's worth at most passes through memory), never kept.
+#[derive(Clone, Debug, Default)]
+pub struct JitdumpReader {
+    header: Option<JitdumpHeader>,
+    next_offset: u64,
+}
+
+impl JitdumpReader {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// None until the whole header has been written.
+    pub fn header(&self) -> Option<&JitdumpHeader> {
+        self.header.as_ref()
+    }
+
+    /// File offset of the first record not read yet (0 before the header has been read).
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+
+    /// Reads the header if it has not been read yet; None while it is not fully written.
+    pub fn read_header<R: Read + Seek>(&mut self, input: &mut R) -> Result<Option<&JitdumpHeader>> {
+        if self.header.is_none() {
+            let len = input.seek(SeekFrom::End(0))?;
+            let mut bytes = [0u8; FILE_HEADER_SIZE as usize];
+            input.seek(SeekFrom::Start(0))?;
+            let read = read_up_to(input, &mut bytes)?;
+            match JitdumpHeader::parse(&bytes[..read])? {
+                Some(header) if len >= u64::from(header.header_size) => {
+                    self.next_offset = u64::from(header.header_size);
+                    self.header = Some(header);
+                }
+                _ => return Ok(None),
+            }
+        }
+        Ok(self.header.as_ref())
+    }
+
+    /// Passes every code load complete in `input` after the last read to `on_load`, and skips every other
+    /// record. A record cut short by the end of the input (the writer is mid-way) ends the read without
+    /// error; the next call starts with it. A bad magic, an unsupported version or a malformed record is
+    /// an error; records before a malformed one have been passed on.
+    pub fn read_new<R: Read + Seek>(
+        &mut self,
+        input: &mut R,
+        mut on_load: impl FnMut(CodeLoad),
+    ) -> Result<ReadProgress> {
+        let mut progress = ReadProgress::default();
+        let Some(header) = self.read_header(input)? else { return Ok(progress) };
+        let order = header.byte_order();
+        let len = input.seek(SeekFrom::End(0))?;
+        let mut offset = self.next_offset;
+        input.seek(SeekFrom::Start(offset))?;
+        let mut reader = BufReader::with_capacity(64 * 1024, input);
+        while len - offset >= RECORD_HEADER_SIZE {
+            let mut head = [0u8; RECORD_HEADER_SIZE as usize];
+            reader.read_exact(&mut head)?;
+            let (id, total_size, timestamp) =
+                (order.u32(&head), u64::from(order.u32(&head[4..])), order.u64(&head[8..]));
+            if total_size < RECORD_HEADER_SIZE {
+                bail!("jitdump record at offset {offset}: size {total_size} is smaller than a record header");
+            }
+            if total_size > len - offset {
+                break; // still being written
+            }
+            if id == JIT_CODE_LOAD {
+                if total_size < RECORD_HEADER_SIZE + CODE_LOAD_FIELDS_SIZE + 1 {
+                    bail!("jitdump code load at offset {offset}: size {total_size} leaves no room for a name");
+                }
+                let mut fields = [0u8; CODE_LOAD_FIELDS_SIZE as usize];
+                reader.read_exact(&mut fields)?;
+                let mut name = Vec::new();
+                (&mut reader).take(total_size - RECORD_HEADER_SIZE - CODE_LOAD_FIELDS_SIZE).read_until(0, &mut name)?;
+                if name.pop() != Some(0) {
+                    bail!("jitdump code load at offset {offset}: the name is not NUL-terminated within the record");
+                }
+                let used = RECORD_HEADER_SIZE + CODE_LOAD_FIELDS_SIZE + name.len() as u64 + 1;
+                reader.seek_relative((total_size - used) as i64)?;
+                on_load(CodeLoad {
+                    timestamp,
+                    pid: order.u32(&fields),
+                    tid: order.u32(&fields[4..]),
+                    vma: order.u64(&fields[8..]),
+                    code_addr: order.u64(&fields[16..]),
+                    code_size: order.u64(&fields[24..]),
+                    code_index: order.u64(&fields[32..]),
+                    name: String::from_utf8_lossy(&name).into_owned(),
+                });
+                progress.loads += 1;
+            } else {
+                reader.seek_relative((total_size - RECORD_HEADER_SIZE) as i64)?;
+                progress.skipped += 1;
+            }
+            offset += total_size;
+            self.next_offset = offset;
+        }
+        Ok(progress)
+    }
+}
+
+/// Reads until `buf` is full or the input ends; returns how many bytes were read.
+fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    const LE: ByteOrder = ByteOrder::Little;
+
+    fn u32_bytes(order: ByteOrder, value: u32) -> [u8; 4] {
+        match order {
+            ByteOrder::Little => value.to_le_bytes(),
+            ByteOrder::Big => value.to_be_bytes(),
+        }
+    }
+
+    fn u64_bytes(order: ByteOrder, value: u64) -> [u8; 8] {
+        match order {
+            ByteOrder::Little => value.to_le_bytes(),
+            ByteOrder::Big => value.to_be_bytes(),
+        }
+    }
+
+    fn header(order: ByteOrder, pid: u32, flags: u64) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for field in [JITDUMP_MAGIC, 1, 40, 0x3e, 0, pid] {
+            bytes.extend(u32_bytes(order, field));
+        }
+        bytes.extend(u64_bytes(order, 1_000));
+        bytes.extend(u64_bytes(order, flags));
+        bytes
+    }
+
+    fn record(order: ByteOrder, id: u32, time: u64, payload: &[u8]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend(u32_bytes(order, id));
+        bytes.extend(u32_bytes(order, 16 + payload.len() as u32));
+        bytes.extend(u64_bytes(order, time));
+        bytes.extend(payload);
+        bytes
+    }
+
+    /// A JIT_CODE_LOAD with `size` bytes of code (0xcc) and code_index = `time`.
+    fn load(order: ByteOrder, time: u64, tid: u32, addr: u64, size: u64, name: &str) -> Vec<u8> {
+        let mut payload = Vec::new();
+        payload.extend(u32_bytes(order, 4242));
+        payload.extend(u32_bytes(order, tid));
+        for field in [addr, addr, size, time] {
+            payload.extend(u64_bytes(order, field));
+        }
+        payload.extend(name.as_bytes());
+        payload.push(0);
+        payload.extend(std::iter::repeat_n(0xcc, size as usize));
+        record(order, JIT_CODE_LOAD, time, &payload)
+    }
+
+    fn code_load(time: u64, tid: u32, addr: u64, size: u64, name: &str) -> CodeLoad {
+        CodeLoad {
+            timestamp: time,
+            pid: 4242,
+            tid,
+            vma: addr,
+            code_addr: addr,
+            code_size: size,
+            code_index: time,
+            name: name.into(),
+        }
+    }
+
+    fn read_all(reader: &mut JitdumpReader, bytes: &[u8]) -> Result<(ReadProgress, Vec<CodeLoad>)> {
+        let mut loads = Vec::new();
+        let progress = reader.read_new(&mut Cursor::new(bytes), |load| loads.push(load))?;
+        Ok((progress, loads))
+    }
+
+    #[test]
+    fn reads_the_header_and_every_code_load_and_skips_the_other_records() {
+        let mut bytes = header(LE, 4242, 0);
+        bytes.extend(load(LE, 10, 7, 0x7000_0000, 32, "JSC-Thunk: DefaultCall"));
+        bytes.extend(record(LE, 2, 11, &[0u8; 40])); // debug info
+        bytes.extend(load(LE, 12, 8, 0x7000_1000, 1360, "JSC-Baseline: runTurn#CsYAmg"));
+        bytes.extend(record(LE, 1, 13, &[0u8; 48])); // move
+        bytes.extend(record(LE, 4, 14, &[0u8; 24])); // unwinding info
+        bytes.extend(record(LE, 9, 15, &[1, 2, 3])); // unknown kind
+        bytes.extend(load(LE, 16, 7, 0x7000_2000, 1, "JSC-DFG: buildMessage#BrhwuA"));
+        bytes.extend(record(LE, 3, 17, &[])); // close
+        let mut reader = JitdumpReader::new();
+        let (progress, loads) = read_all(&mut reader, &bytes).unwrap();
+        assert_eq!(
+            reader.header(),
+            Some(&JitdumpHeader {
+                big_endian: false,
+                version: 1,
+                header_size: 40,
+                elf_mach: 0x3e,
+                pid: 4242,
+                timestamp: 1_000,
+                flags: 0
+            })
+        );
+        assert_eq!(progress, ReadProgress { loads: 3, skipped: 5 });
+        assert_eq!(
+            loads,
+            vec![
+                code_load(10, 7, 0x7000_0000, 32, "JSC-Thunk: DefaultCall"),
+                code_load(12, 8, 0x7000_1000, 1360, "JSC-Baseline: runTurn#CsYAmg"),
+                code_load(16, 7, 0x7000_2000, 1, "JSC-DFG: buildMessage#BrhwuA"),
+            ]
+        );
+        assert_eq!(reader.next_offset(), bytes.len() as u64);
+        // Nothing new: nothing read.
+        assert_eq!(read_all(&mut reader, &bytes).unwrap(), (ReadProgress::default(), vec![]));
+    }
+
+    #[test]
+    fn big_endian_files_are_read_in_their_order() {
+        let order = ByteOrder::Big;
+        let mut bytes = header(order, 77, 0);
+        assert_eq!(&bytes[..4], b"JiTD");
+        bytes.extend(load(order, 5, 78, 0x1234_5678, 64, "JSC-FTL: f#AbCdEf"));
+        let mut reader = JitdumpReader::new();
+        let (_, loads) = read_all(&mut reader, &bytes).unwrap();
+        assert!(reader.header().unwrap().big_endian);
+        assert_eq!(reader.header().unwrap().pid, 77);
+        assert_eq!(loads, vec![CodeLoad { pid: 4242, ..code_load(5, 78, 0x1234_5678, 64, "JSC-FTL: f#AbCdEf") }]);
+    }
+
+    /// Counts the bytes a reader actually reads.
+    struct CountingReader<R> {
+        inner: R,
+        read: u64,
+    }
+
+    impl<R: Read> Read for CountingReader<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.read += n as u64;
+            Ok(n)
+        }
+    }
+
+    impl<R: Seek> Seek for CountingReader<R> {
+        fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+            self.inner.seek(pos)
+        }
+    }
+
+    #[test]
+    fn code_bytes_are_skipped_by_seeking() {
+        let mut bytes = header(LE, 1, 0);
+        bytes.extend(load(LE, 1, 1, 0x10_0000, 4 << 20, "JSC-FTL: huge#AAAAAA"));
+        bytes.extend(load(LE, 2, 1, 0x90_0000, 16, "JSC-Thunk: after"));
+        let mut input = CountingReader { inner: Cursor::new(&bytes), read: 0 };
+        let mut names = Vec::new();
+        JitdumpReader::new().read_new(&mut input, |load| names.push(load.name)).unwrap();
+        assert_eq!(names, ["JSC-FTL: huge#AAAAAA", "JSC-Thunk: after"]);
+        // The header, a buffer around each record start; not the 4 MiB of code.
+        assert!(input.read < 256 << 10, "read {} bytes of a {} byte file", input.read, bytes.len());
+    }
+
+    #[test]
+    fn a_record_cut_short_is_read_once_the_rest_is_written() {
+        let mut bytes = header(LE, 4242, 0);
+        let mut starts = Vec::new();
+        for (i, name) in ["JSC-Thunk: a", "JSC-DFG: b#AAAAAA", "JSC-FTL: c#BBBBBB"].iter().enumerate() {
+            starts.push(bytes.len() as u64);
+            bytes.extend(load(LE, i as u64, 1, 0x1000 * (i as u64 + 1), 100, name));
+        }
+        let all: Vec<CodeLoad> = read_all(&mut JitdumpReader::new(), &bytes).unwrap().1;
+        assert_eq!(all.len(), 3);
+        // Cut everywhere: inside the file header, a record header, a name, code bytes.
+        let boundaries: Vec<u64> = starts.iter().copied().chain([bytes.len() as u64]).collect();
+        for cut in 0..=bytes.len() {
+            let mut reader = JitdumpReader::new();
+            let (_, mut loads) = read_all(&mut reader, &bytes[..cut]).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+            let last_boundary = boundaries.iter().rposition(|b| *b <= cut as u64);
+            assert_eq!(loads.len(), last_boundary.unwrap_or(0), "cut at {cut}");
+            assert_eq!(reader.next_offset(), last_boundary.map_or(0, |i| boundaries[i]), "cut at {cut}");
+            loads.extend(read_all(&mut reader, &bytes).unwrap().1);
+            assert_eq!(loads, all, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_bad_magic_or_version_or_record_is_an_error() {
+        let elf = b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x02\0\x3e\0\x01\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+        let error = read_all(&mut JitdumpReader::new(), elf).unwrap_err().to_string();
+        assert!(error.contains("not a perf jitdump file"), "{error}");
+        // Known after four bytes already.
+        assert!(read_all(&mut JitdumpReader::new(), b"\x7fELF").is_err());
+        assert!(read_all(&mut JitdumpReader::new(), b"DTi").unwrap().1.is_empty());
+
+        let mut version_2 = header(LE, 1, 0);
+        version_2[4] = 2;
+        let error = read_all(&mut JitdumpReader::new(), &version_2).unwrap_err().to_string();
+        assert_eq!(error, "perf jitdump version 2 is not supported (only version 1)");
+
+        let mut tiny_record = header(LE, 1, 0);
+        tiny_record.extend(u32_bytes(LE, 0));
+        tiny_record.extend(u32_bytes(LE, 8));
+        tiny_record.extend(u64_bytes(LE, 0));
+        let error = read_all(&mut JitdumpReader::new(), &tiny_record).unwrap_err().to_string();
+        assert_eq!(error, "jitdump record at offset 40: size 8 is smaller than a record header");
+
+        let mut unterminated = header(LE, 1, 0);
+        unterminated.extend(load(LE, 1, 1, 0x1000, 0, "JSC-Thunk: ok"));
+        let bad_at = unterminated.len();
+        let mut bad = load(LE, 2, 1, 0x2000, 0, "JSC-Thunk: no end");
+        bad.pop(); // drop the NUL, shrink the record by one
+        bad[4] -= 1;
+        unterminated.extend(bad);
+        let mut reader = JitdumpReader::new();
+        let mut names = Vec::new();
+        let error = reader.read_new(&mut Cursor::new(&unterminated), |load| names.push(load.name)).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("jitdump code load at offset {bad_at}: the name is not NUL-terminated within the record")
+        );
+        assert_eq!(names, ["JSC-Thunk: ok"]);
+        assert_eq!(reader.next_offset(), bad_at as u64);
+    }
+}
