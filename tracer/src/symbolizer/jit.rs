@@ -1,7 +1,7 @@
 // Nothing calls this API yet: the collector wires it in next.
 #![allow(dead_code)]
 //! Names for JIT-compiled frames: JavaScriptCore's perf jitdump files, read incrementally while the
-//! target keeps appending.
+//! target keeps appending, looked up by address and time.
 //!
 //! # What Bun 1.3.13 writes (checked on the npm build, x86-64)
 //! - Switched on by `BUN_JSC_useJITDump` (or `JSC_useJITDump`) = `1`, `true` or `yes` (any case); `0` and
@@ -36,7 +36,23 @@
 //!   `JSC-FTLOSRExit: unspecified`, `JSC-YarrJIT: /a(b+)c/`. JSC's list of profiles also has DFGOSRExit,
 //!   JumpIsland, WasmThunk, WasmBBQ, WasmOMG, CSSJIT and Uncategorized.
 
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+//!
+//! # Lookup by time
+//! A lookup returns the newest load (largest timestamp) whose code covers the address and whose timestamp
+//! is at or before the sample's time. When every covering load is newer than the sample, the answer is
+//! None, not the oldest covering load: the code was linked before it could run, on the same clock the
+//! kernel stamps samples with, so code that ran at that time has a load at or before it, and a later load
+//! at the address names whatever replaced that code: a confident wrong name is worse than an address.
+//! Without close records nothing says when code died: where a later load covers only part of an earlier
+//! one, the rest still names the earlier one. Sources without comparable times (perf maps, jitdumps with
+//! architecture timestamps) count as loaded at time 0: they always qualify, the newest line or record wins
+//! among them, and any timed load covering the address wins over them.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    io::{self, BufRead, BufReader, Read, Seek, SeekFrom},
+    sync::Arc,
+};
 
 use anyhow::{bail, Result};
 
@@ -286,6 +302,247 @@ fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
+/// What kind of JIT code a frame is in, from JSC's profile name (`JSC-<profile>: ...`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum JitTier {
+    /// JavaScript, by tier: LLInt (JSC writes no LLInt loads today, but the name is mapped if it appears),
+    /// Baseline, DFG, FTL.
+    LLInt,
+    Baseline,
+    Dfg,
+    Ftl,
+    WasmBbq,
+    WasmOmg,
+    /// Shared stubs: Thunk, LLIntThunk, DFGThunk, FTLThunk, WasmThunk, ExtraCTIThunk, JumpIsland.
+    Thunk,
+    /// Inline cache stubs and handlers.
+    InlineCache,
+    /// Code entering optimized code from a lower tier (DFGOSREntry).
+    OsrEntry,
+    /// Code leaving optimized code for a lower tier (DFGOSRExit, FTLOSRExit).
+    OsrExit,
+    /// A compiled regular expression (YarrJIT).
+    RegExp,
+    /// Anything else: CSSJIT, Uncategorized, unknown profiles, names not from JSC (perf maps).
+    Other,
+}
+
+impl JitTier {
+    /// Code compiled from a JavaScript function (any tier), not a stub.
+    pub fn is_javascript(self) -> bool {
+        matches!(self, JitTier::LLInt | JitTier::Baseline | JitTier::Dfg | JitTier::Ftl)
+    }
+}
+
+/// The name to show for a raw jitdump name, and its tier:
+/// `JSC-DFG: buildMessage#BrhwuA` -> `buildMessage [JS:DFG]`, `JSC-Baseline: #ASrMsw` ->
+/// `(anonymous) [JS:Baseline]`, `JSC-Thunk: DefaultCall` -> `[JSC thunk] DefaultCall`,
+/// `JSC-LLIntThunk: arityFixup` -> `[JSC thunk] arityFixup (LLInt)`, `JSC-FTLThunk: unspecified` ->
+/// `[JSC thunk] (FTL)`, `JSC-InlineCache: GetById Load handler` -> `[JSC IC] GetById Load handler`,
+/// `JSC-FTLOSRExit: unspecified` -> `[JSC OSR exit] (FTL)`, `JSC-YarrJIT: /a(b+)c/` -> `[JSC regexp] /a(b+)c/`.
+/// A name that is not JSC's shape is shown as it is.
+pub fn display_name(raw: &str) -> (String, JitTier) {
+    let Some((profile, what)) = raw.strip_prefix("JSC-").and_then(|rest| rest.split_once(": ")) else {
+        return (raw.to_string(), JitTier::Other);
+    };
+    let function = |label: &str, tier| {
+        let name = strip_code_block_hash(what);
+        let name = if name.is_empty() || name == "<anonymous>" { "(anonymous)" } else { name };
+        (format!("{name} [{label}]"), tier)
+    };
+    match profile {
+        "LLInt" => function("JS:LLInt", JitTier::LLInt),
+        "Baseline" => function("JS:Baseline", JitTier::Baseline),
+        "DFG" => function("JS:DFG", JitTier::Dfg),
+        "FTL" => function("JS:FTL", JitTier::Ftl),
+        "WasmBBQ" => function("Wasm:BBQ", JitTier::WasmBbq),
+        "WasmOMG" => function("Wasm:OMG", JitTier::WasmOmg),
+        "InlineCache" => (stub("[JSC IC]", what, ""), JitTier::InlineCache),
+        "YarrJIT" => (stub("[JSC regexp]", what, ""), JitTier::RegExp),
+        "JumpIsland" => (stub("[JSC thunk]", what, "jump island"), JitTier::Thunk),
+        "CSSJIT" => (stub("[JSC CSS]", what, ""), JitTier::Other),
+        _ => {
+            if let Some(sub) = profile.strip_suffix("Thunk") {
+                (stub("[JSC thunk]", what, sub), JitTier::Thunk)
+            } else if let Some(sub) = profile.strip_suffix("OSREntry") {
+                (stub("[JSC OSR entry]", what, sub), JitTier::OsrEntry)
+            } else if let Some(sub) = profile.strip_suffix("OSRExit") {
+                (stub("[JSC OSR exit]", what, sub), JitTier::OsrExit)
+            } else {
+                (stub(&format!("[JSC {profile}]"), what, ""), JitTier::Other)
+            }
+        }
+    }
+}
+
+/// `[kind] name (sub)`, leaving out JSC's placeholder name `unspecified` and an empty sub-kind.
+fn stub(kind: &str, what: &str, sub: &str) -> String {
+    let mut text = kind.to_string();
+    if !what.is_empty() && what != "unspecified" {
+        text.push(' ');
+        text.push_str(what);
+    }
+    if !sub.is_empty() {
+        text.push_str(&format!(" ({sub})"));
+    }
+    text
+}
+
+/// JSC appends `#` and the code block's hash (6 letters and digits, or `<no-hash>`) to a function's name.
+fn strip_code_block_hash(what: &str) -> &str {
+    match what.rsplit_once('#') {
+        Some((name, hash))
+            if hash == "<no-hash>"
+                || (!hash.is_empty() && hash.len() <= 16 && hash.bytes().all(|b| b.is_ascii_alphanumeric())) =>
+        {
+            name
+        }
+        _ => what,
+    }
+}
+
+/// A named JIT frame: the code load that covered an address at a time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JitFrame {
+    /// For reports: `buildMessage [JS:DFG]`, `[JSC thunk] DefaultCall`, ...
+    pub name: Arc<str>,
+    /// As the jitdump or perf map wrote it: `JSC-DFG: buildMessage#BrhwuA`.
+    pub raw: Arc<str>,
+    pub tier: JitTier,
+    /// The code's first address and size.
+    pub start: u64,
+    pub size: u64,
+}
+
+struct InternedName {
+    raw: Arc<str>,
+    display: Arc<str>,
+    tier: JitTier,
+}
+
+#[derive(Clone, Copy)]
+struct Load {
+    start: u64,
+    size: u64,
+    time: u64,
+    name: u32,
+}
+
+/// The loads of one power-of-two size class, `[2^k, 2^(k+1))` bytes, by start address.
+#[derive(Default)]
+struct SizeClass {
+    largest: u64,
+    starts: BTreeSet<(u64, u32)>,
+}
+
+/// Code ranges and names from any number of jitdump files and perf maps, looked up by (address, time).
+/// Only ranges, times and one copy of each distinct name are kept.
+///
+/// Loads are filed by size class and start address. A load of class k that covers an address starts less
+/// than 2^(k+1) bytes before it, so a lookup visits each class in use (a few dozen at most) and, in it,
+/// the loads starting in that window: the covering generations of the address plus a neighbour or two,
+/// since code live at one time does not overlap.
+pub struct JitIndex {
+    loads: Vec<Load>,
+    classes: Vec<SizeClass>,
+    /// Bit k set: class k holds loads.
+    classes_in_use: u64,
+    names: Vec<InternedName>,
+    name_ids: HashMap<Arc<str>, u32>,
+}
+
+impl Default for JitIndex {
+    fn default() -> Self {
+        Self {
+            loads: Vec::new(),
+            classes: (0..64).map(|_| SizeClass::default()).collect(),
+            classes_in_use: 0,
+            names: Vec::new(),
+            name_ids: HashMap::new(),
+        }
+    }
+}
+
+impl JitIndex {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Files code `[start, start + size)` named `raw_name`, loaded at `time_ns` (0 when unknown). Empty
+    /// code covers no address and is not kept.
+    pub fn insert(&mut self, start: u64, size: u64, time_ns: u64, raw_name: &str) {
+        if size == 0 {
+            return;
+        }
+        let name = self.intern(raw_name);
+        let id = u32::try_from(self.loads.len()).expect("fewer than 2^32 code loads");
+        self.loads.push(Load { start, size, time: time_ns, name });
+        let class_index = 63 - size.leading_zeros() as usize;
+        let class = &mut self.classes[class_index];
+        class.largest = class.largest.max(size);
+        class.starts.insert((start, id));
+        self.classes_in_use |= 1 << class_index;
+    }
+
+    /// The newest load covering `addr` at or before `time_ns` (pass `u64::MAX` for the newest of all),
+    /// or None; see the module documentation for why there is no fallback to a later load.
+    pub fn lookup(&self, addr: u64, time_ns: u64) -> Option<JitFrame> {
+        let mut best: Option<(u64, u32)> = None;
+        let mut classes = self.classes_in_use;
+        while classes != 0 {
+            let class = &self.classes[classes.trailing_zeros() as usize];
+            classes &= classes - 1;
+            let lowest = addr.saturating_sub(class.largest - 1);
+            for &(start, id) in class.starts.range((lowest, 0)..=(addr, u32::MAX)) {
+                let load = &self.loads[id as usize];
+                // Later file order breaks a tie in time.
+                if addr - start < load.size && load.time <= time_ns && best.is_none_or(|b| (load.time, id) > b) {
+                    best = Some((load.time, id));
+                }
+            }
+        }
+        best.map(|(_, id)| self.frame(id))
+    }
+
+    /// Code loads kept (empty ones are not).
+    pub fn len(&self) -> usize {
+        self.loads.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.loads.is_empty()
+    }
+
+    /// Distinct raw names kept.
+    pub fn name_count(&self) -> usize {
+        self.names.len()
+    }
+
+    fn frame(&self, id: u32) -> JitFrame {
+        let load = &self.loads[id as usize];
+        let name = &self.names[load.name as usize];
+        JitFrame {
+            name: name.display.clone(),
+            raw: name.raw.clone(),
+            tier: name.tier,
+            start: load.start,
+            size: load.size,
+        }
+    }
+
+    fn intern(&mut self, raw: &str) -> u32 {
+        if let Some(&id) = self.name_ids.get(raw) {
+            return id;
+        }
+        let id = u32::try_from(self.names.len()).expect("fewer than 2^32 names");
+        let (display, tier) = display_name(raw);
+        let raw: Arc<str> = raw.into();
+        self.names.push(InternedName { raw: raw.clone(), display: display.into(), tier });
+        self.name_ids.insert(raw, id);
+        id
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -504,5 +761,224 @@ mod tests {
         );
         assert_eq!(names, ["JSC-Thunk: ok"]);
         assert_eq!(reader.next_offset(), bad_at as u64);
+    }
+
+    #[test]
+    fn a_reused_address_is_named_by_the_newest_load_at_or_before_the_time() {
+        let mut index = JitIndex::new();
+        index.insert(0x1000, 0x100, 100, "JSC-DFG: first#AAAAAA");
+        index.insert(0x1000, 0x80, 200, "JSC-FTL: second#BBBBBB");
+        let name_at = |addr, time| index.lookup(addr, time).map(|frame| frame.name.to_string());
+        assert_eq!(name_at(0x1010, 99), None, "before any load: nothing, not a later load");
+        assert_eq!(name_at(0x1010, 100).as_deref(), Some("first [JS:DFG]"));
+        assert_eq!(name_at(0x1010, 199).as_deref(), Some("first [JS:DFG]"));
+        assert_eq!(name_at(0x1010, 200).as_deref(), Some("second [JS:FTL]"));
+        assert_eq!(name_at(0x107f, u64::MAX).as_deref(), Some("second [JS:FTL]"));
+        // Past the second load's end, only the first covers.
+        assert_eq!(name_at(0x1080, u64::MAX).as_deref(), Some("first [JS:DFG]"));
+        assert_eq!(name_at(0x10ff, 150).as_deref(), Some("first [JS:DFG]"));
+        assert_eq!(name_at(0x1100, u64::MAX), None);
+        assert_eq!(name_at(0xfff, u64::MAX), None);
+        let frame = index.lookup(0x1010, 300).unwrap();
+        assert_eq!(
+            frame,
+            JitFrame {
+                name: "second [JS:FTL]".into(),
+                raw: "JSC-FTL: second#BBBBBB".into(),
+                tier: JitTier::Ftl,
+                start: 0x1000,
+                size: 0x80
+            }
+        );
+    }
+
+    #[test]
+    fn loads_may_arrive_out_of_time_order_and_ties_go_to_the_later_one() {
+        let mut index = JitIndex::new();
+        index.insert(0x5000, 0x40, 200, "JSC-FTL: newer#AAAAAA");
+        index.insert(0x5000, 0x40, 100, "JSC-DFG: older#BBBBBB");
+        index.insert(0x6000, 0x40, 100, "JSC-DFG: one#CCCCCC");
+        index.insert(0x6000, 0x40, 100, "JSC-DFG: two#DDDDDD");
+        index.insert(0x7000, 0, 100, "JSC-Thunk: empty");
+        let raw_at = |addr, time| index.lookup(addr, time).map(|frame| frame.raw.to_string());
+        assert_eq!(raw_at(0x5000, 150).as_deref(), Some("JSC-DFG: older#BBBBBB"));
+        assert_eq!(raw_at(0x5000, 250).as_deref(), Some("JSC-FTL: newer#AAAAAA"));
+        assert_eq!(raw_at(0x6020, 100).as_deref(), Some("JSC-DFG: two#DDDDDD"));
+        assert_eq!(raw_at(0x7000, u64::MAX), None, "empty code covers nothing");
+        assert_eq!(index.len(), 4);
+    }
+
+    #[test]
+    fn loads_of_different_sizes_overlapping() {
+        let mut index = JitIndex::new();
+        index.insert(0x10000, 0x10000, 10, "JSC-FTL: big#AAAAAA"); // [0x10000, 0x20000)
+        index.insert(0x18000, 0x20, 20, "JSC-InlineCache: GetById"); // inside it, later
+        index.insert(0x1ffff, 0x2, 30, "JSC-Thunk: edge"); // over its end
+        index.insert(u64::MAX - 0xf, 0x10, 40, "JSC-Thunk: top");
+        let name_at = |addr, time| index.lookup(addr, time).map(|frame| frame.name.to_string());
+        assert_eq!(name_at(0x18010, 15).as_deref(), Some("big [JS:FTL]"));
+        assert_eq!(name_at(0x18010, 25).as_deref(), Some("[JSC IC] GetById"));
+        assert_eq!(name_at(0x18020, 25).as_deref(), Some("big [JS:FTL]"));
+        assert_eq!(name_at(0x10000, 25).as_deref(), Some("big [JS:FTL]"));
+        assert_eq!(name_at(0x1fffe, 30).as_deref(), Some("big [JS:FTL]"));
+        assert_eq!(name_at(0x1ffff, 30).as_deref(), Some("[JSC thunk] edge"));
+        assert_eq!(name_at(0x20000, 30).as_deref(), Some("[JSC thunk] edge"));
+        assert_eq!(name_at(0x20001, 30), None);
+        assert_eq!(name_at(u64::MAX, 40).as_deref(), Some("[JSC thunk] top"), "no overflow at the top");
+    }
+
+    #[test]
+    fn many_loads_with_reuse_match_a_brute_force_search() {
+        // A 64 MiB arena of code reused over and over (about 15 times by the end), sizes from 16 bytes to
+        // 64 KiB, times mostly rising.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let names: Vec<String> = (0..500).map(|i| format!("JSC-DFG: f{i}#AAAAAA")).collect();
+        let mut index = JitIndex::new();
+        let mut loads = Vec::new();
+        for i in 0..100_000u64 {
+            let size = 16u64 << (next() % 13);
+            let start = 0x7f00_0000_0000 + (next() % (64 << 20)) / 16 * 16;
+            let time = i * 10 + next() % 25;
+            let name = &names[(next() % 500) as usize];
+            index.insert(start, size, time, name);
+            loads.push((start, size, time, name.as_str()));
+        }
+        assert_eq!(index.len(), 100_000);
+        assert_eq!(index.name_count(), 500);
+        let mut hits = 0;
+        for _ in 0..400 {
+            let addr = 0x7f00_0000_0000 + next() % ((64 << 20) + 0x20000);
+            // Half of them early, while most of the arena is still unused.
+            let time = if next() % 2 == 0 { next() % 20_000 } else { next() % 1_100_000 };
+            let expected = loads
+                .iter()
+                .enumerate()
+                .filter(|(_, (start, size, t, _))| addr >= *start && addr - start < *size && *t <= time)
+                .max_by_key(|(i, (_, _, t, _))| (*t, *i))
+                .map(|(_, (start, _, _, name))| (*start, name.to_string()));
+            let found = index.lookup(addr, time).map(|frame| (frame.start, frame.raw.to_string()));
+            assert_eq!(found, expected, "addr {addr:#x} time {time}");
+            hits += usize::from(found.is_some());
+        }
+        // Both answers were exercised.
+        assert!((150..380).contains(&hits), "{hits} of 400 lookups found a load");
+    }
+
+    #[test]
+    fn jsc_names_become_display_names_and_tiers() {
+        let cases = [
+            ("JSC-DFG: buildMessage#BrhwuA", "buildMessage [JS:DFG]", JitTier::Dfg),
+            ("JSC-Baseline: runTurn#CsYAmg", "runTurn [JS:Baseline]", JitTier::Baseline),
+            ("JSC-FTL: runTurn#EVtQZ8", "runTurn [JS:FTL]", JitTier::Ftl),
+            ("JSC-LLInt: boot#AAAAAA", "boot [JS:LLInt]", JitTier::LLInt),
+            ("JSC-Baseline: #ASrMsw", "(anonymous) [JS:Baseline]", JitTier::Baseline),
+            ("JSC-DFG: <anonymous>#ASrMsw", "(anonymous) [JS:DFG]", JitTier::Dfg),
+            ("JSC-DFG: ", "(anonymous) [JS:DFG]", JitTier::Dfg),
+            ("JSC-DFG: lazy#<no-hash>", "lazy [JS:DFG]", JitTier::Dfg),
+            ("JSC-FTL: #secret#Ab12Cd", "#secret [JS:FTL]", JitTier::Ftl),
+            ("JSC-FTL: /tmp/script.js#BMmy9a", "/tmp/script.js [JS:FTL]", JitTier::Ftl),
+            ("JSC-DFG: get x", "get x [JS:DFG]", JitTier::Dfg),
+            ("JSC-WasmBBQ: wasm-function[3]", "wasm-function[3] [Wasm:BBQ]", JitTier::WasmBbq),
+            ("JSC-WasmOMG: wasm-function[3]", "wasm-function[3] [Wasm:OMG]", JitTier::WasmOmg),
+            ("JSC-Thunk: DefaultCall", "[JSC thunk] DefaultCall", JitTier::Thunk),
+            ("JSC-Thunk: unspecified", "[JSC thunk]", JitTier::Thunk),
+            ("JSC-LLIntThunk: arityFixup", "[JSC thunk] arityFixup (LLInt)", JitTier::Thunk),
+            ("JSC-ExtraCTIThunk: handleException", "[JSC thunk] handleException (ExtraCTI)", JitTier::Thunk),
+            ("JSC-DFGThunk: unspecified", "[JSC thunk] (DFG)", JitTier::Thunk),
+            ("JSC-FTLThunk: unspecified", "[JSC thunk] (FTL)", JitTier::Thunk),
+            ("JSC-WasmThunk: unspecified", "[JSC thunk] (Wasm)", JitTier::Thunk),
+            ("JSC-JumpIsland: unspecified", "[JSC thunk] (jump island)", JitTier::Thunk),
+            ("JSC-InlineCache: GetById Load handler", "[JSC IC] GetById Load handler", JitTier::InlineCache),
+            ("JSC-InlineCache: VirtualCall", "[JSC IC] VirtualCall", JitTier::InlineCache),
+            ("JSC-DFGOSREntry: unspecified", "[JSC OSR entry] (DFG)", JitTier::OsrEntry),
+            ("JSC-DFGOSRExit: unspecified", "[JSC OSR exit] (DFG)", JitTier::OsrExit),
+            ("JSC-FTLOSRExit: unspecified", "[JSC OSR exit] (FTL)", JitTier::OsrExit),
+            ("JSC-YarrJIT: /a(b+)c/", "[JSC regexp] /a(b+)c/", JitTier::RegExp),
+            ("JSC-CSSJIT: unspecified", "[JSC CSS]", JitTier::Other),
+            ("JSC-Uncategorized: stub", "[JSC Uncategorized] stub", JitTier::Other),
+            ("JSC-Future: thing", "[JSC Future] thing", JitTier::Other),
+            ("LazyCompile:*main /srv/app.js:1", "LazyCompile:*main /srv/app.js:1", JitTier::Other),
+            ("JSC-DFG no colon", "JSC-DFG no colon", JitTier::Other),
+        ];
+        for (raw, display, tier) in cases {
+            assert_eq!(display_name(raw), (display.to_string(), tier), "{raw}");
+        }
+        assert!(JitTier::Ftl.is_javascript() && JitTier::LLInt.is_javascript());
+        assert!(!JitTier::Thunk.is_javascript() && !JitTier::WasmBbq.is_javascript());
+    }
+
+    /// The start of a real jitdump: Bun 1.3.13 running, with BUN_JSC_useJITDump=1 and
+    /// BUN_JSC_jitDumpDirectory=/tmp/jitcheck, this script (/tmp/jitcheck_script.js):
+    /// ```js
+    /// function buildMessage(i) { return { id: i, text: "msg" + i, parts: [i, i * 2, i * 3] }; }
+    /// function runTurn(n) { let s = 0; for (let i = 0; i < n; i++) { s += buildMessage(i).parts[2]; } return s; }
+    /// const anon = [1,2,3].map((x) => x);
+    /// let t = 0;
+    /// const start = Date.now();
+    /// while (Date.now() - start < 1500) { t += runTurn(10000); t += (function () { return 1; })(); t+= /a(b+)c/.exec("xabbbc" + t)[1].length; }
+    /// console.log(t, process.pid);
+    /// ```
+    /// Kept: the header and 16 of the 181 code loads, unchanged but for their code bytes, zeroed.
+    const BUN_JITDUMP: &[u8] = include_bytes!("../../tests/fixtures/bun-1.3.13-jit.dump");
+
+    #[test]
+    fn a_real_bun_jitdump() {
+        let mut reader = JitdumpReader::new();
+        let (progress, loads) = read_all(&mut reader, BUN_JITDUMP).unwrap();
+        let header = reader.header().unwrap();
+        assert_eq!((header.version, header.header_size, header.elf_mach, header.pid), (1, 40, 0x3e, 23033));
+        assert_eq!((header.timestamp, header.flags), (1735624764467, 0));
+        assert_eq!(&BUN_JITDUMP[..4], b"DTiJ");
+        assert_eq!(progress, ReadProgress { loads: 16, skipped: 0 });
+        let summary: Vec<(u64, u32, u64, u64, u64, &str)> = loads
+            .iter()
+            .inspect(|load| assert_eq!((load.pid, load.vma), (23033, load.code_addr)))
+            .map(|l| (l.timestamp, l.tid, l.code_addr, l.code_size, l.code_index, l.name.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (1735624272328, 23033, 0x7f849d200000, 32, 0, "JSC-Thunk: DefaultCall"),
+                (1735624601272, 23033, 0x7f849d204000, 128, 1, "JSC-LLIntThunk: arityFixup"),
+                (1735626860014, 23033, 0x7f849d208000, 96, 2, "JSC-ExtraCTIThunk: handleException"),
+                (1735626901236, 23033, 0x7f849d204100, 128, 14, "JSC-InlineCache: VirtualCall"),
+                (1735626917720, 23033, 0x7f849d210000, 64, 22, "JSC-InlineCache: GetById Load handler"),
+                (1735632575916, 23037, 0x7f849d230000, 1360, 135, "JSC-Baseline: buildMessage#EOhoyY"),
+                (1735632878150, 23037, 0x7f849d230550, 1360, 140, "JSC-Baseline: runTurn#EVtQZ8"),
+                (1735633691812, 23037, 0x7f849d240000, 1536, 143, "JSC-DFG: buildMessage#EOhoyY"),
+                (1735633726023, 23033, 0x7f849d20d080, 192, 144, "JSC-DFGOSREntry: unspecified"),
+                (1735634020344, 23037, 0x7f849d240600, 2048, 145, "JSC-DFG: runTurn#EVtQZ8"),
+                (1735634244041, 23033, 0x7f849d2241c0, 448, 146, "JSC-YarrJIT: /a(b+)c/"),
+                (1735649429793, 23037, 0x7f849d240e00, 4096, 149, "JSC-FTL: runTurn#EVtQZ8"),
+                (1735661352325, 23037, 0x7f849d264000, 224, 160, "JSC-Baseline: #ASrMsw"),
+                (1735686587465, 23037, 0x7f849d2640e0, 224, 161, "JSC-DFG: #ASrMsw"),
+                (1736497108109, 23038, 0x7f849d244200, 2304, 172, "JSC-FTL: /tmp/jitcheck_script.js#BMmy9a"),
+                (1737131462472, 23033, 0x7f849d240600, 2048, 180, "JSC-FTLOSRExit: unspecified"),
+            ]
+        );
+
+        let mut index = JitIndex::new();
+        for load in &loads {
+            index.insert(load.code_addr, load.code_size, load.timestamp, &load.name);
+        }
+        let name_at = |addr, time| index.lookup(addr, time).map(|frame| frame.name.to_string());
+        // runTurn's DFG code was freed and its 2 KiB reused by an FTL OSR exit stub.
+        assert_eq!(name_at(0x7f849d240700, 1735634020343), None);
+        assert_eq!(name_at(0x7f849d240700, 1735634020344).as_deref(), Some("runTurn [JS:DFG]"));
+        assert_eq!(name_at(0x7f849d240700, 1737131462471).as_deref(), Some("runTurn [JS:DFG]"));
+        assert_eq!(name_at(0x7f849d240700, 1737131462472).as_deref(), Some("[JSC OSR exit] (FTL)"));
+        assert_eq!(name_at(0x7f849d2405ff, u64::MAX).as_deref(), Some("buildMessage [JS:DFG]"));
+        assert_eq!(name_at(0x7f849d240e00, u64::MAX).as_deref(), Some("runTurn [JS:FTL]"));
+        assert_eq!(name_at(0x7f849d241e00, u64::MAX), None);
+        assert_eq!(name_at(0x7f849d264010, u64::MAX).as_deref(), Some("(anonymous) [JS:Baseline]"));
+        assert_eq!(name_at(0x7f849d244300, u64::MAX).as_deref(), Some("/tmp/jitcheck_script.js [JS:FTL]"));
+        assert_eq!(name_at(0x7f849d2241c0, u64::MAX).as_deref(), Some("[JSC regexp] /a(b+)c/"));
+        assert_eq!(name_at(0x7f849d210000, u64::MAX).as_deref(), Some("[JSC IC] GetById Load handler"));
     }
 }
