@@ -1,7 +1,7 @@
 // Nothing calls this API yet: the collector wires it in next.
 #![allow(dead_code)]
-//! Names for JIT-compiled frames: JavaScriptCore's perf jitdump files, read incrementally while the
-//! target keeps appending, looked up by address and time.
+//! Names for JIT-compiled frames: JavaScriptCore's perf jitdump files (and perf map files, which other
+//! runtimes write), read incrementally while the target keeps appending, looked up by address and time.
 //!
 //! # What Bun 1.3.13 writes (checked on the npm build, x86-64)
 //! - Switched on by `BUN_JSC_useJITDump` (or `JSC_useJITDump`) = `1`, `true` or `yes` (any case); `0` and
@@ -35,7 +35,6 @@
 //!   `JSC-FTLThunk: unspecified`, `JSC-InlineCache: GetById Load handler`, `JSC-DFGOSREntry: unspecified`,
 //!   `JSC-FTLOSRExit: unspecified`, `JSC-YarrJIT: /a(b+)c/`. JSC's list of profiles also has DFGOSRExit,
 //!   JumpIsland, WasmThunk, WasmBBQ, WasmOMG, CSSJIT and Uncategorized.
-
 //!
 //! # Lookup by time
 //! A lookup returns the newest load (largest timestamp) whose code covers the address and whose timestamp
@@ -300,6 +299,75 @@ fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(filled)
+}
+
+/// One line of a perf map file (`/tmp/perf-PID.map`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PerfMapEntry {
+    pub start: u64,
+    pub size: u64,
+    pub name: String,
+}
+
+/// `START SIZE name`: start and size in hex, with or without `0x`; the name is the rest of the line and may
+/// hold spaces. None for anything else (blank lines, bad numbers, no name).
+pub fn parse_perf_map_line(line: &str) -> Option<PerfMapEntry> {
+    let line = line.trim_end_matches(['\n', '\r']);
+    let (start, rest) = line.trim_start().split_once(char::is_whitespace)?;
+    let (size, name) = rest.trim_start().split_once(char::is_whitespace)?;
+    let name = name.trim_start();
+    if name.is_empty() {
+        return None;
+    }
+    Some(PerfMapEntry { start: parse_hex(start)?, size: parse_hex(size)?, name: name.to_string() })
+}
+
+fn parse_hex(text: &str) -> Option<u64> {
+    let digits = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")).unwrap_or(text);
+    u64::from_str_radix(digits, 16).ok()
+}
+
+/// Reads a perf map a piece at a time, like [`JitdumpReader`]: a last line without its newline is being
+/// written and is left for the next call.
+#[derive(Clone, Debug, Default)]
+pub struct PerfMapReader {
+    next_offset: u64,
+}
+
+impl PerfMapReader {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// File offset of the first line not read yet.
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+
+    pub fn read_new<R: Read + Seek>(
+        &mut self,
+        input: &mut R,
+        mut on_entry: impl FnMut(PerfMapEntry),
+    ) -> io::Result<ReadProgress> {
+        let mut progress = ReadProgress::default();
+        input.seek(SeekFrom::Start(self.next_offset))?;
+        let mut reader = BufReader::new(input);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line)? == 0 || line.last() != Some(&b'\n') {
+                return Ok(progress);
+            }
+            self.next_offset += line.len() as u64;
+            match parse_perf_map_line(&String::from_utf8_lossy(&line)) {
+                Some(entry) => {
+                    on_entry(entry);
+                    progress.loads += 1;
+                }
+                None => progress.skipped += 1,
+            }
+        }
+    }
 }
 
 /// What kind of JIT code a frame is in, from JSC's profile name (`JSC-<profile>: ...`).
@@ -911,6 +979,43 @@ mod tests {
         }
         assert!(JitTier::Ftl.is_javascript() && JitTier::LLInt.is_javascript());
         assert!(!JitTier::Thunk.is_javascript() && !JitTier::WasmBbq.is_javascript());
+    }
+
+    #[test]
+    fn perf_map_lines() {
+        let entry = |start, size, name: &str| Some(PerfMapEntry { start, size, name: name.into() });
+        assert_eq!(
+            parse_perf_map_line("7f3a2c001000 40 LazyCompile:*main app.js:1\n"),
+            entry(0x7f3a2c001000, 0x40, "LazyCompile:*main app.js:1")
+        );
+        assert_eq!(
+            parse_perf_map_line("0x7f3a2c001000 0X1f0 py::f:/app/x.py"),
+            entry(0x7f3a2c001000, 0x1f0, "py::f:/app/x.py")
+        );
+        assert_eq!(parse_perf_map_line("1000\t10\tname\r\n"), entry(0x1000, 0x10, "name"));
+        assert_eq!(parse_perf_map_line("1000 10 "), None);
+        assert_eq!(parse_perf_map_line("1000 10"), None);
+        assert_eq!(parse_perf_map_line("zz 10 name"), None);
+        assert_eq!(parse_perf_map_line(""), None);
+    }
+
+    #[test]
+    fn perf_maps_are_read_line_by_line_as_they_grow() {
+        let text = b"1000 100 first\nnot a line\n1000 80 second\n2000 10 par";
+        let mut reader = PerfMapReader::new();
+        let mut index = JitIndex::new();
+        let progress =
+            reader.read_new(&mut Cursor::new(&text[..]), |e| index.insert(e.start, e.size, 0, &e.name)).unwrap();
+        assert_eq!(progress, ReadProgress { loads: 2, skipped: 1 });
+        assert_eq!(reader.next_offset(), 41);
+        assert_eq!(index.lookup(0x1010, 0).unwrap().name.as_ref(), "second", "the newest line wins");
+        assert_eq!(index.lookup(0x1090, 0).unwrap().name.as_ref(), "first");
+        assert_eq!(index.lookup(0x2000, u64::MAX), None, "a line without its newline is not read");
+        let grown = b"1000 100 first\nnot a line\n1000 80 second\n2000 10 partial\n";
+        let progress =
+            reader.read_new(&mut Cursor::new(&grown[..]), |e| index.insert(e.start, e.size, 0, &e.name)).unwrap();
+        assert_eq!(progress, ReadProgress { loads: 1, skipped: 0 });
+        assert_eq!(index.lookup(0x2005, 7).unwrap().name.as_ref(), "partial");
     }
 
     /// The start of a real jitdump: Bun 1.3.13 running, with BUN_JSC_useJITDump=1 and
