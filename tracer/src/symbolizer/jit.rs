@@ -49,11 +49,17 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
+    ffi::OsStr,
+    fs::{self, File},
     io::{self, BufRead, BufReader, Read, Seek, SeekFrom},
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
     sync::Arc,
 };
 
 use anyhow::{bail, Result};
+
+use crate::procfs::maps::MemoryMap;
 
 const JITDUMP_MAGIC: u32 = 0x4A69_5444;
 const JITDUMP_VERSION: u32 = 1;
@@ -611,10 +617,314 @@ impl JitIndex {
     }
 }
 
+/// What to tell the user when the target runs without a jitdump.
+pub const JITDUMP_ENABLE_HINT: &str = "set Environment=BUN_JSC_useJITDump=1 in the systemd unit";
+
+/// Bun's prefix first: when both are set, Bun 1.3.13 follows `BUN_JSC_`.
+const USE_JIT_DUMP_VARIABLES: [&str; 2] = ["BUN_JSC_useJITDump", "JSC_useJITDump"];
+const JIT_DUMP_DIRECTORY_VARIABLES: [&str; 2] = ["BUN_JSC_jitDumpDirectory", "JSC_jitDumpDirectory"];
+
+/// The target's jitdump settings from its environment. Only the four variables above are looked at;
+/// every other one is passed over without being copied, logged or kept (the environment holds secrets).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JitEnv {
+    /// `useJITDump` parsed as JSC parses a boolean option; None when unset or unparsable.
+    pub use_jit_dump: Option<bool>,
+    /// `jitDumpDirectory` when set and not empty; relative to the target's working directory.
+    pub jit_dump_directory: Option<PathBuf>,
+}
+
+impl JitEnv {
+    /// From `/proc/PID/environ`: the environment the target started with, which is what JSC read.
+    pub fn read(pid: u32) -> io::Result<Self> {
+        Ok(Self::from_environ(&fs::read(format!("/proc/{pid}/environ"))?))
+    }
+
+    /// From raw `/proc/PID/environ` bytes: `KEY=value` entries separated by NUL.
+    pub fn from_environ(raw: &[u8]) -> Self {
+        Self::from_vars(raw.split(|b| *b == 0).filter_map(|entry| {
+            let equals = entry.iter().position(|b| *b == b'=')?;
+            Some((OsStr::from_bytes(&entry[..equals]), OsStr::from_bytes(&entry[equals + 1..])))
+        }))
+    }
+
+    /// From `(key, value)` pairs, such as `std::env::vars_os()`.
+    pub fn from_vars<K: AsRef<OsStr>, V: AsRef<OsStr>>(vars: impl IntoIterator<Item = (K, V)>) -> Self {
+        let mut use_jit_dump = [None, None];
+        let mut directory = [None, None];
+        for (key, value) in vars {
+            let key = key.as_ref().as_bytes();
+            if let Some(i) = USE_JIT_DUMP_VARIABLES.iter().position(|name| key == name.as_bytes()) {
+                use_jit_dump[i] = parse_jsc_bool(value.as_ref().as_bytes());
+            } else if let Some(i) = JIT_DUMP_DIRECTORY_VARIABLES.iter().position(|name| key == name.as_bytes()) {
+                let value = value.as_ref();
+                directory[i] = (!value.is_empty()).then(|| PathBuf::from(value));
+            }
+        }
+        let [bun_use, jsc_use] = use_jit_dump;
+        let [bun_directory, jsc_directory] = directory;
+        Self { use_jit_dump: bun_use.or(jsc_use), jit_dump_directory: bun_directory.or(jsc_directory) }
+    }
+
+    /// The target writes a jitdump. When false, warn: "started without jitdump; " + [`JITDUMP_ENABLE_HINT`].
+    pub fn jitdump_enabled(&self) -> bool {
+        self.use_jit_dump == Some(true)
+    }
+}
+
+/// JSC's boolean options: `true`, `yes`, `1` and `false`, `no`, `0`, in any case (checked on Bun 1.3.13
+/// for 1, true, TRUE, yes, 0 and false).
+fn parse_jsc_bool(value: &[u8]) -> Option<bool> {
+    match value.to_ascii_lowercase().as_slice() {
+        b"1" | b"true" | b"yes" => Some(true),
+        b"0" | b"false" | b"no" => Some(false),
+        _ => None,
+    }
+}
+
+/// Where a jitdump file was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JitdumpOrigin {
+    /// JSC's one-page marker mapping in /proc/PID/maps: the target's own file, certainly.
+    MarkerMapping,
+    /// A `jit-*` file naming the pid in `jitDumpDirectory`.
+    EnvDirectory,
+    /// A `jit-*` file naming the pid in /tmp.
+    DefaultDirectory,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FoundJitdump {
+    /// A path to open from the tracer: through `/proc/PID/root` (the target's view of the file system,
+    /// which differs under systemd's PrivateTmp= or in a container), or `/proc/PID/map_files/START-END`
+    /// for a mapped file that has been deleted.
+    pub path: PathBuf,
+    pub origin: JitdumpOrigin,
+}
+
+/// The target's jitdump files (JSC writes one per process, but one per thread would be found as well).
+/// The first of these that finds any wins: (a) marker mappings in the target's maps; (b) files in
+/// `jitDumpDirectory` whose name holds the pid; (c) if no directory is set, such files in /tmp. In (b)
+/// and (c) a file whose header names another process is passed over (a stale file, or a thread id of
+/// another process equal to the pid), and so is one that is not a jitdump. Empty while the target has
+/// not compiled anything yet: call again later.
+pub fn find_jitdumps(pid: u32, maps: &MemoryMap, env: &JitEnv) -> Vec<FoundJitdump> {
+    find_jitdumps_under(Path::new("/proc"), pid, maps, env)
+}
+
+/// [`find_jitdumps`] with `proc_root` for /proc (tests use a directory laid out like it).
+pub fn find_jitdumps_under(proc_root: &Path, pid: u32, maps: &MemoryMap, env: &JitEnv) -> Vec<FoundJitdump> {
+    let process = proc_root.join(pid.to_string());
+    let mut found: Vec<FoundJitdump> = Vec::new();
+    for mapping in maps.iter() {
+        let path = mapping.file_path();
+        let basename = path.rsplit('/').next().unwrap_or(path);
+        // The name is not matched against the pid: in a pid namespace it holds the namespace's pid.
+        if !path.starts_with('/') || jitdump_name_numbers(basename).is_none() {
+            continue;
+        }
+        let path = if mapping.pathname.ends_with(" (deleted)") {
+            process.join("map_files").join(format!("{:x}-{:x}", mapping.start, mapping.end))
+        } else {
+            in_root(&process, Path::new(path))
+        };
+        if !found.iter().any(|f| f.path == path) {
+            found.push(FoundJitdump { path, origin: JitdumpOrigin::MarkerMapping });
+        }
+    }
+    if !found.is_empty() {
+        return found;
+    }
+    // With jitDumpDirectory set, JSC writes nothing to /tmp (checked): a /tmp file could only be stale.
+    let (directory, origin) = match &env.jit_dump_directory {
+        Some(directory) if directory.is_absolute() => (in_root(&process, directory), JitdumpOrigin::EnvDirectory),
+        Some(directory) => (process.join("cwd").join(directory), JitdumpOrigin::EnvDirectory),
+        None => (in_root(&process, Path::new("/tmp")), JitdumpOrigin::DefaultDirectory),
+    };
+    let Ok(entries) = fs::read_dir(&directory) else { return found };
+    for entry in entries.flatten() {
+        // JSC creates plain files; opening a FIFO or following a symlink someone left in /tmp is no good.
+        if !entry.file_type().is_ok_and(|kind| kind.is_file()) {
+            continue;
+        }
+        let name = entry.file_name();
+        let names_pid = name
+            .to_str()
+            .and_then(jitdump_name_numbers)
+            .is_some_and(|(first, second)| first == pid || second == Some(pid));
+        if names_pid && header_may_be_of(&entry.path(), pid) {
+            found.push(FoundJitdump { path: entry.path(), origin });
+        }
+    }
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    found
+}
+
+/// `/tmp/perf-PID.map`, seen from the target's root.
+pub fn perf_map_path(pid: u32) -> PathBuf {
+    perf_map_path_under(Path::new("/proc"), pid)
+}
+
+pub fn perf_map_path_under(proc_root: &Path, pid: u32) -> PathBuf {
+    in_root(&proc_root.join(pid.to_string()), Path::new(&format!("/tmp/perf-{pid}.map")))
+}
+
+/// `path` as the process sees it, through `/proc/PID/root`.
+fn in_root(process: &Path, path: &Path) -> PathBuf {
+    process.join("root").join(path.strip_prefix("/").unwrap_or(path))
+}
+
+/// The numbers in a jitdump file name: `jit-<tid>-<pid>-XXXXXX` and `jit-<tid>-<pid>.dump` (Bun 1.3.13),
+/// `jit-<pid>.dump` (newer WebKit, and perf's convention), `jit-<pid>-<tid>...`. None for other names.
+fn jitdump_name_numbers(basename: &str) -> Option<(u32, Option<u32>)> {
+    let rest = basename.strip_prefix("jit-")?;
+    let rest = rest.strip_suffix(".dump").unwrap_or(rest);
+    let mut parts = rest.split('-');
+    let first = parts.next()?.parse().ok()?;
+    Some((first, parts.next().and_then(|part| part.parse().ok())))
+}
+
+/// False when the file's header shows another process or no jitdump at all; true when it shows `pid`, is
+/// not fully written yet, or cannot be read here (reading it later will say why).
+fn header_may_be_of(path: &Path, pid: u32) -> bool {
+    let Ok(mut file) = File::open(path) else { return true };
+    let mut bytes = [0u8; FILE_HEADER_SIZE as usize];
+    let Ok(read) = read_up_to(&mut file, &mut bytes) else { return true };
+    match JitdumpHeader::parse(&bytes[..read]) {
+        Ok(Some(header)) => header.pid == pid,
+        Ok(None) => true,
+        Err(_) => false,
+    }
+}
+
+enum SourceKind {
+    Jitdump(JitdumpReader),
+    PerfMap(PerfMapReader),
+}
+
+struct Source {
+    path: PathBuf,
+    /// Opened at the first refresh and kept: the file stays readable after the target deletes it or
+    /// exits (a `/proc/PID/...` path stops resolving then).
+    file: Option<File>,
+    kind: SourceKind,
+}
+
+/// JIT names for one target: its jitdump files (one per writing thread, if a runtime does that) and a perf
+/// map, in one index. Read as they grow with [`JitSymbols::refresh`].
+#[derive(Default)]
+pub struct JitSymbols {
+    sources: Vec<Source>,
+    index: JitIndex,
+}
+
+impl JitSymbols {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The target's jitdump files and perf map as found now; nothing is read before [`Self::refresh`].
+    pub fn for_process(pid: u32, maps: &MemoryMap, env: &JitEnv) -> Self {
+        let mut symbols = Self::new();
+        symbols.discover(pid, maps, env);
+        symbols
+    }
+
+    /// Adds the target's jitdump files and perf map not known yet (a target may create its jitdump after
+    /// the tracer attached); returns how many were added.
+    pub fn discover(&mut self, pid: u32, maps: &MemoryMap, env: &JitEnv) -> usize {
+        self.discover_under(Path::new("/proc"), pid, maps, env)
+    }
+
+    /// [`Self::discover`] with `proc_root` for /proc.
+    pub fn discover_under(&mut self, proc_root: &Path, pid: u32, maps: &MemoryMap, env: &JitEnv) -> usize {
+        let mut added = 0;
+        for found in find_jitdumps_under(proc_root, pid, maps, env) {
+            added += usize::from(self.add_jitdump(found.path));
+        }
+        let perf_map = perf_map_path_under(proc_root, pid);
+        if perf_map.exists() {
+            added += usize::from(self.add_perf_map(perf_map));
+        }
+        added
+    }
+
+    /// False if the path is already a source.
+    pub fn add_jitdump(&mut self, path: impl Into<PathBuf>) -> bool {
+        self.add(path.into(), SourceKind::Jitdump(JitdumpReader::new()))
+    }
+
+    /// False if the path is already a source.
+    pub fn add_perf_map(&mut self, path: impl Into<PathBuf>) -> bool {
+        self.add(path.into(), SourceKind::PerfMap(PerfMapReader::new()))
+    }
+
+    fn add(&mut self, path: PathBuf, kind: SourceKind) -> bool {
+        if self.sources.iter().any(|source| source.path == path) {
+            return false;
+        }
+        self.sources.push(Source { path, file: None, kind });
+        true
+    }
+
+    /// Reads what every source gained since the last refresh; returns how many code ranges were added.
+    /// A source that fails does not stop the others; the first failure is returned after all were read.
+    pub fn refresh(&mut self) -> Result<usize> {
+        let mut added = 0;
+        let mut first_error = None;
+        for source in &mut self.sources {
+            match refresh_source(source, &mut self.index) {
+                Ok(progress) => added += progress.loads,
+                Err(error) => {
+                    first_error.get_or_insert(error.context(format!("reading {}", source.path.display())));
+                }
+            }
+        }
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(added),
+        }
+    }
+
+    /// The frame covering `addr` at `time_ns` (CLOCK_MONOTONIC nanoseconds, as from bpf_ktime_get_ns);
+    /// see [`JitIndex::lookup`].
+    pub fn lookup(&self, addr: u64, time_ns: u64) -> Option<JitFrame> {
+        self.index.lookup(addr, time_ns)
+    }
+
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.sources.iter().map(|source| source.path.as_path())
+    }
+
+    pub fn index(&self) -> &JitIndex {
+        &self.index
+    }
+}
+
+fn refresh_source(source: &mut Source, index: &mut JitIndex) -> Result<ReadProgress> {
+    let file = match &mut source.file {
+        Some(file) => file,
+        None => source.file.insert(File::open(&source.path)?),
+    };
+    match &mut source.kind {
+        SourceKind::Jitdump(reader) => {
+            let Some(header) = reader.read_header(file)? else { return Ok(ReadProgress::default()) };
+            let comparable_times = !header.uses_arch_timestamps();
+            reader.read_new(file, |load| {
+                let time = if comparable_times { load.timestamp } else { 0 };
+                index.insert(load.code_addr, load.code_size, time, &load.name);
+            })
+        }
+        SourceKind::PerfMap(reader) => {
+            Ok(reader.read_new(file, |entry| index.insert(entry.start, entry.size, 0, &entry.name))?)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Cursor;
+    use std::io::{Cursor, Write};
 
     const LE: ByteOrder = ByteOrder::Little;
 
@@ -1018,6 +1328,136 @@ mod tests {
         assert_eq!(index.lookup(0x2005, 7).unwrap().name.as_ref(), "partial");
     }
 
+    #[test]
+    fn the_environment_gives_only_the_jitdump_settings() {
+        let environ = b"PATH=/usr/bin\0DATABASE_URL=postgres://u:hunter2@db/x\0BUN_JSC_useJITDump=1\0\
+                        JSC_jitDumpDirectory=/var/jsc\0BUN_JSC_jitDumpDirectory=/var/bun\0NOEQUALS\0";
+        let env = JitEnv::from_environ(environ);
+        assert_eq!(env, JitEnv { use_jit_dump: Some(true), jit_dump_directory: Some("/var/bun".into()) });
+        assert!(!format!("{env:?}").contains("hunter2"));
+        assert!(env.jitdump_enabled());
+
+        let env = JitEnv::from_vars([("JSC_useJITDump", "TRUE"), ("JSC_jitDumpDirectory", "dumps")]);
+        assert_eq!(env, JitEnv { use_jit_dump: Some(true), jit_dump_directory: Some("dumps".into()) });
+        // Bun's variable wins over JSC's, as Bun 1.3.13 does.
+        let env = JitEnv::from_vars([("JSC_useJITDump", "1"), ("BUN_JSC_useJITDump", "0")]);
+        assert!(!env.jitdump_enabled());
+        for (value, parsed) in
+            [("yes", Some(true)), ("true", Some(true)), ("false", Some(false)), ("no", Some(false)), ("on", None)]
+        {
+            assert_eq!(JitEnv::from_vars([("BUN_JSC_useJITDump", value)]).use_jit_dump, parsed, "{value}");
+        }
+        let env = JitEnv::from_vars([("BUN_JSC_jitDumpDirectory", "")]);
+        assert_eq!(env, JitEnv::default());
+        assert!(!env.jitdump_enabled());
+    }
+
+    #[test]
+    fn jitdump_file_names() {
+        assert_eq!(jitdump_name_numbers("jit-23744-23741-pzUivg"), Some((23744, Some(23741))));
+        assert_eq!(jitdump_name_numbers("jit-25852-25850.dump"), Some((25852, Some(25850))));
+        assert_eq!(jitdump_name_numbers("jit-25850.dump"), Some((25850, None)));
+        assert_eq!(jitdump_name_numbers("jit-25850-abc.dump"), Some((25850, None)));
+        assert_eq!(jitdump_name_numbers("jit-x.dump"), None);
+        assert_eq!(jitdump_name_numbers("perf-25850.map"), None);
+        assert_eq!(jitdump_name_numbers("libjit-1.so"), None);
+    }
+
+    /// A scratch directory, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("leaktrace-jit-{}-{name}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+
+        fn write(&self, path: &str, bytes: &[u8]) -> PathBuf {
+            let path = self.0.join(path);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, bytes).unwrap();
+            path
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn jitdumps_are_found_by_marker_mapping_then_directory() {
+        let proc = Scratch::new("discovery");
+        let pid = 23741;
+        let dump = header(LE, pid, 0);
+        let maps = MemoryMap::parse(
+            "00400000-00452000 r-xp 00000000 08:02 173521      /usr/bin/dispatch-server\n\
+             7fe6c1c33000-7fe6c1c34000 r-xp 00000000 fe:00 10010673   /tmp/jit-23744-23741-pzUivg\n\
+             7fe6c1c35000-7fe6c1c36000 r-xp 00000000 fe:00 10010674   /var/jit/jit-23745-23741.dump (deleted)\n\
+             7fe6c1c37000-7fe6c1c38000 r--p 00000000 fe:00 10010675   /usr/lib/libjit-1.so\n",
+        );
+        let found = find_jitdumps_under(&proc.0, pid, &maps, &JitEnv::default());
+        assert_eq!(
+            found,
+            vec![
+                FoundJitdump {
+                    path: proc.0.join("23741/root/tmp/jit-23744-23741-pzUivg"),
+                    origin: JitdumpOrigin::MarkerMapping
+                },
+                FoundJitdump {
+                    path: proc.0.join("23741/map_files/7fe6c1c35000-7fe6c1c36000"),
+                    origin: JitdumpOrigin::MarkerMapping
+                },
+            ]
+        );
+
+        // No marker yet: the default directory, as the target sees it. Files naming the pid whose header
+        // names it too, or is not written yet.
+        let no_marker = MemoryMap::parse("00400000-00452000 r-xp 00000000 08:02 173521  /usr/bin/dispatch-server\n");
+        let tmp = proc.0.join("23741/root/tmp");
+        proc.write("23741/root/tmp/jit-23744-23741-pzUivg", &dump);
+        proc.write("23741/root/tmp/jit-23741.dump", &dump[..10]);
+        proc.write("23741/root/tmp/jit-23741-23800-Ab3dEf", &header(LE, 99, 0)); // stale: another pid
+        proc.write("23741/root/tmp/jit-1-2-XXXXXX", &header(LE, 2, 0)); // another process
+        proc.write("23741/root/tmp/jit-23741-notadump", b"hello, world");
+        proc.write("23741/root/tmp/perf-23741.map", b"");
+        std::os::unix::fs::symlink(tmp.join("jit-23744-23741-pzUivg"), tmp.join("jit-23741-link.dump")).unwrap();
+        let found = find_jitdumps_under(&proc.0, pid, &no_marker, &JitEnv::default());
+        let expected = |names: &[&str], dir: &Path, origin| -> Vec<FoundJitdump> {
+            names.iter().map(|name| FoundJitdump { path: dir.join(name), origin }).collect()
+        };
+        assert_eq!(
+            found,
+            expected(&["jit-23741.dump", "jit-23744-23741-pzUivg"], &tmp, JitdumpOrigin::DefaultDirectory)
+        );
+
+        // With jitDumpDirectory set, only there (absolute: in the target's root; relative: its cwd).
+        proc.write("23741/root/srv/dumps/jit-23744-23741.dump", &dump);
+        let env = JitEnv::from_vars([("BUN_JSC_jitDumpDirectory", "/srv/dumps")]);
+        let found = find_jitdumps_under(&proc.0, pid, &no_marker, &env);
+        let dumps = proc.0.join("23741/root/srv/dumps");
+        assert_eq!(found, expected(&["jit-23744-23741.dump"], &dumps, JitdumpOrigin::EnvDirectory));
+        proc.write("23741/cwd/rel/jit-23750-23741.dump", &dump);
+        let env = JitEnv::from_vars([("JSC_jitDumpDirectory", "rel")]);
+        let found = find_jitdumps_under(&proc.0, pid, &no_marker, &env);
+        assert_eq!(
+            found,
+            expected(&["jit-23750-23741.dump"], &proc.0.join("23741/cwd/rel"), JitdumpOrigin::EnvDirectory)
+        );
+        let env = JitEnv::from_vars([("JSC_jitDumpDirectory", "/nowhere")]);
+        assert_eq!(find_jitdumps_under(&proc.0, pid, &no_marker, &env), vec![]);
+
+        // The perf map comes along in JitSymbols.
+        let mut symbols = JitSymbols::new();
+        assert_eq!(symbols.discover_under(&proc.0, pid, &no_marker, &JitEnv::default()), 3);
+        assert_eq!(symbols.discover_under(&proc.0, pid, &no_marker, &JitEnv::default()), 0);
+        let paths: Vec<&Path> = symbols.paths().collect();
+        assert_eq!(paths[2], proc.0.join("23741/root/tmp/perf-23741.map"));
+    }
+
     /// The start of a real jitdump: Bun 1.3.13 running, with BUN_JSC_useJITDump=1 and
     /// BUN_JSC_jitDumpDirectory=/tmp/jitcheck, this script (/tmp/jitcheck_script.js):
     /// ```js
@@ -1085,5 +1525,57 @@ mod tests {
         assert_eq!(name_at(0x7f849d244300, u64::MAX).as_deref(), Some("/tmp/jitcheck_script.js [JS:FTL]"));
         assert_eq!(name_at(0x7f849d2241c0, u64::MAX).as_deref(), Some("[JSC regexp] /a(b+)c/"));
         assert_eq!(name_at(0x7f849d210000, u64::MAX).as_deref(), Some("[JSC IC] GetById Load handler"));
+    }
+
+    #[test]
+    fn jit_symbols_combine_sources_and_read_what_they_gain() {
+        let dir = Scratch::new("symbols");
+        // Two threads' jitdumps, the second cut mid-record; a perf map; a jitdump with TSC timestamps.
+        let mut first = header(LE, 4242, 0);
+        first.extend(load(LE, 100, 1, 0x1000, 0x100, "JSC-DFG: buildMessage#BrhwuA"));
+        let mut second = header(LE, 4242, 0);
+        second.extend(load(LE, 150, 2, 0x2000, 0x100, "JSC-Baseline: runTurn#CsYAmg"));
+        let reuse = load(LE, 300, 2, 0x1000, 0x100, "JSC-FTL: buildMessage#BrhwuA");
+        second.extend(&reuse[..30]);
+        let mut tsc = header(LE, 4242, JITDUMP_FLAGS_ARCH_TIMESTAMP);
+        tsc.extend(load(LE, 987_654_321_000, 3, 0x4000, 0x10, "JSC-Thunk: fromTsc"));
+        let first_path = dir.write("jit-1-4242.dump", &first);
+        let second_path = dir.write("jit-2-4242.dump", &second);
+        let tsc_path = dir.write("jit-3-4242.dump", &tsc);
+        let map_path = dir.write("perf-4242.map", b"3000 20 native_stub\n");
+
+        let mut symbols = JitSymbols::new();
+        assert!(symbols.add_jitdump(&first_path));
+        assert!(!symbols.add_jitdump(&first_path));
+        assert!(symbols.add_jitdump(&second_path));
+        assert!(symbols.add_jitdump(&tsc_path));
+        assert!(symbols.add_perf_map(&map_path));
+        assert_eq!(symbols.refresh().unwrap(), 4);
+        let name_at = |symbols: &JitSymbols, addr, time| symbols.lookup(addr, time).map(|frame| frame.name.to_string());
+        assert_eq!(name_at(&symbols, 0x1010, 400).as_deref(), Some("buildMessage [JS:DFG]"));
+        assert_eq!(name_at(&symbols, 0x2010, 400).as_deref(), Some("runTurn [JS:Baseline]"));
+        assert_eq!(name_at(&symbols, 0x2010, 149), None);
+        assert_eq!(name_at(&symbols, 0x3010, 1).as_deref(), Some("native_stub"));
+        assert_eq!(name_at(&symbols, 0x4000, 1).as_deref(), Some("[JSC thunk] fromTsc"), "TSC times count as 0");
+        assert_eq!(symbols.lookup(0x3010, 1).unwrap().tier, JitTier::Other);
+
+        // The writers go on: the cut record completes, the perf map grows.
+        second.extend(&reuse[30..]);
+        fs::write(&second_path, &second).unwrap();
+        fs::OpenOptions::new().append(true).open(&map_path).unwrap().write_all(b"5000 8 later_stub\n").unwrap();
+        assert_eq!(symbols.refresh().unwrap(), 2);
+        assert_eq!(symbols.refresh().unwrap(), 0);
+        assert_eq!(name_at(&symbols, 0x1010, 299).as_deref(), Some("buildMessage [JS:DFG]"));
+        assert_eq!(name_at(&symbols, 0x1010, 300).as_deref(), Some("buildMessage [JS:FTL]"));
+        assert_eq!(name_at(&symbols, 0x5004, 0).as_deref(), Some("later_stub"));
+        assert_eq!(symbols.index().len(), 6);
+
+        // A source that goes bad is named in the error; the others are still read.
+        let bad_path = dir.write("jit-9-4242.dump", b"garbage!");
+        symbols.add_jitdump(&bad_path);
+        fs::OpenOptions::new().append(true).open(&map_path).unwrap().write_all(b"6000 8 after_error\n").unwrap();
+        let error = format!("{:#}", symbols.refresh().unwrap_err());
+        assert!(error.starts_with(&format!("reading {}: not a perf jitdump file", bad_path.display())), "{error}");
+        assert_eq!(name_at(&symbols, 0x6000, 0).as_deref(), Some("after_error"));
     }
 }
