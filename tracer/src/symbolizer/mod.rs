@@ -1,6 +1,7 @@
 //! Names for stack frames: native code through blazesym (ELF symbols, DWARF, demangling). A frame that
 //! cannot be named is written `module+0xOFFSET` (file offset), which can be symbolized offline later.
 
+pub mod jit;
 pub mod modules;
 
 use std::{collections::HashMap, path::Path, sync::Arc};
