@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask <task>`. Each task installs what it needs first, so a fresh machine gets
 //! from clone to result with one command; when everything is present the setup costs a few seconds.
 
+mod demo;
 mod setup;
 
 use std::{
@@ -16,7 +17,8 @@ tasks:
   setup        install the eBPF toolchain (pinned nightly + rust-src, llvm-22-dev, bpf-linker) and test tools
   build-ebpf   build the kernel programs (runs setup first)
   build        build-ebpf, then the release binary target/release/dispatch-leaktrace
-  demo         build, then trace the bundled demo program and write its reports
+  demo         build, then trace the bundled Bun demo server over some turns and write its reports
+  demo-native  the same with the small C program in demo/native
   test         build-ebpf, then run every test (needs root: the tests load eBPF programs)";
 
 fn main() {
@@ -25,7 +27,8 @@ fn main() {
         Some("setup") => setup::all(),
         Some("build-ebpf") => build_ebpf(),
         Some("build") => build(),
-        Some("demo") => demo(&args[1..]),
+        Some("demo") => demo::run_demo(&args[1..]),
+        Some("demo-native") => demo_native(&args[1..]),
         Some("test") => test(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
@@ -71,18 +74,18 @@ fn build_ebpf() -> Result<()> {
     run(&mut cargo)
 }
 
-fn build() -> Result<()> {
+pub fn build() -> Result<()> {
     build_ebpf()?;
     run(Command::new(env!("CARGO")).args(["build", "--release", "--package", "tracer"]).current_dir(root()))
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     std::env::var("USER").is_ok_and(|u| u == "root")
         || Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-/// Runs the tracer on the bundled demo: a program that leaks the way the real server is suspected to.
-fn demo(extra: &[String]) -> Result<()> {
+/// Runs the tracer on the small native demo: a C program that leaks mapped memory.
+fn demo_native(extra: &[String]) -> Result<()> {
     build()?;
     let demo_bin = setup::build_native_demo()?;
     let output = root().join("leaktrace-demo");

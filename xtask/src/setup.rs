@@ -13,9 +13,33 @@ pub const NIGHTLY: &str = "nightly-2026-05-20";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
+/// Bun as the traced server runs it: the npm build of the same version.
+const BUN_PACKAGE: &str = "@oven/bun-linux-x64";
+const BUN_VERSION: &str = "1.3.13";
+
 pub fn all() -> Result<()> {
     ebpf_toolchain()?;
-    apt_packages(&[("bpftool", "/usr/sbin/bpftool")])
+    apt_packages(&[("bpftool", "/usr/sbin/bpftool")])?;
+    bun()?;
+    Ok(())
+}
+
+/// Installs Bun from npm into `.tools/bun` (ignored by git) and returns the binary's path.
+pub fn bun() -> Result<PathBuf> {
+    let prefix = root().join(".tools/bun");
+    let binary = prefix.join("node_modules").join(BUN_PACKAGE).join("bin/bun");
+    let installed = Command::new(&binary).arg("--version").output();
+    if installed.is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == BUN_VERSION) {
+        return Ok(binary);
+    }
+    eprintln!("xtask: installing {BUN_PACKAGE}@{BUN_VERSION} from npm into {}", prefix.display());
+    std::fs::create_dir_all(&prefix)?;
+    run(Command::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--no-save", "--prefix"])
+        .arg(&prefix)
+        .arg(format!("{BUN_PACKAGE}@{BUN_VERSION}")))
+    .context("npm install of Bun failed (needs node and npm)")?;
+    Ok(binary)
 }
 
 pub fn ebpf_toolchain() -> Result<()> {

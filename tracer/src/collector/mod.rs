@@ -150,13 +150,14 @@ impl Collector {
                 ledger.seed_preexisting(pid, map.iter().map(|m| (m.start, m.end)), brk);
             }
         }
+        let modules = ModuleMap::new(pid);
         Self {
             maps,
-            modules: ModuleMap::new(pid),
+            symbolizer: Symbolizer::for_process(pid, &modules),
+            modules,
             target,
             ledger,
             stacks: StackTable::default(),
-            symbolizer: Symbolizer::default(),
             frames: vec![Vec::new()],
             started_at: SystemTime::now(),
             page_size,
@@ -264,6 +265,7 @@ impl Collector {
 
     fn on_tick(&mut self) {
         self.sample_rss();
+        self.symbolizer.jit.refresh(&self.modules);
         self.sync_allocator_figures();
         self.name_new_stacks();
     }
@@ -307,8 +309,14 @@ impl Collector {
 
     fn kernel_stack_key(&mut self, stack_id: u32, source: Source) -> StackKey {
         let stack_id = if stack_id == NO_STACK { -1 } else { stack_id as i32 };
-        let event_stack = EventStack { stack_id, inline: None, user_sp: 0, stack_top: &[] };
-        let stack = self.stacks.intern_event_stack(&self.maps.stacks, &event_stack, &mut self.modules);
+        // Figures kept in the kernel have no time: name JIT code as it is now.
+        let event_stack = EventStack { time_ns: u64::MAX, stack_id, inline: None, user_sp: 0, stack_top: &[] };
+        let stack = self.stacks.intern_event_stack(
+            &self.maps.stacks,
+            &event_stack,
+            &mut self.modules,
+            &mut self.symbolizer.jit,
+        );
         StackKey { source, stack }
     }
 
@@ -409,9 +417,19 @@ impl Collector {
     }
 
     fn stack_key(&mut self, event: &MemEvent, inline: Option<&[u64]>, source: Source) -> StackKey {
-        let event_stack =
-            EventStack { stack_id: event.stack_id, inline, user_sp: event.user_sp, stack_top: &event.stack_top };
-        let stack = self.stacks.intern_event_stack(&self.maps.stacks, &event_stack, &mut self.modules);
+        let event_stack = EventStack {
+            time_ns: event.timestamp_ns,
+            stack_id: event.stack_id,
+            inline,
+            user_sp: event.user_sp,
+            stack_top: &event.stack_top,
+        };
+        let stack = self.stacks.intern_event_stack(
+            &self.maps.stacks,
+            &event_stack,
+            &mut self.modules,
+            &mut self.symbolizer.jit,
+        );
         StackKey { source, stack }
     }
 }

@@ -6,11 +6,16 @@ use std::collections::HashMap;
 use aya::maps::{MapData, StackTraceMap};
 
 use super::unwind::Unwinder;
-use crate::{ledger::StackIx, symbolizer::modules::ModuleMap};
+use crate::{
+    ledger::StackIx,
+    symbolizer::{jit_frames::JitFrames, modules::ModuleMap},
+};
 
 /// Where an event's stack is: an id in the kernel's stack map, or frames carried in the event itself; and
 /// the copy of the top of the user stack taken at the same moment.
 pub struct EventStack<'a> {
+    /// When the stack was taken (CLOCK_MONOTONIC ns): JIT code is named as it was then.
+    pub time_ns: u64,
     pub stack_id: i32,
     pub inline: Option<&'a [u64]>,
     pub user_sp: u64,
@@ -70,6 +75,7 @@ impl StackTable {
         kernel_stacks: &StackTraceMap<MapData>,
         event: &EventStack<'_>,
         modules: &mut ModuleMap,
+        jit: &mut JitFrames,
     ) -> StackIx {
         let kernel: &[u64] = match (event.inline, u32::try_from(event.stack_id)) {
             (Some(inline), _) => inline,
@@ -83,7 +89,8 @@ impl StackTable {
             },
             (None, Err(_)) => return UNKNOWN_STACK,
         };
-        let ips = self.unwinder.complete(kernel, event.user_sp, event.stack_top, modules);
+        let mut ips = self.unwinder.complete(kernel, event.user_sp, event.stack_top, modules);
+        jit.tag(&mut ips, event.time_ns, modules);
         self.intern(ips)
     }
 }

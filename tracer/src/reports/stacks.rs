@@ -66,7 +66,7 @@ mod tests {
     use super::*;
 
     fn frame(name: &str, in_runtime: bool) -> FrameName {
-        FrameName { name: name.into(), in_runtime }
+        FrameName { name: name.into(), in_runtime, javascript: false }
     }
 
     #[test]

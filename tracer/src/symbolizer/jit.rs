@@ -57,7 +57,7 @@ use std::{
     sync::Arc,
 };
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 
 use crate::procfs::maps::MemoryMap;
 
@@ -156,11 +156,7 @@ impl JitdumpHeader {
     }
 
     fn byte_order(&self) -> ByteOrder {
-        if self.big_endian {
-            ByteOrder::Big
-        } else {
-            ByteOrder::Little
-        }
+        if self.big_endian { ByteOrder::Big } else { ByteOrder::Little }
     }
 }
 

@@ -2,12 +2,14 @@
 //! cannot be named is written `module+0xOFFSET` (file offset), which can be symbolized offline later.
 
 pub mod jit;
+pub mod jit_frames;
 pub mod modules;
 
 use std::{collections::HashMap, path::Path, sync::Arc};
 
 use blazesym::symbolize::{Input, Symbolized, Symbolizer as Blaze, source::Elf, source::Source};
 
+use jit_frames::{JIT_FRAME, JitFrames};
 use modules::{ModuleMap, is_runtime_module};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,18 +18,21 @@ pub struct FrameName {
     /// The frame is in the C runtime (libc, the dynamic loader): allocation and syscall plumbing rather
     /// than the code that asked for memory.
     pub in_runtime: bool,
+    /// JIT-compiled JavaScript.
+    pub javascript: bool,
+}
+
+impl FrameName {
+    fn native(name: String, in_runtime: bool) -> Self {
+        Self { name: name.into(), in_runtime, javascript: false }
+    }
 }
 
 pub struct Symbolizer {
     blaze: Blaze,
     /// By lookup address (a return address minus one; see [`lookup_address`]).
     names: HashMap<u64, FrameName>,
-}
-
-impl Default for Symbolizer {
-    fn default() -> Self {
-        Self { blaze: Blaze::new(), names: HashMap::new() }
-    }
+    pub jit: JitFrames,
 }
 
 /// Frame 0 is where the thread was; every other frame is a return address, which points after its call
@@ -37,18 +42,35 @@ pub fn lookup_address(ip: u64, frame_index: usize) -> u64 {
 }
 
 impl Symbolizer {
-    /// Names every frame of a stack (innermost first).
+    pub fn for_process(pid: u32, modules: &ModuleMap) -> Self {
+        Self { blaze: Blaze::new(), names: HashMap::new(), jit: JitFrames::for_process(pid, modules) }
+    }
+
+    /// Names every frame of a stack (innermost first); JIT frames were named when the stack was taken.
     pub fn name_stack(&mut self, ips: &[u64], modules: &mut ModuleMap) -> Vec<FrameName> {
-        let lookups: Vec<u64> = ips.iter().enumerate().map(|(i, ip)| lookup_address(*ip, i)).collect();
+        let lookups: Vec<u64> = ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| if ip & JIT_FRAME != 0 { *ip } else { lookup_address(*ip, i) })
+            .collect();
         self.resolve(&lookups, modules);
-        lookups.iter().map(|addr| self.names[addr].clone()).collect()
+        lookups
+            .iter()
+            .map(|addr| {
+                if addr & JIT_FRAME != 0 {
+                    self.jit.name(*addr).cloned().unwrap_or_else(|| FrameName::native("[JIT]".into(), false))
+                } else {
+                    self.names[addr].clone()
+                }
+            })
+            .collect()
     }
 
     /// Names every address not named yet, one blazesym call per file.
     fn resolve(&mut self, addrs: &[u64], modules: &mut ModuleMap) {
         let mut by_file: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
         for &addr in addrs {
-            if self.names.contains_key(&addr) {
+            if addr & JIT_FRAME != 0 || self.names.contains_key(&addr) {
                 continue;
             }
             match modules.lookup(addr) {
@@ -60,14 +82,16 @@ impl Symbolizer {
                 }
                 Some(mapping) if !mapping.pathname.is_empty() => {
                     let name = format!("{}+{:#x}", mapping.pathname, addr - mapping.start);
-                    self.names.insert(addr, FrameName { name: name.into(), in_runtime: false });
+                    self.names.insert(addr, FrameName::native(name, false));
+                }
+                Some(mapping) if mapping.executable => {
+                    self.names.insert(addr, FrameName::native(format!("[JIT] {addr:#x}"), false));
                 }
                 Some(_) => {
-                    self.names.insert(addr, FrameName { name: format!("[anon] {addr:#x}").into(), in_runtime: false });
+                    self.names.insert(addr, FrameName::native(format!("[anon] {addr:#x}"), false));
                 }
                 None => {
-                    self.names
-                        .insert(addr, FrameName { name: format!("[unknown] {addr:#x}").into(), in_runtime: false });
+                    self.names.insert(addr, FrameName::native(format!("[unknown] {addr:#x}"), false));
                 }
             }
         }
@@ -84,7 +108,7 @@ impl Symbolizer {
                     Some(Symbolized::Sym(sym)) => sym.name.to_string(),
                     _ => format!("{module}+{offset:#x}"),
                 };
-                self.names.insert(*addr, FrameName { name: name.into(), in_runtime });
+                self.names.insert(*addr, FrameName::native(name, in_runtime));
             }
         }
     }
