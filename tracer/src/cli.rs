@@ -4,6 +4,8 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{ArgGroup, Parser};
 
+use crate::reports::growth::{CompareSpec, parse_compare};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "dispatch-leaktrace",
@@ -24,6 +26,15 @@ pub struct Cli {
     /// Stop after this long (e.g. 30s, 15m, 2h) [default: until Ctrl-C or the target exits].
     #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
+
+    /// The growth view starts this long after the trace began (the first snapshot after it)
+    /// [default: a fifth of the run].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub warmup: Option<Duration>,
+
+    /// The window of the growth view: FROM..TO, each `start`, `end` or a time since the start (5m..1h).
+    #[arg(long, value_name = "FROM..TO", value_parser = parse_compare)]
+    pub compare: Option<CompareSpec>,
 
     /// Launch this command and trace it from its first instruction.
     #[arg(last = true, value_name = "CMD")]

@@ -12,7 +12,7 @@ use crate::{
     collector::{Collector, Signals, SnapshotReason, Trace},
     privileges,
     probes::{ProbeRecord, Probes, tracefs},
-    reports::{self, output::OutputDir, summary},
+    reports::{self, ReportOptions, output::OutputDir, summary},
     target::{HeldChild, Target},
 };
 
@@ -65,26 +65,33 @@ pub fn run(cli: Cli) -> Result<()> {
     eprintln!("dispatch-leaktrace: tracing pid {pid} ({}); Ctrl-C to stop", target.info.exe.display());
 
     let probe_records = probes.records.clone();
+    let report_options = ReportOptions { compare: cli.compare, warmup: cli.warmup };
     let mut collector = Collector::new(maps, target, !launched);
     let ending = runtime.block_on(collector.run(cli.duration, events, signals, |trace, reason| {
-        write_snapshot(trace, reason, &probe_records, &out);
+        write_snapshot(trace, reason, &probe_records, &report_options, &out);
     }))?;
     // Detach before the slower work of writing reports.
     drop(probes);
 
     let trace = collector.trace(Some(ending));
-    let written = reports::write_all(&trace, &probe_records, &out)?;
+    let written = reports::write_all(&trace, &probe_records, &report_options, &out)?;
     print!("{}", summary::render(&trace, &written));
     Ok(())
 }
 
 /// `OUTPUT/snapshots/<UTC time>-<reason>/`: the full report set while the trace goes on. A failure is a
 /// warning: the trace itself must go on.
-fn write_snapshot(trace: &Trace<'_>, reason: SnapshotReason, probes: &[ProbeRecord], out: &OutputDir) {
+fn write_snapshot(
+    trace: &Trace<'_>,
+    reason: SnapshotReason,
+    probes: &[ProbeRecord],
+    options: &ReportOptions,
+    out: &OutputDir,
+) {
     let stamp = humantime::format_rfc3339_millis(trace.ended_at).to_string().replace(['-', ':'], "");
     let name = format!("{stamp}-{}", reason.name());
     let written = out.subfolder(&Path::new("snapshots").join(name)).and_then(|dir| {
-        reports::write_all(trace, probes, &dir)?;
+        reports::write_all(trace, probes, options, &dir)?;
         Ok(dir)
     });
     match written {

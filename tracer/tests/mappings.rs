@@ -104,7 +104,12 @@ fn report_files_agree_with_each_other() {
     }
     let total: u64 = report.stacks().iter().map(|s| s["outstanding_bytes"].as_u64().unwrap()).sum();
     assert_eq!(report.0["totals"]["outstanding_bytes"].as_u64(), Some(total));
-    let svg = std::fs::read_to_string(out.join("flamegraph.svg")).unwrap();
-    assert!(svg.starts_with("<?xml") && svg.trim_end().ends_with("</svg>"));
-    assert!(svg.contains("keep_regions"), "the flamegraph names the call sites");
+    // flamegraph.svg is the primary view (resident memory here); each source has its own as well.
+    for name in ["flamegraph.svg", "flamegraph-mmap.svg", "flamegraph-page-fault.svg", "growth.svg"] {
+        let svg = std::fs::read_to_string(out.join(name)).unwrap();
+        assert!(svg.starts_with("<?xml") && svg.trim_end().ends_with("</svg>"), "{name}");
+    }
+    let mapped = std::fs::read_to_string(out.join("flamegraph-mmap.svg")).unwrap();
+    assert!(mapped.contains("keep_regions"), "the mapped-memory flamegraph names the call sites");
+    assert!(std::fs::read_to_string(out.join("flamegraph.svg")).unwrap().contains("Outstanding resident memory"));
 }

@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{root, run, setup};
 
-const TURNS: &str = "60";
+const TURNS: &str = "200";
 
 pub fn run_demo(extra: &[String]) -> Result<()> {
     crate::build()?;

@@ -30,7 +30,7 @@ use crate::{
     target::{ExitStatus, Target},
 };
 use stacks::{EventStack, StackTable};
-use timeline::{Timeline, TimelinePoint};
+use timeline::{StackSnapshot, Timeline, TimelinePoint};
 
 const PROT_EXEC: u32 = 4;
 
@@ -260,7 +260,15 @@ impl Collector {
         for (key, stats) in self.ledger.stats() {
             *outstanding.entry(key.source).or_default() += stats.outstanding_bytes;
         }
-        self.timeline.push(TimelinePoint { at: SystemTime::now(), rss_bytes: self.rss_bytes, outstanding });
+        let at = SystemTime::now();
+        self.timeline.push(TimelinePoint { at, rss_bytes: self.rss_bytes, outstanding });
+        let stacks = self
+            .ledger
+            .stats()
+            .filter(|(_, stats)| stats.outstanding_bytes > 0)
+            .map(|(key, stats)| (*key, stats.outstanding_bytes))
+            .collect();
+        self.timeline.push_snapshot(StackSnapshot { at, outstanding: stacks });
     }
 
     fn on_tick(&mut self) {

@@ -1,13 +1,19 @@
-//! The time axis: the target's RSS and outstanding bytes per source, sampled at a fixed interval. Old
-//! points are thinned (every other one dropped) when the series reaches its cap, so a run of any length
-//! keeps a bounded series that still spans the whole run.
+//! The time axis: the target's RSS and outstanding bytes per source, sampled at a fixed interval, and
+//! snapshots of the outstanding bytes of every stack, for growth between two moments. Old entries are
+//! thinned (every other one dropped) when a series reaches its cap, so a run of any length keeps bounded
+//! series that still span the whole run.
 
-use std::{collections::BTreeMap, time::SystemTime};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::SystemTime,
+};
 
-use crate::ledger::Source;
+use crate::ledger::{Source, StackKey};
 
 /// Points kept at most; on reaching it, the older half is thinned to every other point.
 pub const MAX_POINTS: usize = 512;
+/// Per-stack snapshots kept at most (each holds every stack with outstanding bytes).
+pub const MAX_STACK_SNAPSHOTS: usize = 64;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct TimelinePoint {
@@ -16,33 +22,50 @@ pub struct TimelinePoint {
     pub outstanding: BTreeMap<Source, u64>,
 }
 
+/// Outstanding bytes of every stack that had any, at one moment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StackSnapshot {
+    pub at: SystemTime,
+    pub outstanding: HashMap<StackKey, u64>,
+}
+
 #[derive(Debug, Default)]
 pub struct Timeline {
     points: Vec<TimelinePoint>,
+    snapshots: Vec<StackSnapshot>,
 }
 
 impl Timeline {
     pub fn push(&mut self, point: TimelinePoint) {
-        if self.points.len() >= MAX_POINTS {
-            self.thin();
-        }
-        self.points.push(point);
+        push_thinning(&mut self.points, point, MAX_POINTS);
+    }
+
+    pub fn push_snapshot(&mut self, snapshot: StackSnapshot) {
+        push_thinning(&mut self.snapshots, snapshot, MAX_STACK_SNAPSHOTS);
     }
 
     pub fn points(&self) -> &[TimelinePoint] {
         &self.points
     }
 
-    /// Drops every other point of the older half: recent history keeps its resolution.
-    fn thin(&mut self) {
-        let half = self.points.len() / 2;
+    pub fn snapshots(&self) -> &[StackSnapshot] {
+        &self.snapshots
+    }
+}
+
+/// Appends, first dropping every other entry of the older half when the series is full: recent history
+/// keeps its resolution, and the first entry always stays.
+fn push_thinning<T>(series: &mut Vec<T>, entry: T, cap: usize) {
+    if series.len() >= cap {
+        let half = series.len() / 2;
         let mut index = 0;
-        self.points.retain(|_| {
+        series.retain(|_| {
             let keep = index >= half || index % 2 == 0;
             index += 1;
             keep
         });
     }
+    series.push(entry);
 }
 
 #[cfg(test)]
@@ -57,6 +80,19 @@ mod tests {
             rss_bytes: second,
             outstanding: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn stack_snapshots_are_thinned_to_their_own_cap() {
+        let mut timeline = Timeline::default();
+        for second in 0..1_000 {
+            let at = SystemTime::UNIX_EPOCH + Duration::from_secs(second);
+            timeline.push_snapshot(StackSnapshot { at, outstanding: HashMap::new() });
+        }
+        let snapshots = timeline.snapshots();
+        assert!(snapshots.len() <= MAX_STACK_SNAPSHOTS);
+        assert_eq!(snapshots[0].at, SystemTime::UNIX_EPOCH);
+        assert_eq!(snapshots.last().unwrap().at, SystemTime::UNIX_EPOCH + Duration::from_secs(999));
     }
 
     #[test]

@@ -26,6 +26,18 @@ pub enum Source {
 }
 
 impl Source {
+    pub const ALL: [Source; 4] = [Source::Malloc, Source::PageFault, Source::Mmap, Source::Brk];
+
+    /// What the source's bytes are, for titles.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Source::Mmap => "mapped memory",
+            Source::Brk => "brk heap",
+            Source::PageFault => "resident memory",
+            Source::Malloc => "allocator memory",
+        }
+    }
+
     pub const fn name(self) -> &'static str {
         match self {
             Source::Mmap => "mmap",

@@ -6,18 +6,22 @@ use super::stacks::ReportStack;
 pub fn render(stacks: &[ReportStack]) -> String {
     let mut out = String::new();
     for stack in stacks.iter().filter(|s| s.stats.outstanding_bytes > 0) {
-        out.push('[');
-        out.push_str(stack.source.name());
-        out.push(']');
-        for frame in &stack.frames {
-            out.push(';');
-            out.push_str(&sanitize(frame));
-        }
+        out.push_str(&line_of(stack));
         out.push(' ');
         out.push_str(&stack.stats.outstanding_bytes.to_string());
         out.push('\n');
     }
     out
+}
+
+/// `[source];root;...;leaf`, without the count.
+pub fn line_of(stack: &ReportStack) -> String {
+    let mut line = format!("[{}]", stack.source.name());
+    for frame in &stack.frames {
+        line.push(';');
+        line.push_str(&sanitize(frame));
+    }
+    line
 }
 
 /// `;` separates frames and a newline ends the line; neither may appear inside a frame name.

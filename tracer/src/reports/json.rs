@@ -6,7 +6,7 @@ use anyhow::Result;
 use serde::Serialize;
 use tracer_common::counters::Counter;
 
-use super::{redact::redact_cmdline, stacks::ReportStack};
+use super::{growth::Growth, redact::redact_cmdline, stacks::ReportStack};
 use crate::{collector::Trace, probes::ProbeRecord, target::ExitStatus};
 
 pub const VERSION: u32 = 1;
@@ -33,6 +33,28 @@ struct Report<'a> {
     timeline: Vec<TimelinePoint>,
     /// Resident bytes (page-fault source) by the kind of mapping they lie in, largest first.
     regions: Vec<Region<'a>>,
+    /// What grew between two moments (growth.svg): by default the end of a warm-up and the end.
+    growth: GrowthView<'a>,
+}
+
+/// Stacks kept in the growth view of report.json (growth.svg has them all).
+const GROWTH_STACKS: usize = 100;
+
+#[derive(Serialize)]
+struct GrowthView<'a> {
+    from: String,
+    to: String,
+    /// The stacks that grew most, largest growth first.
+    stacks: Vec<GrowthStack<'a>>,
+}
+
+#[derive(Serialize)]
+struct GrowthStack<'a> {
+    source: &'static str,
+    frames: &'a [String],
+    from_bytes: u64,
+    to_bytes: u64,
+    growth_bytes: i64,
 }
 
 #[derive(Serialize)]
@@ -108,7 +130,7 @@ struct Stack<'a> {
     growth_bytes: i64,
 }
 
-pub fn render(trace: &Trace, stacks: &[ReportStack], probes: &[ProbeRecord]) -> Result<String> {
+pub fn render(trace: &Trace, stacks: &[ReportStack], growth: &Growth, probes: &[ProbeRecord]) -> Result<String> {
     let (outstanding_bytes, outstanding_allocs) = trace.ledger.outstanding();
     let mut by_source: BTreeMap<&'static str, SourceTotals> = BTreeMap::new();
     for stack in stacks {
@@ -172,6 +194,23 @@ pub fn render(trace: &Trace, stacks: &[ReportStack], probes: &[ProbeRecord]) -> 
                 outstanding_bytes: point.outstanding.iter().map(|(source, bytes)| (source.name(), *bytes)).collect(),
             })
             .collect(),
+        growth: GrowthView {
+            from: rfc3339(growth.from),
+            to: rfc3339(growth.to),
+            stacks: growth
+                .stacks
+                .iter()
+                .filter(|(_, from, to)| to > from)
+                .take(GROWTH_STACKS)
+                .map(|(stack, from, to)| GrowthStack {
+                    source: stack.source.name(),
+                    frames: &stack.frames,
+                    from_bytes: *from,
+                    to_bytes: *to,
+                    growth_bytes: *to as i64 - *from as i64,
+                })
+                .collect(),
+        },
         regions: {
             let mut regions: Vec<Region> =
                 trace.regions.iter().map(|(kind, bytes)| Region { kind, resident_bytes: *bytes }).collect();

@@ -1,35 +1,83 @@
-//! Report files, each a pure function of the [`Trace`]: report.json, stacks.folded, flamegraph.svg.
+//! Report files, each a pure function of the [`Trace`]: report.json, stacks.folded, flamegraphs of
+//! outstanding memory, and growth.svg.
 
 pub mod flamegraph;
 pub mod folded;
+pub mod growth;
 pub mod json;
 pub mod output;
 pub mod redact;
 pub mod stacks;
 pub mod summary;
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Result;
 
-use crate::{collector::Trace, probes::ProbeRecord};
+use crate::{collector::Trace, ledger::Source, probes::ProbeRecord};
+use growth::{CompareSpec, Growth};
 use output::OutputDir;
+use stacks::ReportStack;
+
+/// Choices that shape the reports but not the trace.
+#[derive(Clone, Copy, Debug)]
+pub struct ReportOptions {
+    /// The window of the growth view; `None`: from the end of the default warm-up to the end.
+    pub compare: Option<CompareSpec>,
+    pub warmup: Option<Duration>,
+}
 
 /// The files written, by what they hold.
 pub struct Written {
     pub report: PathBuf,
     pub folded: PathBuf,
-    pub flamegraph: PathBuf,
+    /// The primary view; then one per source when there are several.
+    pub flamegraphs: Vec<PathBuf>,
+    pub growth: PathBuf,
 }
 
-pub fn write_all(trace: &Trace, probes: &[ProbeRecord], out: &OutputDir) -> Result<Written> {
+pub fn write_all(trace: &Trace, probes: &[ProbeRecord], options: &ReportOptions, out: &OutputDir) -> Result<Written> {
     let stacks = stacks::report_stacks(trace);
-    let report = json::render(trace, &stacks, probes)?;
-    let folded = folded::render(&stacks);
-    let flamegraph = flamegraph::render(&folded, trace)?;
+    let run = trace.ended_at.duration_since(trace.started_at).unwrap_or_default();
+    let compare = options.compare.unwrap_or_else(|| CompareSpec::after_warmup(options.warmup, run));
+    let growth = Growth::between(trace, compare);
+    let primary = stacks::primary_source(&stacks);
+    let target = format!("{} (pid {})", trace.target.exe.display(), trace.target.pid);
+
+    let mut flamegraphs = Vec::new();
+    let sources: Vec<Source> =
+        Source::ALL.into_iter().filter(|source| stacks.iter().any(|s| s.source == *source)).collect();
+    for (name, source) in std::iter::once(("flamegraph.svg".to_string(), primary))
+        .chain(sources.iter().filter(|_| sources.len() > 1).map(|s| (format!("flamegraph-{}.svg", s.name()), Some(*s))))
+    {
+        let selected: Vec<ReportStack> =
+            stacks.iter().filter(|s| source.is_none_or(|p| s.source == p)).cloned().collect();
+        let view = source.map_or("memory", |s| s.describe());
+        let svg = flamegraph::render(
+            &folded::render(&selected),
+            &format!("Outstanding {view} of {target}"),
+            "by stack, at the end of the trace",
+        )?;
+        flamegraphs.push(out.write(&name, &svg)?);
+    }
+    let (before, after) = growth.folded_pair(primary);
+    let subtitle = format!(
+        "from {} to {} (red: grew, blue: shrank; width: bytes at the end of the window)",
+        json::rfc3339(growth.from),
+        json::rfc3339(growth.to)
+    );
+    let growth_svg = flamegraph::render_growth(
+        &before,
+        &after,
+        &format!("Growth of {} of {target}", primary.map_or("memory", |s| s.describe())),
+        &subtitle,
+    )?;
+
+    let report = json::render(trace, &stacks, &growth, probes)?;
     Ok(Written {
         report: out.write("report.json", report.as_bytes())?,
-        folded: out.write("stacks.folded", folded.as_bytes())?,
-        flamegraph: out.write("flamegraph.svg", &flamegraph)?,
+        folded: out.write("stacks.folded", folded::render(&stacks).as_bytes())?,
+        flamegraphs,
+        growth: out.write("growth.svg", &growth_svg)?,
     })
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use crate::{
     collector::Trace,
-    ledger::{Source, StackStats},
+    ledger::{Source, StackKey, StackStats},
     symbolizer::FrameName,
 };
 
@@ -44,6 +44,32 @@ pub fn report_stacks(trace: &Trace) -> Vec<ReportStack> {
             .then(a.source.cmp(&b.source))
     });
     stacks
+}
+
+/// Sums per-stack values by what a reader sees: the source and the frame names. Returns, per
+/// (source, frames), a report stack (figures left empty) and the summed value.
+pub fn merge_by_names(
+    trace: &Trace,
+    values: impl IntoIterator<Item = (StackKey, u64)>,
+) -> HashMap<(Source, Vec<String>), (ReportStack, u64)> {
+    let mut merged: HashMap<(Source, Vec<String>), (ReportStack, u64)> = HashMap::new();
+    for (key, value) in values {
+        let names = trace.frames.get(key.stack as usize).map(Vec::as_slice).unwrap_or(&[]);
+        let (runtime_frames, frames) = split_runtime_frames(names);
+        let entry = merged.entry((key.source, frames.clone())).or_insert_with(|| {
+            (ReportStack { source: key.source, frames, runtime_frames, stats: StackStats::default() }, 0)
+        });
+        entry.1 += value;
+    }
+    merged
+}
+
+/// The source a reader looks at first: the allocator's view when it was traced, else resident memory,
+/// else mapped memory.
+pub fn primary_source(stacks: &[ReportStack]) -> Option<Source> {
+    [Source::Malloc, Source::PageFault, Source::Mmap, Source::Brk]
+        .into_iter()
+        .find(|source| stacks.iter().any(|s| s.source == *source && s.stats.allocated_bytes > 0))
 }
 
 /// Splits innermost-first names into (runtime frames, the rest), both root first. The innermost frames

@@ -42,7 +42,10 @@ pub fn render(trace: &Trace, written: &Written) -> String {
         let _ = writeln!(out, "warning: {lost} events or stacks were not recorded: see counters in report.json");
     }
     let _ = writeln!(out, "report:     {}", written.report.display());
-    let _ = writeln!(out, "flamegraph: {}", written.flamegraph.display());
+    for flamegraph in &written.flamegraphs {
+        let _ = writeln!(out, "flamegraph: {}", flamegraph.display());
+    }
+    let _ = writeln!(out, "growth:     {}", written.growth.display());
     let _ = writeln!(out, "folded:     {}", written.folded.display());
     out
 }
