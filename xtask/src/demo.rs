@@ -15,7 +15,11 @@ use anyhow::{Context, Result, bail};
 
 use crate::{root, run, setup};
 
-const TURNS: &str = "200";
+/// Turns come in rounds with pauses, as a server sees them, so that the collector, the garbage collector
+/// and the allocator's purging all get their moments.
+const ROUNDS: usize = 5;
+const TURNS_PER_ROUND: &str = "40";
+const PAUSE: Duration = Duration::from_secs(1);
 
 pub fn run_demo(extra: &[String]) -> Result<()> {
     crate::build()?;
@@ -42,12 +46,15 @@ pub fn run_demo(extra: &[String]) -> Result<()> {
     let tracer_lines = lines_of(tracer.stderr.take().expect("piped"), true);
     wait_for(&tracer_lines, "tracing pid", Duration::from_secs(60)).context("the tracer did not start")?;
 
-    run(Command::new(&bun).arg(root().join("demo/bun/driver.ts")).args([
-        "--url",
-        &format!("http://127.0.0.1:{}", server.port),
-        "--turns",
-        TURNS,
-    ]))?;
+    for _ in 0..ROUNDS {
+        run(Command::new(&bun).arg(root().join("demo/bun/driver.ts")).args([
+            "--url",
+            &format!("http://127.0.0.1:{}", server.port),
+            "--turns",
+            TURNS_PER_ROUND,
+        ]))?;
+        thread::sleep(PAUSE);
+    }
 
     // SIGINT ends the trace with its report, as Ctrl-C would.
     let status = Command::new("kill").args(["-INT", &tracer.id().to_string()]).status()?;

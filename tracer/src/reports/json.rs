@@ -6,7 +6,12 @@ use anyhow::Result;
 use serde::Serialize;
 use tracer_common::counters::Counter;
 
-use super::{growth::Growth, redact::redact_cmdline, stacks::ReportStack};
+use super::{
+    growth::Growth,
+    redact::redact_cmdline,
+    stacks::ReportStack,
+    suspects::{MAX_SUSPECTS, Suspect},
+};
 use crate::{collector::Trace, probes::ProbeRecord, target::ExitStatus};
 
 pub const VERSION: u32 = 1;
@@ -35,6 +40,25 @@ struct Report<'a> {
     regions: Vec<Region<'a>>,
     /// What grew between two moments (growth.svg): by default the end of a warm-up and the end.
     growth: GrowthView<'a>,
+    /// Allocation sites of the primary source, most suspicious first (see reports/suspects.rs).
+    suspects: Vec<SuspectView<'a>>,
+}
+
+#[derive(Serialize)]
+struct SuspectView<'a> {
+    site: &'a str,
+    source: &'static str,
+    frames: &'a [String],
+    verdict: &'static str,
+    evidence: &'a str,
+    growth_bytes: i64,
+    kept_growth_bytes: i64,
+    retention: f64,
+    bytes_per_second: f64,
+    fit: f64,
+    outstanding_bytes: u64,
+    allocated_bytes: u64,
+    stacks: usize,
 }
 
 /// Stacks kept in the growth view of report.json (growth.svg has them all).
@@ -130,7 +154,13 @@ struct Stack<'a> {
     growth_bytes: i64,
 }
 
-pub fn render(trace: &Trace, stacks: &[ReportStack], growth: &Growth, probes: &[ProbeRecord]) -> Result<String> {
+pub fn render(
+    trace: &Trace,
+    stacks: &[ReportStack],
+    growth: &Growth,
+    suspects: &[Suspect],
+    probes: &[ProbeRecord],
+) -> Result<String> {
     let (outstanding_bytes, outstanding_allocs) = trace.ledger.outstanding();
     let mut by_source: BTreeMap<&'static str, SourceTotals> = BTreeMap::new();
     for stack in stacks {
@@ -211,6 +241,25 @@ pub fn render(trace: &Trace, stacks: &[ReportStack], growth: &Growth, probes: &[
                 })
                 .collect(),
         },
+        suspects: suspects
+            .iter()
+            .take(MAX_SUSPECTS)
+            .map(|s| SuspectView {
+                site: &s.site,
+                source: s.source.name(),
+                frames: &s.frames,
+                verdict: s.verdict.name(),
+                evidence: &s.evidence,
+                growth_bytes: s.growth_bytes,
+                kept_growth_bytes: s.kept_growth_bytes,
+                retention: (s.retention * 1000.0).round() / 1000.0,
+                bytes_per_second: s.bytes_per_second.round(),
+                fit: (s.fit * 1000.0).round() / 1000.0,
+                outstanding_bytes: s.outstanding_bytes,
+                allocated_bytes: s.allocated_bytes,
+                stacks: s.stacks,
+            })
+            .collect(),
         regions: {
             let mut regions: Vec<Region> =
                 trace.regions.iter().map(|(kind, bytes)| Region { kind, resident_bytes: *bytes }).collect();

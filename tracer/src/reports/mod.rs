@@ -9,6 +9,7 @@ pub mod output;
 pub mod redact;
 pub mod stacks;
 pub mod summary;
+pub mod suspects;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -34,6 +35,8 @@ pub struct Written {
     /// The primary view; then one per source when there are several.
     pub flamegraphs: Vec<PathBuf>,
     pub growth: PathBuf,
+    /// The most suspicious sites, for the summary.
+    pub suspects: Vec<suspects::Suspect>,
 }
 
 pub fn write_all(trace: &Trace, probes: &[ProbeRecord], options: &ReportOptions, out: &OutputDir) -> Result<Written> {
@@ -73,11 +76,13 @@ pub fn write_all(trace: &Trace, probes: &[ProbeRecord], options: &ReportOptions,
         &subtitle,
     )?;
 
-    let report = json::render(trace, &stacks, &growth, probes)?;
+    let suspects = primary.map(|source| suspects::suspects(trace, &stacks, &growth, source)).unwrap_or_default();
+    let report = json::render(trace, &stacks, &growth, &suspects, probes)?;
     Ok(Written {
         report: out.write("report.json", report.as_bytes())?,
         folded: out.write("stacks.folded", folded::render(&stacks).as_bytes())?,
         flamegraphs,
         growth: out.write("growth.svg", &growth_svg)?,
+        suspects: suspects.into_iter().take(5).collect(),
     })
 }

@@ -46,6 +46,12 @@ pub fn report_stacks(trace: &Trace) -> Vec<ReportStack> {
     stacks
 }
 
+/// A stack's frames as the report shows them (root first, runtime frames split off).
+pub fn names_of(trace: &Trace, stack: crate::ledger::StackIx) -> Vec<String> {
+    let names = trace.frames.get(stack as usize).map(Vec::as_slice).unwrap_or(&[]);
+    split_runtime_frames(names).1
+}
+
 /// Sums per-stack values by what a reader sees: the source and the frame names. Returns, per
 /// (source, frames), a report stack (figures left empty) and the summed value.
 pub fn merge_by_names(

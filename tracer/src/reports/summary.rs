@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::{Written, stacks::report_stacks};
+use super::Written;
 use tracer_common::counters::Counter;
 
 use crate::collector::Trace;
@@ -21,16 +21,11 @@ pub fn render(trace: &Trace, written: &Written) -> String {
         human_bytes(bytes),
         human_bytes(trace.rss_bytes)
     );
-    let stacks = report_stacks(trace);
-    for stack in stacks.iter().filter(|s| s.stats.outstanding_bytes > 0).take(TOP) {
-        let path: Vec<&str> = stack.frames.iter().rev().take(3).map(String::as_str).collect();
-        let _ = writeln!(
-            out,
-            "  {:>10}  [{}] {}",
-            human_bytes(stack.stats.outstanding_bytes),
-            stack.source.name(),
-            path.join(" <- ")
-        );
+    if let Some(first) = written.suspects.first() {
+        let _ = writeln!(out, "top suspects ({}):", first.source.describe());
+        for suspect in written.suspects.iter().take(TOP) {
+            let _ = writeln!(out, "  {:<24} {:<10} {}", suspect.site, suspect.verdict.name(), suspect.evidence);
+        }
     }
     let lost: u64 = Counter::ALL
         .iter()
