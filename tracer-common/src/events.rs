@@ -112,3 +112,30 @@ impl Default for MemEvent {
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for MemEvent {}
+
+/// Bytes of a log write the kernel copies: enough for a marker line, no more (the rest of what a target
+/// logs is none of our business).
+pub const LOG_BYTES: usize = 240;
+
+/// The first bytes of a write to the target's stdout or stderr (or a descriptor duplicated from them),
+/// for turn markers. Told apart from memory events by its first field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LogWrite {
+    /// Always [`LOG_WRITE_MAGIC`].
+    pub magic: u64,
+    pub timestamp_ns: u64,
+    pub tgid: u32,
+    pub fd: u32,
+    /// Bytes copied into `data`.
+    pub len: u32,
+    /// Bytes the write asked to write.
+    pub count: u32,
+    pub data: [u8; LOG_BYTES],
+}
+
+/// Marks a [`LogWrite`]: a value no [`MemEvent`] timestamp can have.
+pub const LOG_WRITE_MAGIC: u64 = u64::MAX;
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for LogWrite {}

@@ -146,6 +146,40 @@ pub struct MmPageAlloc {
     pub migratetype: i32,
 }
 
+/// syscalls/sys_enter_write
+/// ```text
+/// field:unsigned int fd;	offset:16;	size:8;	signed:0;
+/// field:const char * buf;	offset:24;	size:8;	signed:0;
+/// field:size_t count;	offset:32;	size:8;	signed:0;
+/// ```
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SysEnterWrite {
+    pub common: CommonHeader,
+    pub syscall_nr: i32,
+    pub pad: u32,
+    pub fd: u64,
+    pub buf: u64,
+    pub count: u64,
+}
+
+/// syscalls/sys_enter_writev
+/// ```text
+/// field:unsigned long fd;	offset:16;	size:8;	signed:0;
+/// field:const struct iovec * vec;	offset:24;	size:8;	signed:0;
+/// field:unsigned long vlen;	offset:32;	size:8;	signed:0;
+/// ```
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SysEnterWritev {
+    pub common: CommonHeader,
+    pub syscall_nr: i32,
+    pub pad: u32,
+    pub fd: u64,
+    pub vec: u64,
+    pub vlen: u64,
+}
+
 /// One field the kernel programs read: which tracepoint, the field's name in the format file, and where
 /// our struct expects it.
 #[derive(Clone, Copy, Debug)]
@@ -198,5 +232,11 @@ pub const EXPECTED_FIELDS: &[ExpectedField] = &[
     field!("exceptions", "page_fault_user", PageFaultUser, address, "address"),
     field!("exceptions", "page_fault_user", PageFaultUser, error_code, "error_code"),
     field!("kmem", "mm_page_alloc", MmPageAlloc, order, "order", u32),
+    field!("syscalls", "sys_enter_write", SysEnterWrite, fd, "fd"),
+    field!("syscalls", "sys_enter_write", SysEnterWrite, buf, "buf"),
+    field!("syscalls", "sys_enter_write", SysEnterWrite, count, "count"),
+    field!("syscalls", "sys_enter_writev", SysEnterWritev, fd, "fd"),
+    field!("syscalls", "sys_enter_writev", SysEnterWritev, vec, "vec"),
+    field!("syscalls", "sys_enter_writev", SysEnterWritev, vlen, "vlen"),
     field!("kmem", "mm_page_alloc", MmPageAlloc, migratetype, "migratetype", i32),
 ];

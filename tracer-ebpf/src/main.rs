@@ -10,6 +10,7 @@ mod faults;
 mod maps;
 mod record;
 mod syscalls;
+mod writes;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -11,7 +11,7 @@ use crate::reports::growth::{CompareSpec, parse_compare};
     name = "dispatch-leaktrace",
     version,
     about = "Finds where a running process's memory goes: outstanding memory by call stack, traced with eBPF.",
-    after_help = "Examples:\n  sudo dispatch-leaktrace --pid $(pidof dispatch-server) -d 2h\n  sudo dispatch-leaktrace -o report -- ./server --port 8080",
+    after_help = "Examples:\n  sudo dispatch-leaktrace --pid $(pidof dispatch-server) -d 2h\n  sudo dispatch-leaktrace -o report -- ./server --port 8080\n  sudo dispatch-leaktrace --pid PID --turn-start 'turn start (?P<id>\\S+)' --turn-end 'turn end (?P<id>\\S+)'\n  dispatch-leaktrace mark [--pid PID] LABEL    (from another shell: a marker in the running trace)",
     group(ArgGroup::new("target").required(true).args(["pid", "command"]))
 )]
 pub struct Cli {
@@ -35,6 +35,20 @@ pub struct Cli {
     /// The window of the growth view: FROM..TO, each `start`, `end` or a time since the start (5m..1h).
     #[arg(long, value_name = "FROM..TO", value_parser = parse_compare)]
     pub compare: Option<CompareSpec>,
+
+    /// A turn starts at each line of the target's stdout/stderr (or of --markers-from) that matches. The
+    /// named group `id` (or else the first group) pairs it with its end.
+    #[arg(long, value_name = "REGEX", requires = "turn_end")]
+    pub turn_start: Option<String>,
+
+    /// A turn ends at each line that matches (see --turn-start).
+    #[arg(long, value_name = "REGEX", requires = "turn_start")]
+    pub turn_end: Option<String>,
+
+    /// Also read marker lines from this file (followed, like tail -F), or from stdin with `-`. Lines that
+    /// match no turn pattern are kept as plain markers.
+    #[arg(long, value_name = "FILE|-")]
+    pub markers_from: Option<String>,
 
     /// Launch this command and trace it from its first instruction.
     #[arg(last = true, value_name = "CMD")]

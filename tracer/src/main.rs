@@ -3,6 +3,7 @@
 
 mod cli;
 mod collector;
+mod inputs;
 mod ledger;
 mod privileges;
 mod probes;
@@ -21,6 +22,16 @@ fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("dispatch-leaktrace: internal error: {info} (please report it)");
     }));
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).is_some_and(|a| a == "mark") {
+        return match inputs::control::mark(&args[2..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("dispatch-leaktrace: error: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) if !error.use_stderr() => {

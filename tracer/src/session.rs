@@ -9,7 +9,8 @@ use anyhow::{Result, bail};
 
 use crate::{
     cli::Cli,
-    collector::{Collector, Signals, SnapshotReason, Trace},
+    collector::{Collector, Signals, SnapshotReason, Trace, markers::TurnPatterns},
+    inputs::{self, MarkerSource},
     privileges,
     probes::{ProbeRecord, Probes, tracefs},
     reports::{self, ReportOptions, output::OutputDir, summary},
@@ -42,6 +43,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Signals::catch()?
     };
 
+    let patterns = match (&cli.turn_start, &cli.turn_end) {
+        (Some(start), Some(end)) => Some(TurnPatterns::new(start, end)?),
+        _ => None,
+    };
+
     let pending = match cli.pid {
         Some(pid) => Pending::Existing(Target::existing(pid)?),
         None => Pending::Launched(HeldChild::spawn(&cli.command)?),
@@ -51,8 +57,15 @@ pub fn run(cli: Cli) -> Result<()> {
 
     let (mut probes, mut maps, events) = Probes::load()?;
     maps.add_target(pid)?;
+    if patterns.is_some() {
+        // A launched target logs from its first instruction: its stdout and stderr count from the start.
+        maps.add_log_descriptors(pid, &[1, 2])?;
+    }
     probes.attach_syscalls()?;
     probes.attach_faults()?;
+    if patterns.is_some() {
+        probes.attach_writes()?;
+    }
     let (target, launched) = match pending {
         Pending::Existing(target) => {
             if target.has_exited() {
@@ -62,16 +75,27 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Pending::Launched(child) => (child.release()?, true),
     };
-    eprintln!("dispatch-leaktrace: tracing pid {pid} ({}); Ctrl-C to stop", target.info.exe.display());
-
+    let exe = target.info.exe.clone();
     let probe_records = probes.records.clone();
     let report_options = ReportOptions { compare: cli.compare, warmup: cli.warmup };
-    let mut collector = Collector::new(maps, target, !launched);
-    let ending = runtime.block_on(collector.run(cli.duration, events, signals, |trace, reason| {
-        write_snapshot(trace, reason, &probe_records, &report_options, &out);
-    }))?;
+    let mut collector = Collector::new(maps, target, !launched).with_turns(patterns);
+    eprintln!("dispatch-leaktrace: tracing pid {pid} ({}); Ctrl-C to stop", exe.display());
+    let (marker_sender, marker_receiver) = tokio::sync::mpsc::unbounded_channel();
+    let _control = {
+        let _context = runtime.enter();
+        if let Some(source) = &cli.markers_from {
+            inputs::spawn_reader(MarkerSource::parse(source), marker_sender.clone())?;
+        }
+        inputs::control::listen(pid, marker_sender)
+            .map_err(|error| eprintln!("dispatch-leaktrace: warning: no control socket for `mark`: {error:#}"))
+            .ok()
+    };
+    let ending =
+        runtime.block_on(collector.run(cli.duration, events, signals, Some(marker_receiver), |trace, reason| {
+            write_snapshot(trace, reason, &probe_records, &report_options, &out);
+        }))?;
     // Detach before the slower work of writing reports.
-    drop(probes);
+    probes.detach();
 
     let trace = collector.trace(Some(ending));
     let written = reports::write_all(&trace, &probe_records, &report_options, &out)?;

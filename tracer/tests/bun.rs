@@ -14,6 +14,9 @@ use std::{
 use common::{Report, Running, output_dir, start_tracer};
 
 const LEAKS: [&str; 2] = ["retainStreamChunk", "buildMessage"];
+/// The demo server's log lines (demo/bun/README.md).
+const TURN_START: &str = r"^turn start (?P<id>t\d+)$";
+const TURN_END: &str = r"^turn end (?P<id>t\d+)$";
 
 fn bun() -> PathBuf {
     let bun = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/bun/node_modules/@oven/bun-linux-x64/bin/bun");
@@ -52,7 +55,16 @@ fn drive(port: u16, turns: u32) {
 fn the_top_suspect_is_a_leaking_javascript_function() {
     let out = output_dir("bun_top_suspect");
     let (server, port) = start_server(Some(&out.join("jitdump")));
-    let mut tracer = start_tracer(&["-o", out.join("trace").to_str().unwrap(), "--pid", &server.pid().to_string()]);
+    let mut tracer = start_tracer(&[
+        "-o",
+        out.join("trace").to_str().unwrap(),
+        "--pid",
+        &server.pid().to_string(),
+        "--turn-start",
+        TURN_START,
+        "--turn-end",
+        TURN_END,
+    ]);
     // Rounds of turns with pauses, as a server sees them: the window holds a snapshot a second.
     for _ in 0..6 {
         drive(port, 25);
@@ -62,6 +74,10 @@ fn the_top_suspect_is_a_leaking_javascript_function() {
     assert!(tracer.wait().success());
 
     let report = Report::load(&out.join("trace"));
+    // Every turn the driver sent was seen, start and end.
+    let turns = report.0["turns"].as_array().unwrap();
+    assert_eq!(turns.len(), 150, "turns seen");
+    assert!(turns.iter().all(|t| t["end"].is_string()));
     let suspects: Vec<(&str, &str)> = report.0["suspects"]
         .as_array()
         .unwrap()

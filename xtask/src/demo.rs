@@ -41,7 +41,14 @@ pub fn run_demo(extra: &[String]) -> Result<()> {
         sudo.arg(&tracer_binary);
         sudo
     };
-    tracer.arg("--pid").arg(server.child.id().to_string()).arg("--output").arg(&output).args(extra);
+    tracer
+        .arg("--pid")
+        .arg(server.child.id().to_string())
+        .arg("--output")
+        .arg(&output)
+        // The server logs each orchestrator turn (demo/bun/README.md).
+        .args(["--turn-start", r"^turn start (?P<id>t\d+)$", "--turn-end", r"^turn end (?P<id>t\d+)$"])
+        .args(extra);
     let mut tracer = tracer.stderr(Stdio::piped()).spawn().context("cannot start dispatch-leaktrace")?;
     let tracer_lines = lines_of(tracer.stderr.take().expect("piped"), true);
     wait_for(&tracer_lines, "tracing pid", Duration::from_secs(60)).context("the tracer did not start")?;

@@ -2,8 +2,10 @@
 //! It knows nothing of report formats: it hands a [`Trace`] to the report writers.
 
 pub mod clock;
+pub mod markers;
 pub mod stacks;
 pub mod timeline;
+pub mod turns;
 pub mod unwind;
 
 use std::{
@@ -13,13 +15,14 @@ use std::{
 
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
+use tokio::sync::mpsc;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{Signal, SignalKind, signal},
 };
 use tracer_common::{
     alloc::{NO_STACK, StackAllocStats},
-    events::{EventKind, MemEvent, MemEventWithStack},
+    events::{EventKind, LOG_WRITE_MAGIC, LogWrite, MemEvent, MemEventWithStack},
 };
 
 use crate::{
@@ -29,8 +32,10 @@ use crate::{
     symbolizer::{FrameName, Symbolizer, modules::ModuleMap},
     target::{ExitStatus, Target},
 };
+use markers::TurnPatterns;
 use stacks::{EventStack, StackTable};
 use timeline::{StackSnapshot, Timeline, TimelinePoint};
+use turns::{PlainMarker, TurnRecord, TurnTracker};
 
 const PROT_EXEC: u32 = 4;
 
@@ -90,6 +95,20 @@ impl SnapshotReason {
     }
 }
 
+/// A marker line sent from outside the target (`--markers-from`, `dispatch-leaktrace mark`), with when
+/// it arrived.
+#[derive(Clone, Debug)]
+pub struct SentLine {
+    pub text: String,
+    pub monotonic_ns: u64,
+}
+
+impl SentLine {
+    pub fn now(text: String) -> Self {
+        Self { text, monotonic_ns: clock::monotonic_now_ns() }
+    }
+}
+
 /// How and when the trace ended.
 #[derive(Clone, Copy, Debug)]
 pub struct Ending {
@@ -116,6 +135,9 @@ pub struct Trace<'a> {
     pub timeline: &'a Timeline,
     /// Resident bytes by the kind of mapping they lie in.
     pub regions: BTreeMap<String, u64>,
+    pub turns: &'a [TurnRecord],
+    pub markers: &'a [PlainMarker],
+    pub unmatched_turn_ends: u64,
 }
 
 pub struct Collector {
@@ -135,6 +157,7 @@ pub struct Collector {
     timeline: Timeline,
     /// `--min-age`: the allocator's outstanding figures count only blocks older than this.
     min_age: Option<Duration>,
+    turns: TurnTracker,
 }
 
 impl Collector {
@@ -166,7 +189,25 @@ impl Collector {
             events: 0,
             timeline: Timeline::default(),
             min_age: None,
+            turns: TurnTracker::new(None),
         }
+    }
+
+    /// Turns begin and end with the lines that match these patterns.
+    pub fn with_turns(mut self, patterns: Option<TurnPatterns>) -> Self {
+        self.turns = TurnTracker::new(patterns);
+        self.update_log_descriptors();
+        self
+    }
+
+    /// Tells the kernel which of the target's descriptors lead to its stdout or stderr: 1, 2, and any
+    /// duplicate of them (Bun writes process.stdout through a dup of 1).
+    fn update_log_descriptors(&mut self) {
+        if !self.turns.wants_log_lines() {
+            return;
+        }
+        let pid = self.target.pid();
+        let _ = self.maps.add_log_descriptors(pid, &procfs::log_descriptors(pid));
     }
 
     /// Counts only allocator blocks older than `min_age` as outstanding (recent blocks are rarely leaks).
@@ -182,6 +223,7 @@ impl Collector {
         duration: Option<Duration>,
         events: RingBuf<MapData>,
         mut signals: Signals,
+        mut sent_markers: Option<mpsc::UnboundedReceiver<SentLine>>,
         mut on_snapshot: impl FnMut(&Trace<'_>, SnapshotReason),
     ) -> Result<Ending> {
         // SAFETY: both descriptors are owned by the value registered, open until it is dropped.
@@ -205,7 +247,15 @@ impl Collector {
                     guard.clear_ready();
                 }
                 _ = tick.tick() => self.on_tick(),
-                _ = timeline_tick.tick() => self.add_timeline_point(),
+                _ = timeline_tick.tick() => {
+                    self.update_log_descriptors();
+                    self.add_timeline_point();
+                }
+                Some(line) = async { match sent_markers.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
+                    // Memory events from before the line was sent are counted before it.
+                    self.drain(events.get_mut());
+                    self.turns.on_sent_line(&line.text, line.monotonic_ns, &mut self.ledger);
+                }
                 _ = signals.snapshot.recv() => {
                     self.drain(events.get_mut());
                     self.modules.refresh();
@@ -248,6 +298,9 @@ impl Collector {
             events: self.events,
             timeline: &self.timeline,
             regions: bytes_by_region(self.ledger.resident_segments(self.target.pid()), self.modules.snapshot()),
+            turns: &self.turns.records,
+            markers: &self.turns.markers,
+            unmatched_turn_ends: self.turns.unmatched_ends,
         }
     }
 
@@ -347,7 +400,20 @@ impl Collector {
 
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         while let Some(item) = ring.next() {
-            if item.len() >= size_of::<MemEventWithStack>() {
+            if item.len() == size_of::<LogWrite>() && item[..8] == LOG_WRITE_MAGIC.to_ne_bytes() {
+                // SAFETY: the kernel wrote a LogWrite (repr(C), plain data) of this size.
+                let write: LogWrite = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                drop(item);
+                let len = (write.len as usize).min(write.data.len());
+                let truncated = write.count as usize > len;
+                self.turns.on_log_write(
+                    (write.tgid, write.fd),
+                    &write.data[..len],
+                    truncated,
+                    write.timestamp_ns,
+                    &mut self.ledger,
+                );
+            } else if item.len() >= size_of::<MemEventWithStack>() {
                 // SAFETY: the kernel wrote a MemEventWithStack (repr(C), plain data) of this size.
                 let with_stack: MemEventWithStack = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
                 drop(item);

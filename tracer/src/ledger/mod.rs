@@ -4,12 +4,14 @@
 
 pub mod ranges;
 pub mod regions;
+pub mod turns;
 
 use std::collections::HashMap;
 
 use serde::Serialize;
 
 use ranges::RangeMap;
+use turns::{TurnLedger, TurnSetId};
 
 /// The layer memory was taken from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -104,6 +106,15 @@ struct Allocation {
     key: StackKey,
     remaining: u64,
     backing: Backing,
+    /// The turns under way when it was made.
+    born: TurnSetId,
+}
+
+/// Who made a resident page resident, and during which turns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResidentOwner {
+    pub key: StackKey,
+    pub born: TurnSetId,
 }
 
 /// What backs a mapping.
@@ -131,7 +142,7 @@ struct AddressSpace {
     /// Which allocation mapped each byte.
     owners: RangeMap<AllocId>,
     /// Which stack made each resident page resident. For pages, an "allocation" is one base page.
-    resident: RangeMap<StackKey>,
+    resident: RangeMap<ResidentOwner>,
     /// Current program break, once known.
     brk: Option<u64>,
 }
@@ -148,6 +159,7 @@ pub struct Ledger {
     allocations: HashMap<AllocId, Allocation>,
     next_alloc: AllocId,
     counters: LedgerCounters,
+    pub turns: TurnLedger,
 }
 
 impl Ledger {
@@ -159,6 +171,7 @@ impl Ledger {
             allocations: HashMap::new(),
             next_alloc: PREEXISTING + 1,
             counters: LedgerCounters::default(),
+            turns: TurnLedger::default(),
         }
     }
 
@@ -264,6 +277,17 @@ impl Ledger {
         }
     }
 
+    /// Bytes still live per (stack, turns they were born in): mapped allocations and resident pages.
+    pub fn live_by_birth(&self) -> impl Iterator<Item = (StackKey, TurnSetId, u64)> + '_ {
+        let mapped = self.allocations.values().map(|a| (a.key, a.born, a.remaining));
+        let resident = self
+            .spaces
+            .values()
+            .flat_map(|space| space.resident.segments())
+            .map(|segment| (segment.owner.key, segment.owner.born, segment.len()));
+        mapped.chain(resident)
+    }
+
     /// Replaces the figures of every stack of `source` by figures kept elsewhere (the allocator's are kept
     /// in the kernel).
     pub fn replace_source_stats(&mut self, source: Source, stats: HashMap<StackKey, StackStats>) {
@@ -272,7 +296,7 @@ impl Ledger {
     }
 
     /// Resident pages of `tgid`, segment by segment.
-    pub fn resident_segments(&self, tgid: u32) -> impl Iterator<Item = ranges::Segment<StackKey>> + '_ {
+    pub fn resident_segments(&self, tgid: u32) -> impl Iterator<Item = ranges::Segment<ResidentOwner>> + '_ {
         self.spaces.get(&tgid).into_iter().flat_map(|space| space.resident.segments())
     }
 
@@ -307,7 +331,8 @@ impl Ledger {
         self.next_alloc += 1;
         let bytes = end - start;
         self.spaces.entry(tgid).or_default().owners.insert(start, end, id);
-        self.allocations.insert(id, Allocation { key, remaining: bytes, backing });
+        let born = self.turns.allocated(key.source, bytes);
+        self.allocations.insert(id, Allocation { key, remaining: bytes, backing, born });
         let stats = self.stats.entry(key).or_default();
         stats.outstanding_bytes += bytes;
         stats.outstanding_allocs += 1;
@@ -338,14 +363,15 @@ impl Ledger {
         let start = addr & !(page_bytes - 1);
         let end = start + page_bytes;
         let space = self.spaces.entry(tgid).or_default();
-        let mut added = 0;
-        for (gap_start, gap_end) in space.resident.gaps(start, end) {
-            space.resident.insert_merging(gap_start, gap_end, key);
-            added += gap_end - gap_start;
-        }
+        let gaps = space.resident.gaps(start, end);
+        let added: u64 = gaps.iter().map(|(gap_start, gap_end)| gap_end - gap_start).sum();
         if added == 0 {
             self.counters.faults_on_resident_pages += 1;
             return;
+        }
+        let owner = ResidentOwner { key, born: self.turns.allocated(key.source, added) };
+        for (gap_start, gap_end) in gaps {
+            space.resident.insert_merging(gap_start, gap_end, owner);
         }
         let pages = added / self.page_size;
         let stats = self.stats.entry(key).or_default();
@@ -369,7 +395,8 @@ impl Ledger {
     fn release_resident(&mut self, tgid: u32, start: u64, end: u64) {
         let Some(space) = self.spaces.get_mut(&tgid) else { return };
         for segment in space.resident.remove(start, end) {
-            let stats = self.stats.get_mut(&segment.owner).expect("a resident page's stack has stats");
+            self.turns.released(segment.owner.key.source, segment.len(), segment.owner.born);
+            let stats = self.stats.get_mut(&segment.owner.key).expect("a resident page's stack has stats");
             stats.outstanding_bytes -= segment.len();
             stats.outstanding_allocs -= segment.len() / self.page_size;
             stats.freed_bytes += segment.len();
@@ -384,6 +411,7 @@ impl Ledger {
         let Some(allocation) = self.allocations.get_mut(&owner) else { return };
         allocation.remaining -= bytes;
         let key = allocation.key;
+        self.turns.released(key.source, bytes, allocation.born);
         let gone = allocation.remaining == 0;
         if gone {
             self.allocations.remove(&owner);

@@ -9,7 +9,8 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
         ProgramError, TracePoint, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        trace_point::TracePointLinkId,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
 use serde::Serialize;
@@ -44,6 +45,10 @@ const SYSCALL_TRACEPOINTS: &[(&str, &str, &str)] = &[
 const FAULT_TRACEPOINTS: &[(&str, &str, &str)] =
     &[("page_fault_user", "exceptions", "page_fault_user"), ("mm_page_alloc", "kmem", "mm_page_alloc")];
 
+/// Log writes, for turn markers.
+const WRITE_TRACEPOINTS: &[(&str, &str, &str)] =
+    &[("sys_enter_write", "syscalls", "sys_enter_write"), ("sys_enter_writev", "syscalls", "sys_enter_writev")];
+
 /// The maps the collector reads and writes, taken out of the loaded object so they outlive the programs.
 pub struct KernelMaps {
     pub targets: HashMap<MapData, u32, u32>,
@@ -53,11 +58,21 @@ pub struct KernelMaps {
     pub blocks: HashMap<MapData, BlockKey, Block>,
     /// Allocator figures per stack id.
     pub alloc_stats: HashMap<MapData, u32, StackAllocStats>,
+    /// (tgid << 32 | fd) of the descriptors whose writes are log lines.
+    pub log_fds: HashMap<MapData, u64, u8>,
 }
 
 impl KernelMaps {
     pub fn add_target(&mut self, tgid: u32) -> Result<()> {
         self.targets.insert(tgid, 1, 0).context("cannot add the target to the kernel's target map")
+    }
+
+    /// Descriptors of `tgid` whose writes are log lines (see `writes.rs`).
+    pub fn add_log_descriptors(&mut self, tgid: u32, fds: &[u32]) -> Result<()> {
+        for fd in fds {
+            self.log_fds.insert((tgid as u64) << 32 | *fd as u64, 1, 0).context("cannot add a log descriptor")?;
+        }
+        Ok(())
     }
 
     /// Each counter summed over the CPUs, in [`tracer_common::counters::Counter::ALL`] order.
@@ -98,6 +113,13 @@ pub struct AllocatorProbe<'a> {
 pub struct Probes {
     ebpf: Ebpf,
     pub records: Vec<ProbeRecord>,
+    links: Vec<Link>,
+}
+
+/// An attachment, kept so that detaching can be done in parallel (see [`Probes::detach`]).
+enum Link {
+    TracePoint(&'static str, TracePointLinkId),
+    UProbe(&'static str, UProbeLinkId),
 }
 
 impl Probes {
@@ -112,9 +134,10 @@ impl Probes {
             counters: PerCpuArray::try_from(take(map_names::COUNTERS)?)?,
             blocks: HashMap::try_from(take(map_names::ALLOCS)?)?,
             alloc_stats: HashMap::try_from(take(map_names::ALLOC_STATS)?)?,
+            log_fds: HashMap::try_from(take(map_names::LOG_FDS)?)?,
         };
         let events = RingBuf::try_from(take(map_names::EVENTS)?)?;
-        Ok((Self { ebpf, records: Vec::new() }, maps, events))
+        Ok((Self { ebpf, records: Vec::new(), links: Vec::new() }, maps, events))
     }
 
     /// Attaches the mmap, munmap, mremap, brk and madvise tracepoints.
@@ -122,12 +145,17 @@ impl Probes {
         self.attach_tracepoints(SYSCALL_TRACEPOINTS)
     }
 
+    /// Attaches the write and writev tracepoints that capture the target's log lines.
+    pub fn attach_writes(&mut self) -> Result<()> {
+        self.attach_tracepoints(WRITE_TRACEPOINTS)
+    }
+
     /// Attaches the user page-fault tracepoint.
     pub fn attach_faults(&mut self) -> Result<()> {
         self.attach_tracepoints(FAULT_TRACEPOINTS)
     }
 
-    fn attach_tracepoints(&mut self, tracepoints: &[(&str, &str, &str)]) -> Result<()> {
+    fn attach_tracepoints(&mut self, tracepoints: &[(&'static str, &str, &str)]) -> Result<()> {
         for (program_name, category, event) in tracepoints {
             let program: &mut TracePoint = self
                 .ebpf
@@ -135,7 +163,8 @@ impl Probes {
                 .ok_or_else(|| anyhow!("the kernel object has no program {program_name}"))?
                 .try_into()?;
             program.load().map_err(|e| explain_program_error(program_name, e))?;
-            program.attach(category, event).map_err(|e| explain_program_error(program_name, e))?;
+            let link = program.attach(category, event).map_err(|e| explain_program_error(program_name, e))?;
+            self.links.push(Link::TracePoint(program_name, link));
             let program_id = program.info().map(|info| info.id()).unwrap_or(0);
             self.records.push(ProbeRecord {
                 kind: "tracepoint",
@@ -179,9 +208,10 @@ impl Probes {
                     location: UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
                     cookie: Some(probe.cookie.encode()),
                 };
-                program
+                let link = program
                     .attach(point, probe.object, scope)
                     .map_err(|e| anyhow!("cannot attach to {} in {}: {e}", probe.symbol, probe.object.display()))?;
+                self.links.push(Link::UProbe(program_name, link));
                 let program_id = program.info().map(|info| info.id()).unwrap_or(0);
                 self.records.push(ProbeRecord {
                     kind,
@@ -195,6 +225,45 @@ impl Probes {
             }
         }
         Ok(())
+    }
+}
+
+impl Probes {
+    /// Detaches everything. Each detach waits for an RCU grace period (about 0.1 s here), so the links
+    /// are dropped on threads of their own, where the waits overlap, instead of one after the other.
+    pub fn detach(mut self) {
+        self.detach_links();
+    }
+
+    fn detach_links(&mut self) {
+        let mut owned: Vec<Box<dyn Send>> = Vec::new();
+        for link in std::mem::take(&mut self.links) {
+            match link {
+                Link::TracePoint(name, id) => {
+                    let program: Option<&mut TracePoint> = self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
+                    if let Some(link) = program.and_then(|p| p.take_link(id).ok()) {
+                        owned.push(Box::new(link));
+                    }
+                }
+                Link::UProbe(name, id) => {
+                    let program: Option<&mut UProbe> = self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
+                    if let Some(link) = program.and_then(|p| p.take_link(id).ok()) {
+                        owned.push(Box::new(link));
+                    }
+                }
+            }
+        }
+        std::thread::scope(|scope| {
+            for link in owned {
+                scope.spawn(move || drop(link));
+            }
+        });
+    }
+}
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        self.detach_links();
     }
 }
 

@@ -50,6 +50,29 @@ fn parse_stat_field(stat: &str, n: usize) -> Option<u64> {
     after_comm.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
 }
 
+/// The descriptors of `pid` that lead where its stdout or stderr lead: 1, 2 and their duplicates (the same
+/// pipe, socket, tty or file).
+pub fn log_descriptors(pid: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    let links: Vec<(u32, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| Some((entry.file_name().to_str()?.parse().ok()?, fs::read_link(entry.path()).ok()?)))
+        .collect();
+    log_descriptors_among(&links)
+}
+
+fn log_descriptors_among(links: &[(u32, PathBuf)]) -> Vec<u32> {
+    let standard: Vec<&PathBuf> =
+        links.iter().filter(|(fd, _)| *fd == 1 || *fd == 2).map(|(_, target)| target).collect();
+    let mut fds: Vec<u32> = links
+        .iter()
+        .filter(|(fd, target)| *fd == 1 || *fd == 2 || standard.contains(&target))
+        .map(|(fd, _)| *fd)
+        .collect();
+    fds.sort_unstable();
+    fds
+}
+
 pub fn page_size() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -63,6 +86,16 @@ mod tests {
     #[test]
     fn cmdline_splits_on_nul_and_drops_the_trailing_one() {
         assert_eq!(parse_cmdline(b"/usr/bin/x\0--flag\0a b\0"), vec!["/usr/bin/x", "--flag", "a b"]);
+    }
+
+    #[test]
+    fn duplicates_of_stdout_and_stderr_are_log_descriptors() {
+        let links: Vec<(u32, PathBuf)> =
+            [(0, "/dev/null"), (1, "pipe:[77]"), (2, "socket:[9]"), (5, "/tmp/x"), (12, "pipe:[77]")]
+                .into_iter()
+                .map(|(fd, target)| (fd, PathBuf::from(target)))
+                .collect();
+        assert_eq!(log_descriptors_among(&links), vec![1, 2, 12]);
     }
 
     #[test]

@@ -11,8 +11,9 @@ use super::{
     redact::redact_cmdline,
     stacks::ReportStack,
     suspects::{MAX_SUSPECTS, Suspect},
+    turns::TurnView,
 };
-use crate::{collector::Trace, probes::ProbeRecord, target::ExitStatus};
+use crate::{collector::Trace, ledger::Source, probes::ProbeRecord, target::ExitStatus};
 
 pub const VERSION: u32 = 1;
 
@@ -42,6 +43,44 @@ struct Report<'a> {
     growth: GrowthView<'a>,
     /// Allocation sites of the primary source, most suspicious first (see reports/suspects.rs).
     suspects: Vec<SuspectView<'a>>,
+    /// Turns in the order they started; figures of the primary source, all sources in `by_source`.
+    turns: Vec<TurnJson<'a>>,
+    /// Labels sent with `dispatch-leaktrace mark` or --markers-from that name no turn.
+    markers: Vec<MarkerJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct TurnJson<'a> {
+    id: &'a str,
+    start: String,
+    end: Option<String>,
+    allocated_bytes: u64,
+    freed_bytes: u64,
+    outstanding_at_end_bytes: Option<u64>,
+    retained_bytes: u64,
+    by_source: BTreeMap<&'static str, TurnSourceJson>,
+    top_stacks: Vec<TurnStackJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct TurnSourceJson {
+    allocated_bytes: u64,
+    freed_bytes: u64,
+    outstanding_at_end_bytes: Option<u64>,
+    retained_bytes: u64,
+}
+
+#[derive(Serialize)]
+struct TurnStackJson<'a> {
+    source: &'static str,
+    frames: &'a [String],
+    retained_bytes: u64,
+}
+
+#[derive(Serialize)]
+struct MarkerJson<'a> {
+    at: String,
+    label: &'a str,
 }
 
 #[derive(Serialize)]
@@ -56,6 +95,8 @@ struct SuspectView<'a> {
     retention: f64,
     bytes_per_second: f64,
     fit: f64,
+    bytes_per_turn: Option<f64>,
+    turns_retaining: Option<f64>,
     outstanding_bytes: u64,
     allocated_bytes: u64,
     stacks: usize,
@@ -159,6 +200,8 @@ pub fn render(
     stacks: &[ReportStack],
     growth: &Growth,
     suspects: &[Suspect],
+    turns: &[TurnView],
+    primary: Option<Source>,
     probes: &[ProbeRecord],
 ) -> Result<String> {
     let (outstanding_bytes, outstanding_allocs) = trace.ledger.outstanding();
@@ -173,8 +216,10 @@ pub fn render(
     let mut counters: BTreeMap<&'static str, u64> =
         Counter::ALL.iter().zip(&trace.kernel_counters).map(|(counter, value)| (counter.name(), *value)).collect();
     let ledger_counters = trace.ledger.counters();
-    counters.insert("unmatched_frees", ledger_counters.unmatched_frees);
+    // Allocator frees of blocks never seen (kernel) and munmaps of memory never seen (ledger).
+    *counters.entry("unmatched_frees").or_default() += ledger_counters.unmatched_frees;
     counters.insert("preexisting_released_bytes", ledger_counters.preexisting_released_bytes);
+    counters.insert("unmatched_turn_ends", trace.unmatched_turn_ends);
 
     let report = Report {
         version: VERSION,
@@ -255,11 +300,55 @@ pub fn render(
                 retention: (s.retention * 1000.0).round() / 1000.0,
                 bytes_per_second: s.bytes_per_second.round(),
                 fit: (s.fit * 1000.0).round() / 1000.0,
+                bytes_per_turn: s.bytes_per_turn.map(f64::round),
+                turns_retaining: s.turns_retaining.map(|r| (r * 1000.0).round() / 1000.0),
                 outstanding_bytes: s.outstanding_bytes,
                 allocated_bytes: s.allocated_bytes,
                 stacks: s.stacks,
             })
             .collect(),
+        turns: turns
+            .iter()
+            .map(|turn| {
+                let of = |map: &BTreeMap<Source, u64>| primary.and_then(|p| map.get(&p).copied()).unwrap_or(0);
+                let sources: std::collections::BTreeSet<Source> =
+                    turn.allocated.keys().chain(turn.retained.keys()).copied().collect();
+                TurnJson {
+                    id: &turn.id,
+                    start: rfc3339(turn.start),
+                    end: turn.end.map(rfc3339),
+                    allocated_bytes: of(&turn.allocated),
+                    freed_bytes: of(&turn.freed),
+                    outstanding_at_end_bytes: turn.outstanding_at_end.as_ref().map(of),
+                    retained_bytes: of(&turn.retained),
+                    by_source: sources
+                        .into_iter()
+                        .map(|source| {
+                            let get = |map: &BTreeMap<Source, u64>| map.get(&source).copied().unwrap_or(0);
+                            (
+                                source.name(),
+                                TurnSourceJson {
+                                    allocated_bytes: get(&turn.allocated),
+                                    freed_bytes: get(&turn.freed),
+                                    outstanding_at_end_bytes: turn.outstanding_at_end.as_ref().map(get),
+                                    retained_bytes: get(&turn.retained),
+                                },
+                            )
+                        })
+                        .collect(),
+                    top_stacks: turn
+                        .top_stacks
+                        .iter()
+                        .map(|(source, frames, bytes)| TurnStackJson {
+                            source: source.name(),
+                            frames,
+                            retained_bytes: *bytes,
+                        })
+                        .collect(),
+                }
+            })
+            .collect(),
+        markers: trace.markers.iter().map(|m| MarkerJson { at: rfc3339(m.at), label: &m.label }).collect(),
         regions: {
             let mut regions: Vec<Region> =
                 trace.regions.iter().map(|(kind, bytes)| Region { kind, resident_bytes: *bytes }).collect();

@@ -10,6 +10,7 @@ pub mod redact;
 pub mod stacks;
 pub mod summary;
 pub mod suspects;
+pub mod turns;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -77,7 +78,8 @@ pub fn write_all(trace: &Trace, probes: &[ProbeRecord], options: &ReportOptions,
     )?;
 
     let suspects = primary.map(|source| suspects::suspects(trace, &stacks, &growth, source)).unwrap_or_default();
-    let report = json::render(trace, &stacks, &growth, &suspects, probes)?;
+    let turn_views = turns::turn_views(trace, primary);
+    let report = json::render(trace, &stacks, &growth, &suspects, &turn_views, primary, probes)?;
     Ok(Written {
         report: out.write("report.json", report.as_bytes())?,
         folded: out.write("stacks.folded", folded::render(&stacks).as_bytes())?,

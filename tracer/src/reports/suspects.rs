@@ -18,11 +18,13 @@ use std::{collections::HashMap, time::SystemTime};
 use super::{growth::Growth, stacks::ReportStack};
 use crate::{
     collector::Trace,
-    ledger::{Source, StackKey},
+    ledger::{Source, StackKey, turns::TurnIx},
 };
 
 /// Sites listed in report.json.
 pub const MAX_SUSPECTS: usize = 50;
+/// Ended turns needed before turns decide verdicts.
+pub const MIN_TURNS: usize = 4;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Suspect {
@@ -43,6 +45,10 @@ pub struct Suspect {
     pub fit: f64,
     pub verdict: Verdict,
     pub evidence: String,
+    /// With turns: the mean of what each ended turn left behind (allocated during it, still held at the
+    /// end of the run), and the share of turns that left anything.
+    pub bytes_per_turn: Option<f64>,
+    pub turns_retaining: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,6 +143,26 @@ fn least_squares(series: &[(f64, u64)]) -> (f64, f64) {
     (slope, fit)
 }
 
+/// Judges a site by what each turn left behind, in turn order. A leak leaves memory behind in early and
+/// late turns alike; a bounded structure holds only what recent turns put in (an LRU cache), or only what
+/// the first turns did (a warm-up).
+pub fn judge_turns(retained_per_turn: &[u64], retention: f64) -> (Verdict, f64, f64) {
+    let turns = retained_per_turn.len();
+    let mean = |values: &[u64]| values.iter().sum::<u64>() as f64 / values.len().max(1) as f64;
+    let per_turn = mean(retained_per_turn);
+    let retaining = retained_per_turn.iter().filter(|bytes| **bytes > 0).count() as f64 / turns.max(1) as f64;
+    let (early, late) = retained_per_turn.split_at(turns / 2);
+    let (early, late) = (mean(early), mean(late));
+    let verdict = if per_turn * turns as f64 <= 0.0 {
+        Verdict::Flat
+    } else if early > 0.0 && late > 0.0 && early.min(late) >= early.max(late) / 2.0 && retaining >= 0.5 {
+        if retention < 0.5 { Verdict::Churns } else { Verdict::Grows }
+    } else {
+        Verdict::LevelsOff
+    };
+    (verdict, per_turn, retaining)
+}
+
 pub fn suspects(trace: &Trace<'_>, stacks: &[ReportStack], growth: &Growth, source: Source) -> Vec<Suspect> {
     // Site of every ledger stack of the source, by the names a reader sees.
     let mut site_of_key: HashMap<StackKey, String> = HashMap::new();
@@ -166,6 +192,8 @@ pub fn suspects(trace: &Trace<'_>, stacks: &[ReportStack], growth: &Growth, sour
             fit: 0.0,
             verdict: Verdict::Flat,
             evidence: String::new(),
+            bytes_per_turn: None,
+            turns_retaining: None,
         });
         entry.stacks += 1;
         entry.outstanding_bytes += stack.stats.outstanding_bytes;
@@ -209,6 +237,35 @@ pub fn suspects(trace: &Trace<'_>, stacks: &[ReportStack], growth: &Growth, sour
             suspect.retention * 100.0,
             super::summary::human_bytes(suspect.allocated_bytes),
         );
+    }
+    // With enough ended turns, what each turn left behind decides the verdict.
+    let ended: Vec<TurnIx> = trace.turns.iter().filter(|t| t.end.is_some()).map(|t| t.index).collect();
+    if ended.len() >= MIN_TURNS {
+        let retained = super::turns::retained_by_turn_and_stack(trace);
+        for suspect in by_site.values_mut() {
+            let per_turn: Vec<u64> = ended
+                .iter()
+                .map(|turn| {
+                    retained.get(turn).map_or(0, |held| {
+                        held.iter()
+                            .filter(|(key, _)| site_of_key.get(key) == Some(&suspect.site))
+                            .map(|(_, b)| *b)
+                            .sum()
+                    })
+                })
+                .collect();
+            let (verdict, bytes_per_turn, retaining) = judge_turns(&per_turn, suspect.retention);
+            suspect.verdict = verdict;
+            suspect.bytes_per_turn = Some(bytes_per_turn);
+            suspect.turns_retaining = Some(retaining);
+            suspect.evidence = format!(
+                "{} per turn left behind, by {:.0}% of {} turns; {}",
+                super::summary::human_bytes(bytes_per_turn as u64),
+                retaining * 100.0,
+                per_turn.len(),
+                suspect.evidence
+            );
+        }
     }
     let mut suspects: Vec<Suspect> = by_site.into_values().collect();
     suspects.sort_by(|a, b| b.kept_growth_bytes.cmp(&a.kept_growth_bytes).then_with(|| a.site.cmp(&b.site)));
@@ -266,6 +323,23 @@ mod tests {
     fn one_dip_does_not_stop_a_leak() {
         let leak = series(&[0, 100_000, 200_000, 300_000, 400_000, 500_000, 420_000]);
         assert_eq!(judge(&leak, 0.9).0, Verdict::Grows);
+    }
+
+    #[test]
+    fn turns_that_all_leave_memory_behind_are_a_leak() {
+        assert_eq!(judge_turns(&[4096; 10], 1.0).0, Verdict::Grows);
+        let (verdict, per_turn, retaining) = judge_turns(&[8192, 4096, 8192, 4096, 8192, 4096], 1.0);
+        assert_eq!((verdict, per_turn, retaining), (Verdict::Grows, 6144.0, 1.0));
+        assert_eq!(judge_turns(&[4096; 10], 0.2).0, Verdict::Churns);
+    }
+
+    #[test]
+    fn only_recent_or_only_early_turns_holding_memory_levels_off() {
+        // An LRU cache of 3 entries after 10 turns: only the last 3 turns' entries remain.
+        assert_eq!(judge_turns(&[0, 0, 0, 0, 0, 0, 0, 4096, 4096, 4096], 1.0).0, Verdict::LevelsOff);
+        // A table filled in the first turns, then left alone.
+        assert_eq!(judge_turns(&[4096, 4096, 4096, 0, 0, 0, 0, 0, 0, 0], 1.0).0, Verdict::LevelsOff);
+        assert_eq!(judge_turns(&[0, 0, 0, 0], 1.0).0, Verdict::Flat);
     }
 
     #[test]
