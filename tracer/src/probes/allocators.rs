@@ -11,6 +11,9 @@
 //! and its sized delete calls the unsized one, mimalloc's `valloc` override calls `mi_valloc`, mimalloc 3's
 //! `mi_malloc_aligned` tail-calls `mi_theap_malloc_aligned`. Probing all of them sees such an allocation
 //! more than once: the kernel side must count only the outermost allocator call of a thread.
+//!
+//! Functions that may throw a C++ exception (operator new, mi_new, tc_new: [`EntryPoint::throws`]) must get
+//! no return probe: an exception crossing a uretprobe'd frame makes the target call std::terminate.
 #![allow(dead_code)] // The collector wires this in next.
 
 use std::{
@@ -93,14 +96,24 @@ pub struct AllocFunction {
     /// An implementation name (`__libc_malloc`, `__posix_memalign`) rather than the public API: when both
     /// sit at one address, the public name is the one reported.
     pub internal: bool,
+    /// May throw a C++ exception (std::bad_alloc, or whatever the new_handler throws). Never put a return
+    /// probe on such a function: when it throws, the C++ unwinder meets the kernel's uretprobe trampoline
+    /// where the return address was, finds no unwind information, and the target calls std::terminate (seen
+    /// with tests/fixtures/allocs_cpp.cpp's nothrow_new_failed). Take its result from the malloc it calls.
+    pub throws: bool,
 }
 
 const fn func(name: &'static str, family: Family, cookie: AllocCookie) -> AllocFunction {
-    AllocFunction { name, family, cookie, internal: false }
+    AllocFunction { name, family, cookie, internal: false, throws: false }
 }
 
 const fn internal(name: &'static str, family: Family, cookie: AllocCookie) -> AllocFunction {
-    AllocFunction { name, family, cookie, internal: true }
+    AllocFunction { name, family, cookie, internal: true, throws: false }
+}
+
+/// A C++ allocation function that reports failure by throwing.
+const fn throwing(name: &'static str, family: Family, cookie: AllocCookie) -> AllocFunction {
+    AllocFunction { name, family, cookie, internal: false, throws: true }
 }
 
 // Cookie shorthands; arguments are 0-based argument register indices.
@@ -176,12 +189,12 @@ pub static C_FUNCTIONS: &[AllocFunction] = &[
 /// C++'s replaceable operator new and delete, Itanium-mangled for a 64-bit `size_t` (`m`). Every form takes
 /// the size (new) or the pointer (delete) first; alignment, size and nothrow_t follow.
 pub static CXX_FUNCTIONS: &[AllocFunction] = &[
-    func("_Znwm", Cxx, malloc(0)),                              // new(size)
-    func("_Znam", Cxx, malloc(0)),                              // new[](size)
+    throwing("_Znwm", Cxx, malloc(0)),                          // new(size)
+    throwing("_Znam", Cxx, malloc(0)),                          // new[](size)
     func("_ZnwmRKSt9nothrow_t", Cxx, malloc(0)),                // new(size, nothrow)
     func("_ZnamRKSt9nothrow_t", Cxx, malloc(0)),                // new[](size, nothrow)
-    func("_ZnwmSt11align_val_t", Cxx, malloc(0)),               // new(size, align)
-    func("_ZnamSt11align_val_t", Cxx, malloc(0)),               // new[](size, align)
+    throwing("_ZnwmSt11align_val_t", Cxx, malloc(0)),           // new(size, align)
+    throwing("_ZnamSt11align_val_t", Cxx, malloc(0)),           // new[](size, align)
     func("_ZnwmSt11align_val_tRKSt9nothrow_t", Cxx, malloc(0)), // new(size, align, nothrow)
     func("_ZnamSt11align_val_tRKSt9nothrow_t", Cxx, malloc(0)), // new[](size, align, nothrow)
     func("_ZdlPv", Cxx, free(0)),                               // delete(ptr)
@@ -265,8 +278,8 @@ pub static MIMALLOC_FUNCTIONS: &[AllocFunction] = &[
     func("mi_heap_rezalloc_aligned_at", Mimalloc, realloc(1, 2)),
     func("mi_heap_recalloc_aligned", Mimalloc, realloc_array(1, 2, 3)),
     func("mi_heap_recalloc_aligned_at", Mimalloc, realloc_array(1, 2, 3)),
-    func("mi_heap_alloc_new", Mimalloc, malloc(1)),
-    func("mi_heap_alloc_new_n", Mimalloc, calloc(1, 2)),
+    throwing("mi_heap_alloc_new", Mimalloc, malloc(1)),
+    throwing("mi_heap_alloc_new_n", Mimalloc, calloc(1, 2)),
     // Thread-local heaps (3.x): the theap comes first.
     func("mi_theap_malloc", Mimalloc, malloc(1)),
     func("mi_theap_zalloc", Mimalloc, malloc(1)),
@@ -290,13 +303,13 @@ pub static MIMALLOC_FUNCTIONS: &[AllocFunction] = &[
     func("mi_free_size_aligned", Mimalloc, free(0)),
     func("mi_free_aligned", Mimalloc, free(0)),
     // C++ (throwing on failure unless _nothrow).
-    func("mi_new", Mimalloc, malloc(0)),
-    func("mi_new_aligned", Mimalloc, malloc(0)),
+    throwing("mi_new", Mimalloc, malloc(0)),
+    throwing("mi_new_aligned", Mimalloc, malloc(0)),
     func("mi_new_nothrow", Mimalloc, malloc(0)),
     func("mi_new_aligned_nothrow", Mimalloc, malloc(0)),
-    func("mi_new_n", Mimalloc, calloc(0, 1)),
-    func("mi_new_realloc", Mimalloc, realloc(0, 1)),
-    func("mi_new_reallocn", Mimalloc, realloc_array(0, 1, 2)),
+    throwing("mi_new_n", Mimalloc, calloc(0, 1)),
+    throwing("mi_new_realloc", Mimalloc, realloc(0, 1)),
+    throwing("mi_new_reallocn", Mimalloc, realloc_array(0, 1, 2)),
 ];
 
 /// Builds jemalloc's table: its own functions unprefixed, and every public function with the `je_` prefix
@@ -356,22 +369,22 @@ pub static TCMALLOC_FUNCTIONS: &[AllocFunction] = &[
     func("tc_posix_memalign", Tcmalloc, posix_memalign(0, 2)),
     func("tc_valloc", Tcmalloc, malloc(0)),
     func("tc_pvalloc", Tcmalloc, malloc(0)),
-    func("tc_new", Tcmalloc, malloc(0)),
+    throwing("tc_new", Tcmalloc, malloc(0)),
     func("tc_new_nothrow", Tcmalloc, malloc(0)),
     func("tc_delete", Tcmalloc, free(0)),
     func("tc_delete_sized", Tcmalloc, free(0)),
     func("tc_delete_nothrow", Tcmalloc, free(0)),
-    func("tc_newarray", Tcmalloc, malloc(0)),
+    throwing("tc_newarray", Tcmalloc, malloc(0)),
     func("tc_newarray_nothrow", Tcmalloc, malloc(0)),
     func("tc_deletearray", Tcmalloc, free(0)),
     func("tc_deletearray_sized", Tcmalloc, free(0)),
     func("tc_deletearray_nothrow", Tcmalloc, free(0)),
-    func("tc_new_aligned", Tcmalloc, malloc(0)),
+    throwing("tc_new_aligned", Tcmalloc, malloc(0)),
     func("tc_new_aligned_nothrow", Tcmalloc, malloc(0)),
     func("tc_delete_aligned", Tcmalloc, free(0)),
     func("tc_delete_sized_aligned", Tcmalloc, free(0)),
     func("tc_delete_aligned_nothrow", Tcmalloc, free(0)),
-    func("tc_newarray_aligned", Tcmalloc, malloc(0)),
+    throwing("tc_newarray_aligned", Tcmalloc, malloc(0)),
     func("tc_newarray_aligned_nothrow", Tcmalloc, malloc(0)),
     func("tc_deletearray_aligned", Tcmalloc, free(0)),
     func("tc_deletearray_sized_aligned", Tcmalloc, free(0)),
@@ -427,6 +440,9 @@ pub struct EntryPoint {
     pub file_offset: u64,
     /// The other table names at the same address (`__libc_malloc`, or `malloc` for mimalloc's override).
     pub aliases: Vec<String>,
+    /// Whether the function may throw (any of its names does): no return probe here, see
+    /// [`AllocFunction::throws`].
+    pub throws: bool,
 }
 
 /// How many defined function symbols an object's own symbol tables hold.
@@ -658,6 +674,7 @@ impl SymbolScan {
                 vaddr,
                 file_offset,
                 aliases: functions[1..].iter().map(|f| f.name.to_string()).collect(),
+                throws: functions.iter().any(|f| f.throws),
             });
         }
         (entry_points, notes)
@@ -884,6 +901,7 @@ pub fn entry_points_from_alloc_symbols(path: &Path, symbols: &[AllocSymbol]) -> 
                 vaddr: symbol.vaddr,
                 file_offset,
                 aliases: Vec::new(),
+                throws: symbol.function.throws,
             })
         })
         .collect()
@@ -1291,6 +1309,27 @@ int main(int argc, char **argv) { (void)argv; return calloc(argc, 8) != 0; }
         assert_eq!(find_function("tc_newarray").unwrap().family, Family::Tcmalloc);
         assert_eq!(find_function("_ZdlPvm").unwrap().family, Family::Cxx);
         assert!(find_function("__libc_malloc").unwrap().internal);
+        let throwing: BTreeSet<&str> = alloc_functions().filter(|f| f.throws).map(|f| f.name).collect();
+        assert_eq!(
+            throwing,
+            BTreeSet::from([
+                "_Znwm",
+                "_Znam",
+                "_ZnwmSt11align_val_t",
+                "_ZnamSt11align_val_t",
+                "mi_new",
+                "mi_new_aligned",
+                "mi_new_n",
+                "mi_new_realloc",
+                "mi_new_reallocn",
+                "mi_heap_alloc_new",
+                "mi_heap_alloc_new_n",
+                "tc_new",
+                "tc_newarray",
+                "tc_new_aligned",
+                "tc_newarray_aligned",
+            ])
+        );
     }
 
     #[test]
@@ -1341,6 +1380,8 @@ int main(int argc, char **argv) { (void)argv; return calloc(argc, 8) != 0; }
             assert_eq!(entry.cookie.shape, shape, "{}", function.name);
             assert_points_at_code(Path::new(LIBSTDCXX), entry);
         }
+        assert!(libstdcxx.find("_Znwm").unwrap().throws && libstdcxx.find("_ZnamSt11align_val_t").unwrap().throws);
+        assert!(!libstdcxx.find("_ZnwmRKSt9nothrow_t").unwrap().throws && !libstdcxx.find("_ZdlPv").unwrap().throws);
         // libstdc++ calls malloc and free; it does not define them.
         assert!(libstdcxx.find("malloc").is_none() && libstdcxx.find("free").is_none());
     }
@@ -1354,6 +1395,7 @@ int main(int argc, char **argv) { (void)argv; return calloc(argc, 8) != 0; }
         assert_eq!(mi_malloc.aliases, ["malloc"]);
         assert_eq!(object.find("mi_free").unwrap().aliases, ["free"]);
         assert_eq!(object.find("mi_new").unwrap().aliases, ["_Znwm", "_Znam"]);
+        assert!(object.find("mi_new").unwrap().throws && !object.find("mi_malloc").unwrap().throws);
         for alias in ["malloc", "free", "_Znwm", "_Znam"] {
             assert!(object.find(alias).is_none(), "{alias}");
         }
