@@ -391,8 +391,8 @@ pub static TCMALLOC_FUNCTIONS: &[AllocFunction] = &[
     func("tc_deletearray_aligned_nothrow", Tcmalloc, free(0)),
 ];
 
-/// Every family's functions. Earlier tables and earlier entries win when aliases are folded only after
-/// the other rules (see [`AllocFunction::internal`] and [`Family::is_allocator_specific`]).
+/// Every family's functions. Among aliases, an allocator's own name wins over a C or C++ name, a public
+/// name over an internal one ([`AllocFunction::internal`]), and then the earlier entry of this order.
 pub static ALLOC_TABLES: &[&[AllocFunction]] =
     &[MIMALLOC_FUNCTIONS, JEMALLOC_FUNCTIONS, TCMALLOC_FUNCTIONS, C_FUNCTIONS, CXX_FUNCTIONS];
 
