@@ -1,6 +1,7 @@
 //! Loads the kernel programs, attaches them, and hands their maps to the collector. Dropping [`Probes`]
 //! detaches every program; nothing is pinned, so the kernel also detaches them if this process dies.
 
+pub mod allocators;
 pub mod tracefs;
 
 use anyhow::{Context, Result, anyhow};
