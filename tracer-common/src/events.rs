@@ -64,54 +64,84 @@ pub struct MemEvent {
     pub prot: u32,
     /// mmap file descriptor (-1 for anonymous memory).
     pub fd: i32,
-    /// The user stack pointer when the stack was taken, or 0 when `stack_top` was not filled.
+    /// The user stack pointer when a [`StackTop`] follows, else 0.
     pub user_sp: u64,
-    /// The first [`STACK_TOP_WORDS`] words of the user stack from `user_sp` on. The C runtime keeps no
-    /// frame pointers, so frame-pointer unwinding loses or garbles the frames around a libc wrapper or
-    /// allocator; userspace unwinds those frames from this copy with the runtime's CFI (.eh_frame).
-    pub stack_top: [u64; STACK_TOP_WORDS],
-}
-
-/// A [`MemEvent`] whose stack did not fit in the kernel's stack map (its hash bucket was taken by another
-/// stack, or the map was full): the frames travel in the event itself. Told apart by its size.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct MemEventWithStack {
-    pub event: MemEvent,
-    /// Frames in `ips`, innermost first.
-    pub depth: u64,
-    pub ips: [u64; crate::MAX_STACK_DEPTH],
-}
-
-#[cfg(feature = "user")]
-unsafe impl aya::Pod for MemEventWithStack {}
-
-/// Words of user stack copied with each event that carries a stack (512 bytes).
-pub const STACK_TOP_WORDS: usize = 64;
-
-impl Default for MemEvent {
-    fn default() -> Self {
-        Self {
-            timestamp_ns: 0,
-            kind: 0,
-            tgid: 0,
-            tid: 0,
-            stack_id: -1,
-            addr: 0,
-            len: 0,
-            new_addr: 0,
-            new_len: 0,
-            flags: 0,
-            prot: 0,
-            fd: -1,
-            user_sp: 0,
-            stack_top: [0; STACK_TOP_WORDS],
-        }
-    }
+    /// Which parts follow the event in the ring buffer, in this order: [`parts::STACK_TOP`] then
+    /// [`parts::STACK`].
+    pub parts: u32,
+    pub pad: u32,
 }
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for MemEvent {}
+
+/// What may follow a [`MemEvent`] in the ring buffer.
+pub mod parts {
+    /// A [`super::StackTop`]: the event's frame 0 lies in the C runtime, which keeps no frame pointers.
+    pub const STACK_TOP: u32 = 1;
+    /// An [`super::InlineStack`]: the stack did not fit in the stack map (its hash bucket was taken by
+    /// another stack, or the map was full).
+    pub const STACK: u32 = 2;
+}
+
+/// Words of user stack copied into a [`StackTop`] (512 bytes).
+pub const STACK_TOP_WORDS: usize = 64;
+
+/// The first [`STACK_TOP_WORDS`] words of the user stack from `user_sp` on. The C runtime keeps no frame
+/// pointers, so frame-pointer unwinding loses or garbles the frames around a libc wrapper or allocator;
+/// userspace unwinds those frames from this copy with the runtime's CFI (.eh_frame). Only sent for events
+/// whose frame 0 lies in the C runtime (userspace tells the kernel where its code is: [`RuntimeText`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StackTop {
+    pub words: [u64; STACK_TOP_WORDS],
+}
+
+/// The frames of a stack carried in the event itself, innermost first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct InlineStack {
+    pub depth: u64,
+    pub ips: [u64; crate::MAX_STACK_DEPTH],
+}
+
+/// An event followed by a [`StackTop`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MemEventTop {
+    pub event: MemEvent,
+    pub top: StackTop,
+}
+
+/// An event followed by an [`InlineStack`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MemEventStack {
+    pub event: MemEvent,
+    pub stack: InlineStack,
+}
+
+/// An event followed by both.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MemEventTopStack {
+    pub event: MemEvent,
+    pub top: StackTop,
+    pub stack: InlineStack,
+}
+
+/// Where the C runtime's code lies in a traced process, by tgid in `RUNTIME_TEXT`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuntimeText {
+    /// [start, end) address ranges; unused ones are [0, 0].
+    pub ranges: [[u64; 2]; RUNTIME_TEXT_RANGES],
+}
+
+pub const RUNTIME_TEXT_RANGES: usize = 8;
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for RuntimeText {}
 
 /// Bytes of a log write the kernel copies: enough for a marker line, no more (the rest of what a target
 /// logs is none of our business).

@@ -44,7 +44,7 @@ pub fn page_fault_user(ctx: TracePointContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
     let now = unsafe { bpf_ktime_get_ns() };
     let _ = FAULTS_IN_PROGRESS.insert(&tid, &FaultInProgress { addr: fault.address, started_ns: now }, 0);
-    send_with_stack(&ctx, |event| {
+    send_with_stack(&ctx, tgid, |event| {
         event.timestamp_ns = now;
         event.kind = EventKind::PageFault as u32;
         event.tgid = tgid;

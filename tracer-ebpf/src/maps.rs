@@ -10,9 +10,13 @@ use tracer_common::counters::Counter;
 #[map]
 pub static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
 
-/// Memory events for userspace.
+/// Memory events for userspace. Userspace sizes it (`--ring-buffer`).
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(32 << 20, 0);
+
+/// Where the C runtime's code lies, by tgid (see `record::send_with_stack`).
+#[map]
+pub static RUNTIME_TEXT: HashMap<u32, tracer_common::events::RuntimeText> = HashMap::with_max_entries(64, 0);
 
 /// User stacks by id (`bpf_get_stackid`).
 #[map]

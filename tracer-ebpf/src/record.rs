@@ -1,5 +1,5 @@
-//! What every probe does once it has decided to record something: count a failure, take the user stack,
-//! read the word at the user stack pointer, send an event.
+//! What every probe does once it has decided to record something: count a failure, take the user stack
+//! (and, in the C runtime, a copy of its top), send an event.
 
 use aya_ebpf::{
     bindings::pt_regs,
@@ -12,10 +12,13 @@ use aya_ebpf::{
 use tracer_common::{
     BPF_F_USER_STACK, MAX_STACK_DEPTH,
     counters::Counter,
-    events::{MemEvent, MemEventWithStack, STACK_TOP_WORDS},
+    events::{
+        InlineStack, MemEvent, MemEventStack, MemEventTop, MemEventTopStack, RUNTIME_TEXT_RANGES, STACK_TOP_WORDS,
+        StackTop, parts,
+    },
 };
 
-use crate::maps::{COUNTERS, EVENTS, STACKS, TARGETS};
+use crate::maps::{COUNTERS, EVENTS, RUNTIME_TEXT, STACKS, TARGETS};
 
 #[inline(always)]
 pub fn count(counter: Counter) {
@@ -32,26 +35,61 @@ pub fn traced_tgid() -> Option<u32> {
     unsafe { TARGETS.get(&tgid) }.map(|_| tgid)
 }
 
-/// Copies the top of the user stack into `stack_top` and returns the user stack pointer, or 0 when the
-/// copy failed (see [`MemEvent::stack_top`]).
+/// The user registers' instruction and stack pointers.
 #[inline(always)]
-pub fn copy_stack_top(stack_top: &mut [u64; STACK_TOP_WORDS]) -> u64 {
+fn user_ip_and_sp() -> (u64, u64) {
     unsafe {
         let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
-        let Ok(sp) = bpf_probe_read_kernel(&(*regs).rsp) else { return 0 };
-        let bytes = core::slice::from_raw_parts_mut(stack_top.as_mut_ptr().cast::<u8>(), STACK_TOP_WORDS * 8);
-        match bpf_probe_read_user_buf(sp as *const u8, bytes) {
-            Ok(()) => sp,
-            Err(_) => 0,
-        }
+        (bpf_probe_read_kernel(&(*regs).rip).unwrap_or(0), bpf_probe_read_kernel(&(*regs).rsp).unwrap_or(0))
     }
 }
 
-/// Reserves an event in the ring buffer, lets `fill` write it in place (it is too large for the BPF
+/// Whether `ip` lies in the C runtime's code of process `tgid`. Until userspace has said where that code
+/// is (a launched process loads its libc after the probes are attached), every event counts as in it.
+#[inline(always)]
+fn in_runtime_text(tgid: u32, ip: u64) -> bool {
+    let Some(text) = (unsafe { RUNTIME_TEXT.get(&tgid) }) else { return true };
+    let mut index = 0;
+    while index < RUNTIME_TEXT_RANGES {
+        let [start, end] = text.ranges[index];
+        if ip >= start && ip < end {
+            return true;
+        }
+        index += 1;
+    }
+    false
+}
+
+/// Copies the top of the user stack from `sp`; returns `sp`, or 0 when it could not be read.
+#[inline(always)]
+fn copy_stack_top(sp: u64, top: &mut StackTop) -> u64 {
+    let bytes = unsafe { core::slice::from_raw_parts_mut(top.words.as_mut_ptr().cast::<u8>(), STACK_TOP_WORDS * 8) };
+    match unsafe { bpf_probe_read_user_buf(sp as *const u8, bytes) } {
+        Ok(()) => sp,
+        Err(_) => 0,
+    }
+}
+
+/// Takes the user stack into the event itself (when the stack map has no room for it).
+#[inline(always)]
+fn copy_stack<C: StackIdContext>(ctx: &C, stack: &mut InlineStack) {
+    let bytes = unsafe {
+        bpf_get_stack(ctx.as_ptr(), stack.ips.as_mut_ptr().cast(), (MAX_STACK_DEPTH * 8) as u32, BPF_F_USER_STACK)
+    };
+    if bytes > 0 {
+        stack.depth = bytes as u64 / 8;
+        count(Counter::InlineStacks);
+    } else {
+        stack.depth = 0;
+        count(Counter::StackErrors);
+    }
+}
+
+/// Reserves a `T` in the ring buffer, lets `fill` write it in place (events are too large for the BPF
 /// stack), and submits it. A full ring buffer is counted.
 #[inline(always)]
-pub fn send(fill: impl FnOnce(&mut MemEvent)) {
-    match EVENTS.reserve::<MemEvent>(0) {
+fn reserve_and_send<T: 'static>(fill: impl FnOnce(&mut T)) {
+    match EVENTS.reserve::<T>(0) {
         Some(mut entry) => {
             // SAFETY: `fill` writes every field the reader uses; the entry is ours until submitted.
             fill(unsafe { &mut *entry.as_mut_ptr() });
@@ -61,43 +99,49 @@ pub fn send(fill: impl FnOnce(&mut MemEvent)) {
     }
 }
 
-/// Like [`send`], with the user stack: its id in the stack map, or, when the map has no room for it (its
-/// hash bucket is taken by another stack, or it is full), the frames themselves in a larger event. Also
-/// copies the top of the user stack for the collector's unwinder.
+/// Sends an event without a stack.
 #[inline(always)]
-pub fn send_with_stack<C: StackIdContext>(ctx: &C, fill: impl FnOnce(&mut MemEvent)) {
-    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK) {
-        Ok(id) => send(|event| {
+pub fn send(fill: impl FnOnce(&mut MemEvent)) {
+    reserve_and_send(|event: &mut MemEvent| {
+        fill(event);
+        event.user_sp = 0;
+        event.parts = 0;
+    });
+}
+
+/// Sends an event with the user stack of process `tgid`: its id in the stack map, or, when the map has no
+/// room for it (its hash bucket is taken by another stack, or it is full), the frames themselves. When the
+/// thread is in the C runtime, the top of its user stack goes along for the collector's unwinder.
+#[inline(always)]
+pub fn send_with_stack<C: StackIdContext>(ctx: &C, tgid: u32, fill: impl FnOnce(&mut MemEvent)) {
+    let (ip, sp) = user_ip_and_sp();
+    let with_top = in_runtime_text(tgid, ip);
+    match (ctx.get_stackid(&STACKS, BPF_F_USER_STACK), with_top) {
+        (Ok(id), false) => reserve_and_send(|event: &mut MemEvent| {
             fill(event);
             event.stack_id = id as i32;
-            event.user_sp = copy_stack_top(&mut event.stack_top);
+            event.user_sp = 0;
+            event.parts = 0;
         }),
-        Err(errno) => {
-            let Some(mut entry) = EVENTS.reserve::<MemEventWithStack>(0) else {
-                count(Counter::LostEvents);
-                return;
-            };
-            // SAFETY: every field the reader uses is written below; the entry is ours until submitted.
-            let inline = unsafe { &mut *entry.as_mut_ptr() };
-            fill(&mut inline.event);
-            inline.event.stack_id = errno;
-            inline.event.user_sp = copy_stack_top(&mut inline.event.stack_top);
-            let bytes = unsafe {
-                bpf_get_stack(
-                    ctx.as_ptr(),
-                    inline.ips.as_mut_ptr().cast(),
-                    (MAX_STACK_DEPTH * 8) as u32,
-                    BPF_F_USER_STACK,
-                )
-            };
-            if bytes > 0 {
-                inline.depth = bytes as u64 / 8;
-                count(Counter::InlineStacks);
-            } else {
-                inline.depth = 0;
-                count(Counter::StackErrors);
-            }
-            entry.submit(0);
-        }
+        (Ok(id), true) => reserve_and_send(|sent: &mut MemEventTop| {
+            fill(&mut sent.event);
+            sent.event.stack_id = id as i32;
+            sent.event.user_sp = copy_stack_top(sp, &mut sent.top);
+            sent.event.parts = parts::STACK_TOP;
+        }),
+        (Err(errno), false) => reserve_and_send(|sent: &mut MemEventStack| {
+            fill(&mut sent.event);
+            sent.event.stack_id = errno;
+            sent.event.user_sp = 0;
+            sent.event.parts = parts::STACK;
+            copy_stack(ctx, &mut sent.stack);
+        }),
+        (Err(errno), true) => reserve_and_send(|sent: &mut MemEventTopStack| {
+            fill(&mut sent.event);
+            sent.event.stack_id = errno;
+            sent.event.user_sp = copy_stack_top(sp, &mut sent.top);
+            sent.event.parts = parts::STACK_TOP | parts::STACK;
+            copy_stack(ctx, &mut sent.stack);
+        }),
     }
 }

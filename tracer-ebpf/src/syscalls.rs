@@ -186,7 +186,7 @@ fn finish(ctx: &TracePointContext, kind: EventKind) {
     };
     // Only calls that can add memory need to say where they came from.
     if matches!(kind, EventKind::Mmap | EventKind::Mremap | EventKind::Brk) {
-        send_with_stack(ctx, fill);
+        send_with_stack(ctx, tgid, fill);
     } else {
         send(fill);
     }

@@ -27,6 +27,10 @@ pub struct Cli {
     #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
+    /// How often the timeline gets a point and every stack a snapshot (for growth.svg and the suspects).
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    pub interval: Duration,
+
     /// The growth view starts this long after the trace began (the first snapshot after it)
     /// [default: a fifth of the run].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]

@@ -78,7 +78,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let exe = target.info.exe.clone();
     let probe_records = probes.records.clone();
     let report_options = ReportOptions { compare: cli.compare, warmup: cli.warmup };
-    let mut collector = Collector::new(maps, target, !launched).with_turns(patterns);
+    let mut collector = Collector::new(maps, target, !launched).with_turns(patterns).with_interval(cli.interval);
     eprintln!("dispatch-leaktrace: tracing pid {pid} ({}); Ctrl-C to stop", exe.display());
     let (marker_sender, marker_receiver) = tokio::sync::mpsc::unbounded_channel();
     let _control = {

@@ -60,6 +60,8 @@ fn the_top_suspect_is_a_leaking_javascript_function() {
         out.join("trace").to_str().unwrap(),
         "--pid",
         &server.pid().to_string(),
+        "--interval",
+        "1s",
         "--turn-start",
         TURN_START,
         "--turn-end",

@@ -47,6 +47,7 @@ pub fn run_demo(extra: &[String]) -> Result<()> {
         .arg("--output")
         .arg(&output)
         // The server logs each orchestrator turn (demo/bun/README.md).
+        .args(["--interval", "500ms"])
         .args(["--turn-start", r"^turn start (?P<id>t\d+)$", "--turn-end", r"^turn end (?P<id>t\d+)$"])
         .args(extra);
     let mut tracer = tracer.stderr(Stdio::piped()).spawn().context("cannot start dispatch-leaktrace")?;

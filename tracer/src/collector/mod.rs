@@ -22,14 +22,17 @@ use tokio::{
 };
 use tracer_common::{
     alloc::{NO_STACK, StackAllocStats},
-    events::{EventKind, LOG_WRITE_MAGIC, LogWrite, MemEvent, MemEventWithStack},
+    events::{EventKind, InlineStack, LOG_WRITE_MAGIC, LogWrite, MemEvent, StackTop, parts},
 };
 
 use crate::{
     ledger::{Backing, Ledger, Source, StackKey, StackStats, regions::bytes_by_region},
     probes::KernelMaps,
     procfs::{self, ProcessInfo, maps::MemoryMap},
-    symbolizer::{FrameName, Symbolizer, modules::ModuleMap},
+    symbolizer::{
+        FrameName, Symbolizer,
+        modules::{ModuleMap, is_c_library, is_runtime_module},
+    },
     target::{ExitStatus, Target},
 };
 use markers::TurnPatterns;
@@ -41,8 +44,8 @@ const PROT_EXEC: u32 = 4;
 
 /// How often the collector samples the target's RSS and names new stacks.
 const TICK: Duration = Duration::from_millis(200);
-/// How often a point is added to the timeline.
-const TIMELINE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the target's mappings and log descriptors are read again.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndReason {
@@ -158,7 +161,12 @@ pub struct Collector {
     /// `--min-age`: the allocator's outstanding figures count only blocks older than this.
     min_age: Option<Duration>,
     turns: TurnTracker,
+    /// How often the timeline gets a point and every stack a snapshot (`-i/--interval`).
+    interval: Duration,
 }
+
+/// The default `--interval`.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Collector {
     /// `seed_existing`: the process ran before tracing began, so record what it already had mapped.
@@ -174,7 +182,7 @@ impl Collector {
             }
         }
         let modules = ModuleMap::new(pid);
-        Self {
+        let mut collector = Self {
             maps,
             symbolizer: Symbolizer::for_process(pid, &modules),
             modules,
@@ -190,7 +198,15 @@ impl Collector {
             timeline: Timeline::default(),
             min_age: None,
             turns: TurnTracker::new(None),
-        }
+            interval: DEFAULT_INTERVAL,
+        };
+        collector.update_runtime_text();
+        collector
+    }
+
+    pub fn with_interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
     }
 
     /// Turns begin and end with the lines that match these patterns.
@@ -237,7 +253,8 @@ impl Collector {
         };
         tokio::pin!(deadline);
         let mut tick = tokio::time::interval(TICK);
-        let mut timeline_tick = tokio::time::interval(TIMELINE_INTERVAL);
+        let mut timeline_tick = tokio::time::interval(self.interval);
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
 
         let reason = loop {
             tokio::select! {
@@ -247,10 +264,8 @@ impl Collector {
                     guard.clear_ready();
                 }
                 _ = tick.tick() => self.on_tick(),
-                _ = timeline_tick.tick() => {
-                    self.update_log_descriptors();
-                    self.add_timeline_point();
-                }
+                _ = housekeeping.tick() => self.housekeeping(),
+                _ = timeline_tick.tick() => self.add_timeline_point(),
                 Some(line) = async { match sent_markers.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
                     // Memory events from before the line was sent are counted before it.
                     self.drain(events.get_mut());
@@ -304,11 +319,35 @@ impl Collector {
         }
     }
 
-    fn add_timeline_point(&mut self) {
-        // Keep the mappings fresh for naming and for splitting memory by region.
+    /// Keeps the mappings fresh for naming and for splitting memory by region, and follows the
+    /// descriptors the target logs through.
+    fn housekeeping(&mut self) {
         if !self.target.has_exited() {
             self.modules.refresh();
+            self.update_runtime_text();
+            self.update_log_descriptors();
         }
+    }
+
+    /// Tells the kernel where the C runtime's code lies in the target, so that it copies the top of the
+    /// user stack for events there (and only there).
+    fn update_runtime_text(&mut self) {
+        // Until the C library is mapped, the dynamic loader is still at work: say nothing yet, so that the
+        // kernel copies the stack top of every event.
+        if !self.modules.snapshot().iter().any(|m| m.is_file() && is_c_library(m.file_path())) {
+            return;
+        }
+        let ranges: Vec<(u64, u64)> = self
+            .modules
+            .snapshot()
+            .iter()
+            .filter(|m| m.executable && m.is_file() && is_runtime_module(m.file_path()))
+            .map(|m| (m.start, m.end))
+            .collect();
+        let _ = self.maps.set_runtime_text(self.target.pid(), &ranges);
+    }
+
+    fn add_timeline_point(&mut self) {
         let mut outstanding = BTreeMap::new();
         for (key, stats) in self.ledger.stats() {
             *outstanding.entry(key.source).or_default() += stats.outstanding_bytes;
@@ -413,23 +452,30 @@ impl Collector {
                     write.timestamp_ns,
                     &mut self.ledger,
                 );
-            } else if item.len() >= size_of::<MemEventWithStack>() {
-                // SAFETY: the kernel wrote a MemEventWithStack (repr(C), plain data) of this size.
-                let with_stack: MemEventWithStack = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                drop(item);
-                let depth = (with_stack.depth as usize).min(with_stack.ips.len());
-                self.apply(&with_stack.event, Some(&with_stack.ips[..depth]));
             } else if item.len() >= size_of::<MemEvent>() {
-                // SAFETY: the kernel wrote a MemEvent (repr(C), plain data) of at least this size.
+                // SAFETY: the kernel wrote a MemEvent (repr(C), plain data), followed by the parts it names.
                 let event: MemEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                let mut offset = size_of::<MemEvent>();
+                let top =
+                    (event.parts & parts::STACK_TOP != 0 && item.len() >= offset + size_of::<StackTop>()).then(|| {
+                        // SAFETY: as above; the length was checked.
+                        let top: StackTop = unsafe { std::ptr::read_unaligned(item[offset..].as_ptr().cast()) };
+                        offset += size_of::<StackTop>();
+                        top
+                    });
+                let inline = (event.parts & parts::STACK != 0 && item.len() >= offset + size_of::<InlineStack>())
+                    // SAFETY: as above; the length was checked.
+                    .then(|| unsafe { std::ptr::read_unaligned::<InlineStack>(item[offset..].as_ptr().cast()) });
                 drop(item);
-                self.apply(&event, None);
+                let inline_ips = inline.as_ref().map(|stack| &stack.ips[..(stack.depth as usize).min(stack.ips.len())]);
+                self.apply(&event, inline_ips, top.as_ref().map(|top| &top.words[..]));
             }
         }
     }
 
-    /// Applies one event; `inline` holds its stack's frames when they came in the event itself.
-    fn apply(&mut self, event: &MemEvent, inline: Option<&[u64]>) {
+    /// Applies one event; `inline` holds its stack's frames when they came in the event itself, `top` the
+    /// copy of the top of its user stack when it was taken in the C runtime.
+    fn apply(&mut self, event: &MemEvent, inline: Option<&[u64]>, top: Option<&[u64]>) {
         self.events += 1;
         let Some(kind) = EventKind::from_u32(event.kind) else { return };
         match kind {
@@ -437,17 +483,18 @@ impl Collector {
                 if event.prot & PROT_EXEC != 0 {
                     // New code (a library, a JIT region): read the maps while the process still has them.
                     self.modules.refresh();
+                    self.update_runtime_text();
                 }
-                let key = self.stack_key(event, inline, Source::Mmap);
+                let key = self.stack_key(event, inline, top, Source::Mmap);
                 self.ledger.map(event.tgid, event.addr, event.len, backing_of(event), key);
             }
             EventKind::Munmap => self.ledger.unmap(event.tgid, event.addr, event.len),
             EventKind::Mremap => {
-                let key = self.stack_key(event, inline, Source::Mmap);
+                let key = self.stack_key(event, inline, top, Source::Mmap);
                 self.ledger.remap(event.tgid, event.addr, event.len, event.new_addr, event.new_len, event.flags, key);
             }
             EventKind::Brk => {
-                let key = self.stack_key(event, inline, Source::Brk);
+                let key = self.stack_key(event, inline, top, Source::Brk);
                 self.ledger.brk(event.tgid, event.new_addr, key);
             }
             EventKind::Madvise => self.ledger.drop_pages(event.tgid, event.addr, event.len),
@@ -456,7 +503,7 @@ impl Collector {
                     self.ledger.zero_page_read();
                     return;
                 }
-                let key = self.stack_key(event, inline, Source::PageFault);
+                let key = self.stack_key(event, inline, top, Source::PageFault);
                 self.ledger.fault(event.tgid, event.addr, self.page_size, key);
                 self.last_fault.insert(event.tid, (event.addr, key));
             }
@@ -490,13 +537,13 @@ impl Collector {
         backing.is_some_and(Backing::reads_zero_page)
     }
 
-    fn stack_key(&mut self, event: &MemEvent, inline: Option<&[u64]>, source: Source) -> StackKey {
+    fn stack_key(&mut self, event: &MemEvent, inline: Option<&[u64]>, top: Option<&[u64]>, source: Source) -> StackKey {
         let event_stack = EventStack {
             time_ns: event.timestamp_ns,
             stack_id: event.stack_id,
             inline,
             user_sp: event.user_sp,
-            stack_top: &event.stack_top,
+            stack_top: top.unwrap_or(&[]),
         };
         let stack = self.stacks.intern_event_stack(
             &self.maps.stacks,

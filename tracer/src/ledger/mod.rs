@@ -277,14 +277,15 @@ impl Ledger {
         }
     }
 
-    /// Bytes still live per (stack, turns they were born in): mapped allocations and resident pages.
-    pub fn live_by_birth(&self) -> impl Iterator<Item = (StackKey, TurnSetId, u64)> + '_ {
-        let mapped = self.allocations.values().map(|a| (a.key, a.born, a.remaining));
+    /// Bytes and objects still live per (stack, turns they were born in): mapped allocations (one object
+    /// each) and resident pages (one object a page).
+    pub fn live_by_birth(&self) -> impl Iterator<Item = (StackKey, TurnSetId, u64, u64)> + '_ {
+        let mapped = self.allocations.values().map(|a| (a.key, a.born, a.remaining, 1));
         let resident = self
             .spaces
             .values()
             .flat_map(|space| space.resident.segments())
-            .map(|segment| (segment.owner.key, segment.owner.born, segment.len()));
+            .map(|segment| (segment.owner.key, segment.owner.born, segment.len(), segment.len() / self.page_size));
         mapped.chain(resident)
     }
 

@@ -24,11 +24,11 @@ use std::{
     sync::OnceLock,
 };
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use object::{
+    Endianness, Object, ObjectSection, ObjectSymbol,
     elf::{PF_X, PT_LOAD, STB_LOCAL, STT_FUNC, STT_GNU_IFUNC},
     read::elf::{ElfFile64, ProgramHeader as _, Sym as _},
-    Endianness, Object, ObjectSection, ObjectSymbol,
 };
 use serde::Serialize;
 use tracer_common::alloc::{AllocCookie, AllocShape};
@@ -638,11 +638,7 @@ impl SymbolScan {
         // glibc, musl and every static executable do); else to the one allocator the object defines (its
         // overrides: jemalloc unprefixed, mimalloc's wrappers); else to something unknown.
         let c_family = if self.libc_markers.contains("__libc_start_main") {
-            if self.libc_markers.contains("gnu_get_libc_version") {
-                Family::Glibc
-            } else {
-                Family::Libc
-            }
+            if self.libc_markers.contains("gnu_get_libc_version") { Family::Glibc } else { Family::Libc }
         } else if specific.len() == 1 {
             *specific.iter().next().unwrap()
         } else {

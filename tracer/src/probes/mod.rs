@@ -22,6 +22,7 @@ use std::{
 
 use tracer_common::{
     alloc::{AllocCookie, Block, BlockKey, StackAllocStats},
+    events::RuntimeText,
     map_names,
 };
 
@@ -61,6 +62,8 @@ pub struct KernelMaps {
     pub alloc_stats: HashMap<MapData, u32, StackAllocStats>,
     /// (tgid << 32 | fd) of the descriptors whose writes are log lines.
     pub log_fds: HashMap<MapData, u64, u8>,
+    /// Where the C runtime's code lies, by tgid.
+    pub runtime_text: HashMap<MapData, u32, RuntimeText>,
 }
 
 impl KernelMaps {
@@ -74,6 +77,15 @@ impl KernelMaps {
             self.log_fds.insert((tgid as u64) << 32 | *fd as u64, 1, 0).context("cannot add a log descriptor")?;
         }
         Ok(())
+    }
+
+    /// The C runtime's code ranges in `tgid` (the first [`RUNTIME_TEXT_RANGES`]).
+    pub fn set_runtime_text(&mut self, tgid: u32, ranges: &[(u64, u64)]) -> Result<()> {
+        let mut text = RuntimeText::default();
+        for (slot, (start, end)) in text.ranges.iter_mut().zip(ranges) {
+            *slot = [*start, *end];
+        }
+        self.runtime_text.insert(tgid, text, 0).context("cannot update the runtime code ranges")
     }
 
     /// Each counter summed over the CPUs, in [`tracer_common::counters::Counter::ALL`] order.
@@ -136,6 +148,7 @@ impl Probes {
             blocks: HashMap::try_from(take(map_names::ALLOCS)?)?,
             alloc_stats: HashMap::try_from(take(map_names::ALLOC_STATS)?)?,
             log_fds: HashMap::try_from(take(map_names::LOG_FDS)?)?,
+            runtime_text: HashMap::try_from(take(map_names::RUNTIME_TEXT)?)?,
         };
         let events = RingBuf::try_from(take(map_names::EVENTS)?)?;
         Ok((Self { ebpf, records: Vec::new(), links: Vec::new() }, maps, events))

@@ -62,13 +62,14 @@ pub enum Moment {
     End,
 }
 
-/// The snapshot a moment spec stands for: the first snapshot at or after that time (the end when none).
-pub fn resolve(spec: MomentSpec, started: SystemTime, snapshot_times: &[SystemTime]) -> Moment {
+/// The snapshot a moment spec stands for: the first snapshot at or after that time; without one, `none`
+/// (the start for FROM, the end for TO).
+pub fn resolve(spec: MomentSpec, started: SystemTime, snapshot_times: &[SystemTime], none: Moment) -> Moment {
     match spec {
         MomentSpec::Start => Moment::Start,
         MomentSpec::End => Moment::End,
         MomentSpec::After(after) => {
-            snapshot_times.iter().position(|at| *at >= started + after).map_or(Moment::End, Moment::Snapshot)
+            snapshot_times.iter().position(|at| *at >= started + after).map_or(none, Moment::Snapshot)
         }
     }
 }
@@ -84,7 +85,8 @@ pub struct Growth {
 impl Growth {
     pub fn between(trace: &Trace<'_>, spec: CompareSpec) -> Self {
         let times: Vec<SystemTime> = trace.timeline.snapshots().iter().map(|s| s.at).collect();
-        let (from, to) = (resolve(spec.from, trace.started_at, &times), resolve(spec.to, trace.started_at, &times));
+        let from = resolve(spec.from, trace.started_at, &times, Moment::Start);
+        let to = resolve(spec.to, trace.started_at, &times, Moment::End);
         let bytes_at = |moment: Moment| -> (SystemTime, HashMap<StackKey, u64>) {
             match moment {
                 Moment::Start => (trace.started_at, HashMap::new()),
@@ -161,10 +163,12 @@ mod tests {
     fn a_moment_resolves_to_the_first_snapshot_at_or_after_it() {
         let start = SystemTime::UNIX_EPOCH;
         let times: Vec<SystemTime> = [1, 2, 3].iter().map(|s| start + Duration::from_secs(*s)).collect();
-        assert_eq!(resolve(MomentSpec::After(Duration::from_millis(1500)), start, &times), Moment::Snapshot(1));
-        assert_eq!(resolve(MomentSpec::After(Duration::from_secs(1)), start, &times), Moment::Snapshot(0));
-        assert_eq!(resolve(MomentSpec::After(Duration::from_secs(9)), start, &times), Moment::End);
-        assert_eq!(resolve(MomentSpec::Start, start, &times), Moment::Start);
+        let at = |spec, none| resolve(spec, start, &times, none);
+        assert_eq!(at(MomentSpec::After(Duration::from_millis(1500)), Moment::End), Moment::Snapshot(1));
+        assert_eq!(at(MomentSpec::After(Duration::from_secs(1)), Moment::End), Moment::Snapshot(0));
+        assert_eq!(at(MomentSpec::After(Duration::from_secs(9)), Moment::End), Moment::End);
+        assert_eq!(at(MomentSpec::After(Duration::from_secs(9)), Moment::Start), Moment::Start);
+        assert_eq!(at(MomentSpec::Start, Moment::End), Moment::Start);
     }
 
     #[test]

@@ -6,10 +6,12 @@ pub mod folded;
 pub mod growth;
 pub mod json;
 pub mod output;
+pub mod pprof;
 pub mod redact;
 pub mod stacks;
 pub mod summary;
 pub mod suspects;
+pub mod timeline;
 pub mod turns;
 
 use std::{path::PathBuf, time::Duration};
@@ -36,6 +38,8 @@ pub struct Written {
     /// The primary view; then one per source when there are several.
     pub flamegraphs: Vec<PathBuf>,
     pub growth: PathBuf,
+    pub pprof: PathBuf,
+    pub timeline: PathBuf,
     /// The most suspicious sites, for the summary.
     pub suspects: Vec<suspects::Suspect>,
 }
@@ -85,6 +89,8 @@ pub fn write_all(trace: &Trace, probes: &[ProbeRecord], options: &ReportOptions,
         folded: out.write("stacks.folded", folded::render(&stacks).as_bytes())?,
         flamegraphs,
         growth: out.write("growth.svg", &growth_svg)?,
+        pprof: out.write("profile.pb.gz", &pprof::render(trace, &stacks)?)?,
+        timeline: out.write("timeline.svg", timeline::render(trace, &suspects)?.as_bytes())?,
         suspects: suspects.into_iter().take(5).collect(),
     })
 }

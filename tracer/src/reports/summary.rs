@@ -41,7 +41,9 @@ pub fn render(trace: &Trace, written: &Written) -> String {
         let _ = writeln!(out, "flamegraph: {}", flamegraph.display());
     }
     let _ = writeln!(out, "growth:     {}", written.growth.display());
+    let _ = writeln!(out, "timeline:   {}", written.timeline.display());
     let _ = writeln!(out, "folded:     {}", written.folded.display());
+    let _ = writeln!(out, "pprof:      {}", written.pprof.display());
     out
 }
 

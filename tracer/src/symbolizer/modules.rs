@@ -66,6 +66,12 @@ pub fn is_runtime_module(path: &str) -> bool {
         .any(|prefix| basename.starts_with(prefix))
 }
 
+/// The C library itself (not the loader).
+pub fn is_c_library(path: &str) -> bool {
+    let basename = path.rsplit('/').next().unwrap_or(path);
+    ["libc.so", "libc-", "ld-musl", "libc.musl"].iter().any(|prefix| basename.starts_with(prefix))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
