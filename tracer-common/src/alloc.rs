@@ -56,15 +56,27 @@ pub struct AllocCookie {
     pub ptr_arg: u8,
     pub size_arg: u8,
     pub count_arg: u8,
+    /// No return probe on this function (it may throw: a C++ unwinder cannot unwind through the kernel's
+    /// return trampoline). The hooked allocator it calls records the block, under this call's stack.
+    pub no_return: bool,
 }
 
 impl AllocCookie {
     pub const fn new(shape: AllocShape, ptr_arg: u8, size_arg: u8, count_arg: u8) -> Self {
-        Self { shape, ptr_arg, size_arg, count_arg }
+        Self { shape, ptr_arg, size_arg, count_arg, no_return: false }
+    }
+
+    pub const fn without_return(mut self) -> Self {
+        self.no_return = true;
+        self
     }
 
     pub const fn encode(self) -> u64 {
-        (self.shape as u64) | (self.ptr_arg as u64) << 8 | (self.size_arg as u64) << 16 | (self.count_arg as u64) << 24
+        (self.shape as u64)
+            | (self.ptr_arg as u64) << 8
+            | (self.size_arg as u64) << 16
+            | (self.count_arg as u64) << 24
+            | (self.no_return as u64) << 32
     }
 
     pub const fn decode(cookie: u64) -> Option<Self> {
@@ -74,6 +86,7 @@ impl AllocCookie {
             ptr_arg: (cookie >> 8) as u8,
             size_arg: (cookie >> 16) as u8,
             count_arg: (cookie >> 24) as u8,
+            no_return: (cookie >> 32) & 1 == 1,
         })
     }
 }
@@ -86,6 +99,10 @@ mod tests {
     fn cookies_round_trip() {
         let cookie = AllocCookie::new(AllocShape::ReallocArray, 1, 3, 2);
         assert_eq!(AllocCookie::decode(cookie.encode()), Some(cookie));
+        let new = AllocCookie::new(AllocShape::Malloc, 0, 0, 0).without_return();
+        assert_eq!(AllocCookie::decode(new.encode()), Some(new));
+        let new = AllocCookie::new(AllocShape::Malloc, 0, 0, 0).without_return();
+        assert_eq!(AllocCookie::decode(new.encode()), Some(new));
         assert_eq!(AllocCookie::decode(0), None);
     }
 }
@@ -99,21 +116,31 @@ pub struct BlockKey {
     pub addr: u64,
 }
 
-/// A live block: what was asked for, when, and from which stack.
+/// Where a block was allocated: the stack taken at the allocator's entry, and the return address at the
+/// user stack pointer there (frame-pointer unwinding from a function's first instruction skips its
+/// caller, which is exactly that return address; userspace puts it back as frame 1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AllocSite {
+    /// Id in the `STACKS` map, or [`NO_STACK`].
+    pub stack_id: u32,
+    pub pad: u32,
+    pub caller: u64,
+}
+
+/// A live block: what was asked for, when, and where.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Block {
     pub size: u64,
     pub timestamp_ns: u64,
-    /// Id in the `STACKS` map, or [`NO_STACK`].
-    pub stack_id: u32,
-    pub pad: u32,
+    pub site: AllocSite,
 }
 
 /// The stack id of blocks whose stack could not be stored (counted in `stack_errors`).
 pub const NO_STACK: u32 = u32::MAX;
 
-/// Figures per stack id, kept in the kernel (`ALLOC_STATS`) so that userspace needs no event per call.
+/// Figures per [`AllocSite`], kept in the kernel (`ALLOC_STATS`) so that userspace needs no event per call.
 /// Updated with atomic adds from every CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -130,4 +157,5 @@ mod pod {
     unsafe impl aya::Pod for super::BlockKey {}
     unsafe impl aya::Pod for super::Block {}
     unsafe impl aya::Pod for super::StackAllocStats {}
+    unsafe impl aya::Pod for super::AllocSite {}
 }

@@ -3,12 +3,17 @@
 //!
 //! One entry program and one return program serve every function; the uprobe's cookie says which
 //! arguments hold the size and the pointer (see `tracer_common::alloc`). The entry keeps the arguments
-//! per thread; the return reads the result, records the block, and takes the stack there, where it is
-//! complete (at the entry the caller's frame is not yet linked).
+//! and the stack per thread; the return reads the result and records the block.
 //!
-//! A hooked function that calls another hooked one (operator new calls malloc, calloc may call malloc)
-//! is counted once: an entry made while the same thread is inside an outer call, deeper on its stack, only
-//! raises a nesting depth that the matching return lowers again.
+//! The stack is taken at the entry, where the return address sits at the user stack pointer: frame-pointer
+//! unwinding from a function's first instruction skips exactly that caller, so it is kept beside the stack
+//! id and put back by userspace.
+//!
+//! A hooked function that calls another hooked one (operator new calls malloc, realloc(NULL, n) calls
+//! malloc) is counted once: an entry made while the same thread is inside an outer call, deeper on its
+//! stack, only raises a nesting depth that the matching return lowers again. Except when the outer call has
+//! no return probe (it may throw: see `AllocCookie::no_return`): then the inner call records the block,
+//! under the outer call's stack.
 
 use core::intrinsics::AtomicOrdering;
 
@@ -21,7 +26,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     BPF_F_USER_STACK,
-    alloc::{AllocCookie, AllocShape, Block, BlockKey, NO_STACK, StackAllocStats},
+    alloc::{AllocCookie, AllocShape, AllocSite, Block, BlockKey, NO_STACK, StackAllocStats},
     counters::Counter,
 };
 
@@ -42,20 +47,42 @@ pub struct AllocCall {
     sp: u64,
     /// Nested hooked calls still under way.
     depth: u64,
+    site: AllocSite,
+    entered_ns: u64,
+    /// A call without a return probe whose inner call has taken over.
+    delegated: u64,
 }
 
 #[map]
 static ALLOC_CALLS: LruHashMap<u64, AllocCall> = LruHashMap::with_max_entries(16384, 0);
 
+/// The last free each thread entered, to count a free that another hooked free calls only once.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Freeing {
+    ptr: u64,
+    sp: u64,
+    entered_ns: u64,
+}
+
+#[map]
+static FREEING: LruHashMap<u64, Freeing> = LruHashMap::with_max_entries(16384, 0);
+
 /// Live blocks. Userspace sizes it (`--max-blocks`); a full map is counted in `map_full`.
 #[map]
 static ALLOCS: HashMap<BlockKey, Block> = HashMap::with_max_entries(1 << 20, 0);
 
-/// Figures per stack id.
+/// Figures per allocation site.
 #[map]
-static ALLOC_STATS: HashMap<u32, StackAllocStats> = HashMap::with_max_entries(1 << 16, 0);
+static ALLOC_STATS: HashMap<AllocSite, StackAllocStats> = HashMap::with_max_entries(1 << 16, 0);
 
 const BPF_NOEXIST: u64 = 1;
+/// No allocator call takes this long: an entry older than this was left by a call that never returned.
+const STALE_CALL_NS: u64 = 100_000_000;
+/// A call without a return probe hands its block to an inner call made within this long (operator new
+/// calls malloc at once, but the thread may be preempted in between). Older, it is a call whose inner
+/// allocator we do not hook: forget it.
+const DELEGATION_WINDOW_NS: u64 = 50_000_000;
 
 #[uprobe]
 pub fn alloc_entry(ctx: ProbeContext) -> u32 {
@@ -63,23 +90,43 @@ pub fn alloc_entry(ctx: ProbeContext) -> u32 {
     let Some(cookie) = AllocCookie::decode(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }) else { return 0 };
     let pid_tgid = bpf_get_current_pid_tgid();
     let sp = unsafe { (*ctx.regs).rsp };
-    let arg = |index: u8| ctx.arg::<u64>(index as usize).unwrap_or(0);
-    let outer = ALLOC_CALLS.get_ptr_mut(&pid_tgid);
-    // Inside a hooked call of this thread (deeper on the stack than its entry)?
-    let nested_in = outer.filter(|call| sp < unsafe { (**call).sp });
+    let now = unsafe { bpf_ktime_get_ns() };
+    // Each register read at a constant offset: the verifier refuses a context read at a computed one.
+    let registers: [u64; 8] = [
+        ctx.arg(0).unwrap_or(0),
+        ctx.arg(1).unwrap_or(0),
+        ctx.arg(2).unwrap_or(0),
+        ctx.arg(3).unwrap_or(0),
+        ctx.arg(4).unwrap_or(0),
+        ctx.arg(5).unwrap_or(0),
+        0,
+        0,
+    ];
+    let arg = |index: u8| registers[(index & 7) as usize];
+    // Inside a hooked call of this thread: deeper on the stack than its entry, or at the same depth (a tail
+    // call: reallocarray jumps to realloc), and recent (an older entry was left by a call that never
+    // returned: a longjmp or an exception through it).
+    let nested_in = ALLOC_CALLS
+        .get_ptr_mut(&pid_tgid)
+        .filter(|call| unsafe { sp <= (**call).sp && now.wrapping_sub((**call).entered_ns) < STALE_CALL_NS });
 
     if cookie.shape == AllocShape::Free {
         let ptr = arg(cookie.ptr_arg);
-        // free(NULL) is nothing; a free inside realloc or delete is the outer call's business.
-        if ptr != 0 && nested_in.is_none() {
+        // free(NULL) is nothing; a free inside realloc is the outer call's business; a free that another
+        // hooked free calls or jumps to (sized delete to delete) frees the same block once.
+        if ptr == 0 || nested_in.is_some() {
+            return 0;
+        }
+        let again = unsafe { FREEING.get(&pid_tgid) }
+            .is_some_and(|f| f.ptr == ptr && sp <= f.sp && now.wrapping_sub(f.entered_ns) < DELEGATION_WINDOW_NS);
+        if !again {
+            let _ = FREEING.insert(&pid_tgid, &Freeing { ptr, sp, entered_ns: now }, 0);
             release(tgid, ptr);
         }
         return 0;
     }
-    if let Some(call) = nested_in {
-        unsafe { (*call).depth += 1 };
-        return 0;
-    }
+    // An allocation ends whatever free came before on this thread.
+    let _ = FREEING.remove(&pid_tgid);
     let (size, ptr) = match cookie.shape {
         AllocShape::Malloc => (arg(cookie.size_arg), 0),
         AllocShape::Calloc => (arg(cookie.count_arg).wrapping_mul(arg(cookie.size_arg)), 0),
@@ -90,13 +137,59 @@ pub fn alloc_entry(ctx: ProbeContext) -> u32 {
         AllocShape::ResizeInPlace => (0, arg(cookie.ptr_arg)),
         AllocShape::Free => return 0,
     };
-    // An entry already here but not deeper is left over from a call that never returned (a longjmp or an
-    // exception through it): replace it.
-    let call = AllocCall { cookie: cookie.encode(), size, ptr, sp, depth: 0 };
+    if let Some(call) = nested_in {
+        let outer = unsafe { &mut *call };
+        // A nested call without a return probe could never lower the depth again: leave it out.
+        if cookie.no_return && !(outer.delegated == 0 && AllocCookie::decode(outer.cookie).is_some_and(|c| c.no_return))
+        {
+            return 0;
+        }
+        let outer_cookie = AllocCookie::decode(outer.cookie);
+        let hands_over = outer_cookie.is_some_and(|c| c.no_return)
+            && outer.delegated == 0
+            && now.wrapping_sub(outer.entered_ns) < DELEGATION_WINDOW_NS;
+        if hands_over {
+            // The outer call cannot record its result: this call does, where the outer one was called.
+            // An inner call without a return probe itself (new[] calls new) passes it on again.
+            let delegated = u64::from(!cookie.no_return);
+            *outer = AllocCall {
+                cookie: cookie.encode(),
+                size,
+                ptr,
+                sp,
+                depth: 0,
+                site: outer.site,
+                entered_ns: now,
+                delegated,
+            };
+        } else if outer_cookie.is_some_and(|c| !c.no_return) || outer.delegated != 0 {
+            outer.depth += 1;
+        } else {
+            // A call without a return probe that never handed over: stale.
+            enter(&ctx, pid_tgid, cookie, size, ptr, sp, now);
+        }
+        return 0;
+    }
+    // Any entry already here is left over from a call that never returned: replace it.
+    enter(&ctx, pid_tgid, cookie, size, ptr, sp, now);
+    0
+}
+
+#[inline(always)]
+fn enter(ctx: &ProbeContext, pid_tgid: u64, cookie: AllocCookie, size: u64, ptr: u64, sp: u64, now: u64) {
+    let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK) {
+        Ok(id) => id as u32,
+        Err(_) => {
+            count(Counter::StackErrors);
+            NO_STACK
+        }
+    };
+    let caller = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
+    let site = AllocSite { stack_id, pad: 0, caller };
+    let call = AllocCall { cookie: cookie.encode(), size, ptr, sp, depth: 0, site, entered_ns: now, delegated: 0 };
     if ALLOC_CALLS.insert(&pid_tgid, &call, 0).is_err() {
         count(Counter::MapFull);
     }
-    0
 }
 
 #[uretprobe]
@@ -114,16 +207,17 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let _ = ALLOC_CALLS.remove(&pid_tgid);
     let Some(cookie) = AllocCookie::decode(call.cookie) else { return 0 };
     let result: u64 = ctx.ret();
+    let site = call.site;
     match cookie.shape {
         AllocShape::Malloc | AllocShape::Calloc => {
             if result != 0 {
-                record(&ctx, tgid, result, call.size);
+                record(tgid, result, call.size, site);
             }
         }
         AllocShape::Realloc | AllocShape::ReallocArray => {
             if call.ptr == 0 {
                 if result != 0 {
-                    record(&ctx, tgid, result, call.size);
+                    record(tgid, result, call.size, site);
                 }
             } else if result == 0 {
                 // realloc(p, 0) frees p; any other NULL is a failure that leaves p as it was.
@@ -133,13 +227,13 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
             } else {
                 // Moved or resized in place: the old block is gone, the new one belongs to this call.
                 release(tgid, call.ptr);
-                record(&ctx, tgid, result, call.size);
+                record(tgid, result, call.size, site);
             }
         }
         AllocShape::PosixMemalign => {
             if result == 0 {
                 if let Ok(block) = unsafe { bpf_probe_read_user(call.ptr as *const u64) } {
-                    record(&ctx, tgid, block, call.size);
+                    record(tgid, block, call.size, site);
                 }
             }
         }
@@ -147,13 +241,13 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
             // xallocx returns the block's new usable size.
             if call.ptr != 0 && result != 0 {
                 release(tgid, call.ptr);
-                record(&ctx, tgid, call.ptr, result);
+                record(tgid, call.ptr, result, site);
             }
         }
         AllocShape::ExpandInPlace => {
             if result != 0 {
                 release(tgid, call.ptr);
-                record(&ctx, tgid, call.ptr, call.size);
+                record(tgid, call.ptr, call.size, site);
             }
         }
         AllocShape::Free => {}
@@ -162,26 +256,19 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
 }
 
 #[inline(always)]
-fn record(ctx: &RetProbeContext, tgid: u32, addr: u64, size: u64) {
-    let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK) {
-        Ok(id) => id as u32,
-        Err(_) => {
-            count(Counter::StackErrors);
-            NO_STACK
-        }
-    };
+fn record(tgid: u32, addr: u64, size: u64, site: AllocSite) {
     let key = BlockKey { tgid, pad: 0, addr };
     if let Some(old) = unsafe { ALLOCS.get(&key) }.copied() {
         // Still live at this address: its free went through a path we do not see.
         count(Counter::MissedFrees);
-        charge(old.stack_id, old.size, false);
+        charge(&old.site, old.size, false);
     }
-    let block = Block { size, timestamp_ns: unsafe { bpf_ktime_get_ns() }, stack_id, pad: 0 };
+    let block = Block { size, timestamp_ns: unsafe { bpf_ktime_get_ns() }, site };
     if ALLOCS.insert(&key, &block, 0).is_err() {
         count(Counter::MapFull);
         return;
     }
-    charge(stack_id, size, true);
+    charge(&site, size, true);
 }
 
 #[inline(always)]
@@ -192,16 +279,16 @@ fn release(tgid: u32, addr: u64) {
         return;
     };
     let _ = ALLOCS.remove(&key);
-    charge(block.stack_id, block.size, false);
+    charge(&block.site, block.size, false);
 }
 
-/// Adds a block to its stack's figures, or takes it out.
+/// Adds a block to its site's figures, or takes it out.
 #[inline(always)]
-fn charge(stack_id: u32, size: u64, allocated: bool) {
-    let mut stats = ALLOC_STATS.get_ptr_mut(&stack_id);
+fn charge(site: &AllocSite, size: u64, allocated: bool) {
+    let mut stats = ALLOC_STATS.get_ptr_mut(site);
     if stats.is_none() {
-        let _ = ALLOC_STATS.insert(&stack_id, &StackAllocStats::default(), BPF_NOEXIST);
-        stats = ALLOC_STATS.get_ptr_mut(&stack_id);
+        let _ = ALLOC_STATS.insert(site, &StackAllocStats::default(), BPF_NOEXIST);
+        stats = ALLOC_STATS.get_ptr_mut(site);
     }
     let Some(stats) = stats else {
         count(Counter::MapFull);

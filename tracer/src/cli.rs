@@ -54,6 +54,25 @@ pub struct Cli {
     #[arg(long, value_name = "FILE|-")]
     pub markers_from: Option<String>,
 
+    /// Do not trace the allocator (malloc, free, operator new, mi_malloc, ...): mapped and resident
+    /// memory only.
+    #[arg(long)]
+    pub no_alloc: bool,
+
+    /// An unstripped build of the target's executable (same build id, or same .text): its symbols find
+    /// the allocator in the stripped one, and name its frames.
+    #[arg(long, value_name = "PATH")]
+    pub symbols_from: Option<PathBuf>,
+
+    /// An allocator function of the main executable at a virtual address, by hand (repeatable), e.g.
+    /// `--alloc-symbol mi_malloc=0x2c40a10`.
+    #[arg(long, value_name = "NAME=ADDR")]
+    pub alloc_symbol: Vec<String>,
+
+    /// Count as outstanding only allocator blocks older than this (recent ones are rarely leaks).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub min_age: Option<Duration>,
+
     /// Launch this command and trace it from its first instruction.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,

@@ -12,7 +12,12 @@ use crate::{
     collector::{Collector, Signals, SnapshotReason, Trace, markers::TurnPatterns},
     inputs::{self, MarkerSource},
     privileges,
-    probes::{ProbeRecord, Probes, tracefs},
+    probes::{
+        AllocatorProbe, ProbeInfo, Probes,
+        allocators::{self, DiscoveryOptions},
+        libraries, tracefs,
+    },
+    procfs::maps::MemoryMap,
     reports::{self, ReportOptions, output::OutputDir, summary},
     target::{HeldChild, Target},
 };
@@ -66,6 +71,7 @@ pub fn run(cli: Cli) -> Result<()> {
     if patterns.is_some() {
         probes.attach_writes()?;
     }
+    let allocator_summary = if cli.no_alloc { None } else { Some(attach_allocator(&cli, &pending, &mut probes)?) };
     let (target, launched) = match pending {
         Pending::Existing(target) => {
             if target.has_exited() {
@@ -76,9 +82,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Pending::Launched(child) => (child.release()?, true),
     };
     let exe = target.info.exe.clone();
-    let probe_records = probes.records.clone();
+    let probe_info = ProbeInfo { records: probes.records.clone(), allocators: allocator_summary };
     let report_options = ReportOptions { compare: cli.compare, warmup: cli.warmup };
-    let mut collector = Collector::new(maps, target, !launched).with_turns(patterns).with_interval(cli.interval);
+    let mut collector = Collector::new(maps, target, !launched)
+        .with_allocator(probe_info.allocators.as_ref().is_some_and(|summary| summary.entry_points > 0))
+        .with_min_age(cli.min_age)
+        .with_symbols_from(cli.symbols_from.as_deref())
+        .with_turns(patterns)
+        .with_interval(cli.interval);
     eprintln!("dispatch-leaktrace: tracing pid {pid} ({}); Ctrl-C to stop", exe.display());
     let (marker_sender, marker_receiver) = tokio::sync::mpsc::unbounded_channel();
     let _control = {
@@ -92,15 +103,62 @@ pub fn run(cli: Cli) -> Result<()> {
     };
     let ending =
         runtime.block_on(collector.run(cli.duration, events, signals, Some(marker_receiver), |trace, reason| {
-            write_snapshot(trace, reason, &probe_records, &report_options, &out);
+            write_snapshot(trace, reason, &probe_info, &report_options, &out);
         }))?;
     // Detach before the slower work of writing reports.
     probes.detach();
 
     let trace = collector.trace(Some(ending));
-    let written = reports::write_all(&trace, &probe_records, &report_options, &out)?;
+    let written = reports::write_all(&trace, &probe_info, &report_options, &out)?;
     print!("{}", summary::render(&trace, &written));
     Ok(())
+}
+
+/// Finds the allocator entry points of the target (or, for a launched target, of its executable and the
+/// libraries it will load), says what was found, and attaches to them.
+fn attach_allocator(cli: &Cli, pending: &Pending, probes: &mut Probes) -> Result<allocators::AllocatorSummary> {
+    let pid = pending.pid();
+    let alloc_symbols = cli
+        .alloc_symbol
+        .iter()
+        .map(|text| {
+            allocators::parse_alloc_symbol(text).map_err(|error| anyhow::anyhow!("--alloc-symbol {text}: {error}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (map, main_executable, root) = match pending {
+        Pending::Existing(target) => {
+            (MemoryMap::read(pid)?, target.info.exe.clone(), Some(PathBuf::from(format!("/proc/{pid}/root"))))
+        }
+        Pending::Launched(child) => {
+            let executable = child.program_path()?;
+            let mut files = vec![executable.clone()];
+            files.extend(libraries::needed_libraries(&executable));
+            (libraries::planned_map(&files), executable, None)
+        }
+    };
+    let options = DiscoveryOptions {
+        pid: Some(pid),
+        main_executable: Some(main_executable),
+        root,
+        symbols_from: cli.symbols_from.clone(),
+        alloc_symbols,
+    };
+    let found = allocators::discover_in_process(&map, &options)?;
+    let summary = allocators::summarize(&found);
+    for line in summary.lines() {
+        eprintln!("dispatch-leaktrace: {line}");
+    }
+    let points = found.objects.iter().flat_map(|object| {
+        object.entry_points.iter().map(move |entry| AllocatorProbe {
+            object: &object.attach_path,
+            symbol: &entry.name,
+            family: entry.family.name(),
+            file_offset: entry.file_offset,
+            cookie: if entry.throws { entry.cookie.without_return() } else { entry.cookie },
+        })
+    });
+    probes.attach_allocator(pid, points)?;
+    Ok(summary)
 }
 
 /// `OUTPUT/snapshots/<UTC time>-<reason>/`: the full report set while the trace goes on. A failure is a
@@ -108,7 +166,7 @@ pub fn run(cli: Cli) -> Result<()> {
 fn write_snapshot(
     trace: &Trace<'_>,
     reason: SnapshotReason,
-    probes: &[ProbeRecord],
+    probes: &ProbeInfo,
     options: &ReportOptions,
     out: &OutputDir,
 ) {

@@ -6,6 +6,8 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
+use std::path::{Path, PathBuf};
+
 use anyhow::{Context, Result, bail};
 
 use crate::procfs::ProcessInfo;
@@ -125,6 +127,19 @@ impl HeldChild {
         drop(go_read);
         drop(error_write);
         Ok(Self { pid: pid as u32, command: program.clone(), go: Some(go_write), exec_error: error_read })
+    }
+
+    /// The file the command will execute, found on PATH as execvp would.
+    pub fn program_path(&self) -> Result<PathBuf> {
+        let program = Path::new(&self.command);
+        if self.command.contains('/') {
+            return program.canonicalize().map_err(|error| anyhow::anyhow!("cannot run {}: {error}", self.command));
+        }
+        let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(program))
+            .find(|candidate| candidate.is_file())
+            .ok_or_else(|| anyhow::anyhow!("cannot run {}: not found on PATH", self.command))
     }
 
     /// Lets the child run the command, and waits until the exec has happened.

@@ -21,7 +21,7 @@ use tokio::{
     signal::unix::{Signal, SignalKind, signal},
 };
 use tracer_common::{
-    alloc::{NO_STACK, StackAllocStats},
+    alloc::{AllocSite, NO_STACK, StackAllocStats},
     events::{EventKind, InlineStack, LOG_WRITE_MAGIC, LogWrite, MemEvent, StackTop, parts},
 };
 
@@ -163,6 +163,9 @@ pub struct Collector {
     turns: TurnTracker,
     /// How often the timeline gets a point and every stack a snapshot (`-i/--interval`).
     interval: Duration,
+    /// Allocator probes are attached: read their figures.
+    allocator_traced: bool,
+    site_keys: HashMap<AllocSite, StackKey>,
 }
 
 /// The default `--interval`.
@@ -199,9 +202,26 @@ impl Collector {
             min_age: None,
             turns: TurnTracker::new(None),
             interval: DEFAULT_INTERVAL,
+            allocator_traced: false,
+            site_keys: HashMap::new(),
         };
         collector.update_runtime_text();
         collector
+    }
+
+    /// Names the frames of the stripped executable with an unstripped build's symbols.
+    pub fn with_symbols_from(mut self, unstripped: Option<&std::path::Path>) -> Self {
+        if let Some(unstripped) = unstripped {
+            let executable = self.target.info.exe.clone();
+            self.symbolizer.use_symbols_from(&executable, unstripped);
+        }
+        self
+    }
+
+    /// The allocator's probes are attached, so its figures are read from the kernel.
+    pub fn with_allocator(mut self, traced: bool) -> Self {
+        self.allocator_traced = traced;
+        self
     }
 
     pub fn with_interval(mut self, interval: Duration) -> Self {
@@ -370,16 +390,20 @@ impl Collector {
         self.name_new_stacks();
     }
 
-    /// Reads the allocator figures the kernel keeps per stack id into the ledger. With `--min-age`, the
-    /// outstanding figures count only blocks older than that, from the live blocks themselves.
+    /// Reads the allocator figures the kernel keeps per allocation site into the ledger. With
+    /// `--min-age`, the outstanding figures count only blocks older than that, from the live blocks.
     fn sync_allocator_figures(&mut self) {
+        if !self.allocator_traced {
+            return;
+        }
         let mut by_stack: HashMap<StackKey, StackStats> = HashMap::new();
-        let kernel_stats: Vec<(u32, StackAllocStats)> = self.maps.alloc_stats.iter().filter_map(Result::ok).collect();
+        let kernel_stats: Vec<(AllocSite, StackAllocStats)> =
+            self.maps.alloc_stats.iter().filter_map(Result::ok).collect();
         let old_enough = self.min_age.map(|min_age| self.outstanding_blocks_older_than(min_age));
-        for (stack_id, figures) in kernel_stats {
-            let key = self.kernel_stack_key(stack_id, Source::Malloc);
+        for (site, figures) in kernel_stats {
+            let key = self.site_key(site);
             let (outstanding_bytes, outstanding_allocs) = match &old_enough {
-                Some(old) => old.get(&stack_id).copied().unwrap_or_default(),
+                Some(old) => old.get(&site).copied().unwrap_or_default(),
                 None => (figures.outstanding_bytes, figures.outstanding_blocks),
             };
             by_stack.entry(key).or_default().add(&StackStats {
@@ -393,13 +417,13 @@ impl Collector {
         self.ledger.replace_source_stats(Source::Malloc, by_stack);
     }
 
-    /// (bytes, blocks) per kernel stack id of the live blocks allocated more than `min_age` ago.
-    fn outstanding_blocks_older_than(&self, min_age: Duration) -> HashMap<u32, (u64, u64)> {
+    /// (bytes, blocks) per allocation site of the live blocks allocated more than `min_age` ago.
+    fn outstanding_blocks_older_than(&self, min_age: Duration) -> HashMap<AllocSite, (u64, u64)> {
         let cutoff = clock::monotonic_now_ns().saturating_sub(min_age.as_nanos() as u64);
         let mut old = HashMap::new();
         for (_, block) in self.maps.blocks.iter().filter_map(Result::ok) {
             if block.timestamp_ns <= cutoff {
-                let entry: &mut (u64, u64) = old.entry(block.stack_id).or_default();
+                let entry: &mut (u64, u64) = old.entry(block.site).or_default();
                 entry.0 += block.size;
                 entry.1 += 1;
             }
@@ -407,17 +431,30 @@ impl Collector {
         old
     }
 
-    fn kernel_stack_key(&mut self, stack_id: u32, source: Source) -> StackKey {
-        let stack_id = if stack_id == NO_STACK { -1 } else { stack_id as i32 };
+    /// The ledger key of an allocation site: its kernel stack with the caller put back as frame 1.
+    fn site_key(&mut self, site: AllocSite) -> StackKey {
+        if let Some(key) = self.site_keys.get(&site) {
+            return *key;
+        }
+        let stack_id = if site.stack_id == NO_STACK { -1 } else { site.stack_id as i32 };
         // Figures kept in the kernel have no time: name JIT code as it is now.
-        let event_stack = EventStack { time_ns: u64::MAX, stack_id, inline: None, user_sp: 0, stack_top: &[] };
+        let event_stack = EventStack {
+            time_ns: u64::MAX,
+            stack_id,
+            inline: None,
+            user_sp: 0,
+            stack_top: &[],
+            caller: Some(site.caller),
+        };
         let stack = self.stacks.intern_event_stack(
             &self.maps.stacks,
             &event_stack,
             &mut self.modules,
             &mut self.symbolizer.jit,
         );
-        StackKey { source, stack }
+        let key = StackKey { source: Source::Malloc, stack };
+        self.site_keys.insert(site, key);
+        key
     }
 
     fn sample_rss(&mut self) {
@@ -544,6 +581,7 @@ impl Collector {
             inline,
             user_sp: event.user_sp,
             stack_top: top.unwrap_or(&[]),
+            caller: None,
         };
         let stack = self.stacks.intern_event_stack(
             &self.maps.stacks,

@@ -20,6 +20,9 @@ pub struct EventStack<'a> {
     pub inline: Option<&'a [u64]>,
     pub user_sp: u64,
     pub stack_top: &'a [u64],
+    /// The return address taken at a function's entry: frame 1, which frame-pointer unwinding from the
+    /// entry skips.
+    pub caller: Option<u64>,
 }
 
 /// The stack of events whose stack could not be taken (counted in `stack_errors`).
@@ -90,6 +93,17 @@ impl StackTable {
             (None, Err(_)) => return UNKNOWN_STACK,
         };
         let mut ips = self.unwinder.complete(kernel, event.user_sp, event.stack_top, modules);
+        // The caller, unless it is the kernel's uretprobe trampoline (a tail call from a probed function
+        // finds that in place of the return address).
+        let caller = event.caller.filter(|c| {
+            *c != 0
+                && !ips.is_empty()
+                && ips.get(1) != Some(c)
+                && modules.lookup(*c).is_none_or(|m| m.pathname != "[uprobes]")
+        });
+        if let Some(caller) = caller {
+            ips.insert(1, caller);
+        }
         jit.tag(&mut ips, event.time_ns, modules);
         self.intern(ips)
     }

@@ -94,10 +94,6 @@ impl TurnLedger {
         &self.figures
     }
 
-    pub fn active(&self) -> &[TurnIx] {
-        &self.active
-    }
-
     fn intern_active(&mut self) -> TurnSetId {
         if let Some(&id) = self.set_ids.get(&self.active) {
             return id;
@@ -155,6 +151,6 @@ mod tests {
         turns.released(M, 20, shared);
         assert_eq!(bytes(&turns.figures()[a as usize].live), 10);
         assert_eq!(bytes(&turns.figures()[b as usize].live), 40);
-        assert!(turns.active().is_empty());
+        assert!(turns.active.is_empty());
     }
 }

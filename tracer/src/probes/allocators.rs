@@ -944,6 +944,14 @@ impl ProcessAllocators {
     }
 }
 
+/// A file we can read that does not start like an ELF object. (One we cannot read is left to discovery,
+/// which says why.)
+fn is_readable_but_not_elf(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    fs::File::open(path).and_then(|mut file| std::io::Read::read_exact(&mut file, &mut magic)).is_ok()
+        && magic != *b"\x7fELF"
+}
+
 /// Every distinct executable file mapping of the target (its executable and each shared library), with its
 /// entry points. `--symbols-from` and `--alloc-symbol` apply to the main executable, and fail the whole
 /// discovery when they do not fit it; a library that cannot be read is only listed in `failures`.
@@ -979,6 +987,10 @@ pub fn discover_in_process(map: &MemoryMap, options: &DiscoveryOptions) -> Resul
             },
         };
         let is_main = main_executable.as_ref() == Some(&path);
+        // Executable mappings of files that are not ELF objects (a JIT dump's marker mapping) hold no code.
+        if is_readable_but_not_elf(&attach_path) {
+            continue;
+        }
         let discovered = match (&options.symbols_from, is_main) {
             (Some(unstripped), true) => discover_with_symbols_from_at(&path, &attach_path, unstripped)?,
             _ => match discover_at(&path, &attach_path, options.root.as_deref()) {

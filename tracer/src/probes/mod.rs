@@ -2,11 +2,12 @@
 //! detaches every program; nothing is pinned, so the kernel also detaches them if this process dies.
 
 pub mod allocators;
+pub mod libraries;
 pub mod tracefs;
 
 use anyhow::{Context, Result, anyhow};
 use aya::{
-    Ebpf, EbpfError,
+    Ebpf, EbpfError, EbpfLoader, VerifierLogLevel,
     maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
         ProgramError, TracePoint, UProbe,
@@ -21,7 +22,7 @@ use std::{
 };
 
 use tracer_common::{
-    alloc::{AllocCookie, Block, BlockKey, StackAllocStats},
+    alloc::{AllocCookie, AllocSite, Block, BlockKey, StackAllocStats},
     events::RuntimeText,
     map_names,
 };
@@ -58,8 +59,8 @@ pub struct KernelMaps {
     pub counters: PerCpuArray<MapData, u64>,
     /// Live allocator blocks.
     pub blocks: HashMap<MapData, BlockKey, Block>,
-    /// Allocator figures per stack id.
-    pub alloc_stats: HashMap<MapData, u32, StackAllocStats>,
+    /// Allocator figures per allocation site.
+    pub alloc_stats: HashMap<MapData, AllocSite, StackAllocStats>,
     /// (tgid << 32 | fd) of the descriptors whose writes are log lines.
     pub log_fds: HashMap<MapData, u64, u8>,
     /// Where the C runtime's code lies, by tgid.
@@ -114,6 +115,14 @@ pub struct ProbeRecord {
     pub file_offset: Option<u64>,
 }
 
+/// What was attached, for the reports.
+#[derive(Clone, Debug, Default)]
+pub struct ProbeInfo {
+    pub records: Vec<ProbeRecord>,
+    /// The allocator entry points found, per object; `None` when allocator tracing was off.
+    pub allocators: Option<allocators::AllocatorSummary>,
+}
+
 /// An allocator function to probe.
 pub struct AllocatorProbe<'a> {
     pub object: &'a Path,
@@ -139,7 +148,11 @@ impl Probes {
     /// Loads the kernel object and takes its maps out; the event ring buffer comes apart, for the
     /// collector to poll.
     pub fn load() -> Result<(Self, KernelMaps, RingBuf<MapData>)> {
-        let mut ebpf = Ebpf::load(KERNEL_OBJECT).map_err(explain_load_error)?;
+        let mut loader = EbpfLoader::new();
+        if std::env::var_os("LEAKTRACE_VERIFIER_LOG").is_some() {
+            loader.verifier_log_level(VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS);
+        }
+        let mut ebpf = loader.load(KERNEL_OBJECT).map_err(explain_load_error)?;
         let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| anyhow!("the kernel object has no map {name}"));
         let maps = KernelMaps {
             targets: HashMap::try_from(take(map_names::TARGETS)?)?,
@@ -214,7 +227,8 @@ impl Probes {
         }
         for probe in probes {
             for (program_name, kind) in PROGRAMS {
-                if kind == "uretprobe" && !probe.cookie.shape.needs_return_probe() {
+                // No return probe where the result does not matter, nor on a function that may throw.
+                if kind == "uretprobe" && (!probe.cookie.shape.needs_return_probe() || probe.cookie.no_return) {
                     continue;
                 }
                 let program: &mut UProbe = self.ebpf.program_mut(program_name).expect("loaded above").try_into()?;
@@ -285,7 +299,8 @@ fn is_permission_error(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(error);
     while let Some(error) = source {
         if let Some(io) = error.downcast_ref::<std::io::Error>() {
-            if matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) {
+            // EACCES is also what the verifier answers a program it rejects: only EPERM means privileges.
+            if io.raw_os_error() == Some(libc::EPERM) {
                 return true;
             }
         }
@@ -305,15 +320,17 @@ fn explain_load_error(error: EbpfError) -> anyhow::Error {
 }
 
 fn explain_program_error(program: &str, error: ProgramError) -> anyhow::Error {
-    if is_permission_error(&error) {
+    if is_permission_error(&error) && !matches!(error, ProgramError::LoadError { .. }) {
         return anyhow!(NEED_PRIVILEGES);
     }
     match &error {
-        ProgramError::LoadError { verifier_log, .. } => {
-            anyhow!(
-                "the kernel refused program {program}: {error}; verifier log: {}",
-                verifier_log.to_string().lines().last().unwrap_or("")
-            )
+        ProgramError::LoadError { io_error, verifier_log } => {
+            let log = verifier_log.to_string();
+            if let Some(path) = std::env::var_os("LEAKTRACE_VERIFIER_LOG") {
+                let _ = std::fs::write(path, &log);
+            }
+            let last = log.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or("");
+            anyhow!("the kernel refused program {program} ({io_error}); the verifier said: {last}")
         }
         _ => anyhow!("cannot attach program {program}: {error}"),
     }

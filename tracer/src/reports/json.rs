@@ -13,7 +13,7 @@ use super::{
     suspects::{MAX_SUSPECTS, Suspect},
     turns::TurnView,
 };
-use crate::{collector::Trace, ledger::Source, probes::ProbeRecord, target::ExitStatus};
+use crate::{collector::Trace, ledger::Source, probes::ProbeInfo, target::ExitStatus};
 
 pub const VERSION: u32 = 1;
 
@@ -33,7 +33,9 @@ struct Report<'a> {
     counters: BTreeMap<&'static str, u64>,
     /// What the page-fault model saw besides first touches. Not losses.
     page_faults: PageFaults,
-    probes: &'a [ProbeRecord],
+    probes: &'a [crate::probes::ProbeRecord],
+    /// The allocator entry points found per object, and warnings (null: allocator tracing was off).
+    allocators: Option<&'a crate::probes::allocators::AllocatorSummary>,
     events: u64,
     /// The target's RSS and the outstanding bytes per source over the run.
     timeline: Vec<TimelinePoint>,
@@ -202,7 +204,7 @@ pub fn render(
     suspects: &[Suspect],
     turns: &[TurnView],
     primary: Option<Source>,
-    probes: &[ProbeRecord],
+    probes: &ProbeInfo,
 ) -> Result<String> {
     let (outstanding_bytes, outstanding_allocs) = trace.ledger.outstanding();
     let mut by_source: BTreeMap<&'static str, SourceTotals> = BTreeMap::new();
@@ -257,7 +259,8 @@ pub fn render(
             zero_page_reads: ledger_counters.zero_page_reads,
             huge_pages: ledger_counters.huge_page_faults,
         },
-        probes,
+        probes: &probes.records,
+        allocators: probes.allocators.as_ref(),
         events: trace.events,
         timeline: trace
             .timeline

@@ -18,7 +18,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Result;
 
-use crate::{collector::Trace, ledger::Source, probes::ProbeRecord};
+use crate::{collector::Trace, ledger::Source, probes::ProbeInfo};
 use growth::{CompareSpec, Growth};
 use output::OutputDir;
 use stacks::ReportStack;
@@ -44,7 +44,7 @@ pub struct Written {
     pub suspects: Vec<suspects::Suspect>,
 }
 
-pub fn write_all(trace: &Trace, probes: &[ProbeRecord], options: &ReportOptions, out: &OutputDir) -> Result<Written> {
+pub fn write_all(trace: &Trace, probes: &ProbeInfo, options: &ReportOptions, out: &OutputDir) -> Result<Written> {
     let stacks = stacks::report_stacks(trace);
     let run = trace.ended_at.duration_since(trace.started_at).unwrap_or_default();
     let compare = options.compare.unwrap_or_else(|| CompareSpec::after_warmup(options.warmup, run));

@@ -72,10 +72,18 @@ pub fn merge_by_names(
 
 /// The source a reader looks at first: the allocator's view when it was traced, else resident memory,
 /// else mapped memory.
+///
+/// The allocator's view only counts when it sees the target's memory: on a process whose allocator could
+/// not be probed (Bun's mimalloc, stripped), the C library's malloc sees a few kilobytes while pages fault
+/// in by the hundred megabytes. It leads when it has allocated at least a tenth of what became resident.
 pub fn primary_source(stacks: &[ReportStack]) -> Option<Source> {
-    [Source::Malloc, Source::PageFault, Source::Mmap, Source::Brk]
-        .into_iter()
-        .find(|source| stacks.iter().any(|s| s.source == *source && s.stats.allocated_bytes > 0))
+    let allocated =
+        |source: Source| -> u64 { stacks.iter().filter(|s| s.source == source).map(|s| s.stats.allocated_bytes).sum() };
+    let (malloc, resident) = (allocated(Source::Malloc), allocated(Source::PageFault));
+    if malloc > 0 && malloc >= resident / 10 {
+        return Some(Source::Malloc);
+    }
+    [Source::PageFault, Source::Mmap, Source::Brk, Source::Malloc].into_iter().find(|source| allocated(*source) > 0)
 }
 
 /// Splits innermost-first names into (runtime frames, the rest), both root first. The innermost frames

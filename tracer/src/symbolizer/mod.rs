@@ -33,6 +33,8 @@ pub struct Symbolizer {
     /// By lookup address (a return address minus one; see [`lookup_address`]).
     names: HashMap<u64, FrameName>,
     pub jit: JitFrames,
+    /// Files whose symbols come from another (`--symbols-from`: an unstripped build of a stripped file).
+    symbols_from: HashMap<String, String>,
 }
 
 /// Frame 0 is where the thread was; every other frame is a return address, which points after its call
@@ -43,7 +45,17 @@ pub fn lookup_address(ip: u64, frame_index: usize) -> u64 {
 
 impl Symbolizer {
     pub fn for_process(pid: u32, modules: &ModuleMap) -> Self {
-        Self { blaze: Blaze::new(), names: HashMap::new(), jit: JitFrames::for_process(pid, modules) }
+        Self {
+            blaze: Blaze::new(),
+            names: HashMap::new(),
+            jit: JitFrames::for_process(pid, modules),
+            symbols_from: HashMap::new(),
+        }
+    }
+
+    /// Names `stripped`'s frames with the symbols of `unstripped` (same build: same layout).
+    pub fn use_symbols_from(&mut self, stripped: &Path, unstripped: &Path) {
+        self.symbols_from.insert(stripped.to_string_lossy().into_owned(), unstripped.to_string_lossy().into_owned());
     }
 
     /// Names every frame of a stack (innermost first); JIT frames were named when the stack was taken.
@@ -99,9 +111,10 @@ impl Symbolizer {
             let module = Path::new(&path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or(path.clone());
             let in_runtime = is_runtime_module(&module);
             let offsets: Vec<u64> = entries.iter().map(|(_, offset)| *offset).collect();
+            let symbols = self.symbols_from.get(&path).unwrap_or(&path);
             let symbolized = self
                 .blaze
-                .symbolize(&Source::Elf(Elf::new(&path)), Input::FileOffset(&offsets))
+                .symbolize(&Source::Elf(Elf::new(symbols)), Input::FileOffset(&offsets))
                 .unwrap_or_else(|_| Vec::new());
             for (i, (addr, offset)) in entries.iter().enumerate() {
                 let name = match symbolized.get(i) {

@@ -57,13 +57,25 @@ impl ModuleMap {
     }
 }
 
-/// libc and the dynamic loader, glibc's and musl's: code built without frame pointers, and the
-/// allocation and syscall plumbing a reader looks past.
+/// The C and C++ runtimes (libc and the dynamic loader, glibc's and musl's; libstdc++, libc++, libgcc):
+/// code built without frame pointers, and the allocation and syscall plumbing a reader looks past
+/// (operator new, malloc, mmap64).
 pub fn is_runtime_module(path: &str) -> bool {
     let basename = path.rsplit('/').next().unwrap_or(path);
-    ["libc.so", "libc-", "ld-linux", "ld-musl", "libpthread.so", "libc.musl"]
-        .iter()
-        .any(|prefix| basename.starts_with(prefix))
+    [
+        "libc.so",
+        "libc-",
+        "ld-linux",
+        "ld-musl",
+        "libpthread.so",
+        "libc.musl",
+        "libstdc++.so",
+        "libc++.so",
+        "libc++abi.so",
+        "libgcc_s.so",
+    ]
+    .iter()
+    .any(|prefix| basename.starts_with(prefix))
 }
 
 /// The C library itself (not the loader).
@@ -82,6 +94,7 @@ mod tests {
         assert!(is_runtime_module("ld-linux-x86-64.so.2"));
         assert!(is_runtime_module("/lib/libc-2.31.so"));
         assert!(!is_runtime_module("/usr/lib/libcrypto.so.3"));
+        assert!(is_runtime_module("/usr/lib/x86_64-linux-gnu/libstdc++.so.6.0.30"));
         assert!(!is_runtime_module("/usr/bin/dispatch-server"));
     }
 }

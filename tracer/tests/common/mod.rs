@@ -25,6 +25,11 @@ pub fn fixture(name: &str) -> PathBuf {
 
 /// Compiles a C source once per test binary (see [`fixture`]).
 pub fn compile(name: &str, source: &Path) -> PathBuf {
+    compile_with(name, source, "cc", &[])
+}
+
+/// Compiles a source with `compiler` and extra flags, once per test binary.
+pub fn compile_with(name: &str, source: &Path, compiler: &str, flags: &[&str]) -> PathBuf {
     static BUILT: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
     let built = BUILT.get_or_init(Default::default);
     let mut built = built.lock().unwrap();
@@ -32,8 +37,10 @@ pub fn compile(name: &str, source: &Path) -> PathBuf {
     let binary = dir.join(name);
     if !built.iter().any(|b| b == name) {
         std::fs::create_dir_all(&dir).unwrap();
-        let status = Command::new("cc")
-            .args(["-O0", "-g", "-fno-omit-frame-pointer", "-fno-optimize-sibling-calls", "-pthread", "-o"])
+        let status = Command::new(compiler)
+            .args(["-O0", "-g", "-fno-omit-frame-pointer", "-fno-optimize-sibling-calls", "-pthread"])
+            .args(flags)
+            .arg("-o")
             .arg(&binary)
             .arg(source)
             .status()
@@ -193,6 +200,29 @@ impl Report {
         for stack in self.stacks() {
             let frames = stack["frames"].as_array().unwrap();
             if stack["source"] == source && frames.last().and_then(Value::as_str) == Some(leaf) {
+                figures.outstanding_bytes += stack["outstanding_bytes"].as_u64().unwrap();
+                figures.outstanding_allocs += stack["outstanding_allocs"].as_u64().unwrap();
+                figures.allocated_bytes += stack["allocated_bytes"].as_u64().unwrap();
+            }
+        }
+        figures
+    }
+
+    /// Figures summed over the stacks of `source` whose innermost frame among `sites` is `site`: the call
+    /// site, when library or runtime frames lie between it and the allocator. Rust frames carry their
+    /// module path (`fixture::keep_vec`), matched on the last segment.
+    pub fn by_site(&self, source: &str, site: &str, sites: &[&str]) -> Figures {
+        let name_of = |frame: &str| -> Option<&str> {
+            // C++ names carry their parameters: `new_kept()`, `cross_alloc(void*)`.
+            let short = frame.split('(').next().unwrap_or(frame);
+            let short = short.rsplit("::").next().unwrap_or(short);
+            sites.iter().copied().find(|s| *s == short)
+        };
+        let mut figures = Figures::default();
+        for stack in self.stacks() {
+            let frames = stack["frames"].as_array().unwrap();
+            let innermost = frames.iter().rev().filter_map(|f| name_of(f.as_str().unwrap())).next();
+            if stack["source"] == source && innermost == Some(site) {
                 figures.outstanding_bytes += stack["outstanding_bytes"].as_u64().unwrap();
                 figures.outstanding_allocs += stack["outstanding_allocs"].as_u64().unwrap();
                 figures.allocated_bytes += stack["allocated_bytes"].as_u64().unwrap();

@@ -1,0 +1,193 @@
+//! Allocator tracing on the real kernel: every entry point of the allocator the target really uses, with
+//! exact outstanding bytes per call site. The fixtures state their ground truth in their sources:
+//! allocs.c (glibc), allocs_cpp.cpp (libstdc++'s operator new and delete), rust-mimalloc (mimalloc linked
+//! into a Rust executable), and that executable stripped, traced with --symbols-from its unstripped build.
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+};
+
+use common::{Figures, Report, Running, compile_with, fixture, output_dir, start_tracer};
+
+/// (call site, outstanding bytes, outstanding allocations, allocated bytes).
+type Truth = &'static [(&'static str, u64, u64, u64)];
+
+const C_TRUTH: Truth = &[
+    ("malloc_kept", 3000, 3, 3000),
+    ("malloc_freed", 0, 0, 10000),
+    ("calloc_kept", 1000, 1, 1000),
+    ("realloc_grow", 400, 1, 700),
+    ("realloc_shrink", 1000, 1, 5000),
+    ("realloc_move", 20000, 1, 20128),
+    ("realloc_from_null", 300, 1, 300),
+    ("realloc_to_zero", 0, 0, 500),
+    ("reallocarray_kept", 480, 1, 720),
+    ("posix_memalign_kept", 1000, 1, 1000),
+    ("posix_memalign_bad", 0, 0, 0),
+    ("aligned_alloc_kept", 2048, 1, 2048),
+    ("memalign_kept", 777, 1, 777),
+    ("valloc_kept", 5000, 1, 5000),
+    ("failed_malloc", 0, 0, 0),
+    ("failed_realloc", 50, 1, 50),
+    ("free_null", 0, 0, 0),
+    ("thread_keeps", 1024, 4, 1024),
+    ("cross_alloc", 0, 0, 2048),
+    ("cross_free", 0, 0, 0),
+    ("churn", 6400, 100, 6_400_000),
+];
+
+const CPP_TRUTH: Truth = &[
+    ("new_kept", 96, 2, 96),
+    ("new_deleted", 0, 0, 192),
+    ("new_array_kept", 1000, 1, 1000),
+    ("new_array_deleted", 0, 0, 1000),
+    ("new_array_cookie_kept", 168, 1, 168),
+    ("new_array_cookie_deleted", 0, 0, 88),
+    ("aligned_new_kept", 192, 1, 192),
+    ("aligned_new_deleted", 0, 0, 384),
+    ("aligned_array_kept", 384, 1, 384),
+    ("nothrow_new_kept", 48, 1, 48),
+    ("nothrow_array_kept", 500, 1, 500),
+    ("nothrow_new_failed", 0, 0, 0),
+    ("vector_growth", 424, 2, 464),
+    ("thread_keeps", 999, 3, 999),
+    ("cross_alloc", 0, 0, 192),
+    ("cross_delete", 0, 0, 0),
+    ("churn", 4800, 100, 4_800_000),
+];
+
+const RUST_TRUTH: Truth = &[
+    ("keep_vec", 4000, 1, 4000),
+    ("drop_vec", 0, 0, 8000),
+    ("keep_box", 256, 1, 256),
+    ("drop_box", 0, 0, 400),
+    ("keep_zeroed", 2048, 1, 2048),
+    ("keep_aligned", 128, 1, 128),
+    ("grow_kept", 1000, 1, 1100),
+    ("shrink_kept", 500, 1, 3500),
+    ("grow_dropped", 0, 0, 192),
+    ("churn", 4800, 100, 480_000),
+    ("thread_keeps", 4000, 4, 4000),
+    ("alloc_for_other_thread", 0, 0, 700),
+];
+
+/// Traces `program wait` by pid (it waits for a line), lets it run, and returns the report.
+fn trace(test: &str, program: &Path, extra: &[&str]) -> Report {
+    let out = output_dir(test);
+    let mut target = Running::spawn(Command::new(program).arg("wait"));
+    let pid = target.pid().to_string();
+    let mut args = vec!["-o", out.to_str().unwrap(), "--pid", &pid];
+    args.extend_from_slice(extra);
+    let mut tracer = start_tracer(&args);
+    target.send_line("go");
+    target.stdout.wait_for("done");
+    target.close_stdin();
+    assert!(target.wait().success(), "the target must survive being traced");
+    assert!(tracer.wait().success());
+    Report::load(&out)
+}
+
+fn assert_truth(report: &Report, truth: Truth) {
+    let sites: Vec<&str> = truth.iter().map(|(site, ..)| *site).collect();
+    for &(site, outstanding_bytes, outstanding_allocs, allocated_bytes) in truth {
+        assert_eq!(
+            report.by_site("malloc", site, &sites),
+            Figures { outstanding_bytes, outstanding_allocs, allocated_bytes },
+            "{site}"
+        );
+    }
+    for counter in ["lost_events", "map_full", "stack_errors", "missed_frees"] {
+        assert_eq!(report.counter(counter), 0, "{counter}");
+    }
+}
+
+fn uprobes_on(report: &Report, symbol: &str) -> usize {
+    report.0["probes"].as_array().unwrap().iter().filter(|p| p["symbol"] == symbol).count()
+}
+
+#[test]
+fn glibc_malloc_family_is_exact_per_call_site() {
+    let report = trace("glibc_malloc_family", &fixture("allocs"), &[]);
+    assert_truth(&report, C_TRUTH);
+    // Entry and return probes on malloc, an entry probe only on free.
+    assert_eq!(uprobes_on(&report, "malloc"), 2);
+    assert_eq!(uprobes_on(&report, "free"), 1);
+    common::assert_detached(&report);
+}
+
+#[test]
+fn operator_new_and_delete_are_exact_and_a_throwing_new_survives() {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/allocs_cpp.cpp");
+    let program = compile_with("allocs_cpp", &source, "g++", &["-std=c++17", "-fsized-deallocation"]);
+    let report = trace("operator_new_and_delete", &program, &[]);
+    assert_truth(&report, CPP_TRUTH);
+    // The throwing forms have no return probe: a C++ unwinder cannot get through the kernel's trampoline.
+    let probes = report.0["probes"].as_array().unwrap();
+    let kinds = |symbol: &str| -> Vec<&str> {
+        probes.iter().filter(|p| p["symbol"] == symbol).map(|p| p["kind"].as_str().unwrap()).collect()
+    };
+    assert_eq!(kinds("_Znwm"), ["uprobe"]);
+    assert_eq!(kinds("_ZnwmRKSt9nothrow_t"), ["uprobe", "uretprobe"]);
+}
+
+/// The Rust fixture with mimalloc, built once (its own target folder, frame pointers on).
+fn rust_mimalloc() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rust-mimalloc");
+            let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("rust-mimalloc");
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--release", "--locked", "--quiet"])
+                .current_dir(&crate_dir)
+                .env("CARGO_TARGET_DIR", &target_dir)
+                .env_remove("RUSTFLAGS")
+                .env_remove("CARGO_ENCODED_RUSTFLAGS")
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "cannot build the Rust fixture");
+            target_dir.join("release/rust-mimalloc-fixture")
+        })
+        .clone()
+}
+
+#[test]
+fn mimalloc_linked_into_a_rust_executable_is_exact() {
+    let report = trace("mimalloc_rust", &rust_mimalloc(), &[]);
+    assert_truth(&report, RUST_TRUTH);
+    assert!(uprobes_on(&report, "mi_malloc_aligned") >= 1, "mimalloc's entry points were found in the executable");
+}
+
+#[test]
+fn a_stripped_executable_with_symbols_from_its_build_gives_the_same_results() {
+    let unstripped = rust_mimalloc();
+    let stripped = Path::new(env!("CARGO_TARGET_TMPDIR")).join("rust-mimalloc-stripped");
+    let status = Command::new("objcopy").arg("--strip-all").arg(&unstripped).arg(&stripped).status().unwrap();
+    assert!(status.success());
+    let report = trace("mimalloc_stripped", &stripped, &["--symbols-from", unstripped.to_str().unwrap()]);
+    assert_truth(&report, RUST_TRUTH);
+
+    // A build that is not the same is refused, in one line.
+    let other = fixture("allocs");
+    let mut target = Running::spawn(Command::new(&stripped).arg("wait"));
+    let out = Command::new(common::TRACER)
+        .args([
+            "-d",
+            "1s",
+            "-o",
+            output_dir("mimalloc_wrong_symbols").to_str().unwrap(),
+            "--pid",
+            &target.pid().to_string(),
+        ])
+        .args(["--symbols-from", other.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.lines().count() == 1, "{stderr}");
+    assert!(stderr.contains("error:"), "{stderr}");
+    target.close_stdin();
+}
