@@ -54,6 +54,10 @@ pub struct Cli {
     #[arg(long, value_name = "FILE|-")]
     pub markers_from: Option<String>,
 
+    /// Do not trace page faults (resident memory).
+    #[arg(long)]
+    pub no_faults: bool,
+
     /// Do not trace the allocator (malloc, free, operator new, mi_malloc, ...): mapped and resident
     /// memory only.
     #[arg(long)]

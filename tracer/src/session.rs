@@ -67,7 +67,9 @@ pub fn run(cli: Cli) -> Result<()> {
         maps.add_log_descriptors(pid, &[1, 2])?;
     }
     probes.attach_syscalls()?;
-    probes.attach_faults()?;
+    if !cli.no_faults {
+        probes.attach_faults()?;
+    }
     if patterns.is_some() {
         probes.attach_writes()?;
     }
