@@ -135,6 +135,10 @@ pub struct Block {
     pub size: u64,
     pub timestamp_ns: u64,
     pub site: AllocSite,
+    /// What the block counts for in its site's figures: its size and 1, or, sampled (`--sample-bytes N`)
+    /// below N bytes, N and N / size (see `tracer-ebpf/src/alloc.rs`).
+    pub charged_bytes: u64,
+    pub charged_blocks: u64,
 }
 
 /// The stack id of blocks whose stack could not be stored (counted in `stack_errors`).

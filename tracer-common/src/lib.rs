@@ -21,6 +21,7 @@ pub mod map_names {
     pub const ALLOC_STATS: &str = "ALLOC_STATS";
     pub const LOG_FDS: &str = "LOG_FDS";
     pub const RUNTIME_TEXT: &str = "RUNTIME_TEXT";
+    pub const SAMPLING: &str = "SAMPLING";
 }
 
 /// Flag for `bpf_get_stackid`: walk the user stack (frame pointers), not the kernel one.

@@ -19,9 +19,12 @@ use core::intrinsics::AtomicOrdering;
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_get_attach_cookie},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated::bpf_get_attach_cookie,
+    },
     macros::{map, uprobe, uretprobe},
-    maps::{HashMap, LruHashMap},
+    maps::{Array, HashMap, LruHashMap},
     programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
 };
 use tracer_common::{
@@ -50,7 +53,9 @@ pub struct AllocCall {
     site: AllocSite,
     entered_ns: u64,
     /// A call without a return probe whose inner call has taken over.
-    delegated: u64,
+    delegated: u32,
+    /// Chosen by byte sampling (always, without `--sample-bytes`): record its block.
+    sampled: u32,
 }
 
 #[map]
@@ -75,6 +80,10 @@ static ALLOCS: HashMap<BlockKey, Block> = HashMap::with_max_entries(1 << 20, 0);
 /// Figures per allocation site.
 #[map]
 static ALLOC_STATS: HashMap<AllocSite, StackAllocStats> = HashMap::with_max_entries(1 << 16, 0);
+
+/// `--sample-bytes N` in slot 0 (0: every allocation is recorded).
+#[map]
+static SAMPLING: Array<u64> = Array::with_max_entries(1, 0);
 
 const BPF_NOEXIST: u64 = 1;
 /// No allocator call takes this long: an entry older than this was left by a call that never returned.
@@ -151,7 +160,7 @@ pub fn alloc_entry(ctx: ProbeContext) -> u32 {
         if hands_over {
             // The outer call cannot record its result: this call does, where the outer one was called.
             // An inner call without a return probe itself (new[] calls new) passes it on again.
-            let delegated = u64::from(!cookie.no_return);
+            let delegated = u32::from(!cookie.no_return);
             *outer = AllocCall {
                 cookie: cookie.encode(),
                 size,
@@ -161,6 +170,7 @@ pub fn alloc_entry(ctx: ProbeContext) -> u32 {
                 site: outer.site,
                 entered_ns: now,
                 delegated,
+                sampled: outer.sampled,
             };
         } else if outer_cookie.is_some_and(|c| !c.no_return) || outer.delegated != 0 {
             outer.depth += 1;
@@ -177,19 +187,55 @@ pub fn alloc_entry(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn enter(ctx: &ProbeContext, pid_tgid: u64, cookie: AllocCookie, size: u64, ptr: u64, sp: u64, now: u64) {
-    let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK) {
-        Ok(id) => id as u32,
-        Err(_) => {
-            count(Counter::StackErrors);
-            NO_STACK
-        }
+    // An unsampled call still enters (its nested calls must not count), without the cost of a stack.
+    let sampled = is_sampled(cookie, size);
+    let site = if sampled {
+        let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK) {
+            Ok(id) => id as u32,
+            Err(_) => {
+                count(Counter::StackErrors);
+                NO_STACK
+            }
+        };
+        let caller = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
+        AllocSite { stack_id, pad: 0, caller }
+    } else {
+        AllocSite { stack_id: NO_STACK, pad: 0, caller: 0 }
     };
-    let caller = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
-    let site = AllocSite { stack_id, pad: 0, caller };
-    let call = AllocCall { cookie: cookie.encode(), size, ptr, sp, depth: 0, site, entered_ns: now, delegated: 0 };
+    let call = AllocCall {
+        cookie: cookie.encode(),
+        size,
+        ptr,
+        sp,
+        depth: 0,
+        site,
+        entered_ns: now,
+        delegated: 0,
+        sampled: u32::from(sampled),
+    };
     if ALLOC_CALLS.insert(&pid_tgid, &call, 0).is_err() {
         count(Counter::MapFull);
     }
+}
+
+/// `--sample-bytes N`.
+#[inline(always)]
+fn sample_bytes() -> u64 {
+    SAMPLING.get(0).copied().unwrap_or(0)
+}
+
+/// Byte sampling, decided in the kernel: a block of `size` bytes is recorded with probability
+/// min(1, size / N) and then counts for max(size, N) bytes, so that every figure stays an unbiased estimate
+/// (E[counted] = size). A block of N bytes or more is always recorded, at its size. Calls whose size is
+/// only known at their return (xallocx) are always recorded.
+#[inline(always)]
+fn is_sampled(cookie: AllocCookie, size: u64) -> bool {
+    let interval = sample_bytes();
+    if interval == 0 || size >= interval || cookie.shape == AllocShape::ResizeInPlace {
+        return true;
+    }
+    let draw = (unsafe { bpf_get_prandom_u32() } as u64) << 32 | unsafe { bpf_get_prandom_u32() } as u64;
+    draw % interval < size
 }
 
 #[uretprobe]
@@ -208,6 +254,12 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let Some(cookie) = AllocCookie::decode(call.cookie) else { return 0 };
     let result: u64 = ctx.ret();
     let site = call.site;
+    let sampled = call.sampled != 0;
+    let record = |tgid: u32, addr: u64, size: u64, site: AllocSite| {
+        if sampled {
+            record(tgid, addr, size, site);
+        }
+    };
     match cookie.shape {
         AllocShape::Malloc | AllocShape::Calloc => {
             if result != 0 {
@@ -261,30 +313,40 @@ fn record(tgid: u32, addr: u64, size: u64, site: AllocSite) {
     if let Some(old) = unsafe { ALLOCS.get(&key) }.copied() {
         // Still live at this address: its free went through a path we do not see.
         count(Counter::MissedFrees);
-        charge(&old.site, old.size, false);
+        charge(&old.site, old.charged_bytes, old.charged_blocks, false);
     }
-    let block = Block { size, timestamp_ns: unsafe { bpf_ktime_get_ns() }, site };
+    let interval = sample_bytes();
+    let (charged_bytes, charged_blocks) = if interval == 0 || size >= interval {
+        (size, 1)
+    } else {
+        // Recorded with probability size / N: counts for N bytes and (rounded) N / size blocks.
+        (interval, (interval + size / 2) / size.max(1))
+    };
+    let block = Block { size, timestamp_ns: unsafe { bpf_ktime_get_ns() }, site, charged_bytes, charged_blocks };
     if ALLOCS.insert(&key, &block, 0).is_err() {
         count(Counter::MapFull);
         return;
     }
-    charge(&site, size, true);
+    charge(&site, charged_bytes, charged_blocks, true);
 }
 
 #[inline(always)]
 fn release(tgid: u32, addr: u64) {
     let key = BlockKey { tgid, pad: 0, addr };
     let Some(block) = (unsafe { ALLOCS.get(&key) }).copied() else {
-        count(Counter::UnmatchedFrees);
+        // With sampling, most blocks were never recorded: their frees are expected to miss.
+        if sample_bytes() == 0 {
+            count(Counter::UnmatchedFrees);
+        }
         return;
     };
     let _ = ALLOCS.remove(&key);
-    charge(&block.site, block.size, false);
+    charge(&block.site, block.charged_bytes, block.charged_blocks, false);
 }
 
 /// Adds a block to its site's figures, or takes it out.
 #[inline(always)]
-fn charge(site: &AllocSite, size: u64, allocated: bool) {
+fn charge(site: &AllocSite, bytes: u64, blocks: u64, allocated: bool) {
     let mut stats = ALLOC_STATS.get_ptr_mut(site);
     if stats.is_none() {
         let _ = ALLOC_STATS.insert(site, &StackAllocStats::default(), BPF_NOEXIST);
@@ -297,14 +359,14 @@ fn charge(site: &AllocSite, size: u64, allocated: bool) {
     // SAFETY: map values live as long as the map; every CPU updates them with atomic adds only.
     unsafe {
         if allocated {
-            atomic_add(&raw mut (*stats).outstanding_bytes, size);
-            atomic_add(&raw mut (*stats).outstanding_blocks, 1);
-            atomic_add(&raw mut (*stats).allocated_bytes, size);
-            atomic_add(&raw mut (*stats).allocated_blocks, 1);
+            atomic_add(&raw mut (*stats).outstanding_bytes, bytes);
+            atomic_add(&raw mut (*stats).outstanding_blocks, blocks);
+            atomic_add(&raw mut (*stats).allocated_bytes, bytes);
+            atomic_add(&raw mut (*stats).allocated_blocks, blocks);
         } else {
-            atomic_add(&raw mut (*stats).outstanding_bytes, size.wrapping_neg());
-            atomic_add(&raw mut (*stats).outstanding_blocks, 1u64.wrapping_neg());
-            atomic_add(&raw mut (*stats).freed_bytes, size);
+            atomic_add(&raw mut (*stats).outstanding_bytes, bytes.wrapping_neg());
+            atomic_add(&raw mut (*stats).outstanding_blocks, blocks.wrapping_neg());
+            atomic_add(&raw mut (*stats).freed_bytes, bytes);
         }
     }
 }

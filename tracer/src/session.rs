@@ -62,6 +62,9 @@ pub fn run(cli: Cli) -> Result<()> {
 
     let (mut probes, mut maps, events) = Probes::load()?;
     maps.add_target(pid)?;
+    if let Some(bytes) = cli.sample_bytes {
+        maps.set_sample_bytes(bytes)?;
+    }
     if patterns.is_some() {
         // A launched target logs from its first instruction: its stdout and stderr count from the start.
         maps.add_log_descriptors(pid, &[1, 2])?;
@@ -84,7 +87,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Pending::Launched(child) => (child.release()?, true),
     };
     let exe = target.info.exe.clone();
-    let probe_info = ProbeInfo { records: probes.records.clone(), allocators: allocator_summary };
+    let probe_info =
+        ProbeInfo { records: probes.records.clone(), allocators: allocator_summary, sample_bytes: cli.sample_bytes };
     let report_options = ReportOptions { compare: cli.compare, warmup: cli.warmup };
     let mut collector = Collector::new(maps, target, !launched)
         .with_allocator(probe_info.allocators.as_ref().is_some_and(|summary| summary.entry_points > 0))

@@ -424,8 +424,8 @@ impl Collector {
         for (_, block) in self.maps.blocks.iter().filter_map(Result::ok) {
             if block.timestamp_ns <= cutoff {
                 let entry: &mut (u64, u64) = old.entry(block.site).or_default();
-                entry.0 += block.size;
-                entry.1 += 1;
+                entry.0 += block.charged_bytes;
+                entry.1 += block.charged_blocks;
             }
         }
         old

@@ -8,7 +8,7 @@ pub mod tracefs;
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfError, EbpfLoader, VerifierLogLevel,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
         ProgramError, TracePoint, UProbe,
         trace_point::TracePointLinkId,
@@ -65,6 +65,8 @@ pub struct KernelMaps {
     pub log_fds: HashMap<MapData, u64, u8>,
     /// Where the C runtime's code lies, by tgid.
     pub runtime_text: HashMap<MapData, u32, RuntimeText>,
+    /// `--sample-bytes` for the allocator probes.
+    pub sampling: Array<MapData, u64>,
 }
 
 impl KernelMaps {
@@ -78,6 +80,11 @@ impl KernelMaps {
             self.log_fds.insert((tgid as u64) << 32 | *fd as u64, 1, 0).context("cannot add a log descriptor")?;
         }
         Ok(())
+    }
+
+    /// Allocator byte sampling: a mean of `bytes` between recorded blocks (0: record every block).
+    pub fn set_sample_bytes(&mut self, bytes: u64) -> Result<()> {
+        self.sampling.set(0, bytes, 0).context("cannot set the sampling interval")
     }
 
     /// The C runtime's code ranges in `tgid` (the first [`RUNTIME_TEXT_RANGES`]).
@@ -121,6 +128,8 @@ pub struct ProbeInfo {
     pub records: Vec<ProbeRecord>,
     /// The allocator entry points found, per object; `None` when allocator tracing was off.
     pub allocators: Option<allocators::AllocatorSummary>,
+    /// `--sample-bytes`: allocator figures are estimates from blocks sampled by bytes.
+    pub sample_bytes: Option<u64>,
 }
 
 /// An allocator function to probe.
@@ -162,6 +171,7 @@ impl Probes {
             alloc_stats: HashMap::try_from(take(map_names::ALLOC_STATS)?)?,
             log_fds: HashMap::try_from(take(map_names::LOG_FDS)?)?,
             runtime_text: HashMap::try_from(take(map_names::RUNTIME_TEXT)?)?,
+            sampling: Array::try_from(take(map_names::SAMPLING)?)?,
         };
         let events = RingBuf::try_from(take(map_names::EVENTS)?)?;
         Ok((Self { ebpf, records: Vec::new(), links: Vec::new() }, maps, events))

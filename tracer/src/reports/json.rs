@@ -36,6 +36,9 @@ struct Report<'a> {
     probes: &'a [crate::probes::ProbeRecord],
     /// The allocator entry points found per object, and warnings (null: allocator tracing was off).
     allocators: Option<&'a crate::probes::allocators::AllocatorSummary>,
+    /// With --sample-bytes N: the allocator's figures are unbiased estimates from blocks recorded with
+    /// probability min(1, size / N).
+    allocator_sample_bytes: Option<u64>,
     events: u64,
     /// The target's RSS and the outstanding bytes per source over the run.
     timeline: Vec<TimelinePoint>,
@@ -261,6 +264,7 @@ pub fn render(
         },
         probes: &probes.records,
         allocators: probes.allocators.as_ref(),
+        allocator_sample_bytes: probes.sample_bytes,
         events: trace.events,
         timeline: trace
             .timeline
