@@ -21,6 +21,11 @@ pub enum EventKind {
     /// The page fault in progress on `tid` at `addr` brought in a block of `len` bytes (a transparent huge
     /// page, or a multi-size THP), not a base page.
     LargePage = 7,
+    /// A signal delivered to the traced process: `addr` is its number, `flags` the handler (0: the default
+    /// action).
+    Signal = 8,
+    /// The OOM killer chose task `tid` (of any process: userspace tells whether it is the target's).
+    OomVictim = 9,
 }
 
 impl EventKind {
@@ -33,6 +38,8 @@ impl EventKind {
             5 => Self::Madvise,
             6 => Self::PageFault,
             7 => Self::LargePage,
+            8 => Self::Signal,
+            9 => Self::OomVictim,
             _ => return None,
         })
     }

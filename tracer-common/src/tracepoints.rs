@@ -180,6 +180,37 @@ pub struct SysEnterWritev {
     pub vlen: u64,
 }
 
+/// signal/signal_deliver (in the receiving task)
+/// ```text
+/// field:int sig;	offset:8;	size:4;	signed:1;
+/// field:int errno;	offset:12;	size:4;	signed:1;
+/// field:int code;	offset:16;	size:4;	signed:1;
+/// field:unsigned long sa_handler;	offset:24;	size:8;	signed:0;
+/// field:unsigned long sa_flags;	offset:32;	size:8;	signed:0;
+/// ```
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SignalDeliver {
+    pub common: CommonHeader,
+    pub sig: i32,
+    pub errno: i32,
+    pub code: i32,
+    pub pad: u32,
+    pub sa_handler: u64,
+    pub sa_flags: u64,
+}
+
+/// oom/mark_victim (in the OOM killer's context)
+/// ```text
+/// field:int pid;	offset:8;	size:4;	signed:1;
+/// ```
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct MarkVictim {
+    pub common: CommonHeader,
+    pub pid: i32,
+}
+
 /// One field the kernel programs read: which tracepoint, the field's name in the format file, and where
 /// our struct expects it.
 #[derive(Clone, Copy, Debug)]
@@ -238,5 +269,8 @@ pub const EXPECTED_FIELDS: &[ExpectedField] = &[
     field!("syscalls", "sys_enter_writev", SysEnterWritev, fd, "fd"),
     field!("syscalls", "sys_enter_writev", SysEnterWritev, vec, "vec"),
     field!("syscalls", "sys_enter_writev", SysEnterWritev, vlen, "vlen"),
+    field!("signal", "signal_deliver", SignalDeliver, sig, "sig", i32),
+    field!("signal", "signal_deliver", SignalDeliver, sa_handler, "sa_handler"),
+    field!("oom", "mark_victim", MarkVictim, pid, "pid", i32),
     field!("kmem", "mm_page_alloc", MmPageAlloc, migratetype, "migratetype", i32),
 ];

@@ -6,6 +6,7 @@
 #![allow(internal_features)]
 
 mod alloc;
+mod exits;
 mod faults;
 mod maps;
 mod record;

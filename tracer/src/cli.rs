@@ -83,6 +83,20 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub min_age: Option<Duration>,
 
+    /// Write the full report set into OUTPUT/checkpoints/<UTC time>/ this often (OUTPUT/latest points at
+    /// the newest), so that a long run keeps its evidence even if the tracer dies.
+    #[arg(long, value_name = "INTERVAL", value_parser = parse_duration)]
+    pub checkpoint: Option<Duration>,
+
+    /// How many checkpoints to keep.
+    #[arg(long, value_name = "N", default_value = "5")]
+    pub keep: usize,
+
+    /// Write a snapshot when the target's RSS first crosses SIZE (e.g. 3G), and again at each further
+    /// multiple: the evidence from just before a crash.
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    pub snapshot_at_rss: Option<u64>,
+
     /// Launch this command and trace it from its first instruction.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,

@@ -18,7 +18,7 @@ use crate::{
         libraries, tracefs,
     },
     procfs::maps::MemoryMap,
-    reports::{self, ReportOptions, output::OutputDir, summary},
+    reports::{self, ReportOptions, output::OutputDir, snapshots, summary},
     target::{HeldChild, Target},
 };
 
@@ -95,7 +95,8 @@ pub fn run(cli: Cli) -> Result<()> {
         .with_min_age(cli.min_age)
         .with_symbols_from(cli.symbols_from.as_deref())
         .with_turns(patterns)
-        .with_interval(cli.interval);
+        .with_interval(cli.interval)
+        .with_snapshots(cli.checkpoint, cli.snapshot_at_rss);
     eprintln!("dispatch-leaktrace: tracing pid {pid} ({}); Ctrl-C to stop", exe.display());
     let (marker_sender, marker_receiver) = tokio::sync::mpsc::unbounded_channel();
     let _control = {
@@ -109,7 +110,7 @@ pub fn run(cli: Cli) -> Result<()> {
     };
     let ending =
         runtime.block_on(collector.run(cli.duration, events, signals, Some(marker_receiver), |trace, reason| {
-            write_snapshot(trace, reason, &probe_info, &report_options, &out);
+            write_snapshot(trace, reason, &probe_info, &report_options, &out, cli.keep);
         }))?;
     // Detach before the slower work of writing reports.
     probes.detach();
@@ -167,24 +168,18 @@ fn attach_allocator(cli: &Cli, pending: &Pending, probes: &mut Probes) -> Result
     Ok(summary)
 }
 
-/// `OUTPUT/snapshots/<UTC time>-<reason>/`: the full report set while the trace goes on. A failure is a
-/// warning: the trace itself must go on.
+/// A snapshot or checkpoint while the trace goes on. A failure is a warning: the trace itself must go on.
 fn write_snapshot(
     trace: &Trace<'_>,
     reason: SnapshotReason,
     probes: &ProbeInfo,
     options: &ReportOptions,
     out: &OutputDir,
+    keep: usize,
 ) {
-    let stamp = humantime::format_rfc3339_millis(trace.ended_at).to_string().replace(['-', ':'], "");
-    let name = format!("{stamp}-{}", reason.name());
-    let written = out.subfolder(&Path::new("snapshots").join(name)).and_then(|dir| {
-        reports::write_all(trace, probes, options, &dir)?;
-        Ok(dir)
-    });
-    match written {
-        Ok(dir) => eprintln!("dispatch-leaktrace: snapshot written to {}", dir.path().display()),
-        Err(error) => eprintln!("dispatch-leaktrace: warning: cannot write a snapshot: {error:#}"),
+    match snapshots::write(trace, reason, probes, options, out, keep) {
+        Ok(dir) => eprintln!("dispatch-leaktrace: {} written to {}", reason.describe(), dir.display()),
+        Err(error) => eprintln!("dispatch-leaktrace: warning: cannot write a {}: {error:#}", reason.describe()),
     }
 }
 

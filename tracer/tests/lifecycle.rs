@@ -110,3 +110,150 @@ impl SnapshotName for std::path::PathBuf {
         self.file_name().unwrap().to_string_lossy().ends_with("Z-requested")
     }
 }
+
+#[test]
+fn a_target_killed_by_sigsegv_ends_the_trace_as_a_crash_with_its_data() {
+    for launched in [false, true] {
+        let out = output_dir(&format!("crash_launched_{launched}"));
+        let (mut target, mut tracer) = if launched {
+            let mut tracer =
+                start_tracer(&["-o", out.to_str().unwrap(), "--", fixture("mappings").to_str().unwrap(), "wait"]);
+            tracer.send_line("go");
+            (None, tracer)
+        } else {
+            let mut target = waiting_fixture();
+            let tracer = start_tracer(&["-o", out.to_str().unwrap(), "--pid", &target.pid().to_string()]);
+            target.send_line("go");
+            (Some(target), tracer)
+        };
+        match &mut target {
+            Some(target) => {
+                target.stdout.wait_for("done");
+            }
+            None => {
+                tracer.stdout.wait_for("done");
+            }
+        }
+        // Let the tracer name the frames while the target lives, then crash it.
+        tracer.snapshot();
+        let pid = Report::load(&out.join("snapshots").read_dir().unwrap().next().unwrap().unwrap().path()).0["target"]
+            ["pid"]
+            .as_u64()
+            .unwrap();
+        // SAFETY: a signal to the fixture we started.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSEGV) }, 0);
+        assert!(tracer.wait().success());
+
+        let report = Report::load(&out);
+        assert_eq!(report.end_reason(), "target-crash", "launched: {launched}");
+        assert_eq!(report.0["target_exit"]["signal"], libc::SIGSEGV);
+        assert_eq!(report.0["target_exit"]["signal_name"], "SIGSEGV");
+        assert!(report.0["target_exit"]["at"].is_string());
+        // The data up to the crash, with its frames named.
+        assert_eq!(report.by_leaf("mmap", "keep_regions").outstanding_bytes, 15 * common::PAGE);
+        assert_detached(&report);
+    }
+}
+
+/// Report folders of `dir` (checkpoints or snapshots), by name, without partial ones.
+fn report_folders(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn checkpoints_keep_the_newest_and_survive_a_killed_tracer() {
+    for (round, kill_after_ms) in [700u64, 1100, 1500].into_iter().enumerate() {
+        let out = output_dir(&format!("checkpoints_{round}"));
+        let target = waiting_fixture();
+        let pid = target.pid().to_string();
+        let mut tracer = start_tracer(&[
+            "-o",
+            out.to_str().unwrap(),
+            "--pid",
+            &pid,
+            "--checkpoint",
+            "150ms",
+            "--keep",
+            "2",
+            "-i",
+            "100ms",
+        ]);
+        std::thread::sleep(std::time::Duration::from_millis(kill_after_ms));
+        // Killed at an arbitrary moment, likely in the middle of writing a checkpoint.
+        tracer.signal(libc::SIGKILL);
+        tracer.wait();
+
+        let checkpoints = out.join("checkpoints");
+        let names = report_folders(&checkpoints);
+        assert!(!names.is_empty() && names.len() <= 3, "round {round}: {names:?}");
+        for name in &names {
+            let folder = checkpoints.join(name);
+            let report = Report::load(&folder);
+            assert!(report.0["end_reason"].is_null(), "a checkpoint is taken while the trace runs");
+            for file in ["stacks.folded", "flamegraph.svg", "growth.svg", "timeline.svg", "profile.pb.gz"] {
+                assert!(folder.join(file).is_file(), "round {round}: {name}/{file} missing");
+            }
+        }
+        // latest points at a complete checkpoint, the newest.
+        let latest = std::fs::read_link(out.join("latest")).unwrap();
+        assert_eq!(latest, std::path::Path::new("checkpoints").join(names.last().unwrap()), "round {round}");
+        Report::load(&out.join("latest"));
+    }
+}
+
+#[test]
+fn the_newest_checkpoints_are_kept() {
+    let out = output_dir("checkpoints_keep");
+    let target = waiting_fixture();
+    let mut tracer = start_tracer(&[
+        "-o",
+        out.to_str().unwrap(),
+        "--pid",
+        &target.pid().to_string(),
+        "--checkpoint",
+        "200ms",
+        "--keep",
+        "2",
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    tracer.signal(libc::SIGINT);
+    assert!(tracer.wait().success());
+    let names = report_folders(&out.join("checkpoints"));
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names[0] < names[1]);
+}
+
+#[test]
+fn a_snapshot_is_written_at_each_rss_multiple_crossed() {
+    let out = output_dir("rss_threshold");
+    let mut target = Running::spawn(Command::new(fixture("touches")).arg("wait"));
+    let mut tracer =
+        start_tracer(&["-o", out.to_str().unwrap(), "--pid", &target.pid().to_string(), "--snapshot-at-rss", "1M"]);
+    target.send_line("go");
+    target.stdout.wait_for("done");
+    // The fixture's RSS grew by about 9 MiB: one more threshold crossed, seen at the next RSS sample.
+    tracer.stderr.wait_for("rss-");
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    tracer.signal(libc::SIGINT);
+    assert!(tracer.wait().success());
+    target.close_stdin();
+
+    let names = report_folders(&out.join("snapshots"));
+    let thresholds: Vec<u64> =
+        names.iter().map(|n| n.rsplit("-rss-").next().unwrap().trim_end_matches('M').parse::<u64>().unwrap()).collect();
+    assert!(thresholds.len() >= 2, "{names:?}");
+    assert!(thresholds.windows(2).all(|w| w[0] < w[1]), "{thresholds:?}");
+    for (name, threshold) in names.iter().zip(&thresholds) {
+        let report = Report::load(&out.join("snapshots").join(name));
+        assert!(report.0["totals"]["rss_bytes"].as_u64().unwrap() >= threshold << 20, "{name}");
+    }
+}

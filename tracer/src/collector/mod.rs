@@ -2,6 +2,7 @@
 //! It knows nothing of report formats: it hands a [`Trace`] to the report writers.
 
 pub mod clock;
+pub mod death;
 pub mod markers;
 pub mod stacks;
 pub mod timeline;
@@ -33,8 +34,9 @@ use crate::{
         FrameName, Symbolizer,
         modules::{ModuleMap, is_c_library, is_runtime_module},
     },
-    target::{ExitStatus, Target},
+    target::Target,
 };
+use death::{Death, DeathWatch};
 use markers::TurnPatterns;
 use stacks::{EventStack, StackTable};
 use timeline::{StackSnapshot, Timeline, TimelinePoint};
@@ -52,6 +54,10 @@ pub enum EndReason {
     Duration,
     Signal,
     TargetExit,
+    /// The target died of a crash signal.
+    TargetCrash,
+    /// The OOM killer killed the target.
+    TargetOom,
 }
 
 impl EndReason {
@@ -60,6 +66,8 @@ impl EndReason {
             EndReason::Duration => "duration",
             EndReason::Signal => "signal",
             EndReason::TargetExit => "target-exit",
+            EndReason::TargetCrash => "target-crash",
+            EndReason::TargetOom => "target-oom",
         }
     }
 }
@@ -88,12 +96,26 @@ impl Signals {
 pub enum SnapshotReason {
     /// SIGUSR1.
     Requested,
+    /// The target's RSS crossed this many bytes (`--snapshot-at-rss`).
+    Rss(u64),
+    /// The periodic checkpoint (`--checkpoint`).
+    Checkpoint,
 }
 
 impl SnapshotReason {
-    pub const fn name(self) -> &'static str {
+    pub fn name(self) -> String {
         match self {
-            SnapshotReason::Requested => "requested",
+            SnapshotReason::Requested => "requested".to_string(),
+            SnapshotReason::Rss(bytes) => format!("rss-{}", crate::reports::summary::short_bytes(bytes)),
+            SnapshotReason::Checkpoint => "checkpoint".to_string(),
+        }
+    }
+
+    /// For messages: "snapshot", "checkpoint".
+    pub fn describe(self) -> &'static str {
+        match self {
+            SnapshotReason::Checkpoint => "checkpoint",
+            _ => "snapshot",
         }
     }
 }
@@ -116,7 +138,8 @@ impl SentLine {
 #[derive(Clone, Copy, Debug)]
 pub struct Ending {
     pub reason: EndReason,
-    pub exit_status: Option<ExitStatus>,
+    /// How the target ended, when it did.
+    pub death: Option<Death>,
     pub at: SystemTime,
 }
 
@@ -166,6 +189,14 @@ pub struct Collector {
     /// Allocator probes are attached: read their figures.
     allocator_traced: bool,
     site_keys: HashMap<AllocSite, StackKey>,
+    death: DeathWatch,
+    /// Kernel (monotonic) times to wall-clock times.
+    clock: clock::Clock,
+    /// `--checkpoint`: how often the full report set is written aside.
+    checkpoint: Option<Duration>,
+    /// `--snapshot-at-rss`: a snapshot each time the RSS crosses a multiple of this.
+    rss_threshold: Option<u64>,
+    next_rss_threshold: u64,
 }
 
 /// The default `--interval`.
@@ -204,6 +235,11 @@ impl Collector {
             interval: DEFAULT_INTERVAL,
             allocator_traced: false,
             site_keys: HashMap::new(),
+            death: DeathWatch::default(),
+            clock: clock::Clock::now(),
+            checkpoint: None,
+            rss_threshold: None,
+            next_rss_threshold: u64::MAX,
         };
         collector.update_runtime_text();
         collector
@@ -221,6 +257,14 @@ impl Collector {
     /// The allocator's probes are attached, so its figures are read from the kernel.
     pub fn with_allocator(mut self, traced: bool) -> Self {
         self.allocator_traced = traced;
+        self
+    }
+
+    /// Periodic checkpoints and RSS-threshold snapshots.
+    pub fn with_snapshots(mut self, checkpoint: Option<Duration>, rss_threshold: Option<u64>) -> Self {
+        self.checkpoint = checkpoint;
+        self.rss_threshold = rss_threshold;
+        self.next_rss_threshold = rss_threshold.unwrap_or(u64::MAX);
         self
     }
 
@@ -275,6 +319,9 @@ impl Collector {
         let mut tick = tokio::time::interval(TICK);
         let mut timeline_tick = tokio::time::interval(self.interval);
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+        let checkpoint_every = self.checkpoint.unwrap_or(Duration::from_secs(3600));
+        let mut checkpoint_tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + checkpoint_every, checkpoint_every);
 
         let reason = loop {
             tokio::select! {
@@ -283,7 +330,12 @@ impl Collector {
                     self.drain(guard.get_inner_mut());
                     guard.clear_ready();
                 }
-                _ = tick.tick() => self.on_tick(),
+                _ = tick.tick() => {
+                    self.on_tick();
+                    if let Some(threshold) = self.crossed_rss_threshold() {
+                        self.snapshot(SnapshotReason::Rss(threshold), &mut on_snapshot);
+                    }
+                }
                 _ = housekeeping.tick() => self.housekeeping(),
                 _ = timeline_tick.tick() => self.add_timeline_point(),
                 Some(line) = async { match sent_markers.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
@@ -293,11 +345,11 @@ impl Collector {
                 }
                 _ = signals.snapshot.recv() => {
                     self.drain(events.get_mut());
-                    self.modules.refresh();
-                    self.sample_rss();
-                    self.sync_allocator_figures();
-                    self.name_new_stacks();
-                    on_snapshot(&self.trace(None), SnapshotReason::Requested);
+                    self.snapshot(SnapshotReason::Requested, &mut on_snapshot);
+                }
+                _ = checkpoint_tick.tick(), if self.checkpoint.is_some() => {
+                    self.drain(events.get_mut());
+                    self.snapshot(SnapshotReason::Checkpoint, &mut on_snapshot);
                 }
                 _ = signals.interrupt.recv() => break EndReason::Signal,
                 _ = signals.terminate.recv() => break EndReason::Signal,
@@ -308,7 +360,13 @@ impl Collector {
         // Whatever the kernel wrote before the end is still in the ring buffer.
         self.drain(events.get_mut());
         self.sync_allocator_figures();
-        let exit_status = if reason == EndReason::TargetExit { self.target.reap() } else { None };
+        let death =
+            (reason == EndReason::TargetExit).then(|| self.death.verdict(self.target.reap(), SystemTime::now()));
+        let reason = match death {
+            Some(Death::Crash { .. }) => EndReason::TargetCrash,
+            Some(Death::Oom { .. }) => EndReason::TargetOom,
+            _ => reason,
+        };
         if reason == EndReason::TargetExit || self.target.has_exited() {
             self.modules.mark_exited();
         } else {
@@ -316,7 +374,28 @@ impl Collector {
         }
         self.name_new_stacks();
         self.add_timeline_point();
-        Ok(Ending { reason, exit_status, at: SystemTime::now() })
+        Ok(Ending { reason, death, at: SystemTime::now() })
+    }
+
+    /// Brings everything up to now and hands the trace to `on_snapshot`.
+    fn snapshot(&mut self, reason: SnapshotReason, on_snapshot: &mut impl FnMut(&Trace<'_>, SnapshotReason)) {
+        self.modules.refresh();
+        self.sample_rss();
+        self.sync_allocator_figures();
+        self.name_new_stacks();
+        self.add_timeline_point();
+        on_snapshot(&self.trace(None), reason);
+    }
+
+    /// The `--snapshot-at-rss` multiple the target's RSS has just crossed, if any: SIZE, then 2 x SIZE...
+    fn crossed_rss_threshold(&mut self) -> Option<u64> {
+        let step = self.rss_threshold?;
+        if self.rss_bytes < self.next_rss_threshold {
+            return None;
+        }
+        let crossed = self.rss_bytes / step * step;
+        self.next_rss_threshold = crossed + step;
+        Some(crossed)
     }
 
     /// The reports' view of the trace: at its end, or now for a snapshot (`ending` None).
@@ -543,6 +622,15 @@ impl Collector {
                 let key = self.stack_key(event, inline, top, Source::PageFault);
                 self.ledger.fault(event.tgid, event.addr, self.page_size, key);
                 self.last_fault.insert(event.tid, (event.addr, key));
+            }
+            EventKind::Signal => self.death.signal(event.addr as i32, event.flags, self.clock.wall(event.timestamp_ns)),
+            EventKind::OomVictim => {
+                let pid = self.target.pid();
+                let ours =
+                    event.tid == pid || std::path::Path::new(&format!("/proc/{pid}/task/{}", event.tid)).exists();
+                if ours {
+                    self.death.oom_killed(self.clock.wall(event.timestamp_ns));
+                }
             }
             EventKind::LargePage => {
                 // Follows the fault it belongs to: widen that fault to the block the kernel allocated.

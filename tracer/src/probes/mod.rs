@@ -48,6 +48,10 @@ const SYSCALL_TRACEPOINTS: &[(&str, &str, &str)] = &[
 const FAULT_TRACEPOINTS: &[(&str, &str, &str)] =
     &[("page_fault_user", "exceptions", "page_fault_user"), ("mm_page_alloc", "kmem", "mm_page_alloc")];
 
+/// How the target dies: fatal signals, and the OOM killer's choice.
+const EXIT_TRACEPOINTS: &[(&str, &str, &str)] =
+    &[("signal_deliver", "signal", "signal_deliver"), ("mark_victim", "oom", "mark_victim")];
+
 /// Log writes, for turn markers.
 const WRITE_TRACEPOINTS: &[(&str, &str, &str)] =
     &[("sys_enter_write", "syscalls", "sys_enter_write"), ("sys_enter_writev", "syscalls", "sys_enter_writev")];
@@ -179,7 +183,8 @@ impl Probes {
 
     /// Attaches the mmap, munmap, mremap, brk and madvise tracepoints.
     pub fn attach_syscalls(&mut self) -> Result<()> {
-        self.attach_tracepoints(SYSCALL_TRACEPOINTS)
+        self.attach_tracepoints(SYSCALL_TRACEPOINTS)?;
+        self.attach_tracepoints(EXIT_TRACEPOINTS)
     }
 
     /// Attaches the write and writev tracepoints that capture the target's log lines.

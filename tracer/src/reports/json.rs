@@ -13,7 +13,12 @@ use super::{
     suspects::{MAX_SUSPECTS, Suspect},
     turns::TurnView,
 };
-use crate::{collector::Trace, ledger::Source, probes::ProbeInfo, target::ExitStatus};
+use crate::{
+    collector::{Trace, death::Death},
+    ledger::Source,
+    probes::ProbeInfo,
+    target::ExitStatus,
+};
 
 pub const VERSION: u32 = 1;
 
@@ -153,11 +158,38 @@ struct Target {
     cmdline: Vec<String>,
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "snake_case")]
-enum TargetExit {
-    Code(i32),
-    Signal(i32),
+/// How the target ended: its exit code (when we launched it), or the signal that killed it, when, whether
+/// its own handler ran first (a crash handler), and whether the OOM killer chose it.
+#[derive(Serialize, Default)]
+struct TargetExit {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signal: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signal_name: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    handled_by_target: Option<bool>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    oom_killed: bool,
+}
+
+fn signal_name(signal: i32) -> Option<&'static str> {
+    Some(match signal {
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGSYS => "SIGSYS",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        _ => return None,
+    })
 }
 
 #[derive(Serialize)]
@@ -237,9 +269,26 @@ pub fn render(
         started_at: rfc3339(trace.started_at),
         ended_at: rfc3339(trace.ended_at),
         end_reason: trace.ending.map(|ending| ending.reason.name()),
-        target_exit: trace.ending.and_then(|ending| ending.exit_status).map(|status| match status {
-            ExitStatus::Code(code) => TargetExit::Code(code),
-            ExitStatus::Signal(signal) => TargetExit::Signal(signal),
+        target_exit: trace.ending.and_then(|ending| ending.death).map(|death| match death {
+            Death::Exit(Some(ExitStatus::Code(code))) => TargetExit { code: Some(code), ..TargetExit::default() },
+            Death::Exit(Some(ExitStatus::Signal(signal))) => {
+                TargetExit { signal: Some(signal), signal_name: signal_name(signal), ..TargetExit::default() }
+            }
+            Death::Exit(None) => TargetExit::default(),
+            Death::Crash { signal, at, handled } => TargetExit {
+                signal: Some(signal),
+                signal_name: signal_name(signal),
+                at: Some(rfc3339(at)),
+                handled_by_target: Some(handled),
+                ..TargetExit::default()
+            },
+            Death::Oom { at } => TargetExit {
+                signal: Some(libc::SIGKILL),
+                signal_name: signal_name(libc::SIGKILL),
+                at: Some(rfc3339(at)),
+                oom_killed: true,
+                ..TargetExit::default()
+            },
         }),
         totals: Totals { outstanding_bytes, outstanding_allocs, rss_bytes: trace.rss_bytes, by_source },
         stacks: stacks

@@ -8,6 +8,7 @@ pub mod json;
 pub mod output;
 pub mod pprof;
 pub mod redact;
+pub mod snapshots;
 pub mod stacks;
 pub mod summary;
 pub mod suspects;

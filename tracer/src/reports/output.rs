@@ -40,6 +40,40 @@ impl OutputDir {
         Ok(Self { path, owner: self.owner })
     }
 
+    /// A folder that appears whole or not at all: the files go into a hidden `.NAME.partial` folder beside
+    /// it, which [`OutputDir::publish`] renames. A tracer killed while writing leaves only the partial
+    /// folder, which the next publish of that name replaces.
+    pub fn partial(&self, relative: &Path) -> Result<(Self, PathBuf)> {
+        let target = self.path.join(relative);
+        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let parent = target.parent().unwrap_or(&self.path).to_path_buf();
+        let partial = parent.join(format!(".{name}.partial"));
+        let _ = fs::remove_dir_all(&partial);
+        let dir = self.subfolder(partial.strip_prefix(&self.path).unwrap_or(&partial))?;
+        Ok((dir, target))
+    }
+
+    /// Renames a partial folder into place.
+    pub fn publish(&self, partial: &OutputDir, target: &Path) -> Result<PathBuf> {
+        let _ = fs::remove_dir_all(target);
+        fs::rename(&partial.path, target).with_context(|| format!("cannot publish {}", target.display()))?;
+        self.hand_over(target);
+        Ok(target.to_path_buf())
+    }
+
+    /// Points the symbolic link `link` (inside this folder) at `target`, replacing it atomically.
+    pub fn point(&self, link: &str, target: &Path) -> Result<()> {
+        let link_path = self.path.join(link);
+        let aside = self.path.join(format!(".{link}.new"));
+        let _ = fs::remove_file(&aside);
+        let relative = target.strip_prefix(&self.path).unwrap_or(target);
+        std::os::unix::fs::symlink(relative, &aside).with_context(|| format!("cannot create {}", aside.display()))?;
+        if let Some((uid, gid)) = self.owner {
+            let _ = std::os::unix::fs::lchown(&aside, Some(uid), Some(gid));
+        }
+        fs::rename(&aside, &link_path).with_context(|| format!("cannot update {}", link_path.display()))
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -47,6 +47,16 @@ pub fn render(trace: &Trace, written: &Written) -> String {
     out
 }
 
+/// `3G`, `512M`, `1536K`: for file names.
+pub fn short_bytes(bytes: u64) -> String {
+    for (unit, scale) in [("G", 1u64 << 30), ("M", 1 << 20), ("K", 1 << 10)] {
+        if bytes >= scale && bytes % scale == 0 {
+            return format!("{}{unit}", bytes / scale);
+        }
+    }
+    bytes.to_string()
+}
+
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
@@ -61,6 +71,13 @@ pub fn human_bytes(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_sizes_for_file_names() {
+        assert_eq!(short_bytes(3 << 30), "3G");
+        assert_eq!(short_bytes(1536 << 10), "1536K");
+        assert_eq!(short_bytes(1000), "1000");
+    }
 
     #[test]
     fn bytes_read_in_binary_units() {

@@ -1,0 +1,65 @@
+//! How the target dies: the fatal signals delivered to it (a crash: SIGSEGV, SIGILL, SIGABRT, SIGBUS...)
+//! and the OOM killer's choice, so that the final report can say so with the signal and the time.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tracer_common::{
+    events::EventKind,
+    tracepoints::{MarkVictim, SignalDeliver},
+};
+
+use crate::record::{send, traced_tgid};
+
+/// Signals whose default action is to end the process with a core dump (crashes), and SIGKILL/SIGTERM.
+const REPORTED_SIGNALS: u64 =
+    1 << 3 | 1 << 4 | 1 << 5 | 1 << 6 | 1 << 7 | 1 << 8 | 1 << 9 | 1 << 11 | 1 << 15 | 1 << 31;
+
+#[tracepoint(category = "signal", name = "signal_deliver")]
+pub fn signal_deliver(ctx: TracePointContext) -> u32 {
+    let Some(tgid) = traced_tgid() else { return 0 };
+    let Ok(signal) = (unsafe { ctx.read_at::<SignalDeliver>(0) }) else { return 0 };
+    if !(0..64).contains(&signal.sig) || REPORTED_SIGNALS & (1 << signal.sig) == 0 {
+        return 0;
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    send(|event| {
+        event.timestamp_ns = unsafe { bpf_ktime_get_ns() };
+        event.kind = EventKind::Signal as u32;
+        event.tgid = tgid;
+        event.tid = tid;
+        event.stack_id = -1;
+        event.addr = signal.sig as u64;
+        event.len = 0;
+        event.new_addr = 0;
+        event.new_len = 0;
+        event.flags = signal.sa_handler;
+        event.prot = 0;
+        event.fd = -1;
+    });
+    0
+}
+
+/// The OOM killer runs in another task's context, and may name a thread: every victim is sent (the OOM
+/// killer is rare), userspace keeps the target's.
+#[tracepoint(category = "oom", name = "mark_victim")]
+pub fn mark_victim(ctx: TracePointContext) -> u32 {
+    let Ok(victim) = (unsafe { ctx.read_at::<MarkVictim>(0) }) else { return 0 };
+    send(|event| {
+        event.timestamp_ns = unsafe { bpf_ktime_get_ns() };
+        event.kind = EventKind::OomVictim as u32;
+        event.tgid = 0;
+        event.tid = victim.pid as u32;
+        event.stack_id = -1;
+        event.addr = 0;
+        event.len = 0;
+        event.new_addr = 0;
+        event.new_len = 0;
+        event.flags = 0;
+        event.prot = 0;
+        event.fd = -1;
+    });
+    0
+}
