@@ -1,7 +1,7 @@
 //! One tracing session from start to end: find or launch the target, attach, collect, detach, report.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::SystemTime,
 };
 

@@ -50,7 +50,7 @@ pub fn render(trace: &Trace, written: &Written) -> String {
 /// `3G`, `512M`, `1536K`: for file names.
 pub fn short_bytes(bytes: u64) -> String {
     for (unit, scale) in [("G", 1u64 << 30), ("M", 1 << 20), ("K", 1 << 10)] {
-        if bytes >= scale && bytes % scale == 0 {
+        if bytes >= scale && bytes.is_multiple_of(scale) {
             return format!("{}{unit}", bytes / scale);
         }
     }
