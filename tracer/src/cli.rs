@@ -97,6 +97,11 @@ pub struct Cli {
     #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
     pub snapshot_at_rss: Option<u64>,
 
+    /// The most memory the tracer itself may use (anonymous RSS): past four fifths of it, stacks with
+    /// nothing outstanding are forgotten (counted in the report).
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes, default_value = "512M")]
+    pub max_memory: u64,
+
     /// Launch this command and trace it from its first instruction.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,

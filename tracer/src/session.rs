@@ -1,9 +1,6 @@
 //! One tracing session from start to end: find or launch the target, attach, collect, detach, report.
 
-use std::{
-    path::PathBuf,
-    time::SystemTime,
-};
+use std::{path::PathBuf, time::SystemTime};
 
 use anyhow::{Result, bail};
 
@@ -96,6 +93,7 @@ pub fn run(cli: Cli) -> Result<()> {
         .with_symbols_from(cli.symbols_from.as_deref())
         .with_turns(patterns)
         .with_interval(cli.interval)
+        .with_memory_budget(cli.max_memory)
         .with_snapshots(cli.checkpoint, cli.snapshot_at_rss);
     eprintln!("dispatch-leaktrace: tracing pid {pid} ({}); Ctrl-C to stop", exe.display());
     let (marker_sender, marker_receiver) = tokio::sync::mpsc::unbounded_channel();

@@ -10,7 +10,7 @@ pub mod turns;
 pub mod unwind;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     time::{Duration, SystemTime},
 };
 
@@ -27,7 +27,7 @@ use tracer_common::{
 };
 
 use crate::{
-    ledger::{Backing, Ledger, Source, StackKey, StackStats, regions::bytes_by_region},
+    ledger::{Backing, Ledger, Source, StackIx, StackKey, StackStats, regions::bytes_by_region},
     probes::KernelMaps,
     procfs::{self, ProcessInfo, maps::MemoryMap},
     symbolizer::{
@@ -164,6 +164,10 @@ pub struct Trace<'a> {
     pub turns: &'a [TurnRecord],
     pub markers: &'a [PlainMarker],
     pub unmatched_turn_ends: u64,
+    /// The tracer's own memory: its budget, the most it used, and how many stacks it held.
+    pub memory_budget: u64,
+    pub peak_memory: u64,
+    pub live_stacks: usize,
 }
 
 pub struct Collector {
@@ -197,7 +201,15 @@ pub struct Collector {
     /// `--snapshot-at-rss`: a snapshot each time the RSS crosses a multiple of this.
     rss_threshold: Option<u64>,
     next_rss_threshold: u64,
+    /// `--max-memory`, and the most the tracer's own anonymous memory has reached.
+    memory_budget: u64,
+    peak_memory: u64,
+    /// The stack table's size (held_bytes) that triggers the next eviction.
+    next_stack_check: u64,
 }
+
+/// The default `--max-memory`.
+pub const DEFAULT_MEMORY_BUDGET: u64 = 512 << 20;
 
 /// The default `--interval`.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
@@ -240,6 +252,9 @@ impl Collector {
             checkpoint: None,
             rss_threshold: None,
             next_rss_threshold: u64::MAX,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+            peak_memory: 0,
+            next_stack_check: DEFAULT_MEMORY_BUDGET / 4,
         };
         collector.update_runtime_text();
         collector
@@ -265,6 +280,12 @@ impl Collector {
         self.checkpoint = checkpoint;
         self.rss_threshold = rss_threshold;
         self.next_rss_threshold = rss_threshold.unwrap_or(u64::MAX);
+        self
+    }
+
+    pub fn with_memory_budget(mut self, bytes: u64) -> Self {
+        self.memory_budget = bytes;
+        self.next_stack_check = self.stack_budget();
         self
     }
 
@@ -415,17 +436,58 @@ impl Collector {
             turns: &self.turns.records,
             markers: &self.turns.markers,
             unmatched_turn_ends: self.turns.unmatched_ends,
+            memory_budget: self.memory_budget,
+            peak_memory: self.peak_memory.max(procfs::own_anonymous_rss().unwrap_or(0)),
+            live_stacks: self.stacks.live(),
         }
     }
 
     /// Keeps the mappings fresh for naming and for splitting memory by region, and follows the
     /// descriptors the target logs through.
     fn housekeeping(&mut self) {
+        self.keep_within_budget();
         if !self.target.has_exited() {
             self.modules.refresh();
             self.update_runtime_text();
             self.update_log_descriptors();
         }
+    }
+
+    /// Keeps the tracer's own memory under `--max-memory`: past three fifths of it (the reports need room
+    /// at the end), stacks with nothing outstanding (and in no snapshot) are forgotten with their names,
+    /// and the name caches emptied. What was evicted is counted in the report.
+    fn keep_within_budget(&mut self) {
+        let Some(anonymous) = procfs::own_anonymous_rss() else { return };
+        self.peak_memory = self.peak_memory.max(anonymous);
+        if anonymous >= self.memory_budget / 5 * 3 {
+            self.evict();
+        }
+    }
+
+    /// The stacks' share of the budget: a flood of new stacks grows memory faster than a once-a-second
+    /// look at the RSS sees, so the stack table is also checked against this as events come.
+    fn stack_budget(&self) -> u64 {
+        self.memory_budget / 4
+    }
+
+    fn evict(&mut self) {
+        let mut keep: HashSet<StackKey> =
+            self.timeline.snapshots().iter().flat_map(|snapshot| snapshot.outstanding.keys().copied()).collect();
+        keep.extend(self.site_keys.values().copied());
+        keep.extend(self.last_fault.values().map(|(_, key)| *key));
+        self.ledger.evict_idle(&keep);
+        let held: HashSet<StackIx> =
+            self.ledger.stats().map(|(key, _)| key.stack).chain(keep.iter().map(|key| key.stack)).collect();
+        for ix in self.stacks.evict_except(&held) {
+            if let Some(names) = self.frames.get_mut(ix as usize) {
+                *names = Vec::new();
+            }
+        }
+        self.symbolizer.forget_names();
+        self.timeline.thin_snapshots();
+        // What is left is in use: evict again only once the table has grown by a quarter.
+        self.next_stack_check = self.stack_budget().max(self.stacks.held_bytes() / 4 * 5);
+        release_freed_memory();
     }
 
     /// Tells the kernel where the C runtime's code lies in the target, so that it copies the top of the
@@ -547,14 +609,20 @@ impl Collector {
 
     /// Names stacks while the process's mappings can still be read.
     fn name_new_stacks(&mut self) {
-        for stack in self.frames.len()..self.stacks.len() {
-            let names = self.symbolizer.name_stack(self.stacks.ips(stack as u32), &mut self.modules);
-            self.frames.push(names);
+        for stack in self.stacks.take_unnamed() {
+            let names = self.symbolizer.name_stack(self.stacks.ips(stack), &mut self.modules);
+            if self.frames.len() <= stack as usize {
+                self.frames.resize_with(stack as usize + 1, Vec::new);
+            }
+            self.frames[stack as usize] = names;
         }
     }
 
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         while let Some(item) = ring.next() {
+            if self.events.is_multiple_of(1024) && self.stacks.held_bytes() > self.next_stack_check {
+                self.evict();
+            }
             if item.len() == size_of::<LogWrite>() && item[..8] == LOG_WRITE_MAGIC.to_ne_bytes() {
                 // SAFETY: the kernel wrote a LogWrite (repr(C), plain data) of this size.
                 let write: LogWrite = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
@@ -690,4 +758,11 @@ fn backing_of(event: &MemEvent) -> Backing {
         (true, true) => Backing::SharedAnonymous,
         (false, _) => Backing::File,
     }
+}
+
+/// Hands memory freed by an eviction back to the system, so that the RSS (which the budget is checked
+/// against) shows it.
+fn release_freed_memory() {
+    // SAFETY: malloc_trim only walks glibc's own heap.
+    unsafe { libc::malloc_trim(0) };
 }

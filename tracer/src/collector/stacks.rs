@@ -1,7 +1,10 @@
 //! User stacks from the kernel's stack map, completed by the unwinder and interned so that the ledger
 //! keys on a small index.
 
-use std::collections::HashMap;
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use aya::maps::{MapData, StackTraceMap};
 
@@ -29,46 +32,102 @@ pub struct EventStack<'a> {
 pub const UNKNOWN_STACK: StackIx = 0;
 
 pub struct StackTable {
-    /// Instruction pointers by index, innermost first. Index 0 is [`UNKNOWN_STACK`] (empty).
-    stacks: Vec<Box<[u64]>>,
-    index: HashMap<Box<[u64]>, StackIx>,
+    /// Instruction pointers by index, innermost first (shared with `index`). Index 0 is
+    /// [`UNKNOWN_STACK`] (empty); an evicted stack's slot is `None`.
+    stacks: Vec<Option<Arc<[u64]>>>,
+    index: HashMap<Arc<[u64]>, StackIx>,
     /// Frames by kernel stack id. Ids are never reused for another stack (no BPF_F_REUSE_STACKID).
     kernel_frames: HashMap<u32, Box<[u64]>>,
     unwinder: Unwinder,
+    /// Slots of evicted stacks, reused before the table grows.
+    free: Vec<StackIx>,
+    /// Interned and not yet named.
+    unnamed: Vec<StackIx>,
+    /// Frames in the held stacks.
+    frames_held: usize,
 }
 
 impl Default for StackTable {
     fn default() -> Self {
         Self {
-            stacks: vec![Box::new([])],
+            stacks: vec![Some(Arc::from(Vec::new()))],
             index: HashMap::new(),
             kernel_frames: HashMap::new(),
             unwinder: Unwinder::default(),
+            free: Vec::new(),
+            unnamed: Vec::new(),
+            frames_held: 0,
         }
     }
 }
 
 impl StackTable {
-    pub fn len(&self) -> usize {
-        self.stacks.len()
-    }
-
     pub fn ips(&self, stack: StackIx) -> &[u64] {
-        &self.stacks[stack as usize]
+        self.stacks.get(stack as usize).and_then(Option::as_deref).unwrap_or(&[])
     }
 
     pub fn intern(&mut self, ips: Vec<u64>) -> StackIx {
         if ips.is_empty() {
             return UNKNOWN_STACK;
         }
-        let ips = ips.into_boxed_slice();
-        if let Some(&ix) = self.index.get(&ips) {
+        if let Some(&ix) = self.index.get(ips.as_slice()) {
             return ix;
         }
-        let ix = self.stacks.len() as StackIx;
-        self.stacks.push(ips.clone());
+        self.frames_held += ips.len();
+        let ips: Arc<[u64]> = Arc::from(ips);
+        let ix = match self.free.pop() {
+            Some(ix) => {
+                self.stacks[ix as usize] = Some(ips.clone());
+                ix
+            }
+            None => {
+                self.stacks.push(Some(ips.clone()));
+                (self.stacks.len() - 1) as StackIx
+            }
+        };
         self.index.insert(ips, ix);
+        self.unnamed.push(ix);
         ix
+    }
+
+    /// Stacks interned since the last call, to be named while the process's mappings can be read.
+    pub fn take_unnamed(&mut self) -> Vec<StackIx> {
+        std::mem::take(&mut self.unnamed)
+    }
+
+    /// Forgets every stack but those in `keep` (and the unknown stack); returns the indices that went.
+    /// Their slots are reused by stacks interned later, so nothing may refer to them any more.
+    pub fn evict_except(&mut self, keep: &HashSet<StackIx>) -> Vec<StackIx> {
+        let mut evicted = Vec::new();
+        for (ix, slot) in self.stacks.iter_mut().enumerate().skip(1) {
+            if slot.is_some() && !keep.contains(&(ix as StackIx)) {
+                if let Some(ips) = slot.take() {
+                    self.frames_held -= ips.len();
+                    self.index.remove(&ips);
+                }
+                evicted.push(ix as StackIx);
+            }
+        }
+        self.free.extend(&evicted);
+        self.unnamed.retain(|ix| self.stacks[*ix as usize].is_some());
+        // A cache, rebuilt on demand.
+        self.kernel_frames.clear();
+        self.index.shrink_to_fit();
+        self.kernel_frames.shrink_to_fit();
+        evicted
+    }
+
+    /// Stacks held now (evicted ones not counted).
+    pub fn live(&self) -> usize {
+        self.index.len()
+    }
+
+    /// What the held stacks cost the tracer, roughly: per frame its address, its name in the collector and
+    /// in the reports; per stack the table entries, figures and report rows.
+    pub fn held_bytes(&self) -> u64 {
+        const PER_FRAME: u64 = 64;
+        const PER_STACK: u64 = 512;
+        self.frames_held as u64 * PER_FRAME + self.live() as u64 * PER_STACK
     }
 
     /// The interned stack for a kernel stack id (negative: none was taken), completed with the copy of the
@@ -122,5 +181,24 @@ mod tests {
         assert_eq!(table.intern(vec![1, 2, 3]), a);
         assert_eq!(table.intern(vec![]), UNKNOWN_STACK);
         assert_eq!(table.ips(b), &[1, 2, 4]);
+    }
+
+    #[test]
+    fn evicted_stacks_are_forgotten_and_their_slots_reused() {
+        let mut table = StackTable::default();
+        let a = table.intern(vec![1, 2, 3]);
+        let b = table.intern(vec![4, 5]);
+        assert_eq!(table.take_unnamed(), vec![a, b]);
+        assert_eq!(table.evict_except(&HashSet::from([b])), vec![a]);
+        assert_eq!(table.ips(a), &[] as &[u64]);
+        assert_eq!(table.ips(b), &[4, 5]);
+        assert_eq!(table.live(), 1);
+        assert_eq!(table.held_bytes(), 2 * 64 + 512);
+        let c = table.intern(vec![7, 8, 9]);
+        assert_eq!(c, a, "the evicted slot is reused");
+        assert_eq!(table.ips(c), &[7, 8, 9]);
+        assert_eq!(table.take_unnamed(), vec![c], "a reused slot is named again");
+        let again = table.intern(vec![1, 2, 3]);
+        assert_ne!(again, a);
     }
 }

@@ -44,6 +44,15 @@ impl Timeline {
         push_thinning(&mut self.snapshots, snapshot, MAX_STACK_SNAPSHOTS);
     }
 
+    /// Halves the per-stack snapshots (every other of the older half), to free memory.
+    pub fn thin_snapshots(&mut self) {
+        if self.snapshots.len() > 4 {
+            let cap = self.snapshots.len();
+            let last = self.snapshots.pop().expect("more than four");
+            push_thinning(&mut self.snapshots, last, cap.min(MAX_STACK_SNAPSHOTS));
+        }
+    }
+
     pub fn points(&self) -> &[TimelinePoint] {
         &self.points
     }

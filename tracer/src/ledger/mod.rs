@@ -6,7 +6,7 @@ pub mod ranges;
 pub mod regions;
 pub mod turns;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -99,6 +99,10 @@ pub struct LedgerCounters {
     pub zero_page_reads: u64,
     /// Faults that brought in a huge page at once.
     pub huge_page_faults: u64,
+    /// Stacks forgotten to keep the tracer within its memory budget (they had nothing outstanding), and
+    /// the bytes they had allocated (still in no other stack's figures).
+    pub evicted_stacks: u64,
+    pub evicted_allocated_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -275,6 +279,23 @@ impl Ledger {
         } else if result < previous && self.release(tgid, result, previous) == 0 {
             self.counters.unmatched_frees += 1;
         }
+    }
+
+    /// Forgets the figures of stacks with nothing outstanding, except those in `keep` and the allocator's
+    /// (kept in the kernel); returns how many went.
+    pub fn evict_idle(&mut self, keep: &HashSet<StackKey>) -> usize {
+        let before = self.stats.len();
+        let counters = &mut self.counters;
+        self.stats.retain(|key, stats| {
+            let idle = stats.outstanding_bytes == 0 && key.source != Source::Malloc && !keep.contains(key);
+            if idle {
+                counters.evicted_stacks += 1;
+                counters.evicted_allocated_bytes += stats.allocated_bytes;
+            }
+            !idle
+        });
+        self.stats.shrink_to_fit();
+        before - self.stats.len()
     }
 
     /// Bytes and objects still live per (stack, turns they were born in): mapped allocations (one object

@@ -73,6 +73,15 @@ fn log_descriptors_among(links: &[(u32, PathBuf)]) -> Vec<u32> {
     fds
 }
 
+/// This process's anonymous resident memory (RssAnon): what the tracer itself allocated, without the
+/// pages of its executable and libraries.
+pub fn own_anonymous_rss() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("RssAnon:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 pub fn page_size() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };

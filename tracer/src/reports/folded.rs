@@ -37,7 +37,7 @@ mod tests {
     fn stack(source: Source, frames: &[&str], outstanding: u64) -> ReportStack {
         ReportStack {
             source,
-            frames: frames.iter().map(|f| f.to_string()).collect(),
+            frames: frames.iter().map(|f| (*f).into()).collect(),
             runtime_frames: vec![],
             stats: StackStats { outstanding_bytes: outstanding, allocated_bytes: outstanding, ..Default::default() },
         }

@@ -9,7 +9,7 @@ use tracer_common::counters::Counter;
 use super::{
     growth::Growth,
     redact::redact_cmdline,
-    stacks::ReportStack,
+    stacks::{Frame, ReportStack},
     suspects::{MAX_SUSPECTS, Suspect},
     turns::TurnView,
 };
@@ -38,6 +38,8 @@ struct Report<'a> {
     counters: BTreeMap<&'static str, u64>,
     /// What the page-fault model saw besides first touches. Not losses.
     page_faults: PageFaults,
+    /// The tracer's own memory, and what it forgot to stay within its budget.
+    tracer: TracerMemory,
     probes: &'a [crate::probes::ProbeRecord],
     /// The allocator entry points found per object, and warnings (null: allocator tracing was off).
     allocators: Option<&'a crate::probes::allocators::AllocatorSummary>,
@@ -83,7 +85,7 @@ struct TurnSourceJson {
 #[derive(Serialize)]
 struct TurnStackJson<'a> {
     source: &'static str,
-    frames: &'a [String],
+    frames: &'a [Frame],
     retained_bytes: u64,
 }
 
@@ -97,7 +99,7 @@ struct MarkerJson<'a> {
 struct SuspectView<'a> {
     site: &'a str,
     source: &'static str,
-    frames: &'a [String],
+    frames: &'a [Frame],
     verdict: &'static str,
     evidence: &'a str,
     growth_bytes: i64,
@@ -126,7 +128,7 @@ struct GrowthView<'a> {
 #[derive(Serialize)]
 struct GrowthStack<'a> {
     source: &'static str,
-    frames: &'a [String],
+    frames: &'a [Frame],
     from_bytes: u64,
     to_bytes: u64,
     growth_bytes: i64,
@@ -209,6 +211,16 @@ struct SourceTotals {
 }
 
 #[derive(Serialize)]
+struct TracerMemory {
+    budget_bytes: u64,
+    peak_anonymous_rss_bytes: u64,
+    stacks_held: usize,
+    /// Stacks with nothing outstanding, forgotten; the bytes they had allocated are in no stack's figures.
+    evicted_stacks: u64,
+    evicted_allocated_bytes: u64,
+}
+
+#[derive(Serialize)]
 struct PageFaults {
     /// Faults on pages already resident: copy-on-write, a write after a zero-page read.
     on_resident_pages: u64,
@@ -221,8 +233,8 @@ struct PageFaults {
 #[derive(Serialize)]
 struct Stack<'a> {
     source: &'static str,
-    frames: &'a [String],
-    runtime_frames: &'a [String],
+    frames: &'a [Frame],
+    runtime_frames: &'a [Frame],
     outstanding_bytes: u64,
     outstanding_allocs: u64,
     allocated_bytes: u64,
@@ -232,15 +244,19 @@ struct Stack<'a> {
     growth_bytes: i64,
 }
 
-pub fn render(
-    trace: &Trace,
-    stacks: &[ReportStack],
-    growth: &Growth,
-    suspects: &[Suspect],
-    turns: &[TurnView],
-    primary: Option<Source>,
-    probes: &ProbeInfo,
-) -> Result<String> {
+/// The views of the trace that report.json shows besides the trace itself.
+#[derive(Clone, Copy)]
+pub struct Views<'a> {
+    pub stacks: &'a [ReportStack],
+    pub growth: &'a Growth,
+    pub suspects: &'a [Suspect],
+    pub turns: &'a [TurnView],
+    pub primary: Option<Source>,
+}
+
+/// Writes report.json to `out` as it is serialized: a long run's report is never held whole in memory.
+pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes: &ProbeInfo) -> Result<()> {
+    let Views { stacks, growth, suspects, turns, primary } = views;
     let (outstanding_bytes, outstanding_allocs) = trace.ledger.outstanding();
     let mut by_source: BTreeMap<&'static str, SourceTotals> = BTreeMap::new();
     for stack in stacks {
@@ -269,26 +285,27 @@ pub fn render(
         started_at: rfc3339(trace.started_at),
         ended_at: rfc3339(trace.ended_at),
         end_reason: trace.ending.map(|ending| ending.reason.name()),
-        target_exit: trace.ending.and_then(|ending| ending.death).map(|death| match death {
-            Death::Exit(Some(ExitStatus::Code(code))) => TargetExit { code: Some(code), ..TargetExit::default() },
+        target_exit: trace.ending.and_then(|ending| ending.death).and_then(|death| match death {
+            Death::Exit(Some(ExitStatus::Code(code))) => Some(TargetExit { code: Some(code), ..TargetExit::default() }),
             Death::Exit(Some(ExitStatus::Signal(signal))) => {
-                TargetExit { signal: Some(signal), signal_name: signal_name(signal), ..TargetExit::default() }
+                Some(TargetExit { signal: Some(signal), signal_name: signal_name(signal), ..TargetExit::default() })
             }
-            Death::Exit(None) => TargetExit::default(),
-            Death::Crash { signal, at, handled } => TargetExit {
+            // An attached target's exit status is its parent's to know, not ours.
+            Death::Exit(None) => None,
+            Death::Crash { signal, at, handled } => Some(TargetExit {
                 signal: Some(signal),
                 signal_name: signal_name(signal),
                 at: Some(rfc3339(at)),
                 handled_by_target: Some(handled),
                 ..TargetExit::default()
-            },
-            Death::Oom { at } => TargetExit {
+            }),
+            Death::Oom { at } => Some(TargetExit {
                 signal: Some(libc::SIGKILL),
                 signal_name: signal_name(libc::SIGKILL),
                 at: Some(rfc3339(at)),
                 oom_killed: true,
                 ..TargetExit::default()
-            },
+            }),
         }),
         totals: Totals { outstanding_bytes, outstanding_allocs, rss_bytes: trace.rss_bytes, by_source },
         stacks: stacks
@@ -306,6 +323,13 @@ pub fn render(
             })
             .collect(),
         counters,
+        tracer: TracerMemory {
+            budget_bytes: trace.memory_budget,
+            peak_anonymous_rss_bytes: trace.peak_memory,
+            stacks_held: trace.live_stacks,
+            evicted_stacks: ledger_counters.evicted_stacks,
+            evicted_allocated_bytes: ledger_counters.evicted_allocated_bytes,
+        },
         page_faults: PageFaults {
             on_resident_pages: ledger_counters.faults_on_resident_pages,
             zero_page_reads: ledger_counters.zero_page_reads,
@@ -412,7 +436,9 @@ pub fn render(
             regions
         },
     };
-    Ok(serde_json::to_string_pretty(&report)? + "\n")
+    serde_json::to_writer_pretty(&mut *out, &report)?;
+    out.write_all(b"\n")?;
+    Ok(())
 }
 
 pub fn rfc3339(time: SystemTime) -> String {

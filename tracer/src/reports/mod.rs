@@ -84,9 +84,12 @@ pub fn write_all(trace: &Trace, probes: &ProbeInfo, options: &ReportOptions, out
 
     let suspects = primary.map(|source| suspects::suspects(trace, &stacks, &growth, source)).unwrap_or_default();
     let turn_views = turns::turn_views(trace, primary);
-    let report = json::render(trace, &stacks, &growth, &suspects, &turn_views, primary, probes)?;
     Ok(Written {
-        report: out.write("report.json", report.as_bytes())?,
+        report: out.write_with("report.json", |file| {
+            let views =
+                json::Views { stacks: &stacks, growth: &growth, suspects: &suspects, turns: &turn_views, primary };
+            json::write(file, trace, views, probes)
+        })?,
         folded: out.write("stacks.folded", folded::render(&stacks).as_bytes())?,
         flamegraphs,
         growth: out.write("growth.svg", &growth_svg)?,

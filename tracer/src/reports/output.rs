@@ -2,7 +2,8 @@
 //! under sudo they are handed to the invoking user.
 
 use std::{
-    fs,
+    fs::{self, File},
+    io::{BufWriter, Write},
     path::{Path, PathBuf},
 };
 
@@ -79,9 +80,16 @@ impl OutputDir {
     }
 
     pub fn write(&self, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+        self.write_with(name, |out| Ok(out.write_all(bytes)?))
+    }
+
+    /// Writes a file through a buffered writer, aside and then renamed into place like [`Self::write`].
+    pub fn write_with(&self, name: &str, fill: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<PathBuf> {
         let path = self.path.join(name);
         let aside = self.path.join(format!(".{name}.partial"));
-        fs::write(&aside, bytes).with_context(|| format!("cannot write {}", aside.display()))?;
+        let file = File::create(&aside).with_context(|| format!("cannot write {}", aside.display()))?;
+        let mut out = BufWriter::new(file);
+        fill(&mut out).and_then(|()| Ok(out.flush()?)).with_context(|| format!("cannot write {}", aside.display()))?;
         fs::rename(&aside, &path).with_context(|| format!("cannot write {}", path.display()))?;
         self.hand_over(&path);
         Ok(path)

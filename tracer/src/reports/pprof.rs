@@ -264,6 +264,9 @@ mod tests {
             turns: &turns,
             markers: &[],
             unmatched_turn_ends: 0,
+            memory_budget: 0,
+            peak_memory: 0,
+            live_stacks: 0,
         };
         let stacks = report_stacks(&trace);
         let mut bytes = Vec::new();

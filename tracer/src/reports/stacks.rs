@@ -1,6 +1,6 @@
 //! The ledger's stacks with their frames named, in report order: the view every report shares.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use crate::{
     collector::Trace,
@@ -8,21 +8,24 @@ use crate::{
     symbolizer::FrameName,
 };
 
+/// A frame's name as reports show it, shared by every stack that holds the frame.
+pub type Frame = Arc<str>;
+
 /// One (source, stack) with its figures, frames root first.
 #[derive(Clone, Debug)]
 pub struct ReportStack {
     pub source: Source,
     /// From the root to the frame that asked for memory.
-    pub frames: Vec<String>,
+    pub frames: Vec<Frame>,
     /// C-runtime frames above the reported leaf (the allocator or syscall wrapper), root first.
-    pub runtime_frames: Vec<String>,
+    pub runtime_frames: Vec<Frame>,
     pub stats: StackStats,
 }
 
 /// Stacks merged by source and frame names (two call sites in one function are one frame to a reader),
 /// sorted by outstanding bytes, largest first (ties: allocated bytes, then frames).
 pub fn report_stacks(trace: &Trace) -> Vec<ReportStack> {
-    let mut merged: HashMap<(Source, Vec<String>), ReportStack> = HashMap::new();
+    let mut merged: HashMap<(Source, Vec<Frame>), ReportStack> = HashMap::new();
     for (key, stats) in trace.ledger.stats() {
         let names = trace.frames.get(key.stack as usize).map(Vec::as_slice).unwrap_or(&[]);
         let (runtime_frames, frames) = split_runtime_frames(names);
@@ -47,7 +50,7 @@ pub fn report_stacks(trace: &Trace) -> Vec<ReportStack> {
 }
 
 /// A stack's frames as the report shows them (root first, runtime frames split off).
-pub fn names_of(trace: &Trace, stack: crate::ledger::StackIx) -> Vec<String> {
+pub fn names_of(trace: &Trace, stack: crate::ledger::StackIx) -> Vec<Frame> {
     let names = trace.frames.get(stack as usize).map(Vec::as_slice).unwrap_or(&[]);
     split_runtime_frames(names).1
 }
@@ -57,8 +60,8 @@ pub fn names_of(trace: &Trace, stack: crate::ledger::StackIx) -> Vec<String> {
 pub fn merge_by_names(
     trace: &Trace,
     values: impl IntoIterator<Item = (StackKey, u64)>,
-) -> HashMap<(Source, Vec<String>), (ReportStack, u64)> {
-    let mut merged: HashMap<(Source, Vec<String>), (ReportStack, u64)> = HashMap::new();
+) -> HashMap<(Source, Vec<Frame>), (ReportStack, u64)> {
+    let mut merged: HashMap<(Source, Vec<Frame>), (ReportStack, u64)> = HashMap::new();
     for (key, value) in values {
         let names = trace.frames.get(key.stack as usize).map(Vec::as_slice).unwrap_or(&[]);
         let (runtime_frames, frames) = split_runtime_frames(names);
@@ -89,12 +92,12 @@ pub fn primary_source(stacks: &[ReportStack]) -> Option<Source> {
 /// Splits innermost-first names into (runtime frames, the rest), both root first. The innermost frames
 /// that belong to the C runtime are the syscall wrapper or allocator: the leaf a reader wants is the code
 /// that called them. A stack made only of runtime frames keeps them all.
-fn split_runtime_frames(innermost_first: &[FrameName]) -> (Vec<String>, Vec<String>) {
+fn split_runtime_frames(innermost_first: &[FrameName]) -> (Vec<Frame>, Vec<Frame>) {
     let runtime = innermost_first.iter().take_while(|f| f.in_runtime).count();
     let runtime = if runtime == innermost_first.len() { 0 } else { runtime };
-    let rooted = |frames: &[FrameName]| frames.iter().rev().map(|f| f.name.to_string()).collect::<Vec<_>>();
+    let rooted = |frames: &[FrameName]| frames.iter().rev().map(|f| f.name.clone()).collect::<Vec<_>>();
     let frames = if innermost_first.is_empty() {
-        vec!["[stack unavailable]".to_string()]
+        vec![Frame::from("[stack unavailable]")]
     } else {
         rooted(&innermost_first[runtime..])
     };
@@ -113,8 +116,8 @@ mod tests {
     fn innermost_runtime_frames_are_split_off() {
         let names = [frame("__mmap", true), frame("leak", false), frame("__libc_start_call_main", true)];
         let (runtime, frames) = split_runtime_frames(&names);
-        assert_eq!(runtime, vec!["__mmap"]);
-        assert_eq!(frames, vec!["__libc_start_call_main", "leak"]);
+        assert_eq!(runtime, [Frame::from("__mmap")]);
+        assert_eq!(frames, [Frame::from("__libc_start_call_main"), Frame::from("leak")]);
     }
 
     #[test]
@@ -122,11 +125,11 @@ mod tests {
         let names = [frame("__mmap", true), frame("_dl_map_object", true)];
         let (runtime, frames) = split_runtime_frames(&names);
         assert!(runtime.is_empty());
-        assert_eq!(frames, vec!["_dl_map_object", "__mmap"]);
+        assert_eq!(frames, [Frame::from("_dl_map_object"), Frame::from("__mmap")]);
     }
 
     #[test]
     fn an_unknown_stack_is_named_so() {
-        assert_eq!(split_runtime_frames(&[]).1, vec!["[stack unavailable]"]);
+        assert_eq!(split_runtime_frames(&[]).1, [Frame::from("[stack unavailable]")]);
     }
 }

@@ -15,7 +15,10 @@
 
 use std::{collections::HashMap, time::SystemTime};
 
-use super::{growth::Growth, stacks::ReportStack};
+use super::{
+    growth::Growth,
+    stacks::{Frame, ReportStack},
+};
 use crate::{
     collector::Trace,
     ledger::{Source, StackKey, turns::TurnIx},
@@ -31,7 +34,7 @@ pub struct Suspect {
     pub site: String,
     pub source: Source,
     /// The site's largest stack, root first.
-    pub frames: Vec<String>,
+    pub frames: Vec<Frame>,
     pub stacks: usize,
     pub outstanding_bytes: u64,
     pub allocated_bytes: u64,
@@ -78,9 +81,9 @@ impl Verdict {
 /// The site of a stack (frames root first): its innermost named JavaScript function (runtime builtins
 /// such as Buffer.from run as anonymous JIT code above it), else its innermost JavaScript frame, else its
 /// leaf.
-pub fn site_of(frames: &[String]) -> String {
-    let javascript = |f: &&String| f.contains(" [JS:");
-    let function = |f: &String| f.split(" [JS:").next().unwrap_or(f).to_string();
+pub fn site_of(frames: &[Frame]) -> String {
+    let javascript = |f: &&Frame| f.contains(" [JS:");
+    let function = |f: &Frame| f.split(" [JS:").next().unwrap_or(f).to_string();
     frames
         .iter()
         .rev()
@@ -88,7 +91,7 @@ pub fn site_of(frames: &[String]) -> String {
         .find(|f| !f.starts_with("(anonymous)"))
         .or_else(|| frames.iter().rev().find(javascript))
         .map(function)
-        .or_else(|| frames.last().cloned())
+        .or_else(|| frames.last().map(|f| f.to_string()))
         .unwrap_or_default()
 }
 
@@ -287,15 +290,15 @@ mod tests {
 
     #[test]
     fn the_site_is_the_innermost_javascript_function() {
-        let frames: Vec<String> =
-            ["main", "runTurn [JS:DFG]", "buildMessage [JS:FTL]", "bun+0x1234"].iter().map(|s| s.to_string()).collect();
+        let frames: Vec<Frame> =
+            ["main", "runTurn [JS:DFG]", "buildMessage [JS:FTL]", "bun+0x1234"].iter().map(|s| (*s).into()).collect();
         assert_eq!(site_of(&frames), "buildMessage");
-        let builtin: Vec<String> = ["runTurn [JS:DFG]", "retainStreamChunk [JS:FTL]", "(anonymous) [JS:DFG]"]
+        let builtin: Vec<Frame> = ["runTurn [JS:DFG]", "retainStreamChunk [JS:FTL]", "(anonymous) [JS:DFG]"]
             .iter()
-            .map(|s| s.to_string())
+            .map(|s| (*s).into())
             .collect();
         assert_eq!(site_of(&builtin), "retainStreamChunk");
-        let native: Vec<String> = ["main", "leak"].iter().map(|s| s.to_string()).collect();
+        let native: Vec<Frame> = ["main", "leak"].iter().map(|s| (*s).into()).collect();
         assert_eq!(site_of(&native), "leak");
     }
 

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::stacks::merge_by_names;
+use super::stacks::{Frame, merge_by_names};
 use crate::{
     collector::Trace,
     ledger::{Source, StackKey, turns::TurnIx},
@@ -29,7 +29,7 @@ pub struct TurnView {
     pub outstanding_at_end: Option<BTreeMap<Source, u64>>,
     pub retained: BTreeMap<Source, u64>,
     /// (source, frames root first, retained bytes), largest first.
-    pub top_stacks: Vec<(Source, Vec<String>, u64)>,
+    pub top_stacks: Vec<(Source, Vec<Frame>, u64)>,
 }
 
 /// Stacks listed per turn.
@@ -44,7 +44,7 @@ pub fn turn_views(trace: &Trace<'_>, primary: Option<Source>) -> Vec<TurnView> {
         .map(|record| {
             let turn_figures = &figures[record.index as usize];
             let held = retained.get(&record.index).cloned().unwrap_or_default();
-            let mut top: Vec<(Source, Vec<String>, u64)> =
+            let mut top: Vec<(Source, Vec<Frame>, u64)> =
                 merge_by_names(trace, held.into_iter().filter(|(key, _)| primary.is_none_or(|p| key.source == p)))
                     .into_iter()
                     .map(|((source, frames), (_, bytes))| (source, frames, bytes))

@@ -53,6 +53,11 @@ impl Symbolizer {
         }
     }
 
+    /// Empties the cache of native frame names (they are looked up again when needed).
+    pub fn forget_names(&mut self) {
+        self.names = HashMap::new();
+    }
+
     /// Names `stripped`'s frames with the symbols of `unstripped` (same build: same layout).
     pub fn use_symbols_from(&mut self, stripped: &Path, unstripped: &Path) {
         self.symbols_from.insert(stripped.to_string_lossy().into_owned(), unstripped.to_string_lossy().into_owned());
