@@ -159,6 +159,7 @@ fn attach_allocator(cli: &Cli, pending: &Pending, probes: &mut Probes) -> Result
             symbol: &entry.name,
             family: entry.family.name(),
             file_offset: entry.file_offset,
+            size: entry.size,
             cookie: if entry.throws { entry.cookie.without_return() } else { entry.cookie },
         })
     });

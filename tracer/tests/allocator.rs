@@ -109,6 +109,13 @@ fn uprobes_on(report: &Report, symbol: &str) -> usize {
     report.0["probes"].as_array().unwrap().iter().filter(|p| p["symbol"] == symbol).count()
 }
 
+/// Where the entry probe of `symbol` went: bytes past the function's entry.
+fn entry_probe_offset(report: &Report, symbol: &str) -> u64 {
+    let probes = report.0["probes"].as_array().unwrap();
+    let probe = probes.iter().find(|p| p["symbol"] == symbol && p["kind"] == "uprobe").expect("an entry probe");
+    probe["placement"]["offset"].as_u64().expect("a placement")
+}
+
 #[test]
 fn glibc_malloc_family_is_exact_per_call_site() {
     let report = trace("glibc_malloc_family", &fixture("allocs"), &[]);
@@ -116,6 +123,9 @@ fn glibc_malloc_family_is_exact_per_call_site() {
     // Entry and return probes on malloc, an entry probe only on free.
     assert_eq!(uprobes_on(&report, "malloc"), 2);
     assert_eq!(uprobes_on(&report, "free"), 1);
+    // glibc's free starts `test %rdi,%rdi; je <ret>`: its probe sits past that, and the figures above (frees
+    // of NULL among them) are exact all the same.
+    assert!(entry_probe_offset(&report, "free") > 0, "free is probed at its entry");
     common::assert_detached(&report);
 }
 
@@ -132,6 +142,9 @@ fn operator_new_and_delete_are_exact_and_a_throwing_new_survives() {
     };
     assert_eq!(kinds("_Znwm"), ["uprobe"]);
     assert_eq!(kinds("_ZnwmRKSt9nothrow_t"), ["uprobe", "uretprobe"]);
+    // libstdc++'s deletes start `endbr64; jmp`: probed on the jump, which the kernel emulates.
+    assert_eq!(entry_probe_offset(&report, "_ZdlPv"), 4);
+    assert_eq!(entry_probe_offset(&report, "_ZdlPvm"), 4);
 }
 
 /// The Rust fixture with mimalloc, built once (its own target folder, frame pointers on).

@@ -438,6 +438,8 @@ pub struct EntryPoint {
     pub vaddr: u64,
     /// The file offset of its first instruction: what `UProbeAttachLocation::AbsoluteOffset` takes.
     pub file_offset: u64,
+    /// Its size in bytes as the symbol gives it; 0: unknown (`--alloc-symbol`).
+    pub size: u64,
     /// The other table names at the same address (`__libc_malloc`, or `malloc` for mimalloc's override).
     pub aliases: Vec<String>,
     /// Whether the function may throw (any of its names does): no return probe here, see
@@ -600,7 +602,10 @@ impl<'data> Elf<'data> {
                     ));
                     continue;
                 }
-                found.functions.entry(raw.st_value(endian)).or_default().insert(function.name);
+                let vaddr = raw.st_value(endian);
+                found.functions.entry(vaddr).or_default().insert(function.name);
+                let size = found.sizes.entry(vaddr).or_default();
+                *size = (*size).max(raw.st_size(endian));
             }
         }
     }
@@ -611,6 +616,8 @@ impl<'data> Elf<'data> {
 struct SymbolScan {
     tables: SymbolTables,
     functions: BTreeMap<u64, BTreeSet<&'static str>>,
+    /// The largest symbol size seen at each address (0: unknown).
+    sizes: BTreeMap<u64, u64>,
     libc_markers: BTreeSet<String>,
     notes: BTreeSet<String>,
 }
@@ -669,6 +676,7 @@ impl SymbolScan {
                 cookie: chosen.cookie,
                 vaddr,
                 file_offset,
+                size: self.sizes.get(&vaddr).copied().unwrap_or(0),
                 aliases: functions[1..].iter().map(|f| f.name.to_string()).collect(),
                 throws: functions.iter().any(|f| f.throws),
             });
@@ -817,6 +825,10 @@ fn discover_with_symbols_from_at(path: &Path, attach_path: &Path, unstripped: &P
     for (vaddr, names) in theirs.functions {
         scan.functions.entry(vaddr).or_default().extend(names);
     }
+    for (vaddr, size) in theirs.sizes {
+        let known = scan.sizes.entry(vaddr).or_default();
+        *known = (*known).max(size);
+    }
     scan.libc_markers.extend(theirs.libc_markers);
     scan.notes.extend(theirs.notes);
     let (entry_points, notes) = scan.entry_points(&stripped_elf.segments());
@@ -896,6 +908,7 @@ pub fn entry_points_from_alloc_symbols(path: &Path, symbols: &[AllocSymbol]) -> 
                 cookie: symbol.function.cookie,
                 vaddr: symbol.vaddr,
                 file_offset,
+                size: 0,
                 aliases: Vec::new(),
                 throws: symbol.function.throws,
             })
@@ -1555,8 +1568,8 @@ int main(int argc, char **argv) { (void)argv; return calloc(argc, 8) != 0; }
         assert_eq!(
             entries,
             [
-                EntryPoint { aliases: Vec::new(), ..mi_malloc.clone() },
-                EntryPoint { aliases: Vec::new(), ..mi_heap_calloc.clone() }
+                EntryPoint { aliases: Vec::new(), size: 0, ..mi_malloc.clone() },
+                EntryPoint { aliases: Vec::new(), size: 0, ..mi_heap_calloc.clone() }
             ]
         );
         // banner[] is data, not code.

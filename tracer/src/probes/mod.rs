@@ -3,6 +3,7 @@
 
 pub mod allocators;
 pub mod libraries;
+pub mod placement;
 pub mod tracefs;
 
 use anyhow::{Context, Result, anyhow};
@@ -15,6 +16,7 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
+use placement::Placement;
 use serde::Serialize;
 use std::{
     num::NonZeroU32,
@@ -22,7 +24,7 @@ use std::{
 };
 
 use tracer_common::{
-    alloc::{AllocCookie, AllocSite, Block, BlockKey, StackAllocStats},
+    alloc::{AllocCookie, AllocShape, AllocSite, Block, BlockKey, StackAllocStats},
     events::RuntimeText,
     map_names,
 };
@@ -124,6 +126,9 @@ pub struct ProbeRecord {
     pub family: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file_offset: Option<u64>,
+    /// For allocator entry probes: where in the function the probe went, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
 }
 
 /// What was attached, for the reports.
@@ -142,6 +147,8 @@ pub struct AllocatorProbe<'a> {
     pub symbol: &'a str,
     pub family: &'static str,
     pub file_offset: u64,
+    /// The function's size (0: unknown), for decoding it.
+    pub size: u64,
     pub cookie: AllocCookie,
 }
 
@@ -216,6 +223,7 @@ impl Probes {
                 symbol: None,
                 family: None,
                 file_offset: None,
+                placement: None,
             });
         }
         Ok(())
@@ -241,14 +249,24 @@ impl Probes {
             }
         }
         for probe in probes {
+            let code = placement::function_code(probe.object, probe.file_offset, probe.size);
+            let entry_placement = if probe.cookie.shape == AllocShape::Free {
+                placement::place_free(&code, probe.cookie.ptr_arg)
+            } else {
+                placement::place(&code)
+            };
             for (program_name, kind) in PROGRAMS {
                 // No return probe where the result does not matter, nor on a function that may throw.
                 if kind == "uretprobe" && (!probe.cookie.shape.needs_return_probe() || probe.cookie.no_return) {
                     continue;
                 }
+                // A return probe takes the return address from the top of the stack when it is hit: only a
+                // landing pad may be passed, never a null test (a NULL free would keep a hooked return).
+                let placement = if kind == "uprobe" { entry_placement.clone() } else { placement::place(&code) };
+                let file_offset = probe.file_offset + placement.offset;
                 let program: &mut UProbe = self.ebpf.program_mut(program_name).expect("loaded above").try_into()?;
                 let point = UProbeAttachPoint {
-                    location: UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
+                    location: UProbeAttachLocation::AbsoluteOffset(file_offset),
                     cookie: Some(probe.cookie.encode()),
                 };
                 let link = program
@@ -263,7 +281,8 @@ impl Probes {
                     object: Some(probe.object.to_path_buf()),
                     symbol: Some(probe.symbol.to_string()),
                     family: Some(probe.family),
-                    file_offset: Some(probe.file_offset),
+                    file_offset: Some(file_offset),
+                    placement: Some(placement),
                 });
             }
         }
