@@ -84,6 +84,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Pending::Launched(child) => (child.release()?, true),
     };
     let exe = target.info.exe.clone();
+    maps.program_ids = probes.records.iter().map(|record| record.program_id).collect();
+    maps.program_ids.sort_unstable();
+    maps.program_ids.dedup();
     let probe_info =
         ProbeInfo { records: probes.records.clone(), allocators: allocator_summary, sample_bytes: cli.sample_bytes };
     let report_options = ReportOptions { compare: cli.compare, warmup: cli.warmup };

@@ -156,6 +156,9 @@ pub struct Trace<'a> {
     pub frames: &'a [Vec<FrameName>],
     /// Kernel counters, in `Counter::ALL` order.
     pub kernel_counters: Vec<u64>,
+    /// Runs of our programs the kernel skipped, for any process: an upper bound of the target's events lost
+    /// that way (see probes/misses.rs).
+    pub skipped_program_runs: u64,
     pub rss_bytes: u64,
     pub events: u64,
     pub timeline: &'a Timeline,
@@ -206,6 +209,8 @@ pub struct Collector {
     peak_memory: u64,
     /// The stack table's size (held_bytes) that triggers the next eviction.
     next_stack_check: u64,
+    /// Runs of our programs the kernel skipped, as last read.
+    skipped_runs: u64,
 }
 
 /// The default `--max-memory`.
@@ -255,6 +260,7 @@ impl Collector {
             memory_budget: DEFAULT_MEMORY_BUDGET,
             peak_memory: 0,
             next_stack_check: DEFAULT_MEMORY_BUDGET / 4,
+            skipped_runs: 0,
         };
         collector.update_runtime_text();
         collector
@@ -380,6 +386,8 @@ impl Collector {
         };
         // Whatever the kernel wrote before the end is still in the ring buffer.
         self.drain(events.get_mut());
+        // Read while the programs are loaded: they go with the probes.
+        self.skipped_runs = self.maps.skipped_runs();
         self.sync_allocator_figures();
         let death =
             (reason == EndReason::TargetExit).then(|| self.death.verdict(self.target.reap(), SystemTime::now()));
@@ -429,6 +437,7 @@ impl Collector {
             ledger: &self.ledger,
             frames: &self.frames,
             kernel_counters: self.maps.read_counters(),
+            skipped_program_runs: self.skipped_runs.max(self.maps.skipped_runs()),
             rss_bytes: self.rss_bytes,
             events: self.events,
             timeline: &self.timeline,

@@ -3,6 +3,7 @@
 
 pub mod allocators;
 pub mod libraries;
+pub mod misses;
 pub mod placement;
 pub mod tracefs;
 
@@ -73,6 +74,8 @@ pub struct KernelMaps {
     pub runtime_text: HashMap<MapData, u32, RuntimeText>,
     /// `--sample-bytes` for the allocator probes.
     pub sampling: Array<MapData, u64>,
+    /// The attached programs, whose skipped runs count as losses (see [`misses`]).
+    pub program_ids: Vec<u32>,
 }
 
 impl KernelMaps {
@@ -103,6 +106,11 @@ impl KernelMaps {
     }
 
     /// Each counter summed over the CPUs, in [`tracer_common::counters::Counter::ALL`] order.
+    /// Runs of our programs the kernel skipped so far.
+    pub fn skipped_runs(&self) -> u64 {
+        misses::skipped_runs(&self.program_ids)
+    }
+
     pub fn read_counters(&self) -> Vec<u64> {
         tracer_common::counters::Counter::ALL
             .iter()
@@ -183,6 +191,7 @@ impl Probes {
             log_fds: HashMap::try_from(take(map_names::LOG_FDS)?)?,
             runtime_text: HashMap::try_from(take(map_names::RUNTIME_TEXT)?)?,
             sampling: Array::try_from(take(map_names::SAMPLING)?)?,
+            program_ids: Vec::new(),
         };
         let events = RingBuf::try_from(take(map_names::EVENTS)?)?;
         Ok((Self { ebpf, records: Vec::new(), links: Vec::new() }, maps, events))

@@ -257,6 +257,7 @@ mod tests {
             ledger: &ledger,
             frames: &frames,
             kernel_counters: vec![],
+            skipped_program_runs: 0,
             rss_bytes: 0,
             events: 0,
             timeline: &timeline,

@@ -36,6 +36,14 @@ pub fn render(trace: &Trace, written: &Written) -> String {
     if lost > 0 {
         let _ = writeln!(out, "warning: {lost} events or stacks were not recorded: see counters in report.json");
     }
+    if trace.skipped_program_runs > 0 {
+        let _ = writeln!(
+            out,
+            "warning: the kernel skipped {} runs of our probes (another BPF program was running on the CPU); \
+             some of the target's events may be missing: see skipped_program_runs in report.json",
+            trace.skipped_program_runs
+        );
+    }
     let _ = writeln!(out, "report:     {}", written.report.display());
     for flamegraph in &written.flamegraphs {
         let _ = writeln!(out, "flamegraph: {}", flamegraph.display());
