@@ -105,12 +105,12 @@ impl KernelMaps {
         self.runtime_text.insert(tgid, text, 0).context("cannot update the runtime code ranges")
     }
 
-    /// Each counter summed over the CPUs, in [`tracer_common::counters::Counter::ALL`] order.
     /// Runs of our programs the kernel skipped so far.
     pub fn skipped_runs(&self) -> u64 {
         misses::skipped_runs(&self.program_ids)
     }
 
+    /// Each counter summed over the CPUs, in [`tracer_common::counters::Counter::ALL`] order.
     pub fn read_counters(&self) -> Vec<u64> {
         tracer_common::counters::Counter::ALL
             .iter()
