@@ -577,6 +577,11 @@ impl BunConfig {
 #[derive(Clone, Copy, Debug)]
 struct BunSample {
     turns_per_second: f64,
+    /// CPU time per measured turn, in milliseconds: the server's in user space and in the kernel (where
+    /// the probes run, in its context), and the tracer's (its collector).
+    server_user_ms: f64,
+    server_kernel_ms: f64,
+    tracer_ms: Option<f64>,
 }
 
 struct BunSeries {
@@ -626,17 +631,27 @@ fn bun_session(config: BunConfig, bench: &Bench, rep: usize) -> Result<Option<Bu
             None => bail!("the tracer rejected its options: see {}", dir.join("tracer.stderr").display()),
         }
     }
+    let cpu_of = |process: &Process| ProcessCpu::of(process.pid);
+    let (server_before, tracer_before) = (cpu_of(&server.process), tracer.as_ref().map(cpu_of));
     let (mut turns, mut seconds) = (0u64, 0.0f64);
     for round in 0..bench.options.rounds {
         let (round_turns, round_seconds) = drive(bench, &server, &dir, &format!("round{}", round + 1))?;
         turns += round_turns;
         seconds += round_seconds;
     }
+    let (server_after, tracer_after) = (cpu_of(&server.process), tracer.as_ref().map(cpu_of));
     if let Some(tracer) = tracer {
         stop_tracer(tracer, &dir)?;
     }
     drop(server);
-    Ok(Some(BunSample { turns_per_second: turns as f64 / seconds }))
+
+    let per_turn_ms = |seconds: f64| seconds * 1000.0 / turns as f64;
+    Ok(Some(BunSample {
+        turns_per_second: turns as f64 / seconds,
+        server_user_ms: per_turn_ms(server_after.user - server_before.user),
+        server_kernel_ms: per_turn_ms(server_after.kernel - server_before.kernel),
+        tracer_ms: tracer_before.zip(tracer_after).map(|(before, after)| per_turn_ms(after.total() - before.total())),
+    }))
 }
 
 /// The demo server, JIT dump on as in production; killed (with its process group) when dropped.
@@ -1018,6 +1033,34 @@ struct CpuSample {
 /// /proc/stat and /proc/PID/stat count in USER_HZ ticks, 100 a second on Linux.
 const TICKS_PER_SECOND: f64 = 100.0;
 
+/// The fields of /proc/PID/stat after the command name (which may hold spaces): index 0 is field 3, the
+/// state; utime, stime, cutime and cstime (fields 14 to 17) are at 11 to 14.
+fn proc_stat_fields(pid: &str) -> Vec<f64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    text.rsplit_once(") ")
+        .map(|(_, rest)| rest.split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect())
+        .unwrap_or_default()
+}
+
+/// CPU seconds a process (all its threads) has used so far.
+#[derive(Clone, Copy, Debug, Default)]
+struct ProcessCpu {
+    user: f64,
+    kernel: f64,
+}
+
+impl ProcessCpu {
+    fn of(pid: u32) -> Self {
+        let fields = proc_stat_fields(&pid.to_string());
+        let field = |i: usize| fields.get(i).copied().unwrap_or(0.0) / TICKS_PER_SECOND;
+        Self { user: field(11), kernel: field(12) }
+    }
+
+    fn total(self) -> f64 {
+        self.user + self.kernel
+    }
+}
+
 impl CpuSample {
     fn now() -> Self {
         let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -1026,12 +1069,8 @@ impl CpuSample {
             stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
         let field = |i: usize| cpu.get(i).copied().unwrap_or(0.0) / TICKS_PER_SECOND;
         let machine_busy = field(0) + field(1) + field(2) + field(5) + field(6);
-        // /proc/self/stat after the command name: state is field 3; utime, stime, cutime, cstime 14 to 17.
-        let own = fs::read_to_string("/proc/self/stat").unwrap_or_default();
-        let fields: Vec<f64> = own
-            .rsplit_once(") ")
-            .map(|(_, rest)| rest.split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect())
-            .unwrap_or_default();
+        // Ours, and our reaped children's: utime, stime, cutime, cstime.
+        let fields = proc_stat_fields("self");
         let ours = (11..=14).map(|i| fields.get(i).copied().unwrap_or(0.0)).sum::<f64>() / TICKS_PER_SECOND;
         Self { at: Instant::now(), machine_busy, steal: field(7), ours }
     }
@@ -1349,14 +1388,20 @@ impl Report<'_> {
             "`demo/bun/server.ts` (JIT dump on), driven by `demo/bun/driver.ts` with {} turns a round, concurrency \
              {BUN_CONCURRENCY}. Per run: a fresh server, one warm-up round, the tracer attached by pid (it has \
              printed `tracing pid`, plus 1 s), {} measured round{}, the tracer stopped with SIGINT. A run's figure \
-             is its measured turns over their seconds. In allocator mode the tracer sees only glibc's malloc: \
-             Bun's own allocator, mimalloc, is linked in statically and stripped, so its calls are not traced.\n",
+             is its measured turns over their seconds. CPU times are per measured turn, from /proc: the probes \
+             run in the server's context and show in its kernel time; the tracer's is its collector's. In \
+             allocator mode the tracer sees only glibc's malloc: Bun's own allocator, mimalloc, is linked in \
+             statically and stripped, so its calls are not traced.\n",
             o.turns,
             o.rounds,
             if o.rounds == 1 { "" } else { "s" }
         );
         let untraced = self.bun.get(BunConfig::Untraced).stats(|s| s.turns_per_second);
-        let _ = writeln!(md, "| configuration | command | turns/s | vs untraced |\n| --- | --- | --- | --- |");
+        let _ = writeln!(
+            md,
+            "| configuration | command | turns/s | vs untraced | server user ms/turn | server kernel ms/turn | \
+             tracer CPU ms/turn |\n| --- | --- | --- | --- | --- | --- | --- |"
+        );
         for (config, series) in &self.bun.series {
             let command = format!("`{}`", config.command_text());
             match series.stats(|s| s.turns_per_second) {
@@ -1367,16 +1412,21 @@ impl Report<'_> {
                         }
                         _ => String::new(),
                     };
+                    let ms = |stats: Option<Stats>| stats.map_or("-".into(), |s| format!("{:.1}", s.median));
                     let _ = writeln!(
                         md,
-                        "| {}{} | {command} | {} | {change} |",
+                        "| {}{} | {command} | {} | {change} | {} | {} | {} |",
                         config.name(),
                         stopped_mark(&series.stopped),
-                        spread(tps, |v| format!("{v:.1}"))
+                        spread(tps, |v| format!("{v:.1}")),
+                        ms(series.stats(|s| s.server_user_ms)),
+                        ms(series.stats(|s| s.server_kernel_ms)),
+                        ms(Stats::of(series.samples.iter().filter_map(|s| s.tracer_ms).collect())),
                     );
                 }
                 None => {
-                    let _ = writeln!(md, "| {} | {command} | {} | |", config.name(), stopped_text(&series.stopped));
+                    let _ =
+                        writeln!(md, "| {} | {command} | {} | | | | |", config.name(), stopped_text(&series.stopped));
                 }
             }
         }
@@ -1396,6 +1446,9 @@ impl Report<'_> {
              to it; the scripts also filter on `cpid`, so other processes are not slowed nor counted. \
              `bench/memleak.bt` keeps each block's size and user stack keyed by address and deletes them on free; \
              at the end it only clears its maps (printing them would add bpftrace's symbolizing to its time).",
+            "malloc_bench's default workload is 1,000,000 pairs: the four uprobe-based configurations cost about \
+             12 µs a pair here, so 2,000,000 pairs five times over would take about 8 minutes for malloc_bench \
+             alone. The cost per call does not depend on the count; `--pairs 2000000` runs the larger workload.",
             "heaptrack (LD_PRELOAD, in-process) is the user-space reference: it records every call into a file \
              analysed later; its command time includes its own end-of-run summary.",
             "A configuration whose tool is missing is marked not available; a tracer mode the build rejects \
