@@ -228,9 +228,10 @@ fn rotated<T: Copy>(all: &[T], rep: usize) -> Vec<T> {
     all[shift..].iter().chain(&all[..shift]).copied().collect()
 }
 
-/// A folder of its own for one run of one configuration.
-fn run_dir(bench: &Bench, family: &str, slug: &str, rep: usize) -> Result<PathBuf> {
-    let dir = bench.work.join(family).join(format!("{slug}-{}", rep + 1));
+/// A folder of its own for one run of one configuration; a retry gets another, so both keep their logs.
+fn run_dir(bench: &Bench, family: &str, slug: &str, rep: usize, attempt: usize) -> Result<PathBuf> {
+    let retry = if attempt > 0 { "-retry" } else { "" };
+    let dir = bench.work.join(family).join(format!("{slug}-{}{retry}", rep + 1));
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
 }
@@ -244,6 +245,8 @@ struct Series<S> {
     samples: Vec<S>,
     /// Why there are no (more) samples: not available here, or failed.
     stopped: Option<Stopped>,
+    /// The first lines of the errors of runs that failed once and were retried.
+    retried: Vec<String>,
 }
 
 enum Stopped {
@@ -252,25 +255,43 @@ enum Stopped {
     Failed(String),
 }
 
+/// Why a tracer mode has no figures when the build does not know its option.
+const SAMPLING_UNAVAILABLE: &str = "the tracer rejects --sample-bytes (exit code 2): not in this build";
+
 impl<S> Series<S> {
     fn new() -> Self {
-        Self { samples: Vec::new(), stopped: None }
+        Self { samples: Vec::new(), stopped: None, retried: Vec::new() }
     }
 
     fn unavailable(reason: &str) -> Self {
-        Self { samples: Vec::new(), stopped: Some(Stopped::Unavailable(reason.to_string())) }
+        Self { stopped: Some(Stopped::Unavailable(reason.to_string())), ..Self::new() }
     }
 
-    /// Takes the outcome of one run. A configuration that failed is not run again; the others go on.
-    fn record(&mut self, name: &str, outcome: Result<Option<S>>, unavailable_reason: &str) {
+    /// One measurement: `run(attempt)` gives a sample, or `None` when the tracer rejects the mode's option.
+    /// A failed run is retried once, and noted: a tool or target failing now and then should not cost a
+    /// configuration all its figures. A second failure stops the configuration (the others go on); its
+    /// error is returned for the caller to judge.
+    fn measure(&mut self, name: &str, mut run: impl FnMut(usize) -> Result<Option<S>>) -> Option<String> {
+        if !self.active() {
+            return None;
+        }
+        let mut outcome = run(0);
+        if let Err(error) = &outcome {
+            eprintln!("xtask bench: {name} failed, trying once more: {error:#}");
+            self.retried.push(first_line(&format!("{error:#}")).to_string());
+            outcome = run(1);
+        }
         match outcome {
             Ok(Some(sample)) => self.samples.push(sample),
-            Ok(None) => self.stopped = Some(Stopped::Unavailable(unavailable_reason.to_string())),
+            Ok(None) => self.stopped = Some(Stopped::Unavailable(SAMPLING_UNAVAILABLE.to_string())),
             Err(error) => {
-                eprintln!("xtask bench: {name} failed: {error:#}");
-                self.stopped = Some(Stopped::Failed(format!("{error:#}")));
+                eprintln!("xtask bench: {name} failed again: {error:#}");
+                let text = format!("{error:#}");
+                self.stopped = Some(Stopped::Failed(text.clone()));
+                return Some(text);
             }
         }
+        None
     }
 
     fn active(&self) -> bool {
@@ -402,22 +423,18 @@ impl MallocSeries {
 
     fn run(&mut self, config: MallocConfig, bench: &Bench, rep: usize) -> Result<()> {
         let series = &mut self.series.iter_mut().find(|(c, _)| *c == config).expect("has a series").1;
-        if !series.active() {
-            return Ok(());
+        let failed = series.measure(config.name(), |attempt| run_malloc_bench(config, bench, rep, attempt));
+        match failed {
+            // Without the untraced baseline no figure means anything: stop at once.
+            Some(error) if config == MallocConfig::Untraced => bail!("the untraced malloc_bench run failed: {error}"),
+            _ => Ok(()),
         }
-        let outcome = run_malloc_bench(config, bench, rep);
-        // Without the untraced baseline no figure means anything: stop at once.
-        if config == MallocConfig::Untraced {
-            outcome.as_ref().map_err(|error| anyhow!("the untraced malloc_bench run failed: {error:#}"))?;
-        }
-        series.record(config.name(), outcome, "the tracer rejects --sample-bytes (exit code 2): not in this build");
-        Ok(())
     }
 }
 
 /// One run of malloc_bench in one configuration. `Ok(None)`: the tracer does not know the mode's option.
-fn run_malloc_bench(config: MallocConfig, bench: &Bench, rep: usize) -> Result<Option<MallocSample>> {
-    let dir = run_dir(bench, "malloc", config.slug(), rep)?;
+fn run_malloc_bench(config: MallocConfig, bench: &Bench, rep: usize, attempt: usize) -> Result<Option<MallocSample>> {
+    let dir = run_dir(bench, "malloc", config.slug(), rep, attempt)?;
     let argv = [bench.malloc_bench.display().to_string(), bench.options.pairs.to_string()];
     let mut command = malloc_command(config, bench, &dir, &argv);
     command.current_dir(&dir).stdin(Stdio::null()).stdout(log_file(&dir, "stdout")?).stderr(log_file(&dir, "stderr")?);
@@ -430,7 +447,7 @@ fn run_malloc_bench(config: MallocConfig, bench: &Bench, rep: usize) -> Result<O
         return Ok(None);
     }
     if !status.success() {
-        bail!("{} ({status}); its stderr ends with:\n{}", config.command_text(), log_tail(&dir.join("stderr")));
+        return Err(failure(&format!("{} ({status})", config.command_text()), &dir.join("stderr")));
     }
     let stdout = fs::read_to_string(dir.join("stdout"))?;
     let (loop_seconds, retained) = parse_malloc_bench(&stdout)
@@ -582,6 +599,8 @@ struct BunSample {
     server_user_ms: f64,
     server_kernel_ms: f64,
     tracer_ms: Option<f64>,
+    /// The tracer's voluntary context switches per measured turn: how often its collector is woken.
+    tracer_wakeups: Option<f64>,
 }
 
 struct BunSeries {
@@ -599,27 +618,19 @@ impl BunSeries {
 
     fn run(&mut self, config: BunConfig, bench: &Bench, rep: usize) -> Result<()> {
         let series = &mut self.series.iter_mut().find(|(c, _)| *c == config).expect("has a series").1;
-        if !series.active() {
-            return Ok(());
+        let name = format!("Bun demo, {}", config.name());
+        match series.measure(&name, |attempt| bun_session(config, bench, rep, attempt)) {
+            Some(error) if config == BunConfig::Untraced => bail!("the untraced Bun demo run failed: {error}"),
+            _ => Ok(()),
         }
-        let outcome = bun_session(config, bench, rep);
-        if config == BunConfig::Untraced {
-            outcome.as_ref().map_err(|error| anyhow!("the untraced Bun demo run failed: {error:#}"))?;
-        }
-        series.record(
-            &format!("Bun demo, {}", config.name()),
-            outcome,
-            "the tracer rejects --sample-bytes (exit code 2): not in this build",
-        );
-        Ok(())
     }
 }
 
 /// One server from start to stop: a warm-up round, the tracer attached by pid (as in production), the
 /// measured rounds, the tracer stopped with SIGINT (as Ctrl-C would). `Ok(None)`: the tracer does not
 /// know the mode's option.
-fn bun_session(config: BunConfig, bench: &Bench, rep: usize) -> Result<Option<BunSample>> {
-    let dir = run_dir(bench, "bun", config.slug(), rep)?;
+fn bun_session(config: BunConfig, bench: &Bench, rep: usize, attempt: usize) -> Result<Option<BunSample>> {
+    let dir = run_dir(bench, "bun", config.slug(), rep, attempt)?;
     let server = BunServer::start(bench, &dir)?;
     drive(bench, &server, &dir, "warmup")?;
 
@@ -651,6 +662,9 @@ fn bun_session(config: BunConfig, bench: &Bench, rep: usize) -> Result<Option<Bu
         server_user_ms: per_turn_ms(server_after.user - server_before.user),
         server_kernel_ms: per_turn_ms(server_after.kernel - server_before.kernel),
         tracer_ms: tracer_before.zip(tracer_after).map(|(before, after)| per_turn_ms(after.total() - before.total())),
+        tracer_wakeups: tracer_before
+            .zip(tracer_after)
+            .map(|(before, after)| (after.wakeups - before.wakeups) / turns as f64),
     }))
 }
 
@@ -699,10 +713,8 @@ fn drive(bench: &Bench, server: &BunServer, dir: &Path, label: &str) -> Result<(
     let timeout = Duration::from_secs(60 + u64::from(bench.options.turns));
     let (status, _) = process.wait(timeout)?;
     if !status.success() {
-        bail!(
-            "the driver failed ({status}), round {label}:\n{}",
-            log_tail(&dir.join(format!("driver-{label}.stderr")))
-        );
+        let what = format!("the driver failed in round {label} ({status})");
+        return Err(failure(&what, &dir.join(format!("driver-{label}.stderr"))));
     }
     let text = fs::read_to_string(&out)?;
     let (done, seconds) =
@@ -749,10 +761,7 @@ fn attach_tracer(bench: &Bench, server: &BunServer, args: &[&str], dir: &Path) -
             if status.as_ref().is_ok_and(|s| s.code() == Some(2)) {
                 return Ok(None);
             }
-            bail!(
-                "the tracer did not attach ({error:#}; {status:?}); its stderr ends with:\n{}",
-                log_tail(&stderr_log)
-            );
+            return Err(failure(&format!("the tracer did not attach ({error:#}; {status:?})"), &stderr_log));
         }
     }
     // What the tracer does once at start (reading the JIT dump so far, the first snapshot of the maps)
@@ -764,12 +773,12 @@ fn attach_tracer(bench: &Bench, server: &BunServer, args: &[&str], dir: &Path) -
 /// SIGINT, as Ctrl-C: the tracer writes its reports, detaches, and must exit with success.
 fn stop_tracer(mut tracer: Process, dir: &Path) -> Result<()> {
     if let Some(status) = tracer.exited() {
-        bail!("the tracer ended before it was stopped ({status}):\n{}", log_tail(&dir.join("tracer.stderr")));
+        return Err(failure(&format!("the tracer ended before it was stopped ({status})"), &dir.join("tracer.stderr")));
     }
     tracer.signal(SIGINT)?;
     let (status, _) = tracer.wait(Duration::from_secs(180))?;
     if !status.success() {
-        bail!("the tracer failed ({status}):\n{}", log_tail(&dir.join("tracer.stderr")));
+        return Err(failure(&format!("the tracer failed ({status})"), &dir.join("tracer.stderr")));
     }
     Ok(())
 }
@@ -957,12 +966,18 @@ fn log_file(dir: &Path, name: &str) -> Result<File> {
     File::create(&path).with_context(|| format!("cannot create {}", path.display()))
 }
 
-/// The last lines of a log, for an error message.
-fn log_tail(path: &Path) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let tail = lines[lines.len().saturating_sub(8)..].join("\n");
-    if tail.is_empty() { format!("(nothing in {})", path.display()) } else { tail }
+/// An error for a child that failed: what happened and the last line of its log on the first line (the
+/// line BENCHMARKS.md shows), then the log's last lines.
+fn failure(what: &str, log: &Path) -> anyhow::Error {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|line| !line.trim().is_empty()).collect();
+    match lines.last() {
+        None => anyhow!("{what}; nothing in {}", log.display()),
+        Some(last) => {
+            let tail = lines[lines.len().saturating_sub(8)..].join("\n");
+            anyhow!("{what}: {last}\n(the end of {}:)\n{tail}", log.display())
+        }
+    }
 }
 
 // ------------------------------------------------------------------------------------------------------
@@ -1019,6 +1034,18 @@ fn load_average() -> f64 {
         .unwrap_or(0.0)
 }
 
+fn voluntary_switches(pid: u32) -> f64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return 0.0 };
+    let status_of = |task: fs::DirEntry| fs::read_to_string(task.path().join("status")).ok();
+    tasks
+        .flatten()
+        .filter_map(status_of)
+        .filter_map(|status| {
+            status.lines().find_map(|line| line.strip_prefix("voluntary_ctxt_switches:")?.trim().parse::<f64>().ok())
+        })
+        .sum()
+}
+
 /// CPU time so far: the whole machine's (busy and stolen) and ours (this process and every child it has
 /// reaped, which includes what they reaped: the tracer's target, bpftrace's command). The difference
 /// between two samples is what other processes used in between: the noise in our figures.
@@ -1042,18 +1069,20 @@ fn proc_stat_fields(pid: &str) -> Vec<f64> {
         .unwrap_or_default()
 }
 
-/// CPU seconds a process (all its threads) has used so far.
+/// CPU seconds a process (all its threads) has used so far, and how often its threads went to sleep.
 #[derive(Clone, Copy, Debug, Default)]
 struct ProcessCpu {
     user: f64,
     kernel: f64,
+    /// Voluntary context switches, summed over its threads: each is a sleep, and then a wake-up.
+    wakeups: f64,
 }
 
 impl ProcessCpu {
     fn of(pid: u32) -> Self {
         let fields = proc_stat_fields(&pid.to_string());
         let field = |i: usize| fields.get(i).copied().unwrap_or(0.0) / TICKS_PER_SECOND;
-        Self { user: field(11), kernel: field(12) }
+        Self { user: field(11), kernel: field(12), wakeups: voluntary_switches(pid) }
     }
 
     fn total(self) -> f64 {
@@ -1329,6 +1358,7 @@ impl Report<'_> {
             }
         }
         let _ = writeln!(md);
+        render_retried(md, self.malloc.series.iter().map(|(c, s)| (c.name(), &s.retried)));
         self.render_malloc_comparisons(md);
         self.render_accuracy(md);
     }
@@ -1389,9 +1419,9 @@ impl Report<'_> {
              {BUN_CONCURRENCY}. Per run: a fresh server, one warm-up round, the tracer attached by pid (it has \
              printed `tracing pid`, plus 1 s), {} measured round{}, the tracer stopped with SIGINT. A run's figure \
              is its measured turns over their seconds. CPU times are per measured turn, from /proc: the probes \
-             run in the server's context and show in its kernel time; the tracer's is its collector's. In \
-             allocator mode the tracer sees only glibc's malloc: Bun's own allocator, mimalloc, is linked in \
-             statically and stripped, so its calls are not traced.\n",
+             run in the server's context and show in its kernel time; the tracer's is its collector's. Its \
+             wake-ups are its voluntary context switches. In allocator mode the tracer sees only glibc's malloc: \
+             Bun's own allocator, mimalloc, is linked in statically and stripped, so its calls are not traced.\n",
             o.turns,
             o.rounds,
             if o.rounds == 1 { "" } else { "s" }
@@ -1400,7 +1430,7 @@ impl Report<'_> {
         let _ = writeln!(
             md,
             "| configuration | command | turns/s | vs untraced | server user ms/turn | server kernel ms/turn | \
-             tracer CPU ms/turn |\n| --- | --- | --- | --- | --- | --- | --- |"
+             tracer CPU ms/turn | tracer wake-ups/turn |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
         );
         for (config, series) in &self.bun.series {
             let command = format!("`{}`", config.command_text());
@@ -1415,22 +1445,25 @@ impl Report<'_> {
                     let ms = |stats: Option<Stats>| stats.map_or("-".into(), |s| format!("{:.1}", s.median));
                     let _ = writeln!(
                         md,
-                        "| {}{} | {command} | {} | {change} | {} | {} | {} |",
+                        "| {}{} | {command} | {} | {change} | {} | {} | {} | {} |",
                         config.name(),
                         stopped_mark(&series.stopped),
                         spread(tps, |v| format!("{v:.1}")),
                         ms(series.stats(|s| s.server_user_ms)),
                         ms(series.stats(|s| s.server_kernel_ms)),
                         ms(Stats::of(series.samples.iter().filter_map(|s| s.tracer_ms).collect())),
+                        Stats::of(series.samples.iter().filter_map(|s| s.tracer_wakeups).collect())
+                            .map_or("-".into(), |s| format!("{:.0}", s.median)),
                     );
                 }
                 None => {
                     let _ =
-                        writeln!(md, "| {} | {command} | {} | | | | |", config.name(), stopped_text(&series.stopped));
+                        writeln!(md, "| {} | {command} | {} | | | | | |", config.name(), stopped_text(&series.stopped));
                 }
             }
         }
         let _ = writeln!(md);
+        render_retried(md, self.bun.series.iter().map(|(c, s)| (c.name(), &s.retried)));
     }
 
     fn render_method(&self, md: &mut String) {
@@ -1446,9 +1479,9 @@ impl Report<'_> {
              to it; the scripts also filter on `cpid`, so other processes are not slowed nor counted. \
              `bench/memleak.bt` keeps each block's size and user stack keyed by address and deletes them on free; \
              at the end it only clears its maps (printing them would add bpftrace's symbolizing to its time).",
-            "malloc_bench's default workload is 1,000,000 pairs: the four uprobe-based configurations cost about \
-             12 µs a pair here, so 2,000,000 pairs five times over would take about 8 minutes for malloc_bench \
-             alone. The cost per call does not depend on the count; `--pairs 2000000` runs the larger workload.",
+            "malloc_bench's default workload is 1,000,000 pairs: each uprobe-based configuration costs 11 to 15 µs \
+             a pair here, so 2,000,000 pairs five times over would take 7 to 9 minutes for malloc_bench alone. \
+             The cost per call does not depend on the count; `--pairs 2000000` runs the larger workload.",
             "heaptrack (LD_PRELOAD, in-process) is the user-space reference: it records every call into a file \
              analysed later; its command time includes its own end-of-run summary.",
             "A configuration whose tool is missing is marked not available; a tracer mode the build rejects \
@@ -1468,6 +1501,18 @@ impl Report<'_> {
             .map(|(c, _)| format!("malloc_bench {}", c.name()))
             .chain(bun.map(|(c, _)| format!("Bun demo {}", c.name())))
             .collect()
+    }
+}
+
+/// Runs that failed once and succeeded when tried again: said, not hidden.
+fn render_retried<'a>(md: &mut String, series: impl Iterator<Item = (&'a str, &'a Vec<String>)>) {
+    for (name, errors) in series {
+        for error in errors {
+            let _ = writeln!(md, "- {name}: a run failed and was tried again: {}", error.replace('|', "\\|"));
+        }
+    }
+    if !md.ends_with("\n\n") {
+        let _ = writeln!(md);
     }
 }
 
@@ -1568,8 +1613,11 @@ mod tests {
 
     #[test]
     fn report_numbers_are_found_by_their_path() {
-        let json = "{\n  \"stacks\": [{\"source\": \"malloc\", \"outstanding_bytes\": 7}],\n  \"totals\": {\"by_source\": \
-                    {\"brk\": {\"outstanding_bytes\": 1}, \"malloc\": {\"outstanding_bytes\": 50827}}}}";
+        let json = concat!(
+            "{\"stacks\": [{\"source\": \"malloc\", \"outstanding_bytes\": 7}],\n",
+            "\"totals\": {\"by_source\": {\"brk\": {\"outstanding_bytes\": 1}, ",
+            "\"malloc\": {\"outstanding_bytes\": 50827}}}}"
+        );
         assert_eq!(json_number(json, &["by_source", "malloc", "outstanding_bytes"]), Some(50827));
         assert_eq!(json_number(json, &["by_source", "mmap", "outstanding_bytes"]), None);
     }
