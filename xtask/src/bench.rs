@@ -1480,13 +1480,14 @@ impl Report<'_> {
              `bench/memleak.bt` keeps each block's size and user stack keyed by address and deletes them on free; \
              at the end it only clears its maps (printing them would add bpftrace's symbolizing to its time).",
             "malloc_bench's default workload is 1,000,000 pairs: each uprobe-based configuration costs 11 to 15 µs \
-             a pair here, so 2,000,000 pairs five times over would take 7 to 9 minutes for malloc_bench alone. \
+             a pair here, so 2,000,000 pairs five times over would take 6 to 9 minutes for malloc_bench alone. \
              The cost per call does not depend on the count; `--pairs 2000000` runs the larger workload.",
             "heaptrack (LD_PRELOAD, in-process) is the user-space reference: it records every call into a file \
              analysed later; its command time includes its own end-of-run summary.",
             "A configuration whose tool is missing is marked not available; a tracer mode the build rejects \
-             (exit code 2, unknown option) likewise; a configuration that fails stops there and the error is \
-             shown, while the others go on. Logs and reports of every run are in `target/bench/`.",
+             (exit code 2, unknown option) likewise. A run that fails is tried once more and listed under its \
+             table; a configuration that fails twice stops there and the error is shown, while the others go \
+             on. Logs and reports of every run are in `target/bench/`.",
         ];
         for note in notes {
             let _ = writeln!(md, "- {note}");
