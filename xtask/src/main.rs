@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask <task>`. Each task installs what it needs first, so a fresh machine gets
 //! from clone to result with one command; when everything is present the setup costs a few seconds.
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -19,7 +20,8 @@ tasks:
   build        build-ebpf, then the release binary target/release/dispatch-leaktrace
   demo         build, then trace the bundled Bun demo server over some turns and write its reports
   demo-native  the same with the small C program in demo/native
-  test         build-ebpf, then run every test (needs root: the tests load eBPF programs)";
+  test         build-ebpf, then run every test (needs root: the tests load eBPF programs)
+  bench        build, then measure the tracing overhead and rewrite BENCHMARKS.md ([--runs N] [--quick]; as root)";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -30,6 +32,7 @@ fn main() {
         Some("demo") => demo::run_demo(&args[1..]),
         Some("demo-native") => demo_native(&args[1..]),
         Some("test") => test(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
