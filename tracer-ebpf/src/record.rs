@@ -85,6 +85,20 @@ fn copy_stack<C: StackIdContext>(ctx: &C, stack: &mut InlineStack) {
     }
 }
 
+/// Events waiting in the ring buffer before a submit wakes the collector. Below it the collector is not
+/// woken (it drains on a short timer anyway): waking it for every event made it switch in and out hundreds
+/// of times per request of the target, preempting the target as often.
+const WAKEUP_BYTES: u64 = 256 << 10;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// The flags of a ring buffer submit: wake the collector only once enough has piled up.
+#[inline(always)]
+pub fn submit_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP }
+}
+
 /// Reserves a `T` in the ring buffer, lets `fill` write it in place (events are too large for the BPF
 /// stack), and submits it. A full ring buffer is counted.
 #[inline(always)]
@@ -93,7 +107,7 @@ fn reserve_and_send<T: 'static>(fill: impl FnOnce(&mut T)) {
         Some(mut entry) => {
             // SAFETY: `fill` writes every field the reader uses; the entry is ours until submitted.
             fill(unsafe { &mut *entry.as_mut_ptr() });
-            entry.submit(0);
+            entry.submit(submit_flags());
         }
         None => count(Counter::LostEvents),
     }

@@ -68,5 +68,5 @@ fn capture(fd: u64, buf: u64, requested: u64) {
     if len > 0 && unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut write.data[..len]) }.is_ok() {
         write.len = len as u32;
     }
-    entry.submit(0);
+    entry.submit(crate::record::submit_flags());
 }

@@ -238,6 +238,8 @@ fn a_snapshot_is_written_at_each_rss_multiple_crossed() {
     let mut target = Running::spawn(Command::new(fixture("touches")).arg("wait"));
     let mut tracer =
         start_tracer(&["-o", out.to_str().unwrap(), "--pid", &target.pid().to_string(), "--snapshot-at-rss", "1M"]);
+    // The waiting fixture is already past 1 MiB: the first RSS sample writes the first snapshot.
+    tracer.stderr.wait_for("rss-");
     target.send_line("go");
     target.stdout.wait_for("done");
     // The fixture's RSS grew by about 9 MiB: one more threshold crossed, seen at the next RSS sample.

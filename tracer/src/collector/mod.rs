@@ -46,6 +46,9 @@ const PROT_EXEC: u32 = 4;
 
 /// How often the collector samples the target's RSS and names new stacks.
 const TICK: Duration = Duration::from_millis(200);
+/// How often the ring buffer is drained: the kernel wakes the collector only once a good amount has piled
+/// up (record.rs), so a trickle of events is read on this timer.
+const POLL: Duration = Duration::from_millis(50);
 /// How often the target's mappings and log descriptors are read again.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
@@ -344,6 +347,8 @@ impl Collector {
         };
         tokio::pin!(deadline);
         let mut tick = tokio::time::interval(TICK);
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut timeline_tick = tokio::time::interval(self.interval);
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         let checkpoint_every = self.checkpoint.unwrap_or(Duration::from_secs(3600));
@@ -357,14 +362,19 @@ impl Collector {
                     self.drain(guard.get_inner_mut());
                     guard.clear_ready();
                 }
+                _ = poll.tick() => self.drain(events.get_mut()),
                 _ = tick.tick() => {
+                    self.drain(events.get_mut());
                     self.on_tick();
                     if let Some(threshold) = self.crossed_rss_threshold() {
                         self.snapshot(SnapshotReason::Rss(threshold), &mut on_snapshot);
                     }
                 }
                 _ = housekeeping.tick() => self.housekeeping(),
-                _ = timeline_tick.tick() => self.add_timeline_point(),
+                _ = timeline_tick.tick() => {
+                    self.drain(events.get_mut());
+                    self.add_timeline_point();
+                }
                 Some(line) = async { match sent_markers.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
                     // Memory events from before the line was sent are counted before it.
                     self.drain(events.get_mut());
