@@ -28,6 +28,14 @@ pub struct EventStack<'a> {
     pub caller: Option<u64>,
 }
 
+/// A kernel stack completed and interned once.
+#[derive(Clone, Copy)]
+struct Resolved {
+    stack: StackIx,
+    /// The jitdump generation it was named in.
+    jit_generation: usize,
+}
+
 /// The stack of events whose stack could not be taken (counted in `stack_errors`).
 pub const UNKNOWN_STACK: StackIx = 0;
 
@@ -38,6 +46,8 @@ pub struct StackTable {
     index: HashMap<Arc<[u64]>, StackIx>,
     /// Frames by kernel stack id. Ids are never reused for another stack (no BPF_F_REUSE_STACKID).
     kernel_frames: HashMap<u32, Box<[u64]>>,
+    /// The stack interned for (kernel stack id, caller) of events without a stack top copy.
+    resolved: HashMap<(u32, u64), Resolved>,
     unwinder: Unwinder,
     /// Slots of evicted stacks, reused before the table grows.
     free: Vec<StackIx>,
@@ -53,6 +63,7 @@ impl Default for StackTable {
             stacks: vec![Some(Arc::from(Vec::new()))],
             index: HashMap::new(),
             kernel_frames: HashMap::new(),
+            resolved: HashMap::new(),
             unwinder: Unwinder::default(),
             free: Vec::new(),
             unnamed: Vec::new(),
@@ -110,8 +121,9 @@ impl StackTable {
         }
         self.free.extend(&evicted);
         self.unnamed.retain(|ix| self.stacks[*ix as usize].is_some());
-        // A cache, rebuilt on demand.
+        // Caches, rebuilt on demand (`resolved` may point at evicted slots).
         self.kernel_frames.clear();
+        self.resolved = HashMap::new();
         self.index.shrink_to_fit();
         self.kernel_frames.shrink_to_fit();
         evicted
@@ -133,6 +145,33 @@ impl StackTable {
     /// The interned stack for a kernel stack id (negative: none was taken), completed with the copy of the
     /// top of the user stack taken at the same moment.
     pub fn intern_event_stack(
+        &mut self,
+        kernel_stacks: &StackTraceMap<MapData>,
+        event: &EventStack<'_>,
+        modules: &mut ModuleMap,
+        jit: &mut JitFrames,
+    ) -> StackIx {
+        // Without a copy of the stack top, the same kernel stack and caller always complete to the same
+        // stack: skip the per-frame work (mapping and JIT lookups for a hundred frames) the second time.
+        let resolved_key = match (event.inline, u32::try_from(event.stack_id)) {
+            (None, Ok(stack_id)) if event.stack_top.is_empty() => Some((stack_id, event.caller.unwrap_or(0))),
+            _ => None,
+        };
+        if let Some(resolved) = resolved_key.and_then(|key| self.resolved.get(&key)) {
+            // JIT code comes and goes at the same addresses: once the jitdumps have more code, a stack is
+            // named again, at its own time.
+            if resolved.jit_generation == jit.generation() {
+                return resolved.stack;
+            }
+        }
+        let stack = self.complete_and_intern(kernel_stacks, event, modules, jit);
+        if let Some(key) = resolved_key {
+            self.resolved.insert(key, Resolved { stack, jit_generation: jit.generation() });
+        }
+        stack
+    }
+
+    fn complete_and_intern(
         &mut self,
         kernel_stacks: &StackTraceMap<MapData>,
         event: &EventStack<'_>,

@@ -84,6 +84,11 @@ impl JitFrames {
         }
     }
 
+    /// Changes whenever the jitdumps gained code: names missing before may exist now.
+    pub fn generation(&self) -> usize {
+        self.indexed
+    }
+
     /// The name of a tagged frame.
     pub fn name(&self, tagged: u64) -> Option<&FrameName> {
         self.names.get((tagged & !JIT_FRAME) as usize)
