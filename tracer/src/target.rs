@@ -82,6 +82,8 @@ impl Target {
 pub struct HeldChild {
     pub pid: u32,
     command: String,
+    /// The whole command line, for a process gone before /proc could be read.
+    argv: Vec<String>,
     /// Writing a byte lets the child exec; closing it unwritten makes the child exit.
     go: Option<OwnedFd>,
     exec_error: OwnedFd,
@@ -126,7 +128,13 @@ impl HeldChild {
         }
         drop(go_read);
         drop(error_write);
-        Ok(Self { pid: pid as u32, command: program.clone(), go: Some(go_write), exec_error: error_read })
+        Ok(Self {
+            pid: pid as u32,
+            command: program.clone(),
+            argv: command.to_vec(),
+            go: Some(go_write),
+            exec_error: error_read,
+        })
     }
 
     /// The file the command will execute, found on PATH as execvp would.
@@ -160,8 +168,10 @@ impl HeldChild {
             unsafe { libc::waitpid(self.pid as i32, std::ptr::null_mut(), 0) };
             bail!("cannot run {}: {}", self.command, io::Error::from_raw_os_error(errno));
         }
-        let info =
-            ProcessInfo::read(self.pid).with_context(|| format!("the launched process {} vanished", self.pid))?;
+        // A short-lived command may be gone already: then it is what we launched.
+        let info = ProcessInfo::read(self.pid).or_else(|_| -> Result<ProcessInfo> {
+            Ok(ProcessInfo { pid: self.pid, exe: self.program_path()?, cmdline: self.argv.clone() })
+        })?;
         Ok(Target { info, pidfd, is_child: true })
     }
 }

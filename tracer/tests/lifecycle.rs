@@ -28,6 +28,24 @@ fn duration_ends_the_trace_and_the_target_runs_on() {
 }
 
 #[test]
+fn a_command_that_exits_at_once_still_gets_its_report() {
+    // /bin/true may be gone before its /proc entry is read: the report names what was launched.
+    for run in 0..3 {
+        let out = output_dir(&format!("exits_at_once_{run}"));
+        let status = Command::new(common::TRACER)
+            .args(["--no-alloc", "-o", out.to_str().unwrap(), "--", "/bin/true"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let report = Report::load(&out);
+        assert_eq!(report.end_reason(), "target-exit");
+        assert_eq!(report.0["target_exit"]["code"], 0);
+        assert_eq!(report.0["target"]["cmdline"][0], "/bin/true");
+    }
+}
+
+#[test]
 fn sigint_and_sigterm_end_the_trace() {
     for (signal, name) in [(libc::SIGINT, "sigint"), (libc::SIGTERM, "sigterm")] {
         let out = output_dir(&format!("signal_{name}"));
