@@ -11,8 +11,8 @@ use crate::reports::growth::{CompareSpec, parse_compare};
     name = "dispatch-leaktrace",
     version,
     about = "Finds where a running process's memory goes: outstanding memory by call stack, traced with eBPF.",
-    after_help = "Examples:\n  sudo dispatch-leaktrace --pid $(pidof dispatch-server) -d 2h\n  sudo dispatch-leaktrace -o report -- ./server --port 8080\n  sudo dispatch-leaktrace --pid PID --turn-start 'turn start (?P<id>\\S+)' --turn-end 'turn end (?P<id>\\S+)'\n  dispatch-leaktrace mark [--pid PID] LABEL    (from another shell: a marker in the running trace)",
-    group(ArgGroup::new("target").required(true).args(["pid", "command"]))
+    after_help = "Examples:\n  sudo dispatch-leaktrace --pid $(pidof dispatch-server) -d 2h\n  sudo dispatch-leaktrace -o report -- ./server --port 8080\n  sudo dispatch-leaktrace --exe /opt/dispatch/dispatch-server --follow --checkpoint 10m --snapshot-at-rss 3G\n  sudo dispatch-leaktrace --pid PID --turn-start 'turn start (?P<id>\\S+)' --turn-end 'turn end (?P<id>\\S+)'\n  dispatch-leaktrace mark [--pid PID] LABEL    (from another shell: a marker in the running trace)",
+    group(ArgGroup::new("target").required(true).args(["pid", "exe", "comm", "command"]))
 )]
 pub struct Cli {
     /// Trace this running process (every thread of it).
@@ -101,6 +101,20 @@ pub struct Cli {
     /// nothing outstanding are forgotten (counted in the report).
     #[arg(long, value_name = "SIZE", value_parser = parse_bytes, default_value = "512M")]
     pub max_memory: u64,
+
+    /// Trace the running process of this executable (its main process, the oldest if several).
+    #[arg(long, value_name = "PATH")]
+    pub exe: Option<PathBuf>,
+
+    /// Trace the running process of this name, as `ps -o comm` shows it (its first 15 bytes).
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+
+    /// When the target exits, wait for the next process of the same program (a restart) and trace it in
+    /// the same output folder: each process is a segment. The program is --exe, --comm, or the --pid's
+    /// executable.
+    #[arg(long, conflicts_with = "command")]
+    pub follow: bool,
 
     /// Launch this command and trace it from its first instruction.
     #[arg(last = true, value_name = "CMD")]

@@ -1,21 +1,29 @@
 //! One tracing session from start to end: find or launch the target, attach, collect, detach, report.
 
-use std::{path::PathBuf, time::SystemTime};
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
 
 use anyhow::{Result, bail};
 
 use crate::{
     cli::Cli,
-    collector::{Collector, Signals, SnapshotReason, Trace, markers::TurnPatterns},
+    collector::{
+        self, Collector, EndReason, EventRing, SentLine, Signals, SnapshotReason, Trace, markers::TurnPatterns,
+    },
     inputs::{self, MarkerSource},
     privileges,
     probes::{
-        AllocatorProbe, ProbeInfo, Probes,
+        AllocatorProbe, KernelMaps, ProbeInfo, Probes,
         allocators::{self, DiscoveryOptions},
         libraries, tracefs,
     },
-    procfs::maps::MemoryMap,
-    reports::{self, ReportOptions, output::OutputDir, snapshots, summary},
+    procfs::{
+        maps::MemoryMap,
+        processes::{self, ProcessId, Program},
+    },
+    reports::{self, ReportOptions, output::OutputDir, segments::Segment, snapshots, summary},
     target::{HeldChild, Target},
 };
 
@@ -40,31 +48,40 @@ pub fn run(cli: Cli) -> Result<()> {
     tracefs::check_layouts(&tracefs_root)?;
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let signals = {
+    let mut signals = {
         let _context = runtime.enter();
         Signals::catch()?
     };
-
     let patterns = match (&cli.turn_start, &cli.turn_end) {
         (Some(start), Some(end)) => Some(TurnPatterns::new(start, end)?),
         _ => None,
     };
+    let deadline = cli.duration.map(|duration| Instant::now() + duration);
+    let program = program_of(&cli)?;
 
-    let pending = match cli.pid {
-        Some(pid) => Pending::Existing(Target::existing(pid)?),
-        None => Pending::Launched(HeldChild::spawn(&cli.command)?),
+    let first = match (cli.pid, &program) {
+        (Some(pid), _) => Pending::Existing(Target::existing(pid)?),
+        (None, Some(program)) if cli.follow => {
+            eprintln!("dispatch-leaktrace: waiting for a process of {}", program.describe());
+            match runtime.block_on(wait_for_process(program, &[], &mut signals, deadline)) {
+                Some(target) => Pending::Existing(target),
+                None => bail!("no process of {} started before the end", program.describe()),
+            }
+        }
+        (None, Some(program)) => match processes::find(program, &[]) {
+            Some(found) => Pending::Existing(Target::existing(found.pid)?),
+            None => bail!(
+                "no running process of {}: check the name (add --follow to wait for one to start)",
+                program.describe()
+            ),
+        },
+        (None, None) => Pending::Launched(HeldChild::spawn(&cli.command)?),
     };
-    let pid = pending.pid();
-    let out = OutputDir::create(&cli.output.clone().unwrap_or_else(|| default_output(pid)))?;
+    let out = OutputDir::create(&cli.output.clone().unwrap_or_else(|| default_output(first.pid())))?;
 
     let (mut probes, mut maps, events) = Probes::load()?;
-    maps.add_target(pid)?;
     if let Some(bytes) = cli.sample_bytes {
         maps.set_sample_bytes(bytes)?;
-    }
-    if patterns.is_some() {
-        // A launched target logs from its first instruction: its stdout and stderr count from the start.
-        maps.add_log_descriptors(pid, &[1, 2])?;
     }
     probes.attach_syscalls()?;
     if !cli.no_faults {
@@ -73,53 +90,196 @@ pub fn run(cli: Cli) -> Result<()> {
     if patterns.is_some() {
         probes.attach_writes()?;
     }
-    let allocator_summary = if cli.no_alloc { None } else { Some(attach_allocator(&cli, &pending, &mut probes)?) };
-    let (target, launched) = match pending {
-        Pending::Existing(target) => {
-            if target.has_exited() {
-                bail!("process {pid} exited while the probes were being attached: nothing to trace");
-            }
-            (target, false)
-        }
-        Pending::Launched(child) => (child.release()?, true),
-    };
-    let exe = target.info.exe.clone();
-    maps.program_ids = probes.records.iter().map(|record| record.program_id).collect();
-    maps.program_ids.sort_unstable();
-    maps.program_ids.dedup();
-    let probe_info =
-        ProbeInfo { records: probes.records.clone(), allocators: allocator_summary, sample_bytes: cli.sample_bytes };
-    let report_options = ReportOptions { compare: cli.compare, warmup: cli.warmup };
-    let mut collector = Collector::new(maps, target, !launched)
-        .with_allocator(probe_info.allocators.as_ref().is_some_and(|summary| summary.entry_points > 0))
-        .with_min_age(cli.min_age)
-        .with_symbols_from(cli.symbols_from.as_deref())
-        .with_turns(patterns)
-        .with_interval(cli.interval)
-        .with_memory_budget(cli.max_memory)
-        .with_snapshots(cli.checkpoint, cli.snapshot_at_rss);
-    eprintln!("dispatch-leaktrace: tracing pid {pid} ({}); Ctrl-C to stop", exe.display());
     let (marker_sender, marker_receiver) = tokio::sync::mpsc::unbounded_channel();
-    let _control = {
+    let events = {
         let _context = runtime.enter();
         if let Some(source) = &cli.markers_from {
             inputs::spawn_reader(MarkerSource::parse(source), marker_sender.clone())?;
         }
-        inputs::control::listen(pid, marker_sender)
-            .map_err(|error| eprintln!("dispatch-leaktrace: warning: no control socket for `mark`: {error:#}"))
-            .ok()
+        collector::event_ring(events)?
     };
-    let ending =
-        runtime.block_on(collector.run(cli.duration, events, signals, Some(marker_receiver), |trace, reason| {
-            write_snapshot(trace, reason, &probe_info, &report_options, &out, cli.keep);
-        }))?;
-    // Detach before the slower work of writing reports.
-    probes.detach();
+    let mut session = Session {
+        cli: &cli,
+        runtime,
+        probes,
+        events,
+        signals,
+        marker_sender,
+        marker_receiver,
+        patterns,
+        report_options: ReportOptions { compare: cli.compare, warmup: cli.warmup },
+        out,
+        segments: Vec::new(),
+    };
 
-    let trace = collector.trace(Some(ending));
-    let written = reports::write_all(&trace, &probe_info, &report_options, &out)?;
-    print!("{}", summary::render(&trace, &written));
+    let mut seen = Vec::new();
+    let mut pending = first;
+    loop {
+        seen.extend(processes::process_id(pending.pid()));
+        let (reason, returned) = session.trace(pending, maps, deadline)?;
+        maps = returned;
+        let target_gone = matches!(reason, EndReason::TargetExit | EndReason::TargetCrash | EndReason::TargetOom);
+        let Some(program) = program.as_ref().filter(|_| cli.follow && target_gone) else { break };
+        eprintln!("dispatch-leaktrace: waiting for the next process of {}", program.describe());
+        match session.runtime.block_on(wait_for_process(program, &seen, &mut session.signals, deadline)) {
+            Some(target) => pending = Pending::Existing(target),
+            None => break,
+        }
+    }
+    session.probes.detach();
     Ok(())
+}
+
+/// The program `--exe`, `--comm` or `--follow` names: with --follow and only --pid, the pid's executable.
+fn program_of(cli: &Cli) -> Result<Option<Program>> {
+    Ok(match (&cli.exe, &cli.comm, cli.pid) {
+        (Some(exe), _, _) => Some(Program::Exe(exe.canonicalize().map_err(|error| {
+            anyhow::anyhow!("--exe {}: {error}: give the path of the program's executable", exe.display())
+        })?)),
+        (None, Some(comm), _) => Some(Program::Comm(comm.clone())),
+        (None, None, Some(pid)) if cli.follow => Some(Program::Exe(Target::existing(pid)?.info.exe)),
+        _ => None,
+    })
+}
+
+/// Waits for a process of `program` that is not in `seen`; `None` when the trace must end first (Ctrl-C,
+/// SIGTERM or the end of --duration).
+async fn wait_for_process(
+    program: &Program,
+    seen: &[ProcessId],
+    signals: &mut Signals,
+    deadline: Option<Instant>,
+) -> Option<Target> {
+    const LOOK_EVERY: Duration = Duration::from_millis(100);
+    let end = async {
+        match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(end);
+    loop {
+        if let Some(found) = processes::find(program, seen) {
+            // It may be gone again already: then look on.
+            if let Ok(target) = Target::existing(found.pid) {
+                return Some(target);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(LOOK_EVERY) => {}
+            _ = signals.ending() => return None,
+            _ = &mut end => return None,
+        }
+    }
+}
+
+/// What stays for the whole run, across the processes of a followed program.
+struct Session<'a> {
+    cli: &'a Cli,
+    runtime: tokio::runtime::Runtime,
+    probes: Probes,
+    events: EventRing,
+    signals: Signals,
+    marker_sender: tokio::sync::mpsc::UnboundedSender<SentLine>,
+    marker_receiver: tokio::sync::mpsc::UnboundedReceiver<SentLine>,
+    patterns: Option<TurnPatterns>,
+    report_options: ReportOptions,
+    out: OutputDir,
+    /// With --follow, the processes traced so far.
+    segments: Vec<Segment>,
+}
+
+impl Session<'_> {
+    /// Traces one process until it ends or the trace must; writes its reports. Returns why it ended, and
+    /// the kernel maps, cleaned of this process when it is gone.
+    fn trace(
+        &mut self,
+        pending: Pending,
+        mut maps: KernelMaps,
+        deadline: Option<Instant>,
+    ) -> Result<(EndReason, KernelMaps)> {
+        let cli = self.cli;
+        let pid = pending.pid();
+        let index = self.segments.len() + 1;
+        let (out, folder) = if cli.follow {
+            let folder = format!("segments/{index}-pid{pid}");
+            (self.out.subfolder(Path::new(&folder))?, Some(folder))
+        } else {
+            (self.out.subfolder(Path::new(""))?, None)
+        };
+        maps.add_target(pid)?;
+        if self.patterns.is_some() && matches!(pending, Pending::Launched(_)) {
+            // A launched target logs from its first instruction: its stdout and stderr count from the start.
+            maps.add_log_descriptors(pid, &[1, 2])?;
+        }
+        let allocator_summary =
+            if cli.no_alloc { None } else { Some(attach_allocator(cli, &pending, &mut self.probes)?) };
+        let (target, launched) = match pending {
+            Pending::Existing(target) => {
+                if target.has_exited() {
+                    bail!("process {pid} exited while the probes were being attached: nothing to trace");
+                }
+                (target, false)
+            }
+            Pending::Launched(child) => (child.release()?, true),
+        };
+        let exe = target.info.exe.clone();
+        maps.program_ids = self.probes.records.iter().map(|record| record.program_id).collect();
+        maps.program_ids.sort_unstable();
+        maps.program_ids.dedup();
+        let probe_info = ProbeInfo {
+            records: self.probes.records.clone(),
+            allocators: allocator_summary,
+            sample_bytes: cli.sample_bytes,
+        };
+        let mut collector = Collector::new(maps, target, !launched)
+            .with_allocator(probe_info.allocators.as_ref().is_some_and(|summary| summary.entry_points > 0))
+            .with_min_age(cli.min_age)
+            .with_symbols_from(cli.symbols_from.as_deref())
+            .with_turns(self.patterns.clone())
+            .with_interval(cli.interval)
+            .with_memory_budget(cli.max_memory)
+            .with_snapshots(cli.checkpoint, cli.snapshot_at_rss);
+        eprintln!("dispatch-leaktrace: tracing pid {pid} ({}); Ctrl-C to stop", exe.display());
+        let _control = {
+            let _context = self.runtime.enter();
+            inputs::control::listen(pid, self.marker_sender.clone())
+                .map_err(|error| eprintln!("dispatch-leaktrace: warning: no control socket for `mark`: {error:#}"))
+                .ok()
+        };
+        let remaining = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
+        let options = &self.report_options;
+        let ending = self.runtime.block_on(collector.run(
+            remaining,
+            &mut self.events,
+            &mut self.signals,
+            Some(&mut self.marker_receiver),
+            |trace, reason| write_snapshot(trace, reason, &probe_info, options, &out, cli.keep),
+        ))?;
+        // Detach before the slower work of writing reports: the allocator's probes were for this process,
+        // and the tracepoints are needed no more unless another process of the program comes.
+        let target_gone =
+            matches!(ending.reason, EndReason::TargetExit | EndReason::TargetCrash | EndReason::TargetOom);
+        self.probes.detach_allocator();
+        if !(cli.follow && target_gone) {
+            self.probes.detach_all();
+        }
+
+        let trace = collector.trace(Some(ending));
+        let written = reports::write_all(&trace, &probe_info, options, &[], &out)?;
+        if let Some(folder) = folder {
+            self.segments.push(Segment::of(&trace, index, folder));
+            // The top level shows the newest process, with the list of them all.
+            reports::write_all(&trace, &probe_info, options, &self.segments, &self.out)?;
+        }
+        print!("{}", summary::render(&trace, &written));
+        drop(trace);
+        let mut maps = collector.into_maps();
+        if target_gone {
+            maps.forget_target(pid)?;
+        }
+        Ok((ending.reason, maps))
+    }
 }
 
 /// Finds the allocator entry points of the target (or, for a launched target, of its executable and the

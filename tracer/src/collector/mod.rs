@@ -83,7 +83,24 @@ pub struct Signals {
     snapshot: Signal,
 }
 
+/// The kernel's ring buffer of events, registered with the runtime.
+pub type EventRing = AsyncFd<RingBuf<MapData>>;
+
+/// Registers the ring buffer with the runtime (inside it).
+pub fn event_ring(events: RingBuf<MapData>) -> Result<EventRing> {
+    // SAFETY: the descriptor is owned by the value registered, open until it is dropped.
+    Ok(unsafe { AsyncFd::register(events)? })
+}
+
 impl Signals {
+    /// Resolves on SIGINT or SIGTERM: the user wants the trace to end.
+    pub async fn ending(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+
     /// Must be called inside the tokio runtime.
     pub fn catch() -> Result<Self> {
         Ok(Self {
@@ -212,8 +229,10 @@ pub struct Collector {
     peak_memory: u64,
     /// The stack table's size (held_bytes) that triggers the next eviction.
     next_stack_check: u64,
-    /// Runs of our programs the kernel skipped, as last read.
+    /// Runs of our programs the kernel skipped, as last read, and before this target (a followed
+    /// program's earlier processes).
     skipped_runs: u64,
+    skipped_before: u64,
 }
 
 /// The default `--max-memory`.
@@ -236,6 +255,7 @@ impl Collector {
             }
         }
         let modules = ModuleMap::new(pid);
+        let skipped_before = maps.skipped_runs();
         let mut collector = Self {
             maps,
             symbolizer: Symbolizer::for_process(pid, &modules),
@@ -264,6 +284,7 @@ impl Collector {
             peak_memory: 0,
             next_stack_check: DEFAULT_MEMORY_BUDGET / 4,
             skipped_runs: 0,
+            skipped_before,
         };
         collector.update_runtime_text();
         collector
@@ -290,6 +311,11 @@ impl Collector {
         self.rss_threshold = rss_threshold;
         self.next_rss_threshold = rss_threshold.unwrap_or(u64::MAX);
         self
+    }
+
+    /// The kernel maps back, for the next process of a followed program.
+    pub fn into_maps(self) -> KernelMaps {
+        self.maps
     }
 
     pub fn with_memory_budget(mut self, bytes: u64) -> Self {
@@ -331,13 +357,12 @@ impl Collector {
     pub async fn run(
         &mut self,
         duration: Option<Duration>,
-        events: RingBuf<MapData>,
-        mut signals: Signals,
-        mut sent_markers: Option<mpsc::UnboundedReceiver<SentLine>>,
+        events: &mut EventRing,
+        signals: &mut Signals,
+        mut sent_markers: Option<&mut mpsc::UnboundedReceiver<SentLine>>,
         mut on_snapshot: impl FnMut(&Trace<'_>, SnapshotReason),
     ) -> Result<Ending> {
-        // SAFETY: both descriptors are owned by the value registered, open until it is dropped.
-        let mut events = unsafe { AsyncFd::register(events)? };
+        // SAFETY: the descriptor is owned by the value registered, open until it is dropped.
         let target_exit = unsafe { AsyncFd::register(self.target.pidfd.try_clone()?)? };
         let deadline = async {
             match duration {
@@ -447,7 +472,7 @@ impl Collector {
             ledger: &self.ledger,
             frames: &self.frames,
             kernel_counters: self.maps.read_counters(),
-            skipped_program_runs: self.skipped_runs.max(self.maps.skipped_runs()),
+            skipped_program_runs: self.skipped_runs.max(self.maps.skipped_runs()).saturating_sub(self.skipped_before),
             rss_bytes: self.rss_bytes,
             events: self.events,
             timeline: &self.timeline,

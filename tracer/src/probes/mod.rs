@@ -105,6 +105,35 @@ impl KernelMaps {
         self.runtime_text.insert(tgid, text, 0).context("cannot update the runtime code ranges")
     }
 
+    /// Forgets a process that is gone, so that the next one (a followed program's restart) starts clean:
+    /// its entry in every per-process map, the allocator's blocks and figures, the stacks, the counters.
+    pub fn forget_target(&mut self, tgid: u32) -> Result<()> {
+        let _ = self.targets.remove(&tgid);
+        let _ = self.runtime_text.remove(&tgid);
+        let log_keys: Vec<u64> =
+            self.log_fds.keys().filter_map(Result::ok).filter(|k| (k >> 32) as u32 == tgid).collect();
+        for key in log_keys {
+            let _ = self.log_fds.remove(&key);
+        }
+        let blocks: Vec<BlockKey> = self.blocks.keys().filter_map(Result::ok).filter(|k| k.tgid == tgid).collect();
+        for key in blocks {
+            let _ = self.blocks.remove(&key);
+        }
+        let sites: Vec<AllocSite> = self.alloc_stats.keys().filter_map(Result::ok).collect();
+        for site in sites {
+            let _ = self.alloc_stats.remove(&site);
+        }
+        let stack_ids: Vec<u32> = self.stacks.stack_ids().filter_map(Result::ok).collect();
+        for id in stack_ids {
+            let _ = self.stacks.remove(&id);
+        }
+        for counter in tracer_common::counters::Counter::ALL {
+            let zeros = aya::maps::PerCpuValues::try_from(vec![0u64; aya::util::nr_cpus().map_err(|(_, e)| e)?])?;
+            self.counters.set(counter as u32, zeros, 0).context("cannot reset the counters")?;
+        }
+        Ok(())
+    }
+
     /// Runs of our programs the kernel skipped so far.
     pub fn skipped_runs(&self) -> u64 {
         misses::skipped_runs(&self.program_ids)
@@ -300,9 +329,24 @@ impl Probes {
 }
 
 impl Probes {
+    /// Detaches the allocator probes (they were for one process), keeping the tracepoints.
+    pub fn detach_allocator(&mut self) {
+        let (uprobes, others): (Vec<Link>, Vec<Link>) =
+            std::mem::take(&mut self.links).into_iter().partition(|link| matches!(link, Link::UProbe(..)));
+        self.links = uprobes;
+        self.detach_links();
+        self.links = others;
+        self.records.retain(|record| !record.kind.contains("uprobe"));
+    }
+
     /// Detaches everything. Each detach waits for an RCU grace period (about 0.1 s here), so the links
     /// are dropped on threads of their own, where the waits overlap, instead of one after the other.
     pub fn detach(mut self) {
+        self.detach_links();
+    }
+
+    /// Detaches everything, keeping the loaded programs (and their maps).
+    pub fn detach_all(&mut self) {
         self.detach_links();
     }
 

@@ -2,6 +2,7 @@
 //! a process.
 
 pub mod maps;
+pub mod processes;
 
 use std::{fs, io, path::PathBuf};
 

@@ -9,6 +9,7 @@ use tracer_common::counters::Counter;
 use super::{
     growth::Growth,
     redact::redact_cmdline,
+    segments::Segment,
     stacks::{Frame, ReportStack},
     suspects::{MAX_SUSPECTS, Suspect},
     turns::TurnView,
@@ -59,6 +60,9 @@ struct Report<'a> {
     turns: Vec<TurnJson<'a>>,
     /// Labels sent with `dispatch-leaktrace mark` or --markers-from that name no turn.
     markers: Vec<MarkerJson<'a>>,
+    /// With --follow: every process traced so far, this one last (the rest of this report is its).
+    #[serde(skip_serializing_if = "<[Segment]>::is_empty")]
+    segments: &'a [Segment],
 }
 
 #[derive(Serialize)]
@@ -252,11 +256,12 @@ pub struct Views<'a> {
     pub suspects: &'a [Suspect],
     pub turns: &'a [TurnView],
     pub primary: Option<Source>,
+    pub segments: &'a [Segment],
 }
 
 /// Writes report.json to `out` as it is serialized: a long run's report is never held whole in memory.
 pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes: &ProbeInfo) -> Result<()> {
-    let Views { stacks, growth, suspects, turns, primary } = views;
+    let Views { stacks, growth, suspects, turns, primary, segments } = views;
     let (outstanding_bytes, outstanding_allocs) = trace.ledger.outstanding();
     let mut by_source: BTreeMap<&'static str, SourceTotals> = BTreeMap::new();
     for stack in stacks {
@@ -430,6 +435,7 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
             })
             .collect(),
         markers: trace.markers.iter().map(|m| MarkerJson { at: rfc3339(m.at), label: &m.label }).collect(),
+        segments,
         regions: {
             let mut regions: Vec<Region> =
                 trace.regions.iter().map(|(kind, bytes)| Region { kind, resident_bytes: *bytes }).collect();

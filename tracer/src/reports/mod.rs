@@ -8,6 +8,7 @@ pub mod json;
 pub mod output;
 pub mod pprof;
 pub mod redact;
+pub mod segments;
 pub mod snapshots;
 pub mod stacks;
 pub mod summary;
@@ -45,7 +46,14 @@ pub struct Written {
     pub suspects: Vec<suspects::Suspect>,
 }
 
-pub fn write_all(trace: &Trace, probes: &ProbeInfo, options: &ReportOptions, out: &OutputDir) -> Result<Written> {
+/// Writes every report of `trace` into `out`; `segments`: with --follow, the processes traced so far.
+pub fn write_all(
+    trace: &Trace,
+    probes: &ProbeInfo,
+    options: &ReportOptions,
+    segments: &[segments::Segment],
+    out: &OutputDir,
+) -> Result<Written> {
     let stacks = stacks::report_stacks(trace);
     let run = trace.ended_at.duration_since(trace.started_at).unwrap_or_default();
     let compare = options.compare.unwrap_or_else(|| CompareSpec::after_warmup(options.warmup, run));
@@ -86,8 +94,14 @@ pub fn write_all(trace: &Trace, probes: &ProbeInfo, options: &ReportOptions, out
     let turn_views = turns::turn_views(trace, primary);
     Ok(Written {
         report: out.write_with("report.json", |file| {
-            let views =
-                json::Views { stacks: &stacks, growth: &growth, suspects: &suspects, turns: &turn_views, primary };
+            let views = json::Views {
+                stacks: &stacks,
+                growth: &growth,
+                suspects: &suspects,
+                turns: &turn_views,
+                primary,
+                segments,
+            };
             json::write(file, trace, views, probes)
         })?,
         folded: out.write("stacks.folded", folded::render(&stacks).as_bytes())?,

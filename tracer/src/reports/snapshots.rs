@@ -33,7 +33,7 @@ pub fn write(
         _ => Path::new("snapshots").join(format!("{}-{}", stamp(trace.ended_at), reason.name())),
     };
     let (partial, target) = out.partial(&relative)?;
-    write_all(trace, probes, options, &partial)?;
+    write_all(trace, probes, options, &[], &partial)?;
     let published = out.publish(&partial, &target)?;
     if reason == SnapshotReason::Checkpoint {
         prune(&out.path().join("checkpoints"), keep);
