@@ -116,6 +116,10 @@ pub struct Cli {
     #[arg(long, conflicts_with = "command")]
     pub follow: bool,
 
+    /// No status line (on a terminal it is rewritten every second; otherwise a plain line every minute).
+    #[arg(short, long)]
+    pub quiet: bool,
+
     /// Launch this command and trace it from its first instruction.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,

@@ -46,6 +46,30 @@ fn a_command_that_exits_at_once_still_gets_its_report() {
 }
 
 #[test]
+fn a_status_line_goes_to_a_log_and_none_with_quiet() {
+    let mut target = waiting_fixture();
+    let pid = target.pid().to_string();
+    let mut lines = Vec::new();
+    for quiet in [false, true] {
+        let out = output_dir(&format!("status_quiet_{quiet}"));
+        let mut args = vec!["-o", out.to_str().unwrap(), "-d", "1500ms", "--pid", &pid];
+        if quiet {
+            args.push("--quiet");
+        }
+        let mut tracer = start_tracer(&args);
+        assert!(tracer.wait().success());
+        lines.push(tracer.stderr.to_end().iter().filter(|line| line.contains("events/s")).cloned().collect::<Vec<_>>());
+    }
+    // stderr is a pipe here: plain lines, the first one after a second.
+    assert_eq!(lines[0].len(), 1, "{:?}", lines[0]);
+    assert!(lines[0][0].contains(&format!("pid {pid} RSS ")), "{}", lines[0][0]);
+    assert!(lines[1].is_empty(), "--quiet printed {:?}", lines[1]);
+    target.send_line("go");
+    target.stdout.wait_for("done");
+    assert!(target.wait().success());
+}
+
+#[test]
 fn sigint_and_sigterm_end_the_trace() {
     for (signal, name) in [(libc::SIGINT, "sigint"), (libc::SIGTERM, "sigterm")] {
         let out = output_dir(&format!("signal_{name}"));

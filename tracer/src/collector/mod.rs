@@ -5,13 +5,14 @@ pub mod clock;
 pub mod death;
 pub mod markers;
 pub mod stacks;
+pub mod status;
 pub mod timeline;
 pub mod turns;
 pub mod unwind;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Result;
@@ -23,6 +24,7 @@ use tokio::{
 };
 use tracer_common::{
     alloc::{AllocSite, NO_STACK, StackAllocStats},
+    counters::Counter,
     events::{EventKind, InlineStack, LOG_WRITE_MAGIC, LogWrite, MemEvent, StackTop, parts},
 };
 
@@ -49,6 +51,8 @@ const TICK: Duration = Duration::from_millis(200);
 /// How often the ring buffer is drained: the kernel wakes the collector only once a good amount has piled
 /// up (record.rs), so a trickle of events is read on this timer.
 const POLL: Duration = Duration::from_millis(50);
+/// How often the status line is updated.
+const STATUS: Duration = Duration::from_secs(1);
 /// How often the target's mappings and log descriptors are read again.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
@@ -233,6 +237,11 @@ pub struct Collector {
     /// program's earlier processes).
     skipped_runs: u64,
     skipped_before: u64,
+    /// The live status for the terminal, the events counted at its last update, and when the next
+    /// checkpoint is due.
+    status_line: status::StatusLine,
+    status_events: (u64, Instant),
+    next_checkpoint: Option<Instant>,
 }
 
 /// The default `--max-memory`.
@@ -285,6 +294,9 @@ impl Collector {
             next_stack_check: DEFAULT_MEMORY_BUDGET / 4,
             skipped_runs: 0,
             skipped_before,
+            status_line: status::StatusLine::new(true),
+            status_events: (0, Instant::now()),
+            next_checkpoint: None,
         };
         collector.update_runtime_text();
         collector
@@ -310,6 +322,12 @@ impl Collector {
         self.checkpoint = checkpoint;
         self.rss_threshold = rss_threshold;
         self.next_rss_threshold = rss_threshold.unwrap_or(u64::MAX);
+        self
+    }
+
+    /// A status line on the terminal (or a plain one every minute); none when `quiet`.
+    pub fn with_status(mut self, quiet: bool) -> Self {
+        self.status_line = status::StatusLine::new(quiet);
         self
     }
 
@@ -376,9 +394,11 @@ impl Collector {
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut timeline_tick = tokio::time::interval(self.interval);
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+        let mut status_tick = tokio::time::interval_at(tokio::time::Instant::now() + STATUS, STATUS);
         let checkpoint_every = self.checkpoint.unwrap_or(Duration::from_secs(3600));
         let mut checkpoint_tick =
             tokio::time::interval_at(tokio::time::Instant::now() + checkpoint_every, checkpoint_every);
+        self.next_checkpoint = self.checkpoint.map(|every| Instant::now() + every);
 
         let reason = loop {
             tokio::select! {
@@ -396,6 +416,7 @@ impl Collector {
                     }
                 }
                 _ = housekeeping.tick() => self.housekeeping(),
+                _ = status_tick.tick() => self.show_status(),
                 _ = timeline_tick.tick() => {
                     self.drain(events.get_mut());
                     self.add_timeline_point();
@@ -410,6 +431,7 @@ impl Collector {
                     self.snapshot(SnapshotReason::Requested, &mut on_snapshot);
                 }
                 _ = checkpoint_tick.tick(), if self.checkpoint.is_some() => {
+                    self.next_checkpoint = self.checkpoint.map(|every| Instant::now() + every);
                     self.drain(events.get_mut());
                     self.snapshot(SnapshotReason::Checkpoint, &mut on_snapshot);
                 }
@@ -419,6 +441,7 @@ impl Collector {
                 _ = target_exit.readable() => break EndReason::TargetExit,
             }
         };
+        self.status_line.clear();
         // Whatever the kernel wrote before the end is still in the ring buffer.
         self.drain(events.get_mut());
         // Read while the programs are loaded: they go with the probes.
@@ -448,7 +471,41 @@ impl Collector {
         self.sync_allocator_figures();
         self.name_new_stacks();
         self.add_timeline_point();
+        self.status_line.clear();
         on_snapshot(&self.trace(None), reason);
+    }
+
+    /// Updates the status line, when one is due.
+    fn show_status(&mut self) {
+        if !self.status_line.due() {
+            return;
+        }
+        let mut outstanding: BTreeMap<Source, u64> = BTreeMap::new();
+        for (key, stats) in self.ledger.stats() {
+            *outstanding.entry(key.source).or_default() += stats.outstanding_bytes;
+        }
+        let (last_events, last_at) = self.status_events;
+        let seconds = last_at.elapsed().as_secs_f64();
+        let events_per_second = if seconds > 0.0 { (self.events - last_events) as f64 / seconds } else { 0.0 };
+        self.status_events = (self.events, Instant::now());
+        let counters = self.maps.read_counters();
+        let lost: u64 = Counter::ALL
+            .iter()
+            .zip(&counters)
+            .filter(|(counter, _)| counter.is_loss())
+            .map(|(_, value)| value)
+            .sum::<u64>()
+            + self.maps.skipped_runs().saturating_sub(self.skipped_before);
+        let status = status::Status {
+            elapsed: self.started_at.elapsed().unwrap_or_default(),
+            pid: self.target.pid(),
+            rss_bytes: self.rss_bytes,
+            outstanding: outstanding.into_iter().map(|(source, bytes)| (source.name(), bytes)).collect(),
+            events_per_second,
+            lost,
+            next_checkpoint: self.next_checkpoint.map(|at| at.saturating_duration_since(Instant::now())),
+        };
+        self.status_line.show(&status);
     }
 
     /// The `--snapshot-at-rss` multiple the target's RSS has just crossed, if any: SIZE, then 2 x SIZE...
