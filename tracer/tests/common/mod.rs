@@ -97,11 +97,11 @@ impl Lines {
 
     /// Every line, once the stream has ended.
     pub fn all(mut self) -> Vec<String> {
-        self.to_end().to_vec()
+        self.read_to_end().to_vec()
     }
 
     /// Reads to the end of the stream; every line.
-    pub fn to_end(&mut self) -> &[String] {
+    pub fn read_to_end(&mut self) -> &[String] {
         while let Ok(line) = self.receiver.recv_timeout(LINE_TIMEOUT) {
             self.seen.push(line);
         }
