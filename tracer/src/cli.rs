@@ -11,7 +11,7 @@ use crate::reports::growth::{CompareSpec, parse_compare};
     name = "dispatch-leaktrace",
     version,
     about = "Finds where a running process's memory goes: outstanding memory by call stack, traced with eBPF.",
-    after_help = "Examples:\n  sudo dispatch-leaktrace --pid $(pidof dispatch-server) -d 2h\n  sudo dispatch-leaktrace -o report -- ./server --port 8080\n  sudo dispatch-leaktrace --exe /opt/dispatch/dispatch-server --follow --checkpoint 10m --snapshot-at-rss 3G\n  sudo dispatch-leaktrace --pid PID --turn-start 'turn start (?P<id>\\S+)' --turn-end 'turn end (?P<id>\\S+)'\n  dispatch-leaktrace mark [--pid PID] LABEL    (from another shell: a marker in the running trace)",
+    after_help = "Examples:\n  sudo dispatch-leaktrace --pid $(pidof dispatch-server) -d 2h\n  sudo dispatch-leaktrace -o report -- ./server --port 8080\n  sudo dispatch-leaktrace --exe /usr/bin/dispatch-server --follow --checkpoint 10m --snapshot-at-rss 3G\n  sudo dispatch-leaktrace --pid PID --turn-start 'turn start (?P<id>\\S+)' --turn-end 'turn end (?P<id>\\S+)'\n  dispatch-leaktrace mark [--pid PID] LABEL    (from another shell: a marker in the running trace)",
     group(ArgGroup::new("target").required(true).args(["pid", "exe", "comm", "command"]))
 )]
 pub struct Cli {
@@ -97,8 +97,8 @@ pub struct Cli {
     #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
     pub snapshot_at_rss: Option<u64>,
 
-    /// The most memory the tracer itself may use (anonymous RSS): past four fifths of it, stacks with
-    /// nothing outstanding are forgotten (counted in the report).
+    /// The most memory the tracer itself may use (anonymous RSS): as it nears it, stacks with nothing
+    /// outstanding are forgotten (counted in the report).
     #[arg(long, value_name = "SIZE", value_parser = parse_bytes, default_value = "512M")]
     pub max_memory: u64,
 
