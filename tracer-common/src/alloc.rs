@@ -156,8 +156,31 @@ pub struct StackAllocStats {
     pub freed_bytes: u64,
 }
 
+/// An allocator call between its entry and its return, by thread (pid_tgid): `ALLOC_CALLS`. A plain hash
+/// map, not an LRU one, so that no call under way is ever pushed out by another (a full map is counted);
+/// userspace removes the entries of threads that died inside a call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocCall {
+    pub cookie: u64,
+    pub size: u64,
+    /// The block resized or freed (realloc), or where the result is written (posix_memalign).
+    pub ptr: u64,
+    /// The user stack pointer at the entry: calls made deeper than it are nested inside this one.
+    pub sp: u64,
+    /// Nested hooked calls still under way.
+    pub depth: u64,
+    pub site: AllocSite,
+    pub entered_ns: u64,
+    /// A call without a return probe whose inner call has taken over.
+    pub delegated: u32,
+    /// Chosen by byte sampling (always, without `--sample-bytes`): record its block.
+    pub sampled: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
+    unsafe impl aya::Pod for super::AllocCall {}
     unsafe impl aya::Pod for super::BlockKey {}
     unsafe impl aya::Pod for super::Block {}
     unsafe impl aya::Pod for super::StackAllocStats {}

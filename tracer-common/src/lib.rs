@@ -22,6 +22,7 @@ pub mod map_names {
     pub const LOG_FDS: &str = "LOG_FDS";
     pub const RUNTIME_TEXT: &str = "RUNTIME_TEXT";
     pub const SAMPLING: &str = "SAMPLING";
+    pub const ALLOC_CALLS: &str = "ALLOC_CALLS";
 }
 
 /// Flag for `bpf_get_stackid`: walk the user stack (frame pointers), not the kernel one.

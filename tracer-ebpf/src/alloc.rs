@@ -29,7 +29,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     BPF_F_USER_STACK,
-    alloc::{AllocCookie, AllocShape, AllocSite, Block, BlockKey, NO_STACK, StackAllocStats},
+    alloc::{AllocCall, AllocCookie, AllocShape, AllocSite, Block, BlockKey, NO_STACK, StackAllocStats},
     counters::Counter,
 };
 
@@ -38,28 +38,8 @@ use crate::{
     record::{count, traced_tgid},
 };
 
-/// An allocator call between its entry and its return, by thread (pid_tgid).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct AllocCall {
-    cookie: u64,
-    size: u64,
-    /// The block resized or freed (realloc), or where the result is written (posix_memalign).
-    ptr: u64,
-    /// The user stack pointer at the entry: calls made deeper than it are nested inside this one.
-    sp: u64,
-    /// Nested hooked calls still under way.
-    depth: u64,
-    site: AllocSite,
-    entered_ns: u64,
-    /// A call without a return probe whose inner call has taken over.
-    delegated: u32,
-    /// Chosen by byte sampling (always, without `--sample-bytes`): record its block.
-    sampled: u32,
-}
-
 #[map]
-static ALLOC_CALLS: LruHashMap<u64, AllocCall> = LruHashMap::with_max_entries(16384, 0);
+static ALLOC_CALLS: HashMap<u64, AllocCall> = HashMap::with_max_entries(16384, 0);
 
 /// The last free each thread entered, to count a free that another hooked free calls only once.
 #[repr(C)]

@@ -547,6 +547,9 @@ impl Collector {
     /// descriptors the target logs through.
     fn housekeeping(&mut self) {
         self.keep_within_budget();
+        if self.allocator_traced {
+            self.maps.reap_alloc_calls(self.target.pid());
+        }
         if !self.target.has_exited() {
             self.modules.refresh();
             self.update_runtime_text();

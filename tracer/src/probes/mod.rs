@@ -25,7 +25,7 @@ use std::{
 };
 
 use tracer_common::{
-    alloc::{AllocCookie, AllocShape, AllocSite, Block, BlockKey, StackAllocStats},
+    alloc::{AllocCall, AllocCookie, AllocShape, AllocSite, Block, BlockKey, StackAllocStats},
     events::RuntimeText,
     map_names,
 };
@@ -74,6 +74,8 @@ pub struct KernelMaps {
     pub runtime_text: HashMap<MapData, u32, RuntimeText>,
     /// `--sample-bytes` for the allocator probes.
     pub sampling: Array<MapData, u64>,
+    /// Allocator calls under way, by thread.
+    pub alloc_calls: HashMap<MapData, u64, AllocCall>,
     /// The attached programs, whose skipped runs count as losses (see [`misses`]).
     pub program_ids: Vec<u32>,
 }
@@ -119,6 +121,11 @@ impl KernelMaps {
         for key in blocks {
             let _ = self.blocks.remove(&key);
         }
+        let calls: Vec<u64> =
+            self.alloc_calls.keys().filter_map(Result::ok).filter(|k| (k >> 32) as u32 == tgid).collect();
+        for key in calls {
+            let _ = self.alloc_calls.remove(&key);
+        }
         let sites: Vec<AllocSite> = self.alloc_stats.keys().filter_map(Result::ok).collect();
         for site in sites {
             let _ = self.alloc_stats.remove(&site);
@@ -132,6 +139,21 @@ impl KernelMaps {
             self.counters.set(counter as u32, zeros, 0).context("cannot reset the counters")?;
         }
         Ok(())
+    }
+
+    /// Removes the allocator calls of `tgid`'s threads that have died inside one (an exception or a
+    /// longjmp out of it, then the thread's end): a plain map would keep them for ever.
+    pub fn reap_alloc_calls(&mut self, tgid: u32) {
+        let dead: Vec<u64> = self
+            .alloc_calls
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| (key >> 32) as u32 == tgid)
+            .filter(|key| !std::path::Path::new(&format!("/proc/{tgid}/task/{}", *key as u32)).exists())
+            .collect();
+        for key in dead {
+            let _ = self.alloc_calls.remove(&key);
+        }
     }
 
     /// Runs of our programs the kernel skipped so far.
@@ -220,6 +242,7 @@ impl Probes {
             log_fds: HashMap::try_from(take(map_names::LOG_FDS)?)?,
             runtime_text: HashMap::try_from(take(map_names::RUNTIME_TEXT)?)?,
             sampling: Array::try_from(take(map_names::SAMPLING)?)?,
+            alloc_calls: HashMap::try_from(take(map_names::ALLOC_CALLS)?)?,
             program_ids: Vec::new(),
         };
         let events = RingBuf::try_from(take(map_names::EVENTS)?)?;
