@@ -23,6 +23,7 @@ pub mod map_names {
     pub const RUNTIME_TEXT: &str = "RUNTIME_TEXT";
     pub const SAMPLING: &str = "SAMPLING";
     pub const ALLOC_CALLS: &str = "ALLOC_CALLS";
+    pub const PAGE_SAMPLING: &str = "PAGE_SAMPLING";
 }
 
 /// Flag for `bpf_get_stackid`: walk the user stack (frame pointers), not the kernel one.

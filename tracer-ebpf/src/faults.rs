@@ -10,7 +10,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, tracepoint},
-    maps::LruHashMap,
+    maps::{Array, LruHashMap},
     programs::TracePointContext,
 };
 use core::mem::offset_of;
@@ -37,10 +37,26 @@ pub struct FaultInProgress {
 #[map]
 static FAULTS_IN_PROGRESS: LruHashMap<u32, FaultInProgress> = LruHashMap::with_max_entries(16384, 0);
 
+/// `--sample-pages N`: N - 1 in slot 0, N a power of two (0: every page).
+#[map]
+static PAGE_SAMPLING: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Whether the page at `addr` is one of those traced: one page in N, chosen by a hash of its number, so
+/// that every fault of a page and every release of it agree, and the choice is spread over the address
+/// space (Fibonacci hashing).
+#[inline(always)]
+fn page_is_sampled(addr: u64) -> bool {
+    let mask = PAGE_SAMPLING.get(0).copied().unwrap_or(0);
+    mask == 0 || ((addr >> PAGE_SHIFT).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) & mask == 0
+}
+
 #[tracepoint(category = "exceptions", name = "page_fault_user")]
 pub fn page_fault_user(ctx: TracePointContext) -> u32 {
     let Some(tgid) = traced_tgid() else { return 0 };
     let Ok(fault) = (unsafe { ctx.read_at::<PageFaultUser>(0) }) else { return 0 };
+    if !page_is_sampled(fault.address) {
+        return 0;
+    }
     let tid = bpf_get_current_pid_tgid() as u32;
     let now = unsafe { bpf_ktime_get_ns() };
     let _ = FAULTS_IN_PROGRESS.insert(&tid, &FaultInProgress { addr: fault.address, started_ns: now }, 0);

@@ -79,6 +79,12 @@ pub struct Cli {
     #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "524288", value_parser = parse_bytes)]
     pub sample_bytes: Option<u64>,
 
+    /// Sample page faults: trace one page in N (a power of two, chosen by address) and count it for N, so
+    /// resident figures stay unbiased estimates at a fraction of the cost. Releases of a traced page are
+    /// exact.
+    #[arg(long, value_name = "N", value_parser = parse_page_sampling)]
+    pub sample_pages: Option<u64>,
+
     /// Count as outstanding only allocator blocks older than this (recent ones are rarely leaks).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub min_age: Option<Duration>,
@@ -123,6 +129,14 @@ pub struct Cli {
     /// Launch this command and trace it from its first instruction.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// `--sample-pages`: a power of two from 2 to 65536.
+fn parse_page_sampling(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(n) if n.is_power_of_two() && (2..=65536).contains(&n) => Ok(n),
+        _ => Err(format!("`{text}` is not a power of two from 2 to 65536 (for example 16)")),
+    }
 }
 
 /// `524288`, `512K`, `1M`, `3G`.

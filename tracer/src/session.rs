@@ -83,6 +83,9 @@ pub fn run(cli: Cli) -> Result<()> {
     if let Some(bytes) = cli.sample_bytes {
         maps.set_sample_bytes(bytes)?;
     }
+    if let Some(pages) = cli.sample_pages {
+        maps.set_sample_pages(pages)?;
+    }
     probes.attach_syscalls()?;
     if !cli.no_faults {
         probes.attach_faults()?;
@@ -231,6 +234,7 @@ impl Session<'_> {
             records: self.probes.records.clone(),
             allocators: allocator_summary,
             sample_bytes: cli.sample_bytes,
+            sample_pages: cli.sample_pages,
         };
         let mut collector = Collector::new(maps, target, !launched)
             .with_allocator(probe_info.allocators.as_ref().is_some_and(|summary| summary.entry_points > 0))
@@ -240,7 +244,8 @@ impl Session<'_> {
             .with_interval(cli.interval)
             .with_memory_budget(cli.max_memory)
             .with_snapshots(cli.checkpoint, cli.snapshot_at_rss)
-            .with_status(cli.quiet);
+            .with_status(cli.quiet)
+            .with_page_sampling(cli.sample_pages);
         eprintln!("dispatch-leaktrace: tracing pid {pid} ({}); Ctrl-C to stop", exe.display());
         let _control = {
             let _context = self.runtime.enter();

@@ -81,3 +81,32 @@ fn resident_bytes_per_call_site_are_exact() {
     }
     assert_detached(&report);
 }
+
+#[test]
+fn sampled_pages_give_unbiased_estimates_and_exact_releases() {
+    // One page in 8, chosen by address: keep_pages' 8192 pages give about 1024 samples, a standard error
+    // near 3%; 15% is five of them.
+    let out = output_dir("sampled_pages");
+    let mut target = Running::spawn(Command::new(fixture("pages")).arg("wait"));
+    let mut tracer =
+        start_tracer(&["-o", out.to_str().unwrap(), "--pid", &target.pid().to_string(), "--sample-pages", "8"]);
+    target.send_line("go");
+    target.stdout.wait_for("done");
+    tracer.snapshot();
+    target.close_stdin();
+    assert!(target.wait().success());
+    assert!(tracer.wait().success());
+
+    let report = Report::load(&out);
+    assert_eq!(report.0["resident_sample_pages"], 8);
+    let near = |estimate: u64, truth: u64| (estimate as f64 / truth as f64 - 1.0).abs() < 0.15;
+    let kept = report.by_leaf("page-fault", "keep_pages");
+    assert!(near(kept.outstanding_bytes, 8192 * PAGE), "keep_pages estimated at {kept:?}");
+    assert_eq!(kept.outstanding_bytes % (8 * PAGE), 0, "each sampled page counts for 8");
+    // A release finds exactly the sampled pages it covers: nothing of the unmapped region stays.
+    let churn = report.by_leaf("page-fault", "churn_pages");
+    assert_eq!(churn.outstanding_bytes, 0);
+    assert!(near(churn.allocated_bytes, 8192 * PAGE), "churn_pages estimated at {churn:?}");
+    let half = report.by_leaf("page-fault", "drop_half");
+    assert!((half.outstanding_bytes as f64 / (2048 * PAGE) as f64 - 1.0).abs() < 0.25, "drop_half at {half:?}");
+}

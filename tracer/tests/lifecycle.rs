@@ -58,7 +58,9 @@ fn a_status_line_goes_to_a_log_and_none_with_quiet() {
         }
         let mut tracer = start_tracer(&args);
         assert!(tracer.wait().success());
-        lines.push(tracer.stderr.read_to_end().iter().filter(|line| line.contains("events/s")).cloned().collect::<Vec<_>>());
+        lines.push(
+            tracer.stderr.read_to_end().iter().filter(|line| line.contains("events/s")).cloned().collect::<Vec<_>>(),
+        );
     }
     // stderr is a pipe here: plain lines, the first one after a second.
     assert_eq!(lines[0].len(), 1, "{:?}", lines[0]);

@@ -325,6 +325,12 @@ impl Collector {
         self
     }
 
+    /// `--sample-pages N`: resident figures from one page in N.
+    pub fn with_page_sampling(mut self, pages: Option<u64>) -> Self {
+        self.ledger.set_resident_weight(pages.unwrap_or(1));
+        self
+    }
+
     /// A status line on the terminal (or a plain one every minute); none when `quiet`.
     pub fn with_status(mut self, quiet: bool) -> Self {
         self.status_line = status::StatusLine::new(quiet);
@@ -533,7 +539,10 @@ impl Collector {
             rss_bytes: self.rss_bytes,
             events: self.events,
             timeline: &self.timeline,
-            regions: bytes_by_region(self.ledger.resident_segments(self.target.pid()), self.modules.snapshot()),
+            regions: bytes_by_region(self.ledger.resident_segments(self.target.pid()), self.modules.snapshot())
+                .into_iter()
+                .map(|(kind, bytes)| (kind, bytes * self.ledger.resident_weight()))
+                .collect(),
             turns: &self.turns.records,
             markers: &self.turns.markers,
             unmatched_turn_ends: self.turns.unmatched_ends,

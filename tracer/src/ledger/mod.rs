@@ -158,6 +158,8 @@ pub const MREMAP_DONTUNMAP: u64 = 4;
 #[derive(Debug)]
 pub struct Ledger {
     page_size: u64,
+    /// The pages each resident page the ledger holds stands for (`--sample-pages`; 1: every page).
+    resident_weight: u64,
     stats: HashMap<StackKey, StackStats>,
     spaces: HashMap<u32, AddressSpace>,
     allocations: HashMap<AllocId, Allocation>,
@@ -170,6 +172,7 @@ impl Ledger {
     pub fn new(page_size: u64) -> Self {
         Self {
             page_size,
+            resident_weight: 1,
             stats: HashMap::new(),
             spaces: HashMap::new(),
             allocations: HashMap::new(),
@@ -177,6 +180,16 @@ impl Ledger {
             counters: LedgerCounters::default(),
             turns: TurnLedger::default(),
         }
+    }
+
+    /// `--sample-pages N`: the kernel sends the faults of one page in N (chosen by address), so each resident
+    /// page the ledger holds stands for N. Releases find only sampled pages held, so they scale alike.
+    pub fn set_resident_weight(&mut self, weight: u64) {
+        self.resident_weight = weight.max(1);
+    }
+
+    pub fn resident_weight(&self) -> u64 {
+        self.resident_weight
     }
 
     /// Records what `tgid` had mapped before tracing began, and its break.
@@ -302,11 +315,10 @@ impl Ledger {
     /// each) and resident pages (one object a page).
     pub fn live_by_birth(&self) -> impl Iterator<Item = (StackKey, TurnSetId, u64, u64)> + '_ {
         let mapped = self.allocations.values().map(|a| (a.key, a.born, a.remaining, 1));
-        let resident = self
-            .spaces
-            .values()
-            .flat_map(|space| space.resident.segments())
-            .map(|segment| (segment.owner.key, segment.owner.born, segment.len(), segment.len() / self.page_size));
+        let resident = self.spaces.values().flat_map(|space| space.resident.segments()).map(|segment| {
+            let bytes = segment.len() * self.resident_weight;
+            (segment.owner.key, segment.owner.born, bytes, bytes / self.page_size)
+        });
         mapped.chain(resident)
     }
 
@@ -386,11 +398,12 @@ impl Ledger {
         let end = start + page_bytes;
         let space = self.spaces.entry(tgid).or_default();
         let gaps = space.resident.gaps(start, end);
-        let added: u64 = gaps.iter().map(|(gap_start, gap_end)| gap_end - gap_start).sum();
-        if added == 0 {
+        let held: u64 = gaps.iter().map(|(gap_start, gap_end)| gap_end - gap_start).sum();
+        if held == 0 {
             self.counters.faults_on_resident_pages += 1;
             return;
         }
+        let added = held * self.resident_weight;
         let owner = ResidentOwner { key, born: self.turns.allocated(key.source, added) };
         for (gap_start, gap_end) in gaps {
             space.resident.insert_merging(gap_start, gap_end, owner);
@@ -417,11 +430,12 @@ impl Ledger {
     fn release_resident(&mut self, tgid: u32, start: u64, end: u64) {
         let Some(space) = self.spaces.get_mut(&tgid) else { return };
         for segment in space.resident.remove(start, end) {
-            self.turns.released(segment.owner.key.source, segment.len(), segment.owner.born);
+            let bytes = segment.len() * self.resident_weight;
+            self.turns.released(segment.owner.key.source, bytes, segment.owner.born);
             let stats = self.stats.get_mut(&segment.owner.key).expect("a resident page's stack has stats");
-            stats.outstanding_bytes -= segment.len();
-            stats.outstanding_allocs -= segment.len() / self.page_size;
-            stats.freed_bytes += segment.len();
+            stats.outstanding_bytes -= bytes;
+            stats.outstanding_allocs -= bytes / self.page_size;
+            stats.freed_bytes += bytes;
         }
     }
 

@@ -76,6 +76,8 @@ pub struct KernelMaps {
     pub sampling: Array<MapData, u64>,
     /// Allocator calls under way, by thread.
     pub alloc_calls: HashMap<MapData, u64, AllocCall>,
+    /// `--sample-pages` for the page-fault program.
+    pub page_sampling: Array<MapData, u64>,
     /// The attached programs, whose skipped runs count as losses (see [`misses`]).
     pub program_ids: Vec<u32>,
 }
@@ -96,6 +98,11 @@ impl KernelMaps {
     /// Allocator byte sampling: a mean of `bytes` between recorded blocks (0: record every block).
     pub fn set_sample_bytes(&mut self, bytes: u64) -> Result<()> {
         self.sampling.set(0, bytes, 0).context("cannot set the sampling interval")
+    }
+
+    /// Page-fault sampling: one page in `pages` (a power of two; 1: every page).
+    pub fn set_sample_pages(&mut self, pages: u64) -> Result<()> {
+        self.page_sampling.set(0, pages.saturating_sub(1), 0).context("cannot set the page sampling")
     }
 
     /// The C runtime's code ranges in `tgid` (the first [`RUNTIME_TEXT_RANGES`]).
@@ -198,6 +205,8 @@ pub struct ProbeInfo {
     pub allocators: Option<allocators::AllocatorSummary>,
     /// `--sample-bytes`: allocator figures are estimates from blocks sampled by bytes.
     pub sample_bytes: Option<u64>,
+    /// `--sample-pages`.
+    pub sample_pages: Option<u64>,
 }
 
 /// An allocator function to probe.
@@ -243,6 +252,7 @@ impl Probes {
             runtime_text: HashMap::try_from(take(map_names::RUNTIME_TEXT)?)?,
             sampling: Array::try_from(take(map_names::SAMPLING)?)?,
             alloc_calls: HashMap::try_from(take(map_names::ALLOC_CALLS)?)?,
+            page_sampling: Array::try_from(take(map_names::PAGE_SAMPLING)?)?,
             program_ids: Vec::new(),
         };
         let events = RingBuf::try_from(take(map_names::EVENTS)?)?;

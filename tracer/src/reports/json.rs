@@ -47,6 +47,9 @@ struct Report<'a> {
     /// With --sample-bytes N: the allocator's figures are unbiased estimates from blocks recorded with
     /// probability min(1, size / N).
     allocator_sample_bytes: Option<u64>,
+    /// With --sample-pages N: the page-fault figures come from one page in N (by address), each counted N
+    /// times: unbiased estimates.
+    resident_sample_pages: Option<u64>,
     events: u64,
     /// The target's RSS and the outstanding bytes per source over the run.
     timeline: Vec<TimelinePoint>,
@@ -344,6 +347,7 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
         probes: &probes.records,
         allocators: probes.allocators.as_ref(),
         allocator_sample_bytes: probes.sample_bytes,
+        resident_sample_pages: probes.sample_pages,
         events: trace.events,
         timeline: trace
             .timeline
