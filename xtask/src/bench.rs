@@ -1,14 +1,19 @@
 //! `cargo xtask bench`: what tracing costs, measured in one run and written to BENCHMARKS.md.
 //!
 //! - `bench/malloc_bench.c` (millions of small malloc/free pairs) untraced, under dispatch-leaktrace in each
-//!   of its modes, under count-only uprobes on the same functions (the kernel's floor for those probes),
-//!   under a bpftrace memleak-style script (`bench/memleak.bt`) and under heaptrack.
+//!   of its modes, under count-only uprobes on the same functions (the kernel's floor for those probes:
+//!   bpftrace's at the functions' entry, and tracefs uprobe events where the tracer places its own), under
+//!   a bpftrace memleak-style script (`bench/memleak.bt`) and under heaptrack.
 //! - The Bun demo's turns per second, untraced and with dispatch-leaktrace attached by pid.
+//! - The tracer's own memory over a long run: `bench/long_run.c` replays hours of a server's page faults
+//!   from tens of thousands of stacks in a couple of minutes, under the default budget and a small one
+//!   (one run each, after the repetitions).
 //!
 //! Each figure is a median over repeated runs. The configurations run interleaved (one run of each, then
 //! the next round, each round in a rotated order) so that a burst of load from elsewhere spreads over all
 //! of them instead of skewing one. Every process started here gets a process group of its own, killed on
-//! every way out: errors, timeouts, and Ctrl-C or SIGTERM to the xtask itself.
+//! every way out: errors, timeouts, and Ctrl-C or SIGTERM to the xtask itself, which also removes the
+//! tracefs events it made and restores `tracing_on`.
 
 use std::{
     fmt::Write as _,
@@ -18,7 +23,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, ExitStatus, Stdio},
     sync::{
-        atomic::{AtomicI32, Ordering},
+        atomic::{AtomicBool, AtomicI32, Ordering},
         mpsc::{self, RecvTimeoutError},
     },
     thread,
@@ -29,11 +34,15 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use crate::{root, setup};
 
-const USAGE: &str = "usage: cargo xtask bench [--runs N] [--quick] [--pairs N]
+const USAGE: &str = "usage: cargo xtask bench [--runs N] [--quick] [--pairs N] [--long-turns N] [--long-run-only]
 
-  --runs N    repetitions of every configuration (default 5); figures are medians
-  --quick     one run of each with a smaller workload, to try the harness out
-  --pairs N   malloc/free pairs per malloc_bench run (default 1000000; 200000 with --quick)
+  --runs N          repetitions of every configuration (default 5); figures are medians
+  --quick           one run of each with a smaller workload, to try the harness out
+  --pairs N         malloc/free pairs per malloc_bench run (default 1000000; 200000 with --quick)
+  --long-turns N    turns of the long-run memory benchmark under the default budget (default 7200, two hours
+                    of production at a turn a second; 720 with --quick); the small budget gets half
+  --long-run-only   only the long-run memory benchmark: printed and written to target/bench/long-run.md,
+                    BENCHMARKS.md is left alone
 
 Run as root. Rewrites BENCHMARKS.md at the repository root.";
 
@@ -56,13 +65,19 @@ struct Options {
     turns: u32,
     /// Measured rounds per Bun server session (after one warm-up round).
     rounds: usize,
+    /// Turns of bench/long_run under the default memory budget (the small budget gets half).
+    long_turns: u64,
+    /// Only the long-run memory benchmark.
+    long_run_only: bool,
 }
 
 impl Options {
     fn parse(args: &[String]) -> Result<Self> {
         let mut runs = None;
         let mut pairs = None;
+        let mut long_turns = None;
         let mut quick = false;
+        let mut long_run_only = false;
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             let mut value = |name: &str| -> Result<u64> {
@@ -72,7 +87,9 @@ impl Options {
             match arg.as_str() {
                 "--runs" => runs = Some(value("--runs")? as usize),
                 "--pairs" => pairs = Some(value("--pairs")?),
+                "--long-turns" => long_turns = Some(value("--long-turns")?),
                 "--quick" => quick = true,
+                "--long-run-only" => long_run_only = true,
                 "-h" | "--help" => {
                     println!("{USAGE}");
                     std::process::exit(0);
@@ -80,19 +97,21 @@ impl Options {
                 other => bail!("unknown argument {other}\n\n{USAGE}"),
             }
         }
-        let (default_runs, default_pairs) = Self::defaults(quick);
+        let (default_runs, default_pairs, default_long_turns) = Self::defaults(quick);
         Ok(Self {
             runs: runs.unwrap_or(default_runs),
             quick,
             pairs: pairs.unwrap_or(default_pairs),
             turns: if quick { 40 } else { 100 },
             rounds: if quick { 1 } else { 2 },
+            long_turns: long_turns.unwrap_or(default_long_turns),
+            long_run_only,
         })
     }
 
-    /// (runs, pairs) unless told otherwise.
-    fn defaults(quick: bool) -> (usize, u64) {
-        if quick { (1, 200_000) } else { (5, 1_000_000) }
+    /// (runs, pairs, long-run turns) unless told otherwise.
+    fn defaults(quick: bool) -> (usize, u64, u64) {
+        if quick { (1, 200_000, 720) } else { (5, 1_000_000, 7_200) }
     }
 
     /// The command line that reproduces this run.
@@ -101,12 +120,18 @@ impl Options {
         if self.quick {
             line.push_str(" --quick");
         }
-        let (default_runs, default_pairs) = Self::defaults(self.quick);
+        let (default_runs, default_pairs, default_long_turns) = Self::defaults(self.quick);
         if self.runs != default_runs {
             let _ = write!(line, " --runs {}", self.runs);
         }
         if self.pairs != default_pairs {
             let _ = write!(line, " --pairs {}", self.pairs);
+        }
+        if self.long_turns != default_long_turns {
+            let _ = write!(line, " --long-turns {}", self.long_turns);
+        }
+        if self.long_run_only {
+            line.push_str(" --long-run-only");
         }
         line
     }
@@ -121,9 +146,15 @@ struct Bench {
     options: Options,
     tracer: PathBuf,
     malloc_bench: PathBuf,
-    bun: PathBuf,
+    long_run: PathBuf,
+    /// None with --long-run-only (not needed, so not installed).
+    bun: Option<PathBuf>,
     bpftrace: Option<PathBuf>,
     heaptrack: Option<PathBuf>,
+    perf: Option<PathBuf>,
+    /// Where the tracer probes glibc's malloc and free, for the floor at the same placement; or why that
+    /// is not known.
+    placements: Result<Placements, String>,
     /// target/bench: each run's output, logs and reports, in a folder of its own.
     work: PathBuf,
 }
@@ -143,7 +174,7 @@ pub fn run(args: &[String]) -> Result<()> {
 
     let mut malloc = MallocSeries::new(&bench);
     let mut bun = BunSeries::new();
-    let runs = bench.options.runs;
+    let runs = if bench.options.long_run_only { 0 } else { bench.options.runs };
     for rep in 0..runs {
         for config in rotated(&MallocConfig::ALL, rep) {
             eprintln!("xtask bench: [{}/{runs}] malloc_bench, {}", rep + 1, config.name());
@@ -156,11 +187,25 @@ pub fn run(args: &[String]) -> Result<()> {
         load.push(load_average());
         cpu.push(CpuSample::now());
     }
+    let long_run = LongRunSeries::measure(&bench);
 
-    let report = Report { options: &bench.options, machine, load, cpu, elapsed: started.elapsed(), malloc, bun };
+    let report = Report {
+        options: &bench.options,
+        machine,
+        load,
+        cpu,
+        elapsed: started.elapsed(),
+        malloc,
+        bun,
+        long_run,
+        placements: &bench.placements,
+    };
+    let path = if bench.options.long_run_only { bench.work.join("long-run.md") } else { root().join("BENCHMARKS.md") };
     let markdown = report.render();
-    let path = root().join("BENCHMARKS.md");
     fs::write(&path, &markdown).with_context(|| format!("cannot write {}", path.display()))?;
+    if bench.options.long_run_only {
+        print!("{markdown}");
+    }
     eprintln!("xtask bench: done in {:.0} s; wrote {}", started.elapsed().as_secs_f64(), path.display());
     print!("{}", report.goals_text());
     let failed = report.failures();
@@ -170,32 +215,55 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Compiles malloc_bench, finds the tools, mounts tracefs for bpftrace, clears target/bench.
+/// Compiles the workloads, finds the tools, mounts tracefs (bpftrace and the floor need it), clears
+/// target/bench, and finds where the tracer places its probes on glibc's malloc and free.
 fn prepare(options: Options) -> Result<Bench> {
     let work = root().join("target/bench");
     if work.exists() {
         fs::remove_dir_all(&work).with_context(|| format!("cannot clear {}", work.display()))?;
     }
     fs::create_dir_all(&work)?;
-    let malloc_bench = compile_malloc_bench(&work)?;
-    let bpftrace = on_path("bpftrace");
-    if bpftrace.is_some() {
-        ensure_tracefs()?;
+    let malloc_bench = compile(&work, "malloc_bench")?;
+    let long_run = compile(&work, "long_run")?;
+    let tracer = root().join("target/release/dispatch-leaktrace");
+    let long_run_only = options.long_run_only;
+    let (bpftrace, perf) = if long_run_only { (None, None) } else { (on_path("bpftrace"), on_path("perf")) };
+    let tracefs = if long_run_only { Ok(()) } else { ensure_tracefs() };
+    let placements = match (&tracefs, long_run_only) {
+        (_, true) => Err("not measured with --long-run-only".to_string()),
+        (Err(error), _) => Err(format!("no tracefs: {error:#}")),
+        (Ok(()), false) => {
+            remove_stale_floor_events();
+            find_placements(&tracer, &malloc_bench, &work).map_err(|error| format!("{error:#}"))
+        }
+    };
+    if let Err(why) = &placements {
+        eprintln!("xtask bench: no floor at the tracer's placement: {why}");
     }
     Ok(Bench {
         options,
-        tracer: root().join("target/release/dispatch-leaktrace"),
+        tracer,
         malloc_bench,
-        bun: setup::bun()?,
-        bpftrace,
+        long_run,
+        bun: if long_run_only { None } else { Some(setup::bun()?) },
+        bpftrace: bpftrace.filter(|_| tracefs.is_ok()),
         heaptrack: on_path("heaptrack"),
+        perf,
+        placements,
         work,
     })
 }
 
-fn compile_malloc_bench(work: &Path) -> Result<PathBuf> {
-    let source = root().join("bench/malloc_bench.c");
-    let binary = work.join("malloc_bench");
+impl Bench {
+    fn bun(&self) -> &Path {
+        self.bun.as_deref().expect("installed unless --long-run-only, which runs no Bun demo")
+    }
+}
+
+/// Builds bench/NAME.c into target/bench/NAME, as the tracers need it: frame pointers, symbols.
+fn compile(work: &Path, name: &str) -> Result<PathBuf> {
+    let source = root().join("bench").join(format!("{name}.c"));
+    let binary = work.join(name);
     let status = Command::new("cc")
         .args(["-O2", "-g", "-fno-omit-frame-pointer", "-Wall", "-o"])
         .arg(&binary)
@@ -208,13 +276,12 @@ fn compile_malloc_bench(work: &Path) -> Result<PathBuf> {
     Ok(binary)
 }
 
-/// bpftrace needs tracefs for uprobes; it may not be mounted on a fresh machine.
+/// bpftrace and the floor's uprobe events need tracefs; it may not be mounted on a fresh machine.
 fn ensure_tracefs() -> Result<()> {
-    if Path::new("/sys/kernel/tracing/events").exists() {
+    if Path::new(TRACEFS).join("uprobe_events").exists() {
         return Ok(());
     }
-    crate::run(Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]))
-        .context("cannot mount tracefs for bpftrace")
+    crate::run(Command::new("mount").args(["-t", "tracefs", "tracefs", TRACEFS])).context("cannot mount tracefs")
 }
 
 fn on_path(program: &str) -> Option<PathBuf> {
@@ -313,14 +380,32 @@ enum MallocConfig {
     Full,
     Sampled,
     Faults,
+    /// bpftrace's count-only uprobes at the functions' entry.
     CountOnly,
+    /// Count-only tracefs uprobe events where the tracer places its probes, counted by perf stat in
+    /// malloc_bench alone: the floor of the goal.
+    PlacedFloor,
+    /// The same events enabled in ftrace (every process) with tracing_on 0: they fire, nothing is recorded.
+    FtraceQuiet,
+    /// The same with tracing_on 1: every hit is also written into the trace ring buffer.
+    FtraceRecording,
     Memleak,
     Heaptrack,
 }
 
 impl MallocConfig {
-    const ALL: [Self; 7] =
-        [Self::Untraced, Self::Full, Self::Sampled, Self::Faults, Self::CountOnly, Self::Memleak, Self::Heaptrack];
+    const ALL: [Self; 10] = [
+        Self::Untraced,
+        Self::Full,
+        Self::Sampled,
+        Self::Faults,
+        Self::CountOnly,
+        Self::PlacedFloor,
+        Self::FtraceQuiet,
+        Self::FtraceRecording,
+        Self::Memleak,
+        Self::Heaptrack,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -328,7 +413,10 @@ impl MallocConfig {
             Self::Full => "dispatch-leaktrace, full allocator mode",
             Self::Sampled => "dispatch-leaktrace, sampled allocator mode",
             Self::Faults => "dispatch-leaktrace, page-fault mode",
-            Self::CountOnly => "count-only uprobes (bpftrace): the floor",
+            Self::CountOnly => "count-only uprobes at the functions' entry (bpftrace): entry floor",
+            Self::PlacedFloor => "count-only uprobes at the tracer's placement (tracefs + perf stat): the floor",
+            Self::FtraceQuiet => "the same uprobes enabled in ftrace, tracing_on 0 (nothing recorded)",
+            Self::FtraceRecording => "the same uprobes enabled in ftrace, tracing_on 1 (each hit recorded)",
             Self::Memleak => "bpftrace memleak-style script",
             Self::Heaptrack => "heaptrack",
         }
@@ -341,6 +429,9 @@ impl MallocConfig {
             Self::Sampled => "sampled",
             Self::Faults => "faults",
             Self::CountOnly => "count-only",
+            Self::PlacedFloor => "placed-floor",
+            Self::FtraceQuiet => "ftrace-quiet",
+            Self::FtraceRecording => "ftrace-recording",
             Self::Memleak => "memleak",
             Self::Heaptrack => "heaptrack",
         }
@@ -349,15 +440,26 @@ impl MallocConfig {
     /// How the run is launched, as written in BENCHMARKS.md.
     fn command_text(self) -> String {
         let tail = "-- ./malloc_bench";
+        let names = "leaktrace_PID_{malloc_entry,malloc_return,free_entry}";
+        let events = format!("{FLOOR_GROUP}:{names}");
+        let enable = format!("echo 1 > events/{FLOOR_GROUP}/{names}/enable");
         match self {
             Self::Untraced => "./malloc_bench".into(),
             Self::Full => format!("dispatch-leaktrace --no-faults {tail}"),
             Self::Sampled => format!("dispatch-leaktrace --no-faults --sample-bytes {SAMPLE_BYTES} {tail}"),
             Self::Faults => format!("dispatch-leaktrace --no-alloc {tail}"),
             Self::CountOnly => "bpftrace -c ./malloc_bench bench/count_only.bt".into(),
+            Self::PlacedFloor => format!("perf stat -e {events} {tail}"),
+            Self::FtraceQuiet => format!("{enable}; echo 0 > tracing_on; ./malloc_bench"),
+            Self::FtraceRecording => format!("{enable}; echo 1 > tracing_on; ./malloc_bench"),
             Self::Memleak => "bpftrace -c ./malloc_bench bench/memleak.bt".into(),
             Self::Heaptrack => "heaptrack ./malloc_bench".into(),
         }
+    }
+
+    /// Whether its probes are the tracefs events at the tracer's placement.
+    fn uses_floor_events(self) -> bool {
+        matches!(self, Self::PlacedFloor | Self::FtraceQuiet | Self::FtraceRecording)
     }
 
     fn tracer_args(self) -> Option<&'static [&'static str]> {
@@ -379,6 +481,16 @@ struct MallocSample {
     /// What malloc_bench kept from its loop, and what the tracer's report says is outstanding.
     retained: Outstanding,
     reported: Option<Reported>,
+    /// How often the count-only probes fired.
+    hits: Option<ProbeHits>,
+}
+
+/// Hits of count-only probes: malloc's entry and return, free's entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ProbeHits {
+    malloc_entry: u64,
+    malloc_return: u64,
+    free_entry: u64,
 }
 
 /// Blocks and bytes still allocated at the end.
@@ -406,12 +518,14 @@ impl MallocSeries {
             .map(|&config| {
                 let missing = match config {
                     MallocConfig::CountOnly | MallocConfig::Memleak if bench.bpftrace.is_none() => {
-                        Some("bpftrace is not on PATH")
+                        Some("bpftrace is not on PATH".to_string())
                     }
-                    MallocConfig::Heaptrack if bench.heaptrack.is_none() => Some("heaptrack is not on PATH"),
+                    MallocConfig::Heaptrack if bench.heaptrack.is_none() => Some("heaptrack is not on PATH".into()),
+                    MallocConfig::PlacedFloor if bench.perf.is_none() => Some("perf is not on PATH".into()),
+                    _ if config.uses_floor_events() => bench.placements.as_ref().err().cloned(),
                     _ => None,
                 };
-                (config, missing.map_or_else(Series::new, Series::unavailable))
+                (config, missing.map_or_else(Series::new, |why| Series::unavailable(&why)))
             })
             .collect();
         Self { series }
@@ -436,6 +550,20 @@ impl MallocSeries {
 fn run_malloc_bench(config: MallocConfig, bench: &Bench, rep: usize, attempt: usize) -> Result<Option<MallocSample>> {
     let dir = run_dir(bench, "malloc", config.slug(), rep, attempt)?;
     let argv = [bench.malloc_bench.display().to_string(), bench.options.pairs.to_string()];
+    // Declared before the process, so dropped after it: the events are removed once nothing uses them.
+    let mut floor = match (config.uses_floor_events(), &bench.placements) {
+        (true, Ok(placements)) => Some(FloorEvents::create(placements)?),
+        (true, Err(why)) => bail!("no placements: {why}"),
+        (false, _) => None,
+    };
+    if let Some(floor) = &mut floor {
+        match config {
+            MallocConfig::FtraceQuiet => floor.enable_in_ftrace(false)?,
+            MallocConfig::FtraceRecording => floor.enable_in_ftrace(true)?,
+            _ => {}
+        }
+    }
+    let hits_before = floor.as_ref().map(FloorEvents::profile_hits);
     let mut command = malloc_command(config, bench, &dir, &argv);
     command.current_dir(&dir).stdin(Stdio::null()).stdout(log_file(&dir, "stdout")?).stderr(log_file(&dir, "stderr")?);
 
@@ -443,6 +571,10 @@ fn run_malloc_bench(config: MallocConfig, bench: &Bench, rep: usize, attempt: us
     let mut process = Process::spawn(config.name(), &mut command)?;
     let (status, ended) = process.wait(malloc_timeout(bench.options.pairs))?;
     let wall_seconds = ended.duration_since(started).as_secs_f64();
+    let hits_after = floor.as_ref().map(FloorEvents::profile_hits);
+    if let Some(floor) = floor.take() {
+        floor.remove()?;
+    }
     if config == MallocConfig::Sampled && status.code() == Some(2) {
         return Ok(None);
     }
@@ -456,34 +588,68 @@ fn run_malloc_bench(config: MallocConfig, bench: &Bench, rep: usize, attempt: us
         remove_heaptrack_data(&dir); // tens of MB per run, and only the time matters here
     }
     let reported = config.tracer_args().and_then(|_| read_report(&dir.join("report/report.json")));
-    Ok(Some(MallocSample { loop_seconds, wall_seconds, retained, reported }))
+    let hits = match config {
+        MallocConfig::CountOnly => parse_bpftrace_counts(&stdout),
+        MallocConfig::PlacedFloor => {
+            parse_perf_stat(&fs::read_to_string(dir.join("perf-stat.csv")).unwrap_or_default())
+        }
+        // The events' own counters (uprobe_profile): in ftrace they fire in every process, so these
+        // include other processes' calls.
+        MallocConfig::FtraceQuiet | MallocConfig::FtraceRecording => {
+            hits_before.flatten().zip(hits_after.flatten()).map(|(before, after)| ProbeHits {
+                malloc_entry: after.malloc_entry.saturating_sub(before.malloc_entry),
+                malloc_return: after.malloc_return.saturating_sub(before.malloc_return),
+                free_entry: after.free_entry.saturating_sub(before.free_entry),
+            })
+        }
+        _ => None,
+    };
+    Ok(Some(MallocSample { loop_seconds, wall_seconds, retained, reported, hits }))
+}
+
+/// `@malloc_entry: N` and the like, printed by bench/count_only.bt at its end.
+fn parse_bpftrace_counts(stdout: &str) -> Option<ProbeHits> {
+    let count = |name: &str| {
+        let prefix = format!("@{name}: ");
+        stdout.lines().find_map(|line| line.strip_prefix(&prefix)?.trim().parse().ok())
+    };
+    Some(ProbeHits {
+        malloc_entry: count("malloc_entry")?,
+        malloc_return: count("malloc_return")?,
+        free_entry: count("free_entry")?,
+    })
+}
+
+/// `perf stat -x ,` output: `COUNT,UNIT,EVENT,...` a line per event (`GROUP:EVENT`).
+fn parse_perf_stat(csv: &str) -> Option<ProbeHits> {
+    let count = |name: &str| {
+        csv.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            let event = fields.get(2)?;
+            event.rsplit_once(':').filter(|(_, event)| event.ends_with(name))?;
+            fields.first()?.parse().ok()
+        })
+    };
+    Some(ProbeHits {
+        malloc_entry: count("malloc_entry")?,
+        malloc_return: count("malloc_return")?,
+        free_entry: count("free_entry")?,
+    })
 }
 
 /// The figures the accuracy check needs from report.json.
 fn read_report(path: &Path) -> Option<Reported> {
     let text = fs::read_to_string(path).ok()?;
-    let number = |path: &[&str]| json_number(&text, path);
+    let report = Json::parse_keys(&text, &["totals", "counters"]).ok()?;
+    let number = |path: &[&str]| report.at(path).and_then(Json::as_u64);
     let malloc = match (
-        number(&["by_source", "malloc", "outstanding_allocs"]),
-        number(&["by_source", "malloc", "outstanding_bytes"]),
+        number(&["totals", "by_source", "malloc", "outstanding_allocs"]),
+        number(&["totals", "by_source", "malloc", "outstanding_bytes"]),
     ) {
         (Some(blocks), Some(bytes)) => Some(Outstanding { blocks, bytes }),
         _ => None,
     };
     Some(Reported { malloc, lost_events: number(&["counters", "lost_events"]) })
-}
-
-/// The number of the key `path`'s last element, found after each earlier key in turn. Enough for the
-/// tracer's report.json (its fields are only ever added, never renamed) without a JSON parser in xtask.
-fn json_number(text: &str, path: &[&str]) -> Option<u64> {
-    let mut rest = text;
-    for key in path {
-        let pattern = format!("\"{key}\":");
-        rest = &rest[rest.find(&pattern)? + pattern.len()..];
-    }
-    let value = rest.trim_start();
-    let end = value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len());
-    value[..end].parse().ok()
 }
 
 fn malloc_command(config: MallocConfig, bench: &Bench, dir: &Path, argv: &[String]) -> Command {
@@ -493,9 +659,22 @@ fn malloc_command(config: MallocConfig, bench: &Bench, dir: &Path, argv: &[Strin
         return command;
     }
     match config {
-        MallocConfig::Untraced => {
+        // The ftrace configurations: the events were enabled before the launch.
+        MallocConfig::Untraced | MallocConfig::FtraceQuiet | MallocConfig::FtraceRecording => {
             let mut command = Command::new(&argv[0]);
             command.args(&argv[1..]);
+            command
+        }
+        MallocConfig::PlacedFloor => {
+            // perf stat opens each event as a counter on malloc_bench alone (enabled at its exec): the
+            // kernel installs the breakpoints in its memory only, as for the tracer's and bpftrace's
+            // uprobes, and counts hits without recording anything.
+            let mut command = Command::new(bench.perf.as_ref().expect("checked before the first run"));
+            command.args(["stat", "-x", ",", "-o"]).arg(dir.join("perf-stat.csv"));
+            for event in FLOOR_EVENTS {
+                command.arg("-e").arg(format!("{FLOOR_GROUP}:{}", floor_event_name(event.name)));
+            }
+            command.arg("--").args(argv);
             command
         }
         MallocConfig::CountOnly | MallocConfig::Memleak => {
@@ -536,6 +715,605 @@ fn remove_heaptrack_data(dir: &Path) {
     for entry in entries.flatten() {
         if entry.file_name().to_string_lossy().starts_with("heaptrack.") {
             let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------------
+// The floor at the tracer's placement: tracefs uprobe events, no BPF program
+// ------------------------------------------------------------------------------------------------------
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+/// The tracefs group of the floor's uprobe events. Each event's name holds the xtask's pid, so that a
+/// leftover of a killed run is recognised (and removed) by the next one.
+const FLOOR_GROUP: &str = "leaktrace_bench";
+
+/// A count-only probe of the floor, and the tracer's probe it copies.
+struct FloorEvent {
+    name: &'static str,
+    /// As report.json's `probes` name it: "uprobe" or "uretprobe".
+    kind: &'static str,
+    symbol: &'static str,
+}
+
+const FLOOR_EVENTS: [FloorEvent; 3] = [
+    FloorEvent { name: "malloc_entry", kind: "uprobe", symbol: "malloc" },
+    FloorEvent { name: "malloc_return", kind: "uretprobe", symbol: "malloc" },
+    FloorEvent { name: "free_entry", kind: "uprobe", symbol: "free" },
+];
+
+/// `leaktrace_PID_EVENT`: the tracefs event name of this xtask's floor event.
+fn floor_event_name(event: &str) -> String {
+    format!("leaktrace_{}_{event}", std::process::id())
+}
+
+/// Where the tracer probes glibc's malloc and free, read from its own report.json.
+#[derive(Clone, Debug)]
+struct Placements {
+    /// The C library probed.
+    object: PathBuf,
+    /// In the order of FLOOR_EVENTS.
+    probes: Vec<PlacedProbe>,
+}
+
+#[derive(Clone, Debug)]
+struct PlacedProbe {
+    /// The probe's offset in the object file.
+    file_offset: u64,
+    /// Bytes past the function's entry, the instruction there, and why the tracer put it there.
+    offset: u64,
+    instruction: String,
+    reason: String,
+}
+
+/// Runs the tracer once on a short malloc_bench and takes its glibc probes from report.json's `probes`:
+/// the floor then copies whatever the tracer does on this machine's C library.
+fn find_placements(tracer: &Path, malloc_bench: &Path, work: &Path) -> Result<Placements> {
+    let dir = work.join("placement");
+    fs::create_dir_all(&dir)?;
+    let mut command = Command::new(tracer);
+    command
+        .args(["--no-faults", "--quiet", "--output"])
+        .arg(dir.join("report"))
+        .arg("--")
+        .arg(malloc_bench)
+        .arg("1000")
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(log_file(&dir, "stdout")?)
+        .stderr(log_file(&dir, "stderr")?);
+    let mut process = Process::spawn("dispatch-leaktrace (for its probe placement)", &mut command)?;
+    let (status, _) = process.wait(Duration::from_secs(120))?;
+    if !status.success() {
+        return Err(failure(&format!("the tracer failed on malloc_bench ({status})"), &dir.join("stderr")));
+    }
+    let path = dir.join("report/report.json");
+    let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let report = Json::parse_keys(&text, &["probes"]).with_context(|| format!("{}", path.display()))?;
+    let probes = report.get("probes").map(Json::items).unwrap_or_default();
+    let field = |probe: &Json, key: &str| probe.get(key).and_then(Json::as_str).map(str::to_string);
+    let mut object: Option<String> = None;
+    let mut placed = Vec::new();
+    for event in &FLOOR_EVENTS {
+        let probe = probes
+            .iter()
+            .find(|probe| {
+                field(probe, "kind").as_deref() == Some(event.kind)
+                    && field(probe, "symbol").as_deref() == Some(event.symbol)
+                    && field(probe, "family").as_deref() == Some("glibc")
+            })
+            .ok_or_else(|| anyhow!("{} has no {} on glibc's {}", path.display(), event.kind, event.symbol))?;
+        let file = field(probe, "object").ok_or_else(|| anyhow!("a probe without its object"))?;
+        if *object.get_or_insert_with(|| file.clone()) != file {
+            bail!("glibc's malloc and free were probed in two objects");
+        }
+        let placement = probe.get("placement");
+        let number = |value: Option<&Json>| value.and_then(Json::as_u64);
+        placed.push(PlacedProbe {
+            file_offset: number(probe.get("file_offset")).ok_or_else(|| anyhow!("a probe without its offset"))?,
+            offset: number(placement.and_then(|p| p.get("offset"))).unwrap_or(0),
+            instruction: placement.and_then(|p| field(p, "instruction")).unwrap_or_default(),
+            reason: placement.and_then(|p| field(p, "reason")).unwrap_or_default(),
+        });
+    }
+    let object = PathBuf::from(object.expect("three probes found"));
+    Ok(Placements { object, probes: placed })
+}
+
+/// The floor's uprobe events, made for one run and removed after it: on drop, and by the signal handler
+/// if the xtask is stopped meanwhile (the kernel keeps tracefs events until they are removed).
+struct FloorEvents {
+    armed: bool,
+}
+
+impl FloorEvents {
+    fn create(placements: &Placements) -> Result<Self> {
+        // Armed first: whatever the lines below create is removed, even if a later one fails.
+        FLOOR_ARMED.store(true, Ordering::SeqCst);
+        let events = Self { armed: true };
+        for (event, probe) in FLOOR_EVENTS.iter().zip(&placements.probes) {
+            let kind = if event.kind == "uretprobe" { 'r' } else { 'p' };
+            let line = format!(
+                "{kind}:{FLOOR_GROUP}/{} {}:{:#x}\n",
+                floor_event_name(event.name),
+                placements.object.display(),
+                probe.file_offset
+            );
+            append_tracefs("uprobe_events", &line)
+                .with_context(|| format!("cannot create the uprobe event `{}`", line.trim()))?;
+        }
+        Ok(events)
+    }
+
+    /// Enables the events in ftrace, for every process, with the trace ring buffer on or off.
+    fn enable_in_ftrace(&mut self, tracing_on: bool) -> Result<()> {
+        let path = Path::new(TRACEFS).join("tracing_on");
+        let was = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        TRACING_ON_SAVED.store(i32::from(was.trim() == "1"), Ordering::SeqCst);
+        append_tracefs("tracing_on", if tracing_on { "1" } else { "0" })?;
+        for event in &FLOOR_EVENTS {
+            append_tracefs(&format!("events/{FLOOR_GROUP}/{}/enable", floor_event_name(event.name)), "1")?;
+        }
+        Ok(())
+    }
+
+    /// The events' hits so far, from uprobe_profile (counted whether or not anything is recorded).
+    fn profile_hits(&self) -> Option<ProbeHits> {
+        let text = fs::read_to_string(Path::new(TRACEFS).join("uprobe_profile")).ok()?;
+        let count = |event: &str| {
+            let name = floor_event_name(event);
+            text.lines().find_map(|line| match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+                [_, event, hits] if *event == name => hits.parse().ok(),
+                _ => None,
+            })
+        };
+        Some(ProbeHits {
+            malloc_entry: count("malloc_entry")?,
+            malloc_return: count("malloc_return")?,
+            free_entry: count("free_entry")?,
+        })
+    }
+
+    fn remove(mut self) -> Result<()> {
+        self.armed = false;
+        if !undo_floor_events() {
+            bail!("cannot remove the uprobe events {FLOOR_GROUP}/{}", floor_event_name("*"));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FloorEvents {
+    fn drop(&mut self) {
+        if self.armed && !undo_floor_events() {
+            eprintln!("xtask bench: cannot remove the uprobe events {FLOOR_GROUP}/{}", floor_event_name("*"));
+        }
+    }
+}
+
+/// Appends to a tracefs file (never truncating: a truncated uprobe_events loses every uprobe event).
+fn append_tracefs(file: &str, text: &str) -> Result<()> {
+    use std::io::Write as _;
+    let path = Path::new(TRACEFS).join(file);
+    let mut handle =
+        fs::OpenOptions::new().append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    handle.write_all(text.as_bytes()).with_context(|| format!("cannot write {text:?} to {}", path.display()))
+}
+
+/// Removes floor events left by an xtask that is gone (killed with SIGKILL, which no handler sees).
+fn remove_stale_floor_events() {
+    let Ok(text) = fs::read_to_string(Path::new(TRACEFS).join("uprobe_events")) else { return };
+    for line in text.lines() {
+        let Some(name) = line.get(2..).and_then(|rest| rest.strip_prefix(FLOOR_GROUP)?.strip_prefix('/')) else {
+            continue;
+        };
+        let name = name.split_whitespace().next().unwrap_or_default();
+        let pid = name.strip_prefix("leaktrace_").and_then(|rest| rest.split('_').next());
+        let gone = pid.is_some_and(|pid| !Path::new("/proc").join(pid).exists());
+        if gone {
+            let _ = append_tracefs(&format!("events/{FLOOR_GROUP}/{name}/enable"), "0");
+            match append_tracefs("uprobe_events", &format!("-:{FLOOR_GROUP}/{name}\n")) {
+                Ok(()) => eprintln!("xtask bench: removed the stale uprobe event {FLOOR_GROUP}/{name}"),
+                Err(error) => eprintln!("xtask bench: cannot remove the stale uprobe event: {error:#}"),
+            }
+        }
+    }
+}
+
+/// Whether this xtask may have floor events in tracefs now.
+static FLOOR_ARMED: AtomicBool = AtomicBool::new(false);
+/// tracing_on as it was before an ftrace configuration changed it (-1: unchanged).
+static TRACING_ON_SAVED: AtomicI32 = AtomicI32::new(-1);
+
+/// Disables this xtask's floor events, restores tracing_on, and removes the events (retrying for up to
+/// two seconds while a just-killed perf still holds them). Returns whether none is left. The signal
+/// handler runs it too, so it allocates nothing and makes only async-signal-safe calls.
+fn undo_floor_events() -> bool {
+    if !FLOOR_ARMED.load(Ordering::SeqCst) {
+        return true;
+    }
+    let pid = std::process::id();
+    for event in &FLOOR_EVENTS {
+        let mut path = CText::new();
+        path.push(TRACEFS.as_bytes()).push(b"/events/").push(FLOOR_GROUP.as_bytes()).push(b"/leaktrace_");
+        path.push_number(pid).push(b"_").push(event.name.as_bytes()).push(b"/enable");
+        let _ = write_raw(&path, b"0"); // not enabled, or already gone: nothing to do
+    }
+    let saved = TRACING_ON_SAVED.swap(-1, Ordering::SeqCst);
+    if saved >= 0 {
+        let mut path = CText::new();
+        path.push(TRACEFS.as_bytes()).push(b"/tracing_on");
+        let _ = write_raw(&path, if saved == 1 { b"1" } else { b"0" });
+    }
+    let mut uprobe_events = CText::new();
+    uprobe_events.push(TRACEFS.as_bytes()).push(b"/uprobe_events");
+    for _ in 0..100 {
+        let mut left = false;
+        for event in &FLOOR_EVENTS {
+            let mut line = CText::new();
+            line.push(b"-:").push(FLOOR_GROUP.as_bytes()).push(b"/leaktrace_").push_number(pid).push(b"_");
+            line.push(event.name.as_bytes()).push(b"\n");
+            match write_raw(&uprobe_events, line.text()) {
+                Ok(()) | Err(ENOENT) => {}
+                Err(_) => left = true, // EBUSY: still open in a process that is exiting
+            }
+        }
+        if !left {
+            FLOOR_ARMED.store(false, Ordering::SeqCst);
+            return true;
+        }
+        let pause = Timespec { seconds: 0, nanoseconds: 20_000_000 };
+        // SAFETY: nanosleep(2) with a valid request and no remainder wanted; async-signal-safe.
+        unsafe { nanosleep(&pause, std::ptr::null_mut()) };
+    }
+    false
+}
+
+/// A short NUL-terminated string built on the stack, for the signal handler (which may not allocate).
+struct CText {
+    bytes: [u8; 256],
+    len: usize,
+}
+
+impl CText {
+    fn new() -> Self {
+        Self { bytes: [0; 256], len: 0 }
+    }
+
+    /// Appends, dropping what does not fit (one byte stays for the NUL).
+    fn push(&mut self, text: &[u8]) -> &mut Self {
+        let room = self.bytes.len() - 1 - self.len;
+        let n = text.len().min(room);
+        self.bytes[self.len..self.len + n].copy_from_slice(&text[..n]);
+        self.len += n;
+        self
+    }
+
+    fn push_number(&mut self, mut n: u32) -> &mut Self {
+        let mut digits = [0u8; 10];
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.push(&digits[at..])
+    }
+
+    fn text(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// The text as a C string: the byte after it is always 0.
+    fn c_str(&self) -> *const u8 {
+        self.bytes.as_ptr()
+    }
+}
+
+const O_WRONLY: i32 = 1;
+const O_APPEND: i32 = 0o2000;
+const ENOENT: i32 = 2;
+
+#[repr(C)]
+struct Timespec {
+    seconds: i64,
+    nanoseconds: i64,
+}
+
+/// open(2), write(2), close(2): appends `data` to the file at `path`; the error is errno.
+fn write_raw(path: &CText, data: &[u8]) -> std::result::Result<(), i32> {
+    let errno = || std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    // SAFETY: a NUL-terminated path; plain system calls, all async-signal-safe.
+    let fd = unsafe { open(path.c_str(), O_WRONLY | O_APPEND) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: `data` is valid for its length; fd is ours until closed below.
+    let written = unsafe { write(fd, data.as_ptr(), data.len()) };
+    let outcome = if written < 0 { Err(errno()) } else { Ok(()) };
+    // SAFETY: closing the descriptor opened above.
+    unsafe { close(fd) };
+    outcome
+}
+
+// ------------------------------------------------------------------------------------------------------
+// report.json: a small JSON reader (xtask has no JSON crate)
+// ------------------------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq)]
+enum Json {
+    Null,
+    Bool(bool),
+    Number(f64),
+    String(String),
+    Array(Vec<Json>),
+    Object(Vec<(String, Json)>),
+}
+
+impl Json {
+    /// Parses a whole document.
+    #[cfg(test)]
+    fn parse(text: &str) -> Result<Self> {
+        let mut reader = JsonReader { bytes: text.as_bytes(), at: 0 };
+        let value = reader.value()?;
+        reader.end()?;
+        Ok(value)
+    }
+
+    /// Of a top-level object, only the members named in `keys`; the others are skipped without being
+    /// built (a long run's report.json holds tens of megabytes of stacks).
+    fn parse_keys(text: &str, keys: &[&str]) -> Result<Self> {
+        let mut reader = JsonReader { bytes: text.as_bytes(), at: 0 };
+        let mut members = Vec::new();
+        reader.expect(b'{')?;
+        if !reader.eat(b'}') {
+            loop {
+                let key = reader.string()?;
+                reader.expect(b':')?;
+                if keys.contains(&key.as_str()) {
+                    members.push((key, reader.value()?));
+                } else {
+                    reader.skip_value()?;
+                }
+                if reader.eat(b'}') {
+                    break;
+                }
+                reader.expect(b',')?;
+            }
+        }
+        reader.end()?;
+        Ok(Self::Object(members))
+    }
+
+    fn get(&self, key: &str) -> Option<&Json> {
+        match self {
+            Self::Object(members) => members.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// The value at a path of keys.
+    fn at(&self, path: &[&str]) -> Option<&Json> {
+        path.iter().try_fold(self, |value, key| value.get(key))
+    }
+
+    fn as_u64(&self) -> Option<u64> {
+        match self {
+            Self::Number(n) if *n >= 0.0 && n.fract() == 0.0 && *n < 9.0e15 => Some(*n as u64),
+            _ => None,
+        }
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::String(text) => Some(text),
+            _ => None,
+        }
+    }
+
+    fn items(&self) -> &[Json] {
+        match self {
+            Self::Array(items) => items,
+            _ => &[],
+        }
+    }
+}
+
+struct JsonReader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl JsonReader<'_> {
+    fn skip_space(&mut self) {
+        while self.bytes.get(self.at).is_some_and(|b| b.is_ascii_whitespace()) {
+            self.at += 1;
+        }
+    }
+
+    fn peek(&mut self) -> Result<u8> {
+        self.skip_space();
+        self.bytes.get(self.at).copied().ok_or_else(|| anyhow!("JSON ends early"))
+    }
+
+    fn eat(&mut self, byte: u8) -> bool {
+        let found = self.peek().ok() == Some(byte);
+        if found {
+            self.at += 1;
+        }
+        found
+    }
+
+    fn expect(&mut self, byte: u8) -> Result<()> {
+        if !self.eat(byte) {
+            bail!("JSON: expected `{}` at byte {}", byte as char, self.at);
+        }
+        Ok(())
+    }
+
+    fn end(&mut self) -> Result<()> {
+        self.skip_space();
+        if self.at != self.bytes.len() {
+            bail!("JSON: unexpected text at byte {}", self.at);
+        }
+        Ok(())
+    }
+
+    fn value(&mut self) -> Result<Json> {
+        match self.peek()? {
+            b'{' => {
+                self.at += 1;
+                let mut members = Vec::new();
+                if !self.eat(b'}') {
+                    loop {
+                        let key = self.string()?;
+                        self.expect(b':')?;
+                        members.push((key, self.value()?));
+                        if self.eat(b'}') {
+                            break;
+                        }
+                        self.expect(b',')?;
+                    }
+                }
+                Ok(Json::Object(members))
+            }
+            b'[' => {
+                self.at += 1;
+                let mut items = Vec::new();
+                if !self.eat(b']') {
+                    loop {
+                        items.push(self.value()?);
+                        if self.eat(b']') {
+                            break;
+                        }
+                        self.expect(b',')?;
+                    }
+                }
+                Ok(Json::Array(items))
+            }
+            b'"' => Ok(Json::String(self.string()?)),
+            _ => {
+                let word = self.scalar()?;
+                match word {
+                    "null" => Ok(Json::Null),
+                    "true" => Ok(Json::Bool(true)),
+                    "false" => Ok(Json::Bool(false)),
+                    number => Ok(Json::Number(number.parse().map_err(|_| anyhow!("JSON: not a value: {number:?}"))?)),
+                }
+            }
+        }
+    }
+
+    /// A number or a literal: the text up to the next delimiter.
+    fn scalar(&mut self) -> Result<&str> {
+        self.skip_space();
+        let start = self.at;
+        while self
+            .bytes
+            .get(self.at)
+            .is_some_and(|b| !matches!(b, b',' | b'}' | b']' | b':') && !b.is_ascii_whitespace())
+        {
+            self.at += 1;
+        }
+        if self.at == start {
+            bail!("JSON: expected a value at byte {start}");
+        }
+        std::str::from_utf8(&self.bytes[start..self.at]).map_err(|_| anyhow!("JSON: not UTF-8 at byte {start}"))
+    }
+
+    fn string(&mut self) -> Result<String> {
+        self.expect(b'"')?;
+        let mut out = Vec::new();
+        loop {
+            let byte = *self.bytes.get(self.at).ok_or_else(|| anyhow!("JSON: unterminated string"))?;
+            self.at += 1;
+            match byte {
+                b'"' => break,
+                b'\\' => {
+                    let escaped = *self.bytes.get(self.at).ok_or_else(|| anyhow!("JSON: unterminated string"))?;
+                    self.at += 1;
+                    let simple = match escaped {
+                        b'"' => Some('"'),
+                        b'\\' => Some('\\'),
+                        b'/' => Some('/'),
+                        b'b' => Some('\u{8}'),
+                        b'f' => Some('\u{c}'),
+                        b'n' => Some('\n'),
+                        b'r' => Some('\r'),
+                        b't' => Some('\t'),
+                        b'u' => None,
+                        other => bail!("JSON: bad escape \\{}", other as char),
+                    };
+                    let c = match simple {
+                        Some(c) => c,
+                        None => {
+                            let mut code = self.hex4()?;
+                            if (0xd800..0xdc00).contains(&code) && self.bytes[self.at..].starts_with(b"\\u") {
+                                self.at += 2;
+                                let low = self.hex4()?;
+                                code = 0x10000 + ((code - 0xd800) << 10) + (low.wrapping_sub(0xdc00) & 0x3ff);
+                            }
+                            char::from_u32(code).unwrap_or('\u{fffd}')
+                        }
+                    };
+                    let mut buffer = [0; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut buffer).as_bytes());
+                }
+                other => out.push(other),
+            }
+        }
+        String::from_utf8(out).map_err(|_| anyhow!("JSON: a string is not UTF-8"))
+    }
+
+    fn hex4(&mut self) -> Result<u32> {
+        let digits = self.bytes.get(self.at..self.at + 4).ok_or_else(|| anyhow!("JSON: short \\u escape"))?;
+        self.at += 4;
+        let text = std::str::from_utf8(digits).map_err(|_| anyhow!("JSON: bad \\u escape"))?;
+        u32::from_str_radix(text, 16).map_err(|_| anyhow!("JSON: bad \\u escape {text}"))
+    }
+
+    /// Passes over one value without building it.
+    fn skip_value(&mut self) -> Result<()> {
+        let mut depth = 0usize;
+        loop {
+            match self.peek()? {
+                b'"' => {
+                    self.at += 1;
+                    loop {
+                        match self.bytes.get(self.at) {
+                            None => bail!("JSON: unterminated string"),
+                            Some(b'\\') => self.at += 2,
+                            Some(b'"') => {
+                                self.at += 1;
+                                break;
+                            }
+                            Some(_) => self.at += 1,
+                        }
+                    }
+                }
+                b'{' | b'[' => {
+                    self.at += 1;
+                    depth += 1;
+                    continue;
+                }
+                b'}' | b']' => {
+                    depth = depth.checked_sub(1).ok_or_else(|| anyhow!("JSON: unbalanced at byte {}", self.at))?;
+                    self.at += 1;
+                }
+                b',' | b':' if depth > 0 => {
+                    self.at += 1;
+                    continue;
+                }
+                _ => {
+                    self.scalar()?;
+                }
+            }
+            if depth == 0 {
+                return Ok(());
+            }
         }
     }
 }
@@ -678,7 +1456,7 @@ impl BunServer {
     fn start(bench: &Bench, dir: &Path) -> Result<Self> {
         let jitdump = dir.join("jitdump");
         fs::create_dir_all(&jitdump)?;
-        let mut command = Command::new(&bench.bun);
+        let mut command = Command::new(bench.bun());
         command
             .arg(root().join("demo/bun/server.ts"))
             .env("PORT", "0")
@@ -700,7 +1478,7 @@ impl BunServer {
 fn drive(bench: &Bench, server: &BunServer, dir: &Path, label: &str) -> Result<(u64, f64)> {
     let turns = bench.options.turns.to_string();
     let out = dir.join(format!("driver-{label}.stdout"));
-    let mut command = Command::new(&bench.bun);
+    let mut command = Command::new(bench.bun());
     command
         .arg(root().join("demo/bun/driver.ts"))
         .args(["--url", &format!("http://127.0.0.1:{}", server.port)])
@@ -784,6 +1562,216 @@ fn stop_tracer(mut tracer: Process, dir: &Path) -> Result<()> {
 }
 
 // ------------------------------------------------------------------------------------------------------
+// The long run: the tracer's own memory
+// ------------------------------------------------------------------------------------------------------
+
+/// The tracer's --interval in the long run. Replayed at high speed, hours pass in about a minute: at the
+/// default 10 s the tracer would take a handful of timeline points and per-stack snapshots where hours of
+/// production give hundreds, past the cap of 64 snapshots (each holds every stack with outstanding
+/// memory). At 250 ms a run of a minute takes about 240, so the snapshots weigh what they would in
+/// production.
+const LONG_RUN_INTERVAL: &str = "250ms";
+/// How often dispatch-server is assumed to run an orchestrator turn in production.
+const PRODUCTION_TURNS_PER_SECOND: f64 = 1.0;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LongRunConfig {
+    /// --max-memory at its default.
+    DefaultBudget,
+    /// A budget smaller than what the run must hold: eviction at work, and what happens past it.
+    SmallBudget,
+}
+
+impl LongRunConfig {
+    const ALL: [Self; 2] = [Self::DefaultBudget, Self::SmallBudget];
+
+    fn budget(self) -> &'static str {
+        match self {
+            Self::DefaultBudget => "512M",
+            Self::SmallBudget => "64M",
+        }
+    }
+
+    fn budget_bytes(self) -> u64 {
+        match self {
+            Self::DefaultBudget => 512 << 20,
+            Self::SmallBudget => 64 << 20,
+        }
+    }
+
+    /// The small budget replays half as many turns: it runs slower (it evicts over and over), and the
+    /// whole section should take two or three minutes.
+    fn turns(self, options: &Options) -> u64 {
+        match self {
+            Self::DefaultBudget => options.long_turns,
+            Self::SmallBudget => (options.long_turns / 2).max(1),
+        }
+    }
+
+    fn name(self) -> String {
+        match self {
+            Self::DefaultBudget => format!("--max-memory {} (the default)", self.budget()),
+            Self::SmallBudget => format!("--max-memory {}", self.budget()),
+        }
+    }
+
+    fn command_text(self, turns: u64) -> String {
+        format!(
+            "dispatch-leaktrace --no-alloc --max-memory {} --interval {LONG_RUN_INTERVAL} -- ./long_run {turns}",
+            self.budget()
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct LongRunSample {
+    turns: u64,
+    /// What long_run printed: the page faults it made, and its own time for its loop.
+    faults: u64,
+    loop_seconds: f64,
+    /// From the tracer's launch to its exit, reports written.
+    wall_seconds: f64,
+    /// Polled from /proc/PID/status every 100 ms: the tracer's anonymous RSS until the target finished
+    /// (while tracing), the same over the whole run (with writing the reports after the target's exit),
+    /// and VmHWM, the peak of all its resident memory (also the file pages of its binary).
+    peak_anon_tracing: u64,
+    peak_anon: u64,
+    peak_hwm: u64,
+    /// From report.json: its `tracer` object, `events` and `counters.lost_events`.
+    reported: TracerMemory,
+    /// Other processes' share of the machine's CPU time during the run.
+    others: f64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct TracerMemory {
+    budget_bytes: Option<u64>,
+    peak_anonymous_rss_bytes: Option<u64>,
+    stacks_held: Option<u64>,
+    evicted_stacks: Option<u64>,
+    evicted_allocated_bytes: Option<u64>,
+    events: Option<u64>,
+    lost_events: Option<u64>,
+}
+
+impl TracerMemory {
+    fn read(path: &Path) -> Result<Self> {
+        let text = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let report = Json::parse_keys(&text, &["tracer", "events", "counters"])
+            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let number = |path: &[&str]| report.at(path).and_then(Json::as_u64);
+        Ok(Self {
+            budget_bytes: number(&["tracer", "budget_bytes"]),
+            peak_anonymous_rss_bytes: number(&["tracer", "peak_anonymous_rss_bytes"]),
+            stacks_held: number(&["tracer", "stacks_held"]),
+            evicted_stacks: number(&["tracer", "evicted_stacks"]),
+            evicted_allocated_bytes: number(&["tracer", "evicted_allocated_bytes"]),
+            events: number(&["events"]),
+            lost_events: number(&["counters", "lost_events"]),
+        })
+    }
+}
+
+struct LongRunSeries {
+    series: Vec<(LongRunConfig, Series<LongRunSample>)>,
+}
+
+impl LongRunSeries {
+    fn measure(bench: &Bench) -> Self {
+        let mut series: Vec<_> = LongRunConfig::ALL.iter().map(|&config| (config, Series::new())).collect();
+        for (config, series) in &mut series {
+            let turns = config.turns(&bench.options);
+            eprintln!("xtask bench: long run, {} turns, {}", thousands(turns), config.name());
+            series.measure(&config.name(), |attempt| long_run(*config, bench, attempt).map(Some));
+        }
+        Self { series }
+    }
+
+    fn get(&self, config: LongRunConfig) -> &Series<LongRunSample> {
+        &self.series.iter().find(|(c, _)| *c == config).expect("every configuration has a series").1
+    }
+}
+
+/// One long run: the tracer launches long_run in page-fault mode, its memory polled until it exits.
+fn long_run(config: LongRunConfig, bench: &Bench, attempt: usize) -> Result<LongRunSample> {
+    let retry = if attempt > 0 { "-retry" } else { "" };
+    let dir = bench.work.join("long-run").join(format!("budget-{}{retry}", config.budget()));
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let turns = config.turns(&bench.options);
+    let mut command = Command::new(&bench.tracer);
+    command
+        .args(["--no-alloc", "--quiet", "--max-memory", config.budget(), "--interval", LONG_RUN_INTERVAL])
+        .arg("--output")
+        .arg(dir.join("report"))
+        .arg("--")
+        .arg(&bench.long_run)
+        .arg(turns.to_string())
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(log_file(&dir, "stdout")?)
+        .stderr(log_file(&dir, "stderr")?);
+
+    let cpu_before = CpuSample::now();
+    let started = Instant::now();
+    let mut process = Process::spawn("dispatch-leaktrace (long run)", &mut command)?;
+    // Traced, a turn takes about 10 ms here, 16 ms under a budget it cannot keep: ten times that and more.
+    let timeout = Duration::from_secs(120) + Duration::from_millis(turns * 150);
+    let status_file = format!("/proc/{}/status", process.pid);
+    let stdout_file = dir.join("stdout");
+    let mut sample = LongRunSample { turns, ..LongRunSample::default() };
+    let mut target_done = false;
+    let (status, ended) = loop {
+        if process.exited().is_some() {
+            break process.wait(Duration::ZERO)?;
+        }
+        if started.elapsed() > timeout {
+            process.kill();
+            bail!("the tracer did not finish the long run within {} s: killed", timeout.as_secs());
+        }
+        if let Some((anonymous, high_water)) = tracer_memory(&status_file) {
+            sample.peak_anon = sample.peak_anon.max(anonymous);
+            sample.peak_hwm = sample.peak_hwm.max(high_water);
+            if !target_done {
+                sample.peak_anon_tracing = sample.peak_anon;
+            }
+        }
+        // long_run prints its line when its loop is done, then exits: the tracer is writing its reports.
+        target_done = target_done || fs::read_to_string(&stdout_file).is_ok_and(|text| text.contains("long_run turns"));
+        thread::sleep(Duration::from_millis(100));
+    };
+    sample.wall_seconds = ended.duration_since(started).as_secs_f64();
+    sample.others =
+        cpu_before.others_between(&CpuSample::now(), thread::available_parallelism().map_or(1, |n| n.get())).0;
+    if !status.success() {
+        return Err(failure(&format!("the tracer failed in the long run ({status})"), &dir.join("stderr")));
+    }
+    let stdout = fs::read_to_string(&stdout_file)?;
+    let (faults, loop_seconds) = parse_long_run(&stdout)
+        .with_context(|| format!("no summary line from long_run in {}", stdout_file.display()))?;
+    sample.faults = faults;
+    sample.loop_seconds = loop_seconds;
+    sample.reported = TracerMemory::read(&dir.join("report/report.json"))?;
+    Ok(sample)
+}
+
+/// (RssAnon, VmHWM) in bytes, from /proc/PID/status.
+fn tracer_memory(status_file: &str) -> Option<(u64, u64)> {
+    let text = fs::read_to_string(status_file).ok()?;
+    let kib = |key: &str| {
+        text.lines().find_map(|line| line.strip_prefix(key)?.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    Some((kib("RssAnon:")? * 1024, kib("VmHWM:")? * 1024))
+}
+
+/// `long_run turns T faults F mmaps M munmaps U kept_bytes K seconds S` -> (F, S).
+fn parse_long_run(stdout: &str) -> Option<(u64, f64)> {
+    let line = stdout.lines().find(|line| line.starts_with("long_run turns "))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let value = |key: &str| words.iter().position(|w| *w == key).and_then(|at| words.get(at + 1));
+    Some((value("faults")?.parse().ok()?, value("seconds")?.parse().ok()?))
+}
+
+// ------------------------------------------------------------------------------------------------------
 // Processes: every one in a group of its own, killed on every way out
 // ------------------------------------------------------------------------------------------------------
 
@@ -797,13 +1785,18 @@ unsafe extern "C" {
     fn kill(pid: i32, signal: i32) -> i32;
     fn signal(signum: i32, handler: extern "C" fn(i32)) -> usize;
     fn _exit(status: i32) -> !;
+    fn open(path: *const u8, flags: i32, ...) -> i32;
+    fn write(fd: i32, buffer: *const u8, count: usize) -> isize;
+    fn close(fd: i32) -> i32;
+    fn nanosleep(request: *const Timespec, remaining: *mut Timespec) -> i32;
 }
 
 /// Process groups alive right now (0: a free slot). Read by the signal handler, so plain atomics.
 static LIVE_GROUPS: [AtomicI32; 16] = [const { AtomicI32::new(0) }; 16];
 
 /// Ctrl-C reaches only the terminal's foreground group, and our children are in groups of their own: on
-/// SIGINT, SIGTERM or SIGHUP kill those groups, then exit. Only async-signal-safe calls in here.
+/// SIGINT, SIGTERM or SIGHUP kill those groups, remove the floor's uprobe events (and restore tracing_on),
+/// then exit. Only async-signal-safe calls in here.
 extern "C" fn on_fatal_signal(signal_number: i32) {
     for slot in &LIVE_GROUPS {
         let group = slot.load(Ordering::SeqCst);
@@ -812,6 +1805,7 @@ extern "C" fn on_fatal_signal(signal_number: i32) {
             unsafe { kill(-group, SIGKILL) };
         }
     }
+    undo_floor_events();
     // SAFETY: _exit is async-signal-safe; nothing else may run in a handler.
     unsafe { _exit(128 + signal_number) }
 }
@@ -1154,6 +2148,8 @@ struct Report<'a> {
     elapsed: Duration,
     malloc: MallocSeries,
     bun: BunSeries,
+    long_run: LongRunSeries,
+    placements: &'a Result<Placements, String>,
 }
 
 /// One goal, its measured figure, and the verdict.
@@ -1168,8 +2164,11 @@ impl Report<'_> {
         let mut md = String::new();
         self.render_header(&mut md);
         self.render_goals(&mut md);
-        self.render_malloc(&mut md);
-        self.render_bun(&mut md);
+        if !self.options.long_run_only {
+            self.render_malloc(&mut md);
+            self.render_bun(&mut md);
+        }
+        self.render_long_run(&mut md);
         self.render_method(&mut md);
         md
     }
@@ -1198,10 +2197,14 @@ impl Report<'_> {
         let m = &self.machine;
         let loads: Vec<String> = self.load.iter().map(|l| format!("{l:.2}")).collect();
         let _ = writeln!(md, "# Benchmarks\n");
-        let _ = writeln!(
-            md,
-            "Generated by `cargo xtask bench` (xtask/src/bench.rs); the whole file is rewritten on each run.\n"
-        );
+        if self.options.long_run_only {
+            let _ = writeln!(md, "The long-run memory benchmark alone, from `cargo xtask bench --long-run-only`.\n");
+        } else {
+            let _ = writeln!(
+                md,
+                "Generated by `cargo xtask bench` (xtask/src/bench.rs); the whole file is rewritten on each run.\n"
+            );
+        }
         let _ = writeln!(md, "Reproduce with: `{}`\n", self.options.command_line());
         let _ = writeln!(md, "| | |\n| --- | --- |");
         let _ = writeln!(md, "| date | {} |", m.date);
@@ -1209,6 +2212,10 @@ impl Report<'_> {
         let _ = writeln!(md, "| CPU | {}, {} CPUs (nproc) |", m.cpu, m.cpus);
         let _ = writeln!(md, "| memory | {} |", m.memory);
         let _ = writeln!(md, "| kernel | {} |", m.kernel);
+        if self.options.long_run_only {
+            let _ = writeln!(md, "| run time | {:.0} s |\n", self.elapsed.as_secs_f64());
+            return;
+        }
         let _ = writeln!(
             md,
             "| repetitions | {} of each configuration, interleaved; figures are medians (min-max) |",
@@ -1230,6 +2237,13 @@ impl Report<'_> {
             "| 1-min load average | {} (before the first repetition, then after each; includes our own runs) |",
             loads.join(", ")
         );
+        let long_others: Vec<String> = LongRunConfig::ALL
+            .iter()
+            .filter_map(|&c| self.long_run.get(c).samples.first().map(|s| format!("{}: {}", c.budget(), pct(s.others))))
+            .collect();
+        if !long_others.is_empty() {
+            let _ = writeln!(md, "| CPU used by other processes during the long runs | {} |", long_others.join(", "));
+        }
         let _ = writeln!(md);
         if self.busy() {
             let _ = writeln!(
@@ -1253,15 +2267,35 @@ impl Report<'_> {
         let loop_median = |c| self.malloc.get(c).stats(|s: &MallocSample| s.loop_seconds).map(|s| s.median);
         let wall_median = |c| self.malloc.get(c).stats(|s: &MallocSample| s.wall_seconds).map(|s| s.median);
         let tps_median = |c| self.bun.get(c).stats(|s: &BunSample| s.turns_per_second).map(|s| s.median);
+        if self.options.long_run_only {
+            return vec![self.memory_goal()];
+        }
         let mut goals = Vec::new();
 
-        goals.push(match (loop_median(MallocConfig::Full), loop_median(MallocConfig::CountOnly)) {
-            (Some(full), Some(floor)) => Goal {
-                goal: "full allocator tracing within 10% of the count-only uprobe floor (malloc_bench loop time)",
-                measured: format!("full mode {:.2}x the floor ({} vs {})", full / floor, secs(full), secs(floor)),
-                verdict: verdict(full / floor <= 1.10),
-            },
-            _ => not_measured("full allocator tracing within 10% of the count-only uprobe floor"),
+        const FLOOR_GOAL: &str = "full allocator tracing within 10% of the count-only probe floor on the same \
+                                  functions (malloc_bench loop time; the floor: count-only uprobes where the tracer \
+                                  places its own, see below)";
+        goals.push(match (loop_median(MallocConfig::Full), loop_median(MallocConfig::PlacedFloor)) {
+            (Some(full), Some(floor)) => {
+                let entry = loop_median(MallocConfig::CountOnly).map_or(String::new(), |entry| {
+                    format!(
+                        "; against the bpftrace floor at the functions' entry, {:.2}x ({})",
+                        full / entry,
+                        secs(entry)
+                    )
+                });
+                Goal {
+                    goal: FLOOR_GOAL,
+                    measured: format!(
+                        "full mode {:.2}x the floor at the same placement ({} vs {}){entry}",
+                        full / floor,
+                        secs(full),
+                        secs(floor)
+                    ),
+                    verdict: verdict(full / floor <= 1.10),
+                }
+            }
+            _ => not_measured(FLOOR_GOAL),
         });
         goals.push(match (wall_median(MallocConfig::Full), wall_median(MallocConfig::Memleak)) {
             (Some(full), Some(memleak)) => Goal {
@@ -1299,7 +2333,37 @@ impl Report<'_> {
                 verdict: "not measured",
             },
         });
+        goals.push(self.memory_goal());
         goals
+    }
+
+    /// The tracer's own memory in the long run under the default budget.
+    fn memory_goal(&self) -> Goal {
+        const GOAL: &str = "the tracer's own memory stays under --max-memory (default 512M) however long it runs \
+                            (peak anonymous RSS over hours of a server's page faults, replayed)";
+        let config = LongRunConfig::DefaultBudget;
+        let series = self.long_run.get(config);
+        let Some(sample) = series.samples.first() else {
+            let why = match &series.stopped {
+                Some(Stopped::Unavailable(why) | Stopped::Failed(why)) => first_line(why).to_string(),
+                None => "no figures".into(),
+            };
+            return Goal { goal: GOAL, measured: why, verdict: "not measured" };
+        };
+        Goal {
+            goal: GOAL,
+            measured: format!(
+                "peak anonymous RSS {} of {}, one run ({} turns, {} of production at a turn a second; {} events, \
+                 {} lost)",
+                mib(sample.peak_anon),
+                mib(config.budget_bytes()),
+                thousands(sample.turns),
+                hours(sample.turns),
+                sample.reported.events.map_or("?".into(), thousands),
+                sample.reported.lost_events.map_or("?".into(), thousands),
+            ),
+            verdict: verdict(sample.peak_anon <= config.budget_bytes()),
+        }
     }
 
     fn render_goals(&self, md: &mut String) {
@@ -1360,7 +2424,85 @@ impl Report<'_> {
         let _ = writeln!(md);
         render_retried(md, self.malloc.series.iter().map(|(c, s)| (c.name(), &s.retried)));
         self.render_malloc_comparisons(md);
+        self.render_floor(md);
         self.render_accuracy(md);
+    }
+
+    /// Where the floor's probes went, how often each count-only configuration's probes fired, and what
+    /// ftrace's recording costs.
+    fn render_floor(&self, md: &mut String) {
+        let Ok(placements) = &self.placements else { return };
+        let _ = writeln!(
+            md,
+            "The floor's probes are tracefs uprobe events (no BPF program) at the file offsets the tracer's own \
+             report.json gives for its probes on `{}` (a short traced run of malloc_bench before the first \
+             repetition):\n",
+            placements.object.display()
+        );
+        let _ = writeln!(md, "| event | function + offset | file offset | instruction | the tracer's reason |");
+        let _ = writeln!(md, "| --- | --- | --- | --- | --- |");
+        for (event, probe) in FLOOR_EVENTS.iter().zip(&placements.probes) {
+            let kind = if event.kind == "uretprobe" { "return probe" } else { "entry probe" };
+            let _ = writeln!(
+                md,
+                "| `{}` ({kind}) | {}+{} | {:#x} | `{}` | {} |",
+                event.name,
+                event.symbol,
+                probe.offset,
+                probe.file_offset,
+                probe.instruction,
+                collapse_spaces(&probe.reason).replace('|', "\\|")
+            );
+        }
+        let _ = writeln!(md);
+        let _ = writeln!(
+            md,
+            "Probe hits in the last run of each count-only configuration (malloc_bench makes {} malloc calls \
+             and {} frees of non-NULL blocks, plus a few of its own and the C library's). bpftrace and perf \
+             count in malloc_bench alone; the ftrace counts are the events' own (`uprobe_profile`), from every \
+             process that called malloc or free meanwhile.\n",
+            thousands(self.options.pairs),
+            thousands(self.options.pairs - self.options.pairs / 1000),
+        );
+        let _ =
+            writeln!(md, "| configuration | malloc entry | malloc return | free entry |\n| --- | --- | --- | --- |");
+        for config in [
+            MallocConfig::CountOnly,
+            MallocConfig::PlacedFloor,
+            MallocConfig::FtraceQuiet,
+            MallocConfig::FtraceRecording,
+        ] {
+            let Some(hits) = self.malloc.get(config).samples.last().and_then(|s| s.hits) else { continue };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} |",
+                config.name(),
+                thousands(hits.malloc_entry),
+                thousands(hits.malloc_return),
+                thousands(hits.free_entry)
+            );
+        }
+        let _ = writeln!(md);
+        let loop_of = |c| self.malloc.get(c).stats(|s: &MallocSample| s.loop_seconds).map(|s| s.median);
+        let per_pair = |seconds: f64| seconds * 1e6 / self.options.pairs as f64;
+        if let (Some(quiet), Some(recording), Some(perf)) = (
+            loop_of(MallocConfig::FtraceQuiet),
+            loop_of(MallocConfig::FtraceRecording),
+            loop_of(MallocConfig::PlacedFloor),
+        ) {
+            let _ = writeln!(
+                md,
+                "With the events enabled in ftrace and `tracing_on` 0 the probes still fire (the hits above) and \
+                 cost {:.2} µs a malloc/free pair; with `tracing_on` 1, which writes every hit into the trace ring \
+                 buffer, {:.2} µs ({:+.2} µs). Counted by perf stat, which records nothing, {:.2} µs. The goal's \
+                 floor is the perf stat one: scoped to malloc_bench like the tracer's and bpftrace's uprobes, and \
+                 writing nothing per hit.\n",
+                per_pair(quiet),
+                per_pair(recording),
+                per_pair(recording) - per_pair(quiet),
+                per_pair(perf),
+            );
+        }
     }
 
     /// What the tracer found, next to what malloc_bench kept: a trace that dropped events is fast for a
@@ -1391,9 +2533,11 @@ impl Report<'_> {
     fn render_malloc_comparisons(&self, md: &mut String) {
         let loop_of = |c| self.malloc.get(c).stats(|s: &MallocSample| s.loop_seconds);
         let wall_of = |c| self.malloc.get(c).stats(|s: &MallocSample| s.wall_seconds);
-        use MallocConfig::{CountOnly, Full, Heaptrack, Memleak, Sampled};
+        use MallocConfig::{CountOnly, Full, Heaptrack, Memleak, PlacedFloor, Sampled};
         let rows = [
-            ("full allocator mode / count-only floor", Full, CountOnly),
+            ("full allocator mode / count-only floor at the tracer's placement (the goal's floor)", Full, PlacedFloor),
+            ("full allocator mode / count-only floor at the functions' entry (bpftrace)", Full, CountOnly),
+            ("count-only at the functions' entry / at the tracer's placement", CountOnly, PlacedFloor),
             ("bpftrace memleak-style / full allocator mode", Memleak, Full),
             ("heaptrack / full allocator mode", Heaptrack, Full),
             ("sampled / full allocator mode", Sampled, Full),
@@ -1468,39 +2612,232 @@ impl Report<'_> {
 
     fn render_method(&self, md: &mut String) {
         let _ = writeln!(md, "## How it is measured\n");
-        let notes = [
-            "Every configuration runs once per repetition, in an order rotated by one each repetition, so that \
-             load from elsewhere spreads over all of them. Figures are medians, with the minimum and maximum.",
-            "The count-only floor (`bench/count_only.bt`) puts uprobes on the same glibc functions an allocator \
-             tracer needs (malloc entry and return, free entry) and only counts: what the kernel's uprobes cost \
-             before any tracer does any work. The probe on free's first instruction (`test %rdi,%rdi`) cannot be \
-             emulated by the kernel and is single-stepped out of line, which dominates this floor on this kernel.",
-            "bpftrace runs with `-c`, which starts the command once its probes are attached and scopes the uprobes \
-             to it; the scripts also filter on `cpid`, so other processes are not slowed nor counted. \
-             `bench/memleak.bt` keeps each block's size and user stack keyed by address and deletes them on free; \
-             at the end it only clears its maps (printing them would add bpftrace's symbolizing to its time).",
-            "malloc_bench's default workload is 1,000,000 pairs: each uprobe-based configuration costs 11 to 15 µs \
-             a pair here, so 2,000,000 pairs five times over would take 6 to 9 minutes for malloc_bench alone. \
-             The cost per call does not depend on the count; `--pairs 2000000` runs the larger workload.",
-            "heaptrack (LD_PRELOAD, in-process) is the user-space reference: it records every call into a file \
-             analysed later; its command time includes its own end-of-run summary.",
+        let mut notes: Vec<String> = Vec::new();
+        if !self.options.long_run_only {
+            let per_pair: Vec<f64> = [
+                MallocConfig::Full,
+                MallocConfig::Sampled,
+                MallocConfig::CountOnly,
+                MallocConfig::PlacedFloor,
+                MallocConfig::FtraceQuiet,
+                MallocConfig::FtraceRecording,
+                MallocConfig::Memleak,
+            ]
+            .iter()
+            .filter_map(|&c| self.malloc.get(c).stats(|s| s.loop_seconds))
+            .map(|stats| stats.median * 1e6 / self.options.pairs as f64)
+            .collect();
+            let cost = match (per_pair.iter().copied().reduce(f64::min), per_pair.iter().copied().reduce(f64::max)) {
+                (Some(low), Some(high)) => format!(
+                    "the uprobe-based configurations cost {low:.1} to {high:.1} µs a pair in this run, so five \
+                     repetitions of 2,000,000 pairs would take {:.0} to {:.0} s per configuration",
+                    low * 10.0,
+                    high * 10.0
+                ),
+                _ => "no uprobe-based configuration has figures in this run".into(),
+            };
+            notes.extend([
+                "Every configuration runs once per repetition, in an order rotated by one each repetition, so that \
+                 load from elsewhere spreads over all of them. Figures are medians, with the minimum and maximum."
+                    .to_string(),
+                "Two count-only floors, both only counting hits of uprobes on the glibc functions an allocator \
+                 tracer needs (malloc entry and return, free entry): what the kernel's uprobes cost before any \
+                 tracer does any work. *At the functions' entry* (`bench/count_only.bt`, bpftrace): bpftrace 0.17 \
+                 cannot probe inside a function, so free is probed at its first instruction, `test %rdi,%rdi`, \
+                 which the kernel cannot emulate and single-steps out of line (a second trap). *At the tracer's \
+                 placement* (the goal's floor): tracefs uprobe events at the very offsets the tracer probes, \
+                 found in its report.json (free past its null test, at a `push` the kernel emulates), created \
+                 before each run and removed after it (also on errors and Ctrl-C), counted by `perf stat -e` on \
+                 malloc_bench alone, with no BPF program: perf opens each event as a counter on that one process, \
+                 so the kernel installs the breakpoints in it only and records nothing per hit. The same events \
+                 enabled in ftrace instead (the `enable` file) fire in every process on the machine, with \
+                 `tracing_on` 0 or 1; those two runs show what recording each hit in the trace ring buffer costs."
+                    .to_string(),
+                "bpftrace runs with `-c`, which starts the command once its probes are attached and scopes the \
+                 uprobes to it; the scripts also filter on `cpid`, so other processes are not slowed nor counted. \
+                 `bench/memleak.bt` keeps each block's size and user stack keyed by address and deletes them on \
+                 free; at the end it only clears its maps (printing them would add bpftrace's symbolizing to its \
+                 time)."
+                    .to_string(),
+                format!(
+                    "malloc_bench's default workload is 1,000,000 pairs: {cost}. The cost per call does not depend \
+                     on the count; `--pairs 2000000` runs the larger workload."
+                ),
+                "heaptrack (LD_PRELOAD, in-process) is the user-space reference: it records every call into a file \
+                 analysed later; its command time includes its own end-of-run summary."
+                    .to_string(),
+            ]);
+        }
+        notes.push(format!(
+            "The long run: `bench/long_run.c` (its header says what it stands for) under the tracer in page-fault \
+             mode, once per budget, after the repetitions. The tracer's `--interval {LONG_RUN_INTERVAL}` stands in \
+             for the default 10 s at the replay's speed: otherwise a run of a minute or two would take a handful of \
+             timeline points and per-stack snapshots, where hours of production take hundreds, past the cap of 64 \
+             snapshots that each hold every stack with outstanding memory. Its memory is polled from \
+             /proc/PID/status every 100 ms: RssAnon (what --max-memory limits) while the target runs and then \
+             while the reports are written, and VmHWM (all resident memory, the file pages of its binary too). \
+             report.json's `tracer` object is the tracer's own account: it samples its RSS about once a second."
+        ));
+        notes.push(
             "A configuration whose tool is missing is marked not available; a tracer mode the build rejects \
              (exit code 2, unknown option) likewise. A run that fails is tried once more and listed under its \
              table; a configuration that fails twice stops there and the error is shown, while the others go \
-             on. Logs and reports of every run are in `target/bench/`.",
-        ];
+             on. Logs and reports of every run are in `target/bench/`."
+                .to_string(),
+        );
         for note in notes {
             let _ = writeln!(md, "- {note}");
         }
     }
 
+    fn render_long_run(&self, md: &mut String) {
+        let _ = writeln!(md, "## Long run: the tracer's own memory\n");
+        let _ = writeln!(
+            md,
+            "`bench/long_run.c` replays hours of dispatch-server (a Bun backend that grew 2.5 GB an hour) at high \
+             speed: each turn makes 1,400 page faults (as one orchestrator turn of the Bun demo does, traced in \
+             page-fault mode) and 17 mmaps, at the ends of call paths drawn at random among 65,536 (up to \
+             196,608 distinct stacks in all), unmaps most of what it touched and keeps 16 KiB (the leak), and \
+             mallocs and frees a little. \
+             At an assumed turn a second, a turn stands for a second of production. The tracer launches it in \
+             page-fault mode (`--no-alloc`), with the default budget and with a small one; it must hold every \
+             stack that has outstanding memory and may forget the others.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| budget | command | turns | production time | page faults | events | lost events | long_run's loop \
+             | events/s | wall time | CPU used by other processes |"
+        );
+        let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+        let number = |value: Option<u64>| value.map_or("?".into(), thousands);
+        for (config, series) in &self.long_run.series {
+            let turns = config.turns(self.options);
+            let command = format!("`{}`", config.command_text(turns));
+            let Some(s) = series.samples.first() else {
+                let _ = writeln!(
+                    md,
+                    "| {} | {command} | {} | | | | | | | | |",
+                    config.budget(),
+                    stopped_text(&series.stopped)
+                );
+                continue;
+            };
+            let rate =
+                s.reported.events.map_or("?".into(), |events| thousands((events as f64 / s.loop_seconds) as u64));
+            let _ = writeln!(
+                md,
+                "| {} | {command} | {} | {} | {} | {} | {} | {} | {rate} | {} | {} |",
+                config.budget(),
+                thousands(s.turns),
+                hours(s.turns),
+                thousands(s.faults),
+                number(s.reported.events),
+                number(s.reported.lost_events),
+                secs(s.loop_seconds),
+                secs(s.wall_seconds),
+                pct(s.others),
+            );
+        }
+        let _ = writeln!(md);
+        let _ = writeln!(
+            md,
+            "| budget | peak anonymous RSS while tracing | peak anonymous RSS, reports written | peak RSS (VmHWM) \
+             | report.json: budget_bytes | peak_anonymous_rss_bytes | stacks_held | evicted_stacks | \
+             evicted_allocated_bytes | peak under the budget? |"
+        );
+        let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+        for (config, series) in &self.long_run.series {
+            let Some(s) = series.samples.first() else { continue };
+            let r = &s.reported;
+            let under = if s.peak_anon <= config.budget_bytes() { "**yes**" } else { "**no**" };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {under} |",
+                config.budget(),
+                mib(s.peak_anon_tracing),
+                mib(s.peak_anon),
+                mib(s.peak_hwm),
+                r.budget_bytes.map_or("?".into(), mib),
+                r.peak_anonymous_rss_bytes.map_or("?".into(), mib),
+                number(r.stacks_held),
+                number(r.evicted_stacks),
+                r.evicted_allocated_bytes.map_or("?".into(), gib),
+            );
+        }
+        let _ = writeln!(md);
+        render_retried(md, self.long_run.series.iter().map(|(c, s)| (c.budget(), &s.retried)));
+        for (config, series) in &self.long_run.series {
+            let Some(s) = series.samples.first() else { continue };
+            let budget = config.budget_bytes();
+            let mut text = if s.peak_anon <= budget {
+                format!(
+                    "**With --max-memory {}, the tracer's anonymous RSS stayed under the budget**: it peaked at {} \
+                     ({} of the budget) over {} of replayed production.",
+                    config.budget(),
+                    mib(s.peak_anon),
+                    pct(s.peak_anon as f64 / budget as f64),
+                    hours(s.turns)
+                )
+            } else {
+                format!(
+                    "**With --max-memory {}, the tracer's anonymous RSS went over the budget**: it peaked at {} \
+                     ({}), {} while tracing.",
+                    config.budget(),
+                    mib(s.peak_anon),
+                    pct(s.peak_anon as f64 / budget as f64),
+                    if s.peak_anon_tracing > budget {
+                        format!("already {} (over the budget)", mib(s.peak_anon_tracing))
+                    } else {
+                        format!(
+                            "{} (under the budget) while tracing, the rest while writing its reports",
+                            mib(s.peak_anon_tracing)
+                        )
+                    }
+                )
+            };
+            if let Some(evicted) = s.reported.evicted_stacks.filter(|&n| n > 0) {
+                let _ = write!(
+                    text,
+                    " It forgot {} idle stacks on the way ({} allocated from them is no longer attributed) and \
+                     ended holding {}.",
+                    thousands(evicted),
+                    s.reported.evicted_allocated_bytes.map_or("?".into(), gib),
+                    s.reported.stacks_held.map_or("?".into(), thousands)
+                );
+            }
+            if let Some(reported) = s.reported.peak_anonymous_rss_bytes.filter(|&r| r < s.peak_anon / 10 * 9) {
+                let _ = write!(
+                    text,
+                    " Its own report.json says {} at its peak: lower than polled, because the tracer samples its \
+                     RSS about once a second while tracing and not while it writes its reports, when it used {}.",
+                    mib(reported),
+                    mib(s.peak_anon)
+                );
+            }
+            let _ = writeln!(md, "{text}\n");
+        }
+        if let Some(s) =
+            self.long_run.series.iter().find_map(|(_, series)| series.samples.first()).filter(|s| s.others > 0.10)
+        {
+            let _ = writeln!(
+                md,
+                "**Other processes used {} of the CPU during the long run**: its times and rates are lower than on \
+                 an idle machine; the memory figures depend on what the run holds, not on its speed.\n",
+                pct(s.others)
+            );
+        }
+    }
+
     /// Configurations that failed, by name.
     fn failures(&self) -> Vec<String> {
-        let malloc = self.malloc.series.iter().filter(|(_, s)| matches!(s.stopped, Some(Stopped::Failed(_))));
-        let bun = self.bun.series.iter().filter(|(_, s)| matches!(s.stopped, Some(Stopped::Failed(_))));
+        let failed = |stopped: &Option<Stopped>| matches!(stopped, Some(Stopped::Failed(_)));
+        let malloc = self.malloc.series.iter().filter(|(_, s)| failed(&s.stopped));
+        let bun = self.bun.series.iter().filter(|(_, s)| failed(&s.stopped));
+        let long = self.long_run.series.iter().filter(|(_, s)| failed(&s.stopped));
         malloc
             .map(|(c, _)| format!("malloc_bench {}", c.name()))
             .chain(bun.map(|(c, _)| format!("Bun demo {}", c.name())))
+            .chain(long.map(|(c, _)| format!("long run {}", c.name())))
             .collect()
     }
 }
@@ -1580,6 +2917,25 @@ fn pct(fraction: f64) -> String {
     format!("{:.1}%", fraction * 100.0)
 }
 
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+/// GiB from 1 GiB up, MiB below.
+fn gib(bytes: u64) -> String {
+    if bytes >= 1 << 30 { format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64) } else { mib(bytes) }
+}
+
+/// The production time `turns` stand for, at the assumed turn rate.
+fn hours(turns: u64) -> String {
+    format!("{:.1} h", turns as f64 / PRODUCTION_TURNS_PER_SECOND / 3600.0)
+}
+
+/// Runs of spaces as one (the tracer's placement reasons may hold a run from a wrapped line).
+fn collapse_spaces(text: &str) -> String {
+    text.split(' ').filter(|word| !word.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
 fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
@@ -1610,17 +2966,47 @@ mod tests {
         assert_eq!(parse_malloc_bench(bench), Some((0.014767, Outstanding { blocks: 2000, bytes: 527101 })));
         assert_eq!(parse_driver("turns 100 seconds 1.25 turns_per_second 80.0\n"), Some((100, 1.25)));
         assert_eq!(parse_driver("turns 100\n"), None);
+        let long =
+            "long_run turns 7200 faults 10080000 mmaps 122400 munmaps 122400 kept_bytes 119808000 seconds 69.4\n";
+        assert_eq!(parse_long_run(long), Some((10_080_000, 69.4)));
     }
 
     #[test]
     fn report_numbers_are_found_by_their_path() {
         let json = concat!(
-            "{\"stacks\": [{\"source\": \"malloc\", \"outstanding_bytes\": 7}],\n",
+            "{\"stacks\": [{\"source\": \"malloc\", \"outstanding_bytes\": 7, \"x\": [[], {}, \"a]\\\"\"]}],\n",
             "\"totals\": {\"by_source\": {\"brk\": {\"outstanding_bytes\": 1}, ",
-            "\"malloc\": {\"outstanding_bytes\": 50827}}}}"
+            "\"malloc\": {\"outstanding_bytes\": 50827}}}, \"end\": null}"
         );
-        assert_eq!(json_number(json, &["by_source", "malloc", "outstanding_bytes"]), Some(50827));
-        assert_eq!(json_number(json, &["by_source", "mmap", "outstanding_bytes"]), None);
+        let report = Json::parse_keys(json, &["totals"]).unwrap();
+        assert_eq!(report.at(&["totals", "by_source", "malloc", "outstanding_bytes"]).unwrap().as_u64(), Some(50827));
+        assert_eq!(report.at(&["totals", "by_source", "mmap", "outstanding_bytes"]), None);
+        assert!(report.get("stacks").is_none(), "skipped");
+        let whole = Json::parse(json).unwrap();
+        assert_eq!(whole.at(&["stacks"]).unwrap().items()[0].get("x").unwrap().items()[2].as_str(), Some("a]\""));
+        assert_eq!(Json::parse(r#"["\u00e9\ud83d\ude00", -1.5e3, true]"#).unwrap().items()[0].as_str(), Some("é😀"));
+        assert!(Json::parse("{\"a\": 1").is_err());
+    }
+
+    #[test]
+    fn probe_counts_parse() {
+        let hits = ProbeHits { malloc_entry: 200001, malloc_return: 200001, free_entry: 199800 };
+        let bpftrace = "Attaching 3 probes...\n\n@free_entry: 199800\n@malloc_entry: 200001\n@malloc_return: 200001\n";
+        assert_eq!(parse_bpftrace_counts(bpftrace), Some(hits));
+        let perf = "# started on\n\n199800,,g:leaktrace_1_free_entry,457659229,100.00,,\n\
+                    200001,,g:leaktrace_1_malloc_entry,457659229,100.00,,\n\
+                    200001,,g:leaktrace_1_malloc_return,457659229,100.00,,\n";
+        assert_eq!(parse_perf_stat(perf), Some(hits));
+        assert_eq!(parse_perf_stat("<not counted>,,g:leaktrace_1_free_entry,0,100.00,,\n"), None);
+    }
+
+    #[test]
+    fn signal_safe_text() {
+        let mut text = CText::new();
+        text.push(b"-:g/leaktrace_").push_number(4096).push(b"_free_entry\n");
+        assert_eq!(text.text(), b"-:g/leaktrace_4096_free_entry\n");
+        let mut zero = CText::new();
+        assert_eq!(zero.push_number(0).text(), b"0");
     }
 
     #[test]
