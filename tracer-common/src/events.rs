@@ -77,6 +77,10 @@ pub struct MemEvent {
     /// [`parts::STACK`].
     pub parts: u32,
     pub pad: u32,
+    /// For an event inside a hooked allocator call (malloc calling brk, a fault in mimalloc): the return
+    /// address of the thread's outermost such call, which the kernel's uretprobe trampoline replaces on
+    /// the stack. 0 otherwise.
+    pub alloc_caller: u64,
 }
 
 #[cfg(feature = "user")]

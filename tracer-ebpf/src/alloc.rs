@@ -39,7 +39,7 @@ use crate::{
 };
 
 #[map]
-static ALLOC_CALLS: HashMap<u64, AllocCall> = HashMap::with_max_entries(16384, 0);
+pub static ALLOC_CALLS: HashMap<u64, AllocCall> = HashMap::with_max_entries(16384, 0);
 
 /// The last free each thread entered, to count a free that another hooked free calls only once.
 #[repr(C)]
@@ -196,6 +196,13 @@ fn enter(ctx: &ProbeContext, pid_tgid: u64, cookie: AllocCookie, size: u64, ptr:
     if ALLOC_CALLS.insert(&pid_tgid, &call, 0).is_err() {
         count(Counter::MapFull);
     }
+}
+
+/// The return address of the allocator call the current thread is inside, if any (see
+/// `MemEvent::alloc_caller`).
+#[inline(always)]
+pub fn caller_of_current_call() -> u64 {
+    unsafe { ALLOC_CALLS.get(&bpf_get_current_pid_tgid()) }.map_or(0, |call| call.site.caller)
 }
 
 /// `--sample-bytes N`.

@@ -18,7 +18,10 @@ use tracer_common::{
     },
 };
 
-use crate::maps::{COUNTERS, EVENTS, RUNTIME_TEXT, STACKS, TARGETS};
+use crate::{
+    alloc::caller_of_current_call,
+    maps::{COUNTERS, EVENTS, RUNTIME_TEXT, STACKS, TARGETS},
+};
 
 #[inline(always)]
 pub fn count(counter: Counter) {
@@ -120,6 +123,7 @@ pub fn send(fill: impl FnOnce(&mut MemEvent)) {
         fill(event);
         event.user_sp = 0;
         event.parts = 0;
+        event.alloc_caller = 0;
     });
 }
 
@@ -130,24 +134,28 @@ pub fn send(fill: impl FnOnce(&mut MemEvent)) {
 pub fn send_with_stack<C: StackIdContext>(ctx: &C, tgid: u32, fill: impl FnOnce(&mut MemEvent)) {
     let (ip, sp) = user_ip_and_sp();
     let with_top = in_runtime_text(tgid, ip);
+    let alloc_caller = caller_of_current_call();
     match (ctx.get_stackid(&STACKS, BPF_F_USER_STACK), with_top) {
         (Ok(id), false) => reserve_and_send(|event: &mut MemEvent| {
             fill(event);
             event.stack_id = id as i32;
             event.user_sp = 0;
             event.parts = 0;
+            event.alloc_caller = alloc_caller;
         }),
         (Ok(id), true) => reserve_and_send(|sent: &mut MemEventTop| {
             fill(&mut sent.event);
             sent.event.stack_id = id as i32;
             sent.event.user_sp = copy_stack_top(sp, &mut sent.top);
             sent.event.parts = parts::STACK_TOP;
+            sent.event.alloc_caller = alloc_caller;
         }),
         (Err(errno), false) => reserve_and_send(|sent: &mut MemEventStack| {
             fill(&mut sent.event);
             sent.event.stack_id = errno;
             sent.event.user_sp = 0;
             sent.event.parts = parts::STACK;
+            sent.event.alloc_caller = alloc_caller;
             copy_stack(ctx, &mut sent.stack);
         }),
         (Err(errno), true) => reserve_and_send(|sent: &mut MemEventTopStack| {
@@ -155,6 +163,7 @@ pub fn send_with_stack<C: StackIdContext>(ctx: &C, tgid: u32, fill: impl FnOnce(
             sent.event.stack_id = errno;
             sent.event.user_sp = copy_stack_top(sp, &mut sent.top);
             sent.event.parts = parts::STACK_TOP | parts::STACK;
+            sent.event.alloc_caller = alloc_caller;
             copy_stack(ctx, &mut sent.stack);
         }),
     }

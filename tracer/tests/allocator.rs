@@ -126,6 +126,13 @@ fn glibc_malloc_family_is_exact_per_call_site() {
     // glibc's free starts `test %rdi,%rdi; je <ret>`: its probe sits past that, and the figures above (frees
     // of NULL among them) are exact all the same.
     assert!(entry_probe_offset(&report, "free") > 0, "free is probed at its entry");
+    // malloc's return probe puts the kernel's trampoline in place of its return address: the mmap and brk
+    // calls malloc makes still end at their real caller.
+    let trampoline = report.stacks().iter().flat_map(|s| s["frames"].as_array().unwrap().clone()).find(|frame| {
+        frame.as_str().is_some_and(|name| name.contains("0x7fffffffe") || name.contains("0x7fffffffdfff"))
+    });
+    assert_eq!(trampoline, None, "a stack goes through the uretprobe trampoline");
+    assert!(report.by_leaf("mmap", "thread_keeps").outstanding_bytes > 0, "the arena of thread_keeps' malloc is its");
     common::assert_detached(&report);
 }
 

@@ -194,6 +194,7 @@ pub struct Trace<'a> {
     /// The tracer's own memory: its budget, the most it used, and how many stacks it held.
     pub memory_budget: u64,
     pub peak_memory: u64,
+    pub over_budget: bool,
     pub live_stacks: usize,
 }
 
@@ -233,6 +234,8 @@ pub struct Collector {
     peak_memory: u64,
     /// The stack table's size (held_bytes) that triggers the next eviction.
     next_stack_check: u64,
+    /// Past the budget with nothing left to evict (said once).
+    over_budget: bool,
     /// Runs of our programs the kernel skipped, as last read, and before this target (a followed
     /// program's earlier processes).
     skipped_runs: u64,
@@ -291,7 +294,8 @@ impl Collector {
             next_rss_threshold: u64::MAX,
             memory_budget: DEFAULT_MEMORY_BUDGET,
             peak_memory: 0,
-            next_stack_check: DEFAULT_MEMORY_BUDGET / 4,
+            next_stack_check: DEFAULT_MEMORY_BUDGET / 5 * 2,
+            over_budget: false,
             skipped_runs: 0,
             skipped_before,
             status_line: status::StatusLine::new(true),
@@ -548,6 +552,7 @@ impl Collector {
             unmatched_turn_ends: self.turns.unmatched_ends,
             memory_budget: self.memory_budget,
             peak_memory: self.peak_memory.max(procfs::own_anonymous_rss().unwrap_or(0)),
+            over_budget: self.over_budget,
             live_stacks: self.stacks.live(),
         }
     }
@@ -572,18 +577,37 @@ impl Collector {
     fn keep_within_budget(&mut self) {
         let Some(anonymous) = procfs::own_anonymous_rss() else { return };
         self.peak_memory = self.peak_memory.max(anonymous);
-        if anonymous >= self.memory_budget / 5 * 3 {
-            self.evict();
+        if anonymous < self.memory_budget / 5 * 3 {
+            return;
+        }
+        self.evict(true);
+        let after = procfs::own_anonymous_rss().unwrap_or(0);
+        if after >= self.memory_budget && !self.over_budget {
+            // What is left is outstanding memory, which is the evidence: keep it, and say so.
+            self.over_budget = true;
+            self.status_line.clear();
+            eprintln!(
+                "dispatch-leaktrace: warning: over --max-memory ({}) with {} stacks that all hold outstanding memory; \
+                 raise --max-memory or sample (--sample-pages, --sample-bytes)",
+                crate::reports::summary::human_bytes(self.memory_budget),
+                self.stacks.live()
+            );
         }
     }
 
     /// The stacks' share of the budget: a flood of new stacks grows memory faster than a once-a-second
-    /// look at the RSS sees, so the stack table is also checked against this as events come.
+    /// look at the RSS sees, so the stack table is also checked against this as events come. The rest is
+    /// for the ledger, the snapshots and the reports written at the end (about as much again as the table).
     fn stack_budget(&self) -> u64 {
-        self.memory_budget / 4
+        self.memory_budget / 5 * 2
     }
 
-    fn evict(&mut self) {
+    /// Forgets the stacks with nothing outstanding (and in no snapshot), with their names; `thin`: also
+    /// halves the per-stack snapshots (when the RSS itself is high: they hold a figure per stack).
+    fn evict(&mut self, thin: bool) {
+        if thin {
+            self.timeline.thin_snapshots();
+        }
         let mut keep: HashSet<StackKey> =
             self.timeline.snapshots().iter().flat_map(|snapshot| snapshot.outstanding.keys().copied()).collect();
         keep.extend(self.site_keys.values().copied());
@@ -597,7 +621,6 @@ impl Collector {
             }
         }
         self.symbolizer.forget_names();
-        self.timeline.thin_snapshots();
         // What is left is in use: evict again only once the table has grown by a quarter.
         self.next_stack_check = self.stack_budget().max(self.stacks.held_bytes() / 4 * 5);
         release_freed_memory();
@@ -699,6 +722,7 @@ impl Collector {
             user_sp: 0,
             stack_top: &[],
             caller: Some(site.caller),
+            alloc_caller: None,
         };
         let stack = self.stacks.intern_event_stack(
             &self.maps.stacks,
@@ -734,7 +758,7 @@ impl Collector {
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         while let Some(item) = ring.next() {
             if self.events.is_multiple_of(1024) && self.stacks.held_bytes() > self.next_stack_check {
-                self.evict();
+                self.evict(false);
             }
             if item.len() == size_of::<LogWrite>() && item[..8] == LOG_WRITE_MAGIC.to_ne_bytes() {
                 // SAFETY: the kernel wrote a LogWrite (repr(C), plain data) of this size.
@@ -851,6 +875,7 @@ impl Collector {
             user_sp: event.user_sp,
             stack_top: top.unwrap_or(&[]),
             caller: None,
+            alloc_caller: (event.alloc_caller != 0).then_some(event.alloc_caller),
         };
         let stack = self.stacks.intern_event_stack(
             &self.maps.stacks,

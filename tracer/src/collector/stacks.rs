@@ -26,6 +26,8 @@ pub struct EventStack<'a> {
     /// The return address taken at a function's entry: frame 1, which frame-pointer unwinding from the
     /// entry skips.
     pub caller: Option<u64>,
+    /// Inside a hooked allocator call: that call's return address (see `MemEvent::alloc_caller`).
+    pub alloc_caller: Option<u64>,
 }
 
 /// A kernel stack completed and interned once.
@@ -46,8 +48,9 @@ pub struct StackTable {
     index: HashMap<Arc<[u64]>, StackIx>,
     /// Frames by kernel stack id. Ids are never reused for another stack (no BPF_F_REUSE_STACKID).
     kernel_frames: HashMap<u32, Box<[u64]>>,
-    /// The stack interned for (kernel stack id, caller) of events without a stack top copy.
-    resolved: HashMap<(u32, u64), Resolved>,
+    /// The stack interned for (kernel stack id, caller, allocator caller) of events without a stack top
+    /// copy.
+    resolved: HashMap<(u32, u64, u64), Resolved>,
     unwinder: Unwinder,
     /// Slots of evicted stacks, reused before the table grows.
     free: Vec<StackIx>,
@@ -154,7 +157,9 @@ impl StackTable {
         // Without a copy of the stack top, the same kernel stack and caller always complete to the same
         // stack: skip the per-frame work (mapping and JIT lookups for a hundred frames) the second time.
         let resolved_key = match (event.inline, u32::try_from(event.stack_id)) {
-            (None, Ok(stack_id)) if event.stack_top.is_empty() => Some((stack_id, event.caller.unwrap_or(0))),
+            (None, Ok(stack_id)) if event.stack_top.is_empty() => {
+                Some((stack_id, event.caller.unwrap_or(0), event.alloc_caller.unwrap_or(0)))
+            }
             _ => None,
         };
         if let Some(resolved) = resolved_key.and_then(|key| self.resolved.get(&key)) {
@@ -193,18 +198,47 @@ impl StackTable {
         let mut ips = self.unwinder.complete(kernel, event.user_sp, event.stack_top, modules);
         // The caller, unless it is the kernel's uretprobe trampoline (a tail call from a probed function
         // finds that in place of the return address).
-        let caller = event.caller.filter(|c| {
-            *c != 0
-                && !ips.is_empty()
-                && ips.get(1) != Some(c)
-                && modules.lookup(*c).is_none_or(|m| m.pathname != "[uprobes]")
-        });
+        let caller = event
+            .caller
+            .filter(|c| *c != 0 && !ips.is_empty() && ips.get(1) != Some(c) && !is_uretprobe_trampoline(*c, modules));
         if let Some(caller) = caller {
             ips.insert(1, caller);
         }
+        replace_trampolines(&mut ips, event.alloc_caller, modules);
         jit.tag(&mut ips, event.time_ns, modules);
         self.intern(ips)
     }
+}
+
+/// The page the kernel maps for uretprobes: the last page below the 47-bit user address limit (x86-64's
+/// `TASK_SIZE - PAGE_SIZE`), shown as `[uprobes]` in the maps once mapped. Both are checked: the page is
+/// mapped at the first return probe hit, often after the maps were last read.
+pub const TRAMPOLINE_PAGE: std::ops::Range<u64> = 0x7fff_ffff_e000..0x7fff_ffff_f000;
+
+fn is_uretprobe_trampoline(ip: u64, modules: &mut ModuleMap) -> bool {
+    TRAMPOLINE_PAGE.contains(&ip) || modules.lookup(ip).is_some_and(|m| m.pathname == "[uprobes]")
+}
+
+/// Frames in the kernel's uretprobe trampoline stand where hooked allocator calls will return: the
+/// outermost one becomes the return address of the thread's outermost call (`alloc_caller`, taken at its
+/// entry); the others, returns inside the allocator, are dropped.
+fn replace_trampolines(ips: &mut Vec<u64>, alloc_caller: Option<u64>, modules: &mut ModuleMap) {
+    let trampolines: Vec<usize> =
+        (0..ips.len()).filter(|&index| is_uretprobe_trampoline(ips[index], modules)).collect();
+    let Some(&outermost) = trampolines.last() else { return };
+    // A caller read where a return probe had already put the trampoline says nothing.
+    let alloc_caller = alloc_caller.filter(|caller| !is_uretprobe_trampoline(*caller, modules));
+    if let Some(caller) = alloc_caller {
+        ips[outermost] = caller;
+    }
+    let dropped: Vec<usize> =
+        trampolines.into_iter().filter(|&index| index != outermost || alloc_caller.is_none()).collect();
+    let mut index = 0;
+    ips.retain(|_| {
+        let keep = !dropped.contains(&index);
+        index += 1;
+        keep
+    });
 }
 
 #[cfg(test)]

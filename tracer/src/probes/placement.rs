@@ -78,7 +78,8 @@ pub fn place_free(code: &[u8], pointer_arg: u8) -> Placement {
         offset: past,
         instruction: Some(text(probed)),
         reason: format!(
-            "past the null test `{}; {}`: free(NULL) returns at once and is not tracked, the pointer is still              in {}, and the instruction probed is {}",
+            "past the null test `{}; {}`: free(NULL) returns at once and is not tracked, the pointer is still in {}, \
+             and the instruction probed is {}",
             text(test),
             text(branch),
             format!("{pointer:?}").to_lowercase(),

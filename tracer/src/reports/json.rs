@@ -220,7 +220,11 @@ struct SourceTotals {
 #[derive(Serialize)]
 struct TracerMemory {
     budget_bytes: u64,
+    /// The most anonymous memory the tracer held, writing the other reports included (report.json is
+    /// written last).
     peak_anonymous_rss_bytes: u64,
+    /// It went past the budget with nothing left to evict (every stack held outstanding memory).
+    over_budget: bool,
     stacks_held: usize,
     /// Stacks with nothing outstanding, forgotten; the bytes they had allocated are in no stack's figures.
     evicted_stacks: u64,
@@ -260,11 +264,13 @@ pub struct Views<'a> {
     pub turns: &'a [TurnView],
     pub primary: Option<Source>,
     pub segments: &'a [Segment],
+    /// The tracer's anonymous memory at its highest while the other reports were written.
+    pub peak_memory: u64,
 }
 
 /// Writes report.json to `out` as it is serialized: a long run's report is never held whole in memory.
 pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes: &ProbeInfo) -> Result<()> {
-    let Views { stacks, growth, suspects, turns, primary, segments } = views;
+    let Views { stacks, growth, suspects, turns, primary, segments, .. } = views;
     let (outstanding_bytes, outstanding_allocs) = trace.ledger.outstanding();
     let mut by_source: BTreeMap<&'static str, SourceTotals> = BTreeMap::new();
     for stack in stacks {
@@ -334,7 +340,8 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
         counters,
         tracer: TracerMemory {
             budget_bytes: trace.memory_budget,
-            peak_anonymous_rss_bytes: trace.peak_memory,
+            peak_anonymous_rss_bytes: trace.peak_memory.max(views.peak_memory),
+            over_budget: trace.over_budget,
             stacks_held: trace.live_stacks,
             evicted_stacks: ledger_counters.evicted_stacks,
             evicted_allocated_bytes: ledger_counters.evicted_allocated_bytes,

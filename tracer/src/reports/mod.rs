@@ -57,7 +57,7 @@ pub fn write_all(
     let stacks = stacks::report_stacks(trace);
     let run = trace.ended_at.duration_since(trace.started_at).unwrap_or_default();
     let compare = options.compare.unwrap_or_else(|| CompareSpec::after_warmup(options.warmup, run));
-    let growth = Growth::between(trace, compare);
+    let growth_view = Growth::between(trace, compare);
     let primary = stacks::primary_source(&stacks);
     let target = format!("{} (pid {})", trace.target.exe.display(), trace.target.pid);
 
@@ -77,11 +77,11 @@ pub fn write_all(
         )?;
         flamegraphs.push(out.write(&name, &svg)?);
     }
-    let (before, after) = growth.folded_pair(primary);
+    let (before, after) = growth_view.folded_pair(primary);
     let subtitle = format!(
         "from {} to {} (red: grew, blue: shrank; width: bytes at the end of the window)",
-        json::rfc3339(growth.from),
-        json::rfc3339(growth.to)
+        json::rfc3339(growth_view.from),
+        json::rfc3339(growth_view.to)
     );
     let growth_svg = flamegraph::render_growth(
         &before,
@@ -90,25 +90,34 @@ pub fn write_all(
         &subtitle,
     )?;
 
-    let suspects = primary.map(|source| suspects::suspects(trace, &stacks, &growth, source)).unwrap_or_default();
+    let suspects = primary.map(|source| suspects::suspects(trace, &stacks, &growth_view, source)).unwrap_or_default();
     let turn_views = turns::turn_views(trace, primary);
+    let growth = out.write("growth.svg", &growth_svg)?;
+    drop(growth_svg);
+    let folded = out.write("stacks.folded", folded::render(&stacks).as_bytes())?;
+    let pprof = out.write("profile.pb.gz", &pprof::render(trace, &stacks)?)?;
+    let timeline = out.write("timeline.svg", timeline::render(trace, &suspects)?.as_bytes())?;
+    // Last, so that it can tell how much memory writing the others took.
+    let peak_memory = crate::procfs::own_anonymous_rss().unwrap_or(0);
+    let report = out.write_with("report.json", |file| {
+        let views = json::Views {
+            stacks: &stacks,
+            growth: &growth_view,
+            suspects: &suspects,
+            turns: &turn_views,
+            primary,
+            segments,
+            peak_memory,
+        };
+        json::write(file, trace, views, probes)
+    })?;
     Ok(Written {
-        report: out.write_with("report.json", |file| {
-            let views = json::Views {
-                stacks: &stacks,
-                growth: &growth,
-                suspects: &suspects,
-                turns: &turn_views,
-                primary,
-                segments,
-            };
-            json::write(file, trace, views, probes)
-        })?,
-        folded: out.write("stacks.folded", folded::render(&stacks).as_bytes())?,
+        report,
+        folded,
         flamegraphs,
-        growth: out.write("growth.svg", &growth_svg)?,
-        pprof: out.write("profile.pb.gz", &pprof::render(trace, &stacks)?)?,
-        timeline: out.write("timeline.svg", timeline::render(trace, &suspects)?.as_bytes())?,
+        growth,
+        pprof,
+        timeline,
         suspects: suspects.into_iter().take(5).collect(),
     })
 }

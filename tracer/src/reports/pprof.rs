@@ -267,6 +267,7 @@ mod tests {
             unmatched_turn_ends: 0,
             memory_budget: 0,
             peak_memory: 0,
+            over_budget: false,
             live_stacks: 0,
         };
         let stacks = report_stacks(&trace);

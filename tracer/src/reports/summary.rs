@@ -5,22 +5,33 @@ use std::fmt::Write;
 use super::Written;
 use tracer_common::counters::Counter;
 
-use crate::collector::Trace;
+use std::collections::BTreeMap;
+
+use crate::{collector::Trace, ledger::Source};
 
 const TOP: usize = 5;
 
 pub fn render(trace: &Trace, written: &Written) -> String {
     let mut out = String::new();
     let seconds = trace.ended_at.duration_since(trace.started_at).unwrap_or_default().as_secs_f64();
-    let (bytes, allocs) = trace.ledger.outstanding();
     let ending = trace.ending.map_or("nothing yet (snapshot)", |ending| ending.reason.name());
     let _ = writeln!(out, "traced pid {} for {seconds:.1} s, ended by {ending}", trace.target.pid);
+    // Per source: the same pages are mapped and resident, so a sum would count them twice.
+    let mut by_source: BTreeMap<Source, u64> = BTreeMap::new();
+    for (key, stats) in trace.ledger.stats() {
+        *by_source.entry(key.source).or_default() += stats.outstanding_bytes;
+    }
+    let sources: Vec<String> =
+        by_source.iter().map(|(source, bytes)| format!("{} {}", source.describe(), human_bytes(*bytes))).collect();
     let _ = writeln!(
         out,
-        "outstanding: {} in {allocs} allocations; target RSS {}",
-        human_bytes(bytes),
+        "outstanding: {}; target RSS {}",
+        if sources.is_empty() { "nothing".to_string() } else { sources.join(", ") },
         human_bytes(trace.rss_bytes)
     );
+    if trace.over_budget {
+        let _ = writeln!(out, "warning: the tracer went over --max-memory: see tracer in report.json");
+    }
     if let Some(first) = written.suspects.first() {
         let _ = writeln!(out, "top suspects ({}):", first.source.describe());
         for suspect in written.suspects.iter().take(TOP) {

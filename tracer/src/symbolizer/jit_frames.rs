@@ -124,7 +124,12 @@ impl JitFrames {
         if self.warned || !self.symbols.index().is_empty() {
             return;
         }
-        if modules.lookup(ip).is_some_and(|m| m.executable && !m.is_file()) {
+        // The kernel's own code pages in the process (uretprobe trampoline, vDSO) are not JIT code.
+        let kernel_pages = ["[uprobes]", "[vdso]", "[vsyscall]"];
+        if modules
+            .lookup(ip)
+            .is_some_and(|m| m.executable && !m.is_file() && !kernel_pages.contains(&m.pathname.as_str()))
+        {
             self.warned = true;
             eprintln!(
                 "dispatch-leaktrace: the target runs JIT code but writes no jitdump, so JavaScript frames stay unnamed: \
