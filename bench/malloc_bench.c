@@ -75,11 +75,12 @@ int main(int argc, char **argv) {
         return 1;
     }
     long retained_count = 0;
-    size_t retained_bytes = 0;
+    size_t retained_bytes = 0, allocated_bytes = 0;
 
     double start = now_seconds();
     for (long i = 1; i <= pairs; i++) {
         size_t size = next_size();
+        allocated_bytes += size;
         if (i % retain_every == 0) {
             retained[retained_count++] = keep_block(size);
             retained_bytes += size;
@@ -89,8 +90,8 @@ int main(int argc, char **argv) {
     }
     double elapsed = now_seconds() - start;
 
-    printf("malloc_bench pairs %ld retained %ld retained_bytes %zu seconds %.6f\n", pairs, retained_count,
-           retained_bytes, elapsed);
+    printf("malloc_bench pairs %ld retained %ld retained_bytes %zu seconds %.6f allocated_bytes %zu\n", pairs,
+           retained_count, retained_bytes, elapsed, allocated_bytes);
     fflush(stdout);
     return 0;  // the retained blocks stay allocated to the end, on purpose
 }
