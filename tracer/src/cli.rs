@@ -36,7 +36,8 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub warmup: Option<Duration>,
 
-    /// The window of the growth view: FROM..TO, each `start`, `end` or a time since the start (5m..1h).
+    /// The window of the growth view: FROM..TO, each `start`, `end`, a time since the start (5m..1h) or a
+    /// turn id (from its start, to its end).
     #[arg(long, value_name = "FROM..TO", value_parser = parse_compare)]
     pub compare: Option<CompareSpec>,
 

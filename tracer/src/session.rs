@@ -110,7 +110,7 @@ pub fn run(cli: Cli) -> Result<()> {
         marker_sender,
         marker_receiver,
         patterns,
-        report_options: ReportOptions { compare: cli.compare, warmup: cli.warmup },
+        report_options: ReportOptions { compare: cli.compare.clone(), warmup: cli.warmup },
         out,
         segments: Vec::new(),
     };

@@ -11,16 +11,18 @@ use crate::{
 };
 
 /// A moment named on the command line (`--compare FROM..TO`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MomentSpec {
     Start,
     End,
     /// This long after the trace began.
     After(Duration),
+    /// A turn, by id: as FROM its start, as TO its end.
+    Turn(String),
 }
 
 /// `--compare FROM..TO`; without it, FROM is the end of the warm-up and TO the end.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompareSpec {
     pub from: MomentSpec,
     pub to: MomentSpec,
@@ -40,13 +42,14 @@ pub fn parse_compare(text: &str) -> Result<CompareSpec, String> {
             "start" | "" if std::ptr::eq(part, from) => Ok(MomentSpec::Start),
             "end" | "" => Ok(MomentSpec::End),
             "start" => Ok(MomentSpec::Start),
-            time => humantime::parse_duration(time)
+            time if time.starts_with(|c: char| c.is_ascii_digit()) => humantime::parse_duration(time)
                 .map(MomentSpec::After)
-                .map_err(|_| format!("`{time}` in --compare is not start, end or a time since the start like 5m")),
+                .map_err(|_| format!("`{time}` in --compare is not a time since the start like 5m, nor start or end")),
+            turn => Ok(MomentSpec::Turn(turn.to_string())),
         }
     };
     let spec = CompareSpec { from: moment(from)?, to: moment(to)? };
-    if let (MomentSpec::After(a), MomentSpec::After(b)) = (spec.from, spec.to) {
+    if let (MomentSpec::After(a), MomentSpec::After(b)) = (&spec.from, &spec.to) {
         if a >= b {
             return Err(format!("--compare {text}: FROM must come before TO"));
         }
@@ -64,14 +67,29 @@ pub enum Moment {
 
 /// The snapshot a moment spec stands for: the first snapshot at or after that time; without one, `none`
 /// (the start for FROM, the end for TO).
-pub fn resolve(spec: MomentSpec, started: SystemTime, snapshot_times: &[SystemTime], none: Moment) -> Moment {
+pub fn resolve(spec: &MomentSpec, started: SystemTime, snapshot_times: &[SystemTime], none: Moment) -> Moment {
     match spec {
         MomentSpec::Start => Moment::Start,
         MomentSpec::End => Moment::End,
         MomentSpec::After(after) => {
-            snapshot_times.iter().position(|at| *at >= started + after).map_or(none, Moment::Snapshot)
+            snapshot_times.iter().position(|at| *at >= started + *after).map_or(none, Moment::Snapshot)
         }
+        // Turns are resolved to times first (see `Growth::between`).
+        MomentSpec::Turn(_) => none,
     }
+}
+
+/// A turn id as a time since the start: its start (`from`) or its end. Unknown: `None`, said once.
+fn turn_time(trace: &Trace<'_>, id: &str, from: bool) -> Option<Duration> {
+    let Some(turn) = trace.turns.iter().find(|turn| turn.id == id) else {
+        eprintln!(
+            "dispatch-leaktrace: warning: --compare names turn `{id}`, which was not seen: using the {}",
+            if from { "start" } else { "end" }
+        );
+        return None;
+    };
+    let at = if from { turn.start } else { turn.end.unwrap_or(trace.ended_at) };
+    at.duration_since(trace.started_at).ok()
 }
 
 /// Growth per stack (merged by names, as in the report) between two moments.
@@ -83,10 +101,15 @@ pub struct Growth {
 }
 
 impl Growth {
-    pub fn between(trace: &Trace<'_>, spec: CompareSpec) -> Self {
+    pub fn between(trace: &Trace<'_>, spec: &CompareSpec) -> Self {
         let times: Vec<SystemTime> = trace.timeline.snapshots().iter().map(|s| s.at).collect();
-        let from = resolve(spec.from, trace.started_at, &times, Moment::Start);
-        let to = resolve(spec.to, trace.started_at, &times, Moment::End);
+        let as_time = |moment: &MomentSpec, from: bool| match moment {
+            MomentSpec::Turn(id) => turn_time(trace, id, from)
+                .map_or(if from { MomentSpec::Start } else { MomentSpec::End }, MomentSpec::After),
+            other => other.clone(),
+        };
+        let from = resolve(&as_time(&spec.from, true), trace.started_at, &times, Moment::Start);
+        let to = resolve(&as_time(&spec.to, false), trace.started_at, &times, Moment::End);
         let bytes_at = |moment: Moment| -> (SystemTime, HashMap<StackKey, u64>) {
             match moment {
                 Moment::Start => (trace.started_at, HashMap::new()),
@@ -156,14 +179,16 @@ mod tests {
         assert_eq!(parse_compare("..end"), Ok(spec(MomentSpec::Start, MomentSpec::End)));
         assert!(parse_compare("10m..5m").is_err());
         assert!(parse_compare("5m").is_err());
-        assert!(parse_compare("soon..end").is_err());
+        assert!(parse_compare("5 parsecs..end").is_err());
+        // Anything else is a turn id: from its start to its end.
+        assert_eq!(parse_compare("t12..t40"), Ok(spec(MomentSpec::Turn("t12".into()), MomentSpec::Turn("t40".into()))));
     }
 
     #[test]
     fn a_moment_resolves_to_the_first_snapshot_at_or_after_it() {
         let start = SystemTime::UNIX_EPOCH;
         let times: Vec<SystemTime> = [1, 2, 3].iter().map(|s| start + Duration::from_secs(*s)).collect();
-        let at = |spec, none| resolve(spec, start, &times, none);
+        let at = |spec, none| resolve(&spec, start, &times, none);
         assert_eq!(at(MomentSpec::After(Duration::from_millis(1500)), Moment::End), Moment::Snapshot(1));
         assert_eq!(at(MomentSpec::After(Duration::from_secs(1)), Moment::End), Moment::Snapshot(0));
         assert_eq!(at(MomentSpec::After(Duration::from_secs(9)), Moment::End), Moment::End);

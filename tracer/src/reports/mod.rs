@@ -26,7 +26,7 @@ use output::OutputDir;
 use stacks::ReportStack;
 
 /// Choices that shape the reports but not the trace.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ReportOptions {
     /// The window of the growth view; `None`: from the end of the default warm-up to the end.
     pub compare: Option<CompareSpec>,
@@ -56,8 +56,8 @@ pub fn write_all(
 ) -> Result<Written> {
     let stacks = stacks::report_stacks(trace);
     let run = trace.ended_at.duration_since(trace.started_at).unwrap_or_default();
-    let compare = options.compare.unwrap_or_else(|| CompareSpec::after_warmup(options.warmup, run));
-    let growth_view = Growth::between(trace, compare);
+    let compare = options.compare.clone().unwrap_or_else(|| CompareSpec::after_warmup(options.warmup, run));
+    let growth_view = Growth::between(trace, &compare);
     let primary = stacks::primary_source(&stacks);
     let target = format!("{} (pid {})", trace.target.exe.display(), trace.target.pid);
 
