@@ -11,7 +11,7 @@ use std::{
     sync::OnceLock,
 };
 
-use common::{Figures, Report, Running, compile_with, fixture, output_dir, start_tracer};
+use common::{Figures, Report, Running, compile_with, fixture, output_dir};
 
 /// (call site, outstanding bytes, outstanding allocations, allocated bytes).
 type Truth = &'static [(&'static str, u64, u64, u64)];
@@ -75,20 +75,9 @@ const RUST_TRUTH: Truth = &[
     ("alloc_for_other_thread", 0, 0, 700),
 ];
 
-/// Traces `program wait` by pid (it waits for a line), lets it run, and returns the report.
+/// Traces `program wait` by pid and returns the report.
 fn trace(test: &str, program: &Path, extra: &[&str]) -> Report {
-    let out = output_dir(test);
-    let mut target = Running::spawn(Command::new(program).arg("wait"));
-    let pid = target.pid().to_string();
-    let mut args = vec!["-o", out.to_str().unwrap(), "--pid", &pid];
-    args.extend_from_slice(extra);
-    let mut tracer = start_tracer(&args);
-    target.send_line("go");
-    target.stdout.wait_for("done");
-    target.close_stdin();
-    assert!(target.wait().success(), "the target must survive being traced");
-    assert!(tracer.wait().success());
-    Report::load(&out)
+    common::trace_waiting_fixture(test, program, extra)
 }
 
 fn assert_truth(report: &Report, truth: Truth) {

@@ -86,18 +86,7 @@ fn resident_bytes_per_call_site_are_exact() {
 fn sampled_pages_give_unbiased_estimates_and_exact_releases() {
     // One page in 8, chosen by address: keep_pages' 8192 pages give about 1024 samples, a standard error
     // near 3%; 15% is five of them.
-    let out = output_dir("sampled_pages");
-    let mut target = Running::spawn(Command::new(fixture("pages")).arg("wait"));
-    let mut tracer =
-        start_tracer(&["-o", out.to_str().unwrap(), "--pid", &target.pid().to_string(), "--sample-pages", "8"]);
-    target.send_line("go");
-    target.stdout.wait_for("done");
-    tracer.snapshot();
-    target.close_stdin();
-    assert!(target.wait().success());
-    assert!(tracer.wait().success());
-
-    let report = Report::load(&out);
+    let report = common::trace_waiting_fixture("sampled_pages", &fixture("pages"), &["--sample-pages", "8"]);
     assert_eq!(report.0["resident_sample_pages"], 8);
     let near = |estimate: u64, truth: u64| (estimate as f64 / truth as f64 - 1.0).abs() < 0.15;
     let kept = report.by_leaf("page-fault", "keep_pages");

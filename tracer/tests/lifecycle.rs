@@ -307,25 +307,8 @@ fn a_snapshot_is_written_at_each_rss_multiple_crossed() {
 #[test]
 fn a_flood_of_distinct_stacks_stays_within_the_memory_budget() {
     const BUDGET: u64 = 96 << 20;
-    let out = output_dir("memory_budget");
-    let mut target = Running::spawn(Command::new(fixture("flood")).arg("wait"));
-    let mut tracer = start_tracer(&[
-        "-o",
-        out.to_str().unwrap(),
-        "--pid",
-        &target.pid().to_string(),
-        "--no-alloc",
-        "--max-memory",
-        "96M",
-    ]);
-    target.send_line("go");
-    target.stdout.wait_for("done");
-    tracer.snapshot();
-    target.close_stdin();
-    assert!(target.wait().success());
-    assert!(tracer.wait().success());
-
-    let report = Report::load(&out);
+    let report =
+        common::trace_waiting_fixture("memory_budget", &fixture("flood"), &["--no-alloc", "--max-memory", "96M"]);
     let memory = &report.0["tracer"];
     assert_eq!(memory["budget_bytes"].as_u64(), Some(BUDGET));
     let peak = memory["peak_anonymous_rss_bytes"].as_u64().unwrap();

@@ -262,17 +262,8 @@ impl Bench {
 
 /// Builds bench/NAME.c into target/bench/NAME, as the tracers need it: frame pointers, symbols.
 fn compile(work: &Path, name: &str) -> Result<PathBuf> {
-    let source = root().join("bench").join(format!("{name}.c"));
     let binary = work.join(name);
-    let status = Command::new("cc")
-        .args(["-O2", "-g", "-fno-omit-frame-pointer", "-Wall", "-o"])
-        .arg(&binary)
-        .arg(&source)
-        .status()
-        .context("cannot run cc: install gcc")?;
-    if !status.success() {
-        bail!("cannot compile {}", source.display());
-    }
+    crate::setup::compile_c(&root().join("bench").join(format!("{name}.c")), &binary, &["-O2", "-Wall"])?;
     Ok(binary)
 }
 

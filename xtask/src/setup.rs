@@ -1,7 +1,10 @@
 //! Installs what the build and the tests need, idempotently: each step first checks whether its result is
 //! already there.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context, Result, bail};
 
@@ -113,17 +116,24 @@ fn apt_packages(packages: &[(&str, &str)]) -> Result<()> {
 
 /// Compiles the native demo program (C, frame pointers on) and returns its path.
 pub fn build_native_demo() -> Result<PathBuf> {
-    let source = root().join("demo/native/session_leak.c");
     let binary = root().join("target/demo/session_leak");
     std::fs::create_dir_all(binary.parent().expect("has a parent"))?;
+    compile_c(&root().join("demo/native/session_leak.c"), &binary, &["-O1", "-pthread"])?;
+    Ok(binary)
+}
+
+/// Compiles a C program as the tracers need it (symbols, frame pointers), with `flags` besides.
+pub fn compile_c(source: &Path, binary: &Path, flags: &[&str]) -> Result<()> {
     let status = Command::new("cc")
-        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
-        .arg(&binary)
-        .arg(&source)
+        .args(["-g", "-fno-omit-frame-pointer"])
+        .args(flags)
+        .arg("-o")
+        .arg(binary)
+        .arg(source)
         .status()
         .context("cannot run cc: install gcc")?;
     if !status.success() {
         bail!("cannot compile {}", source.display());
     }
-    Ok(binary)
+    Ok(())
 }

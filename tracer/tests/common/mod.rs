@@ -178,6 +178,24 @@ pub fn start_tracer(args: &[&str]) -> Running {
     tracer
 }
 
+/// Traces `program wait` by pid with `extra` options: lets it run to its "done", takes a snapshot while it
+/// still lives (so that the tracer has caught up), lets it exit, and returns the report.
+pub fn trace_waiting_fixture(test: &str, program: &Path, extra: &[&str]) -> Report {
+    let out = output_dir(test);
+    let mut target = Running::spawn(Command::new(program).arg("wait"));
+    let pid = target.pid().to_string();
+    let mut args = vec!["-o", out.to_str().unwrap(), "--pid", &pid];
+    args.extend_from_slice(extra);
+    let mut tracer = start_tracer(&args);
+    target.send_line("go");
+    target.stdout.wait_for("done");
+    tracer.snapshot();
+    target.close_stdin();
+    assert!(target.wait().success(), "the target must survive being traced");
+    assert!(tracer.wait().success());
+    Report::load(&out)
+}
+
 /// report.json, with lookups the tests share.
 pub struct Report(pub Value);
 
