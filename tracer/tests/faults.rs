@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Figures, PAGE, Report, Running, assert_detached, fixture, output_dir, start_tracer};
+use common::{Figures, PAGE, Report, Running, assert_detached, fixture, output_dir, start_tracer_with_env};
 
 /// (call site, resident bytes at exit, resident pages, bytes ever made resident), from touches.c.
 const GROUND_TRUTH: &[(&str, u64, u64, u64)] = &[
@@ -24,11 +24,37 @@ fn thp_enabled() -> bool {
     std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").is_ok_and(|mode| !mode.contains("[never]"))
 }
 
+/// With the kernel's BTF, the fault hooks are BTF tracepoints.
 #[test]
 fn resident_bytes_per_call_site_are_exact() {
-    let out = output_dir("resident_bytes_per_call_site_are_exact");
+    let report = trace_touches("resident_bytes_per_call_site_are_exact", &[]);
+    let btf = std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
+    assert_eq!(fault_hook_kinds(&report), if btf { ["tp_btf", "tp_btf"] } else { ["tracepoint", "tracepoint"] });
+}
+
+/// The classic tracepoints, for kernels without BTF, give the same figures.
+#[test]
+fn resident_bytes_per_call_site_are_exact_with_classic_tracepoints() {
+    let report = trace_touches("resident_bytes_per_call_site_are_exact_classic", &[("LEAKTRACE_NO_BTF", "1")]);
+    assert_eq!(fault_hook_kinds(&report), ["tracepoint", "tracepoint"]);
+}
+
+/// The kinds of the probes on the page-fault and page-allocation tracepoints.
+fn fault_hook_kinds(report: &Report) -> Vec<String> {
+    report.0["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["attach_point"] == "exceptions/page_fault_user" || p["attach_point"] == "kmem/mm_page_alloc")
+        .map(|p| p["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Traces touches.c and checks every figure against its ground truth.
+fn trace_touches(test: &str, env: &[(&str, &str)]) -> Report {
+    let out = output_dir(test);
     let mut target = Running::spawn(Command::new(fixture("touches")).arg("wait"));
-    let mut tracer = start_tracer(&["-o", out.to_str().unwrap(), "--pid", &target.pid().to_string()]);
+    let mut tracer = start_tracer_with_env(&["-o", out.to_str().unwrap(), "--pid", &target.pid().to_string()], env);
     target.send_line("go");
     let named = target.stdout.wait_for("named") == "named";
     target.stdout.wait_for("done");
@@ -80,6 +106,7 @@ fn resident_bytes_per_call_site_are_exact() {
         assert_eq!(report.counter(counter), 0, "{counter}");
     }
     assert_detached(&report);
+    report
 }
 
 #[test]

@@ -9,10 +9,11 @@ pub mod tracefs;
 
 use anyhow::{Context, Result, anyhow};
 use aya::{
-    Ebpf, EbpfError, EbpfLoader, VerifierLogLevel,
+    Btf, Ebpf, EbpfError, EbpfLoader, VerifierLogLevel,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
-        ProgramError, TracePoint, UProbe,
+        BtfTracePoint, ProgramError, TracePoint, UProbe,
+        tp_btf::BtfTracePointLinkId,
         trace_point::TracePointLinkId,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
@@ -50,6 +51,10 @@ const SYSCALL_TRACEPOINTS: &[(&str, &str, &str)] = &[
 /// User page faults, and page allocations to learn which faults brought in a huge page.
 const FAULT_TRACEPOINTS: &[(&str, &str, &str)] =
     &[("page_fault_user", "exceptions", "page_fault_user"), ("mm_page_alloc", "kmem", "mm_page_alloc")];
+
+/// The same hooks as BTF tracepoints (see `faults.rs` in tracer-ebpf): (program name, category, event).
+const FAULT_BTF_TRACEPOINTS: &[(&str, &str, &str)] =
+    &[("page_fault_user_btf", "exceptions", "page_fault_user"), ("mm_page_alloc_btf", "kmem", "mm_page_alloc")];
 
 /// How the target dies: fatal signals, and the OOM killer's choice.
 const EXIT_TRACEPOINTS: &[(&str, &str, &str)] =
@@ -229,6 +234,7 @@ pub struct Probes {
 /// An attachment, kept so that detaching can be done in parallel (see [`Probes::detach`]).
 enum Link {
     TracePoint(&'static str, TracePointLinkId),
+    BtfTracePoint(&'static str, BtfTracePointLinkId),
     UProbe(&'static str, UProbeLinkId),
 }
 
@@ -270,9 +276,40 @@ impl Probes {
         self.attach_tracepoints(WRITE_TRACEPOINTS)
     }
 
-    /// Attaches the user page-fault tracepoint.
+    /// Attaches the user page-fault hooks: as BTF tracepoints when the kernel describes itself in BTF
+    /// (cheaper on every fault), else as classic tracepoints. `LEAKTRACE_NO_BTF` set in the environment
+    /// forces the classic ones (the tests run both).
     pub fn attach_faults(&mut self) -> Result<()> {
-        self.attach_tracepoints(FAULT_TRACEPOINTS)
+        let btf = if std::env::var_os("LEAKTRACE_NO_BTF").is_some() { None } else { Btf::from_sys_fs().ok() };
+        match btf {
+            Some(btf) => self.attach_btf_tracepoints(FAULT_BTF_TRACEPOINTS, &btf),
+            None => self.attach_tracepoints(FAULT_TRACEPOINTS),
+        }
+    }
+
+    fn attach_btf_tracepoints(&mut self, tracepoints: &[(&'static str, &str, &str)], btf: &Btf) -> Result<()> {
+        for (program_name, category, event) in tracepoints {
+            let program: &mut BtfTracePoint = self
+                .ebpf
+                .program_mut(program_name)
+                .ok_or_else(|| anyhow!("the kernel object has no program {program_name}"))?
+                .try_into()?;
+            program.load(event, btf).map_err(|e| explain_program_error(program_name, e))?;
+            let link = program.attach().map_err(|e| explain_program_error(program_name, e))?;
+            self.links.push(Link::BtfTracePoint(program_name, link));
+            let program_id = program.info().map(|info| info.id()).unwrap_or(0);
+            self.records.push(ProbeRecord {
+                kind: "tp_btf",
+                attach_point: format!("{category}/{event}"),
+                program_id,
+                object: None,
+                symbol: None,
+                family: None,
+                file_offset: None,
+                placement: None,
+            });
+        }
+        Ok(())
     }
 
     fn attach_tracepoints(&mut self, tracepoints: &[(&'static str, &str, &str)]) -> Result<()> {
@@ -389,6 +426,13 @@ impl Probes {
             match link {
                 Link::TracePoint(name, id) => {
                     let program: Option<&mut TracePoint> = self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
+                    if let Some(link) = program.and_then(|p| p.take_link(id).ok()) {
+                        owned.push(Box::new(link));
+                    }
+                }
+                Link::BtfTracePoint(name, id) => {
+                    let program: Option<&mut BtfTracePoint> =
+                        self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
                     if let Some(link) = program.and_then(|p| p.take_link(id).ok()) {
                         owned.push(Box::new(link));
                     }

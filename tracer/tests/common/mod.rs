@@ -173,7 +173,12 @@ impl Drop for Running {
 
 /// The tracer, started with `args`, waited until it says it is tracing.
 pub fn start_tracer(args: &[&str]) -> Running {
-    let mut tracer = Running::spawn(Command::new(TRACER).args(args));
+    start_tracer_with_env(args, &[])
+}
+
+/// [`start_tracer`] with variables added to the tracer's environment.
+pub fn start_tracer_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
+    let mut tracer = Running::spawn(Command::new(TRACER).args(args).envs(env.iter().copied()));
     tracer.stderr.wait_for("tracing pid");
     tracer
 }
