@@ -94,6 +94,12 @@ fn bpf_linker() -> Result<()> {
 }
 
 /// Debian packages, each checked by a file it installs.
+/// The tools `cargo xtask bench` compares against: bpftrace (its floor and memleak-style script) and
+/// perf (the floor at the tracer's placement). heaptrack is measured only when it is already installed.
+pub fn bench_tools() -> Result<()> {
+    apt_packages(&[("bpftrace", "/usr/bin/bpftrace"), ("linux-perf", "/usr/bin/perf")])
+}
+
 fn apt_packages(packages: &[(&str, &str)]) -> Result<()> {
     let missing: Vec<&str> =
         packages.iter().filter(|(_, file)| !std::path::Path::new(file).exists()).map(|(name, _)| *name).collect();
