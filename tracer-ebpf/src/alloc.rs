@@ -38,8 +38,123 @@ use crate::{
     record::{count, traced_tgid},
 };
 
+/// A thread's allocator call under way, in the slot of its tid (see [`CALL_SLOTS`]).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CallSlot {
+    /// The pid_tgid of the thread whose call this is; 0: free.
+    owner: u64,
+    /// Calls in [`ALLOC_CALLS`] of threads that map to this slot: only when there are any is the hash map
+    /// looked up.
+    overflow: u64,
+    call: AllocCall,
+}
+
+/// Slots of [`CALL_SLOTS`], a power of two.
+const CALL_SLOT_COUNT: u32 = 1 << 14;
+
+/// The mask that picks a thread's slot from its tid: `CALL_SLOT_COUNT - 1`. A global that userspace may
+/// change before loading, for the tests: 0 puts every thread in one slot, [`NO_CALL_SLOTS`] every call in
+/// the hash map.
+#[unsafe(no_mangle)]
+pub static CALL_SLOT_MASK: u32 = CALL_SLOT_COUNT - 1;
+const NO_CALL_SLOTS: u32 = u32::MAX;
+
+/// Allocator calls under way, one per thread, in the slot of its tid: a slot is claimed with a
+/// compare-and-swap of its owner and costs a few ns, where a hash map insert and remove on every call
+/// cost a few hundred. A thread whose slot another thread holds uses [`ALLOC_CALLS`] instead, so that no
+/// call is ever lost to a collision.
+#[map]
+static CALL_SLOTS: Array<CallSlot> = Array::with_max_entries(CALL_SLOT_COUNT, 0);
+
+/// The calls of threads whose slot was taken (see [`CALL_SLOTS`]): a plain hash map, not an LRU one, so
+/// that no call under way is pushed out by another (a full map is counted).
 #[map]
 pub static ALLOC_CALLS: HashMap<u64, AllocCall> = HashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+fn slot_of(pid_tgid: u64) -> Option<*mut CallSlot> {
+    let mask = unsafe { core::ptr::read_volatile(&CALL_SLOT_MASK) };
+    if mask == NO_CALL_SLOTS {
+        return None;
+    }
+    CALL_SLOTS.get_ptr_mut(pid_tgid as u32 & mask)
+}
+
+/// The call the current thread is inside, if any.
+#[inline(always)]
+fn current_call(pid_tgid: u64) -> Option<*mut AllocCall> {
+    if let Some(slot) = slot_of(pid_tgid) {
+        unsafe {
+            if (*slot).owner == pid_tgid {
+                return Some(&raw mut (*slot).call);
+            }
+            if (*slot).overflow == 0 {
+                return None;
+            }
+        }
+    }
+    ALLOC_CALLS.get_ptr_mut(&pid_tgid)
+}
+
+/// Records the call the current thread enters, replacing any it had: in its slot when the slot is free or
+/// its own, else in the hash map.
+#[inline(always)]
+fn begin_call(pid_tgid: u64, call: &AllocCall) {
+    let slot = slot_of(pid_tgid);
+    if let Some(slot) = slot {
+        let owner = unsafe { (*slot).owner };
+        // A slot held by another thread is never taken from it, even by a call long under way: its return
+        // must find it. (A thread that left a call for ever, by longjmp, keeps its slot until its next call.)
+        if (owner == 0 || owner == pid_tgid) && compare_and_swap(unsafe { &raw mut (*slot).owner }, owner, pid_tgid) {
+            unsafe { (*slot).call = *call };
+            // A call of this thread left in the map (one that never returned) is over.
+            if unsafe { (*slot).overflow } != 0 && ALLOC_CALLS.remove(&pid_tgid).is_ok() {
+                unsafe { atomic_add(&raw mut (*slot).overflow, u64::MAX) };
+            }
+            return;
+        }
+    }
+    if let Some(old) = ALLOC_CALLS.get_ptr_mut(&pid_tgid) {
+        unsafe { *old = *call };
+    } else if ALLOC_CALLS.insert(&pid_tgid, call, BPF_NOEXIST).is_ok() {
+        if let Some(slot) = slot {
+            unsafe { atomic_add(&raw mut (*slot).overflow, 1) };
+        }
+    } else {
+        count(Counter::MapFull);
+    }
+}
+
+/// Ends the current thread's call: frees its slot, or takes it out of the hash map.
+#[inline(always)]
+fn end_call(pid_tgid: u64) {
+    let slot = slot_of(pid_tgid);
+    if let Some(slot) = slot {
+        unsafe {
+            if (*slot).owner == pid_tgid {
+                let _ = compare_and_swap(&raw mut (*slot).owner, pid_tgid, 0);
+                return;
+            }
+        }
+    }
+    if ALLOC_CALLS.remove(&pid_tgid).is_ok() {
+        if let Some(slot) = slot {
+            unsafe { atomic_add(&raw mut (*slot).overflow, u64::MAX) };
+        }
+    }
+}
+
+/// BPF's compare-and-swap: whether `*target` was `current` and is now `new`.
+#[inline(always)]
+fn compare_and_swap(target: *mut u64, current: u64, new: u64) -> bool {
+    let (_, swapped) = unsafe {
+        core::intrinsics::atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            target, current, new,
+        )
+    };
+    swapped
+}
 
 /// The last free a thread entered, to count a free that another hooked free calls only once.
 #[repr(C)]
@@ -103,8 +218,7 @@ pub fn alloc_entry(ctx: ProbeContext) -> u32 {
     // Inside a hooked call of this thread: deeper on the stack than its entry, or at the same depth (a tail
     // call: reallocarray jumps to realloc), and recent (an older entry was left by a call that never
     // returned: a longjmp or an exception through it).
-    let nested_in = ALLOC_CALLS
-        .get_ptr_mut(&pid_tgid)
+    let nested_in = current_call(pid_tgid)
         .filter(|call| unsafe { sp <= (**call).sp && now.wrapping_sub((**call).entered_ns) < STALE_CALL_NS });
 
     if cookie.shape == AllocShape::Free {
@@ -211,16 +325,14 @@ fn enter(ctx: &ProbeContext, pid_tgid: u64, cookie: AllocCookie, size: u64, ptr:
         delegated: 0,
         sampled: u32::from(sampled),
     };
-    if ALLOC_CALLS.insert(&pid_tgid, &call, 0).is_err() {
-        count(Counter::MapFull);
-    }
+    begin_call(pid_tgid, &call);
 }
 
 /// The return address of the allocator call the current thread is inside, if any (see
 /// `MemEvent::alloc_caller`).
 #[inline(always)]
 pub fn caller_of_current_call() -> u64 {
-    unsafe { ALLOC_CALLS.get(&bpf_get_current_pid_tgid()) }.map_or(0, |call| call.site.caller)
+    current_call(bpf_get_current_pid_tgid()).map_or(0, |call| unsafe { (*call).site.caller })
 }
 
 /// `--sample-bytes N`.
@@ -247,7 +359,7 @@ fn is_sampled(cookie: AllocCookie, size: u64) -> bool {
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let Some(tgid) = traced_tgid() else { return 0 };
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(call) = ALLOC_CALLS.get_ptr_mut(&pid_tgid) else { return 0 };
+    let Some(call) = current_call(pid_tgid) else { return 0 };
     let call = unsafe {
         if (*call).depth > 0 {
             (*call).depth -= 1;
@@ -255,7 +367,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         }
         *call
     };
-    let _ = ALLOC_CALLS.remove(&pid_tgid);
+    end_call(pid_tgid);
     let Some(cookie) = AllocCookie::decode(call.cookie) else { return 0 };
     let result: u64 = ctx.ret();
     let site = call.site;

@@ -125,6 +125,31 @@ fn glibc_malloc_family_is_exact_per_call_site() {
     common::assert_detached(&report);
 }
 
+/// Every thread mapped to one shared slot (allocs.c runs four threads at once): they take turns in it, a
+/// thread that finds it held goes to the hash map, and the figures stay exact.
+#[test]
+fn glibc_malloc_family_is_exact_when_threads_share_a_call_slot() {
+    let report = common::trace_waiting_fixture_with_env(
+        "glibc_malloc_family_shared_slot",
+        &fixture("allocs"),
+        &[],
+        &[("LEAKTRACE_CALL_SLOT_MASK", "0")],
+    );
+    assert_truth(&report, C_TRUTH);
+}
+
+/// Every allocator call under way in the hash map, as a thread does whose slot another thread holds.
+#[test]
+fn glibc_malloc_family_is_exact_with_every_call_in_the_hash_map() {
+    let report = common::trace_waiting_fixture_with_env(
+        "glibc_malloc_family_no_slots",
+        &fixture("allocs"),
+        &[],
+        &[("LEAKTRACE_CALL_SLOT_MASK", &u32::MAX.to_string())],
+    );
+    assert_truth(&report, C_TRUTH);
+}
+
 #[test]
 fn operator_new_and_delete_are_exact_and_a_throwing_new_survives() {
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/allocs_cpp.cpp");
@@ -141,6 +166,15 @@ fn operator_new_and_delete_are_exact_and_a_throwing_new_survives() {
     // libstdc++'s deletes start `endbr64; jmp`: probed on the jump, which the kernel emulates.
     assert_eq!(entry_probe_offset(&report, "_ZdlPv"), 4);
     assert_eq!(entry_probe_offset(&report, "_ZdlPvm"), 4);
+
+    // The same, every call under way in the hash map: nesting and hand-over work there as in a slot.
+    let report = common::trace_waiting_fixture_with_env(
+        "operator_new_and_delete_no_slots",
+        &program,
+        &[],
+        &[("LEAKTRACE_CALL_SLOT_MASK", &u32::MAX.to_string())],
+    );
+    assert_truth(&report, CPP_TRUTH);
 }
 
 /// The Rust fixture with mimalloc, built once (its own target folder, frame pointers on).

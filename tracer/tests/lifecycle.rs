@@ -52,7 +52,9 @@ fn a_status_line_goes_to_a_log_and_none_with_quiet() {
     let mut lines = Vec::new();
     for quiet in [false, true] {
         let out = output_dir(&format!("status_quiet_{quiet}"));
-        let mut args = vec!["-o", out.to_str().unwrap(), "-d", "1500ms", "--pid", &pid];
+        // The duration counts from the start, attaching included (a second or more on a loaded machine):
+        // long enough for the line due a second into the trace, short of the next one, a minute later.
+        let mut args = vec!["-o", out.to_str().unwrap(), "-d", "4s", "--pid", &pid];
         if quiet {
             args.push("--quiet");
         }

@@ -246,6 +246,12 @@ impl Probes {
         if std::env::var_os("LEAKTRACE_VERIFIER_LOG").is_some() {
             loader.verifier_log_level(VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS);
         }
+        // For the tests: fewer slots for the allocator calls under way (0: one, shared by every thread), so
+        // that their hash-map fallback runs (see alloc.rs in tracer-ebpf).
+        let slot_mask = std::env::var("LEAKTRACE_CALL_SLOT_MASK").ok().and_then(|text| text.parse::<u32>().ok());
+        if let Some(mask) = &slot_mask {
+            loader.override_global("CALL_SLOT_MASK", mask, true);
+        }
         let mut ebpf = loader.load(KERNEL_OBJECT).map_err(explain_load_error)?;
         let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| anyhow!("the kernel object has no map {name}"));
         let maps = KernelMaps {

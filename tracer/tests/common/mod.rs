@@ -186,12 +186,17 @@ pub fn start_tracer_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
 /// Traces `program wait` by pid with `extra` options: lets it run to its "done", takes a snapshot while it
 /// still lives (so that the tracer has caught up), lets it exit, and returns the report.
 pub fn trace_waiting_fixture(test: &str, program: &Path, extra: &[&str]) -> Report {
+    trace_waiting_fixture_with_env(test, program, extra, &[])
+}
+
+/// [`trace_waiting_fixture`] with variables added to the tracer's environment.
+pub fn trace_waiting_fixture_with_env(test: &str, program: &Path, extra: &[&str], env: &[(&str, &str)]) -> Report {
     let out = output_dir(test);
     let mut target = Running::spawn(Command::new(program).arg("wait"));
     let pid = target.pid().to_string();
     let mut args = vec!["-o", out.to_str().unwrap(), "--pid", &pid];
     args.extend_from_slice(extra);
-    let mut tracer = start_tracer(&args);
+    let mut tracer = start_tracer_with_env(&args, env);
     target.send_line("go");
     target.stdout.wait_for("done");
     tracer.snapshot();
