@@ -144,6 +144,10 @@ pub struct Block {
 /// The stack id of blocks whose stack could not be stored (counted in `stack_errors`).
 pub const NO_STACK: u32 = u32::MAX;
 
+/// Set in an [`AllocSite::stack_id`] that is not a `STACKS` id but a key of `SPILLED_STACKS`: the stack
+/// map's bucket for that stack held another one, so its frames were kept beside it, under a hash of them.
+pub const SPILLED_STACK: u32 = 1 << 30;
+
 /// Figures per [`AllocSite`], kept in the kernel (`ALLOC_STATS`) so that userspace needs no event per call.
 /// Updated with atomic adds from every CPU.
 #[repr(C)]

@@ -85,6 +85,8 @@ pub struct MemEvent {
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for MemEvent {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for InlineStack {}
 
 /// What may follow a [`MemEvent`] in the ring buffer.
 pub mod parts {

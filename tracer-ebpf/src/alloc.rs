@@ -21,16 +21,17 @@ use aya_ebpf::{
     EbpfContext,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::bpf_get_attach_cookie,
+        generated::{bpf_get_attach_cookie, bpf_get_stack},
     },
     macros::{map, uprobe, uretprobe},
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
 };
 use tracer_common::{
-    BPF_F_USER_STACK,
-    alloc::{AllocCall, AllocCookie, AllocShape, AllocSite, Block, BlockKey, NO_STACK, StackAllocStats},
+    BPF_F_USER_STACK, MAX_STACK_DEPTH,
+    alloc::{AllocCall, AllocCookie, AllocShape, AllocSite, Block, BlockKey, NO_STACK, SPILLED_STACK, StackAllocStats},
     counters::Counter,
+    events::InlineStack,
 };
 
 use crate::{
@@ -304,6 +305,7 @@ fn enter(ctx: &ProbeContext, pid_tgid: u64, cookie: AllocCookie, size: u64, ptr:
     let site = if sampled {
         let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK) {
             Ok(id) => id as u32,
+            Err(EEXIST) => spill_stack(ctx),
             Err(_) => {
                 count(Counter::StackErrors);
                 NO_STACK
@@ -333,6 +335,65 @@ fn enter(ctx: &ProbeContext, pid_tgid: u64, cookie: AllocCookie, size: u64, ptr:
 #[inline(always)]
 pub fn caller_of_current_call() -> u64 {
     current_call(bpf_get_current_pid_tgid()).map_or(0, |call| unsafe { (*call).site.caller })
+}
+
+/// `bpf_get_stackid`'s answer when the stack's bucket in the stack map holds another stack.
+const EEXIST: i32 = -17;
+
+/// Where a stack is built before it is spilled (too large for the BPF stack).
+#[map]
+static SPILL_SCRATCH: PerCpuArray<InlineStack> = PerCpuArray::with_max_entries(1, 0);
+
+/// Stacks whose bucket in `STACKS` held another stack, by a hash of their frames with [`SPILLED_STACK`]
+/// set: the stack map has one stack per bucket, so with a few hundred stacks two share a bucket now and
+/// then, and the second would lose its stack.
+#[map]
+static SPILLED_STACKS: HashMap<u32, InlineStack> = HashMap::with_max_entries(4096, 0);
+
+/// Keeps the current user stack in [`SPILLED_STACKS`] and returns its id there; [`NO_STACK`] (counted)
+/// when it cannot.
+#[inline(always)]
+fn spill_stack(ctx: &ProbeContext) -> u32 {
+    let Some(stack) = SPILL_SCRATCH.get_ptr_mut(0) else { return stack_error() };
+    let stack = unsafe { &mut *stack };
+    // The helper zeroes what it does not fill, so equal stacks are equal buffers.
+    let bytes = unsafe {
+        bpf_get_stack(ctx.as_ptr(), stack.ips.as_mut_ptr().cast(), (MAX_STACK_DEPTH * 8) as u32, BPF_F_USER_STACK)
+    };
+    if bytes <= 0 {
+        return stack_error();
+    }
+    stack.depth = bytes as u64 / 8;
+    // FNV-1a over the frames.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut index = 0;
+    while index < MAX_STACK_DEPTH {
+        hash = (hash ^ stack.ips[index]).wrapping_mul(0x0100_0000_01b3);
+        index += 1;
+    }
+    let id = SPILLED_STACK | ((hash ^ (hash >> 32)) as u32 & (SPILLED_STACK - 1));
+    if let Some(kept) = unsafe { SPILLED_STACKS.get(&id) } {
+        // Two stacks with one hash: the second is not named rather than named wrongly.
+        let mut index = 0;
+        while index < MAX_STACK_DEPTH {
+            if kept.ips[index] != stack.ips[index] {
+                return stack_error();
+            }
+            index += 1;
+        }
+        return id;
+    }
+    if SPILLED_STACKS.insert(&id, stack, BPF_NOEXIST).is_err() && unsafe { SPILLED_STACKS.get(&id) }.is_none() {
+        count(Counter::MapFull);
+        return NO_STACK;
+    }
+    id
+}
+
+#[inline(always)]
+fn stack_error() -> u32 {
+    count(Counter::StackErrors);
+    NO_STACK
 }
 
 /// `--sample-bytes N`.

@@ -138,6 +138,19 @@ fn glibc_malloc_family_is_exact_when_threads_share_a_call_slot() {
     assert_truth(&report, C_TRUTH);
 }
 
+/// A stack map of four buckets: most stacks find their bucket taken, and are kept beside it (spilled)
+/// instead of being lost; the figures stay exact, with no stack error.
+#[test]
+fn glibc_malloc_family_is_exact_when_stacks_share_buckets() {
+    let report = common::trace_waiting_fixture_with_env(
+        "glibc_malloc_family_tiny_stack_map",
+        &fixture("allocs"),
+        &[],
+        &[("LEAKTRACE_STACK_MAP_ENTRIES", "4")],
+    );
+    assert_truth(&report, C_TRUTH);
+}
+
 /// Every allocator call under way in the hash map, as a thread does whose slot another thread holds.
 #[test]
 fn glibc_malloc_family_is_exact_with_every_call_in_the_hash_map() {

@@ -23,7 +23,7 @@ use tokio::{
     signal::unix::{Signal, SignalKind, signal},
 };
 use tracer_common::{
-    alloc::{AllocSite, NO_STACK, StackAllocStats},
+    alloc::{AllocSite, NO_STACK, SPILLED_STACK, StackAllocStats},
     counters::Counter,
     events::{EventKind, InlineStack, LOG_WRITE_MAGIC, LogWrite, MemEvent, StackTop, parts},
 };
@@ -713,12 +713,16 @@ impl Collector {
         if let Some(key) = self.site_keys.get(&site) {
             return *key;
         }
-        let stack_id = if site.stack_id == NO_STACK { -1 } else { site.stack_id as i32 };
+        let spilled = (site.stack_id != NO_STACK && site.stack_id & SPILLED_STACK != 0)
+            .then(|| self.maps.spilled_stacks.get(&site.stack_id, 0).ok())
+            .flatten();
+        let inline = spilled.as_ref().map(|stack| &stack.ips[..(stack.depth as usize).min(stack.ips.len())]);
+        let stack_id = if site.stack_id == NO_STACK || spilled.is_some() { -1 } else { site.stack_id as i32 };
         // Figures kept in the kernel have no time: name JIT code as it is now.
         let event_stack = EventStack {
             time_ns: u64::MAX,
             stack_id,
-            inline: None,
+            inline,
             user_sp: 0,
             stack_top: &[],
             caller: Some(site.caller),

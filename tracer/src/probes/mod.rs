@@ -27,7 +27,7 @@ use std::{
 
 use tracer_common::{
     alloc::{AllocCall, AllocCookie, AllocShape, AllocSite, Block, BlockKey, StackAllocStats},
-    events::RuntimeText,
+    events::{InlineStack, RuntimeText},
     map_names,
 };
 
@@ -83,6 +83,8 @@ pub struct KernelMaps {
     pub alloc_calls: HashMap<MapData, u64, AllocCall>,
     /// `--sample-pages` for the page-fault program.
     pub page_sampling: Array<MapData, u64>,
+    /// Allocation stacks whose bucket in the stack map held another stack (see alloc.rs in tracer-ebpf).
+    pub spilled_stacks: HashMap<MapData, u32, InlineStack>,
     /// The attached programs, whose skipped runs count as losses (see [`misses`]).
     pub program_ids: Vec<u32>,
 }
@@ -141,6 +143,10 @@ impl KernelMaps {
         let sites: Vec<AllocSite> = self.alloc_stats.keys().filter_map(Result::ok).collect();
         for site in sites {
             let _ = self.alloc_stats.remove(&site);
+        }
+        let spilled: Vec<u32> = self.spilled_stacks.keys().filter_map(Result::ok).collect();
+        for id in spilled {
+            let _ = self.spilled_stacks.remove(&id);
         }
         let stack_ids: Vec<u32> = self.stacks.stack_ids().filter_map(Result::ok).collect();
         for id in stack_ids {
@@ -252,6 +258,10 @@ impl Probes {
         if let Some(mask) = &slot_mask {
             loader.override_global("CALL_SLOT_MASK", mask, true);
         }
+        // For the tests: a stack map of a few buckets, so that stacks must share them.
+        if let Some(entries) = std::env::var("LEAKTRACE_STACK_MAP_ENTRIES").ok().and_then(|text| text.parse().ok()) {
+            loader.map_max_entries(map_names::STACKS, entries);
+        }
         let mut ebpf = loader.load(KERNEL_OBJECT).map_err(explain_load_error)?;
         let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| anyhow!("the kernel object has no map {name}"));
         let maps = KernelMaps {
@@ -265,6 +275,7 @@ impl Probes {
             sampling: Array::try_from(take(map_names::SAMPLING)?)?,
             alloc_calls: HashMap::try_from(take(map_names::ALLOC_CALLS)?)?,
             page_sampling: Array::try_from(take(map_names::PAGE_SAMPLING)?)?,
+            spilled_stacks: HashMap::try_from(take(map_names::SPILLED_STACKS)?)?,
             program_ids: Vec::new(),
         };
         let events = RingBuf::try_from(take(map_names::EVENTS)?)?;
