@@ -1397,6 +1397,9 @@ impl BunConfig {
 #[derive(Clone, Copy, Debug)]
 struct BunSample {
     turns_per_second: f64,
+    /// The run time of the tracer's BPF programs per turn (kernel.bpf_stats_enabled), in a round of its
+    /// own after the timed ones; all their runs, on the whole machine.
+    bpf_ms: Option<f64>,
     /// CPU time per measured turn, in milliseconds: the server's in user space and in the kernel (where
     /// the probes run, in its context), and the tracer's (its collector).
     server_user_ms: f64,
@@ -1454,6 +1457,12 @@ fn bun_session(config: BunConfig, bench: &Bench, rep: usize, attempt: usize) -> 
         seconds += round_seconds;
     }
     let (server_after, tracer_after) = (cpu_of(&server.process), tracer.as_ref().map(cpu_of));
+    // One more round, untimed, with the kernel's BPF run-time statistics on: what our programs cost per
+    // turn, free of the machine's noise. (The statistics cost time themselves: not in the timed rounds.)
+    let bpf_ms = match &tracer {
+        Some(tracer) => bpf_ms_per_turn(bench, &server, &dir, tracer.pid)?,
+        None => None,
+    };
     if let Some(tracer) = tracer {
         stop_tracer(tracer, &dir)?;
     }
@@ -1461,6 +1470,7 @@ fn bun_session(config: BunConfig, bench: &Bench, rep: usize, attempt: usize) -> 
 
     let per_turn_ms = |seconds: f64| seconds * 1000.0 / turns as f64;
     Ok(Some(BunSample {
+        bpf_ms,
         turns_per_second: turns as f64 / seconds,
         server_user_ms: per_turn_ms(server_after.user - server_before.user),
         server_kernel_ms: per_turn_ms(server_after.kernel - server_before.kernel),
@@ -1526,6 +1536,38 @@ fn drive(bench: &Bench, server: &BunServer, dir: &Path, label: &str) -> Result<(
         bail!("the driver completed {done} of {turns} turns in round {label}");
     }
     Ok((done, seconds))
+}
+
+/// Drives one round with BPF statistics on and returns the run time of the tracer's programs per turn.
+/// `None` when the statistics cannot be switched on.
+fn bpf_ms_per_turn(bench: &Bench, server: &BunServer, dir: &Path, tracer: u32) -> Result<Option<f64>> {
+    const SWITCH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    if fs::write(SWITCH, "1").is_err() {
+        return Ok(None);
+    }
+    let before = bpf_run_time_ns(tracer);
+    let round = drive(bench, server, dir, "bpf-stats");
+    let after = bpf_run_time_ns(tracer);
+    let _ = fs::write(SWITCH, "0");
+    let (turns, _) = round?;
+    Ok(Some(after.saturating_sub(before) as f64 / 1e6 / turns as f64))
+}
+
+/// The summed run time of the BPF programs process `pid` holds, each counted once (by program id), from
+/// its descriptors' fdinfo.
+fn bpf_run_time_ns(pid: u32) -> u64 {
+    let mut programs = std::collections::BTreeMap::new();
+    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return 0 };
+    for entry in entries.filter_map(Result::ok) {
+        let Ok(text) = fs::read_to_string(entry.path()) else { continue };
+        let field = |name: &str| {
+            text.lines().find_map(|line| line.strip_prefix(name)).and_then(|rest| rest.trim().parse::<u64>().ok())
+        };
+        if let (Some(id), Some(run_time)) = (field("prog_id:"), field("run_time_ns:")) {
+            programs.insert(id, run_time);
+        }
+    }
+    programs.values().sum()
 }
 
 /// `turns N seconds S turns_per_second X` -> (N, S).
@@ -2304,9 +2346,23 @@ impl Report<'_> {
             )
             .map(|s| s.median)
         };
-        let cpu_note = |c| match (cpu_median(c), cpu_median(BunConfig::Untraced)) {
-            (Some(traced), Some(untraced)) => format!("; CPU per turn {} more", pct(traced / untraced - 1.0)),
-            _ => String::new(),
+        let bpf_median = |c| {
+            let series: &Series<BunSample> = self.bun.get(c);
+            Stats::of(series.samples.iter().filter_map(|s| s.bpf_ms).collect()).map(|s| s.median)
+        };
+        let cpu_note = |c| {
+            let mut note = String::new();
+            if let (Some(traced), Some(untraced)) = (cpu_median(c), cpu_median(BunConfig::Untraced)) {
+                note.push_str(&format!("; CPU per turn {} more", pct(traced / untraced - 1.0)));
+                if let Some(bpf) = bpf_median(c) {
+                    note.push_str(&format!(
+                        "; its BPF programs {:.2} ms a turn, {} of an untraced turn's CPU",
+                        bpf,
+                        pct(bpf / untraced)
+                    ));
+                }
+            }
+            note
         };
         if self.options.long_run_only {
             return vec![self.memory_goal()];
@@ -2691,7 +2747,11 @@ impl Report<'_> {
              printed `tracing pid`, plus 1 s), {} measured round{}, the tracer stopped with SIGINT. A run's figure \
              is its measured turns over their seconds. CPU times are per measured turn, from /proc: the probes \
              run in the server's context and show in its kernel time; the tracer's is its collector's. Its \
-             wake-ups are its voluntary context switches. In allocator mode the tracer sees only glibc's malloc: \
+             wake-ups are its voluntary context switches. *BPF ms/turn*: the run time of the tracer's kernel \
+             programs (all their runs, on the whole machine) per turn, from the kernel's BPF statistics \
+             (`kernel.bpf_stats_enabled`, run_time_ns in the fdinfo of the tracer's program descriptors), in one \
+             more round after the timed ones, so that the statistics' own cost stays out of them: a figure the \
+             machine's noise barely moves. In allocator mode the tracer sees only glibc's malloc: \
              Bun's own allocator, mimalloc, is linked in statically and stripped, so its calls are not traced.\n",
             o.turns,
             o.rounds,
@@ -2701,8 +2761,9 @@ impl Report<'_> {
         let _ = writeln!(
             md,
             "| configuration | command | turns/s | vs untraced | server user ms/turn | server kernel ms/turn | \
-             tracer CPU ms/turn | CPU ms/turn, server and tracer | CPU vs untraced | tracer wake-ups/turn |\n\
-             | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+             tracer CPU ms/turn | CPU ms/turn, server and tracer | CPU vs untraced | BPF ms/turn | BPF share of an \
+             untraced turn's CPU | tracer wake-ups/turn |\n\
+             | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
         );
         // Turns per second move with whatever else the machine does; the CPU spent per turn much less.
         let total_cpu = |series: &Series<BunSample>| {
@@ -2727,6 +2788,7 @@ impl Report<'_> {
                     };
                     let ms = |stats: Option<Stats>| stats.map_or("-".into(), |s| format!("{:.1}", s.median));
                     let cpu = total_cpu(series);
+                    let bpf = Stats::of(series.samples.iter().filter_map(|s| s.bpf_ms).collect());
                     let cpu_change = match (cpu, untraced_cpu) {
                         (Some(cpu), Some(base)) if *config != BunConfig::Untraced => {
                             format!("{} more", pct(cpu.median / base.median - 1.0))
@@ -2735,7 +2797,7 @@ impl Report<'_> {
                     };
                     let _ = writeln!(
                         md,
-                        "| {}{} | {command} | {} | {change} | {} | {} | {} | {} | {cpu_change} | {} |",
+                        "| {}{} | {command} | {} | {change} | {} | {} | {} | {} | {cpu_change} | {} | {} | {} |",
                         config.name(),
                         stopped_mark(&series.stopped),
                         spread(tps, |v| format!("{v:.1}")),
@@ -2743,6 +2805,11 @@ impl Report<'_> {
                         ms(series.stats(|s| s.server_kernel_ms)),
                         ms(Stats::of(series.samples.iter().filter_map(|s| s.tracer_ms).collect())),
                         ms(cpu),
+                        ms(bpf),
+                        match (bpf, untraced_cpu) {
+                            (Some(bpf), Some(base)) => pct(bpf.median / base.median),
+                            _ => "-".into(),
+                        },
                         Stats::of(series.samples.iter().filter_map(|s| s.tracer_wakeups).collect())
                             .map_or("-".into(), |s| format!("{:.0}", s.median)),
                     );
