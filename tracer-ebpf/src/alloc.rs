@@ -191,11 +191,16 @@ static SAMPLING: Array<u64> = Array::with_max_entries(1, 0);
 
 const BPF_NOEXIST: u64 = 1;
 /// No allocator call takes this long: an entry older than this was left by a call that never returned.
-const STALE_CALL_NS: u64 = 100_000_000;
+/// Generous, because a thread may be preempted inside a call for tens of milliseconds on a loaded machine
+/// (at 50 ms, one operator new in 100,000 most likely lost its call site so in the tests under load).
+const STALE_CALL_NS: u64 = 1_000_000_000;
 /// A call without a return probe hands its block to an inner call made within this long (operator new
 /// calls malloc at once, but the thread may be preempted in between). Older, it is a call whose inner
 /// allocator we do not hook: forget it.
-const DELEGATION_WINDOW_NS: u64 = 50_000_000;
+const DELEGATION_WINDOW_NS: u64 = 1_000_000_000;
+/// A free that another hooked free makes (sized delete calling delete) comes at once; a free of the same
+/// address later is of a new block at that address (allocated by another thread).
+const NESTED_FREE_WINDOW_NS: u64 = 50_000_000;
 
 #[uprobe]
 pub fn alloc_entry(ctx: ProbeContext) -> u32 {
@@ -234,7 +239,7 @@ pub fn alloc_entry(ctx: ProbeContext) -> u32 {
         let again = last.pid_tgid == pid_tgid
             && last.ptr == ptr
             && sp <= last.sp
-            && now.wrapping_sub(last.entered_ns) < DELEGATION_WINDOW_NS;
+            && now.wrapping_sub(last.entered_ns) < NESTED_FREE_WINDOW_NS;
         if !again {
             unsafe { *slot = Freeing { pid_tgid, ptr, sp, entered_ns: now } };
             release(tgid, ptr);

@@ -125,42 +125,30 @@ fn glibc_malloc_family_is_exact_per_call_site() {
     common::assert_detached(&report);
 }
 
+/// Traces allocs.c with a variable in the tracer's environment; its figures must stay exact.
+fn allocs_exact_with_env(test: &str, variable: (&str, &str)) {
+    let report = common::trace_waiting_fixture_with_env(test, &fixture("allocs"), &[], &[variable]);
+    assert_truth(&report, C_TRUTH);
+}
+
 /// Every thread mapped to one shared slot (allocs.c runs four threads at once): they take turns in it, a
 /// thread that finds it held goes to the hash map, and the figures stay exact.
 #[test]
 fn glibc_malloc_family_is_exact_when_threads_share_a_call_slot() {
-    let report = common::trace_waiting_fixture_with_env(
-        "glibc_malloc_family_shared_slot",
-        &fixture("allocs"),
-        &[],
-        &[("LEAKTRACE_CALL_SLOT_MASK", "0")],
-    );
-    assert_truth(&report, C_TRUTH);
+    allocs_exact_with_env("glibc_malloc_family_shared_slot", ("LEAKTRACE_CALL_SLOT_MASK", "0"));
 }
 
 /// A stack map of four buckets: most stacks find their bucket taken, and are kept beside it (spilled)
 /// instead of being lost; the figures stay exact, with no stack error.
 #[test]
 fn glibc_malloc_family_is_exact_when_stacks_share_buckets() {
-    let report = common::trace_waiting_fixture_with_env(
-        "glibc_malloc_family_tiny_stack_map",
-        &fixture("allocs"),
-        &[],
-        &[("LEAKTRACE_STACK_MAP_ENTRIES", "4")],
-    );
-    assert_truth(&report, C_TRUTH);
+    allocs_exact_with_env("glibc_malloc_family_tiny_stack_map", ("LEAKTRACE_STACK_MAP_ENTRIES", "4"));
 }
 
 /// Every allocator call under way in the hash map, as a thread does whose slot another thread holds.
 #[test]
 fn glibc_malloc_family_is_exact_with_every_call_in_the_hash_map() {
-    let report = common::trace_waiting_fixture_with_env(
-        "glibc_malloc_family_no_slots",
-        &fixture("allocs"),
-        &[],
-        &[("LEAKTRACE_CALL_SLOT_MASK", &u32::MAX.to_string())],
-    );
-    assert_truth(&report, C_TRUTH);
+    allocs_exact_with_env("glibc_malloc_family_no_slots", ("LEAKTRACE_CALL_SLOT_MASK", &u32::MAX.to_string()));
 }
 
 #[test]

@@ -1409,6 +1409,13 @@ struct BunSample {
     tracer_wakeups: Option<f64>,
 }
 
+impl BunSample {
+    /// The CPU per turn, server and tracer.
+    fn cpu_ms(&self) -> f64 {
+        self.server_user_ms + self.server_kernel_ms + self.tracer_ms.unwrap_or(0.0)
+    }
+}
+
 struct BunSeries {
     series: Vec<(BunConfig, Series<BunSample>)>,
 }
@@ -2335,17 +2342,7 @@ impl Report<'_> {
         let wall_median = |c| self.malloc.get(c).stats(|s: &MallocSample| s.wall_seconds).map(|s| s.median);
         let tps_median = |c| self.bun.get(c).stats(|s: &BunSample| s.turns_per_second).map(|s| s.median);
         // The CPU per turn, server and tracer, against the untraced runs': the same cost, less noisy.
-        let cpu_median = |c| {
-            let series: &Series<BunSample> = self.bun.get(c);
-            Stats::of(
-                series
-                    .samples
-                    .iter()
-                    .map(|s| s.server_user_ms + s.server_kernel_ms + s.tracer_ms.unwrap_or(0.0))
-                    .collect(),
-            )
-            .map(|s| s.median)
-        };
+        let cpu_median = |c| self.bun.get(c).stats(BunSample::cpu_ms).map(|s| s.median);
         let bpf_median = |c| {
             let series: &Series<BunSample> = self.bun.get(c);
             Stats::of(series.samples.iter().filter_map(|s| s.bpf_ms).collect()).map(|s| s.median)
@@ -2407,73 +2404,45 @@ impl Report<'_> {
             },
             _ => not_measured("full allocator mode at least 5x faster than the bpftrace memleak-style script"),
         });
-        goals.push(match (tps_median(BunConfig::Faults), tps_median(BunConfig::Untraced)) {
+        // A Bun configuration's goal: at most `max_loss` fewer turns per second than untraced.
+        let bun_goal = |config: BunConfig, goal: &'static str, max_loss: f64| match (
+            tps_median(config),
+            tps_median(BunConfig::Untraced),
+        ) {
             (Some(traced), Some(untraced)) => Goal {
-                goal: "page-fault mode on the Bun demo: at most 3% fewer turns/s",
+                goal,
                 measured: format!(
                     "{} fewer ({:.1} vs {:.1} turns/s){}",
                     pct(1.0 - traced / untraced),
                     traced,
                     untraced,
-                    cpu_note(BunConfig::Faults)
+                    cpu_note(config)
                 ),
-                verdict: verdict(1.0 - traced / untraced <= 0.03),
+                verdict: verdict(1.0 - traced / untraced <= max_loss),
             },
-            _ => not_measured("page-fault mode on the Bun demo: at most 3% fewer turns/s"),
-        });
-        goals.push(match (tps_median(BunConfig::SampledPages), tps_median(BunConfig::Untraced)) {
-            (Some(traced), Some(untraced)) => Goal {
-                goal: "(ours) page-fault mode sampling one page in 16 on the Bun demo: at most 3% fewer turns/s",
-                measured: format!(
-                    "{} fewer ({:.1} vs {:.1} turns/s){}",
-                    pct(1.0 - traced / untraced),
-                    traced,
-                    untraced,
-                    cpu_note(BunConfig::SampledPages)
-                ),
-                verdict: verdict(1.0 - traced / untraced <= 0.03),
+            _ => match &self.bun.get(config).stopped {
+                Some(Stopped::Unavailable(why) | Stopped::Failed(why)) => {
+                    Goal { goal, measured: first_line(why).to_string(), verdict: "not measured" }
+                }
+                None => not_measured(goal),
             },
-            _ => {
-                not_measured("(ours) page-fault mode sampling one page in 16 on the Bun demo: at most 3% fewer turns/s")
-            }
-        });
-        goals.push(match (tps_median(BunConfig::Sampled), tps_median(BunConfig::Untraced)) {
-            (Some(traced), Some(untraced)) => Goal {
-                goal: "sampled allocator mode on the Bun demo: at most 10% fewer turns/s",
-                measured: format!(
-                    "{} fewer ({:.1} vs {:.1} turns/s){}",
-                    pct(1.0 - traced / untraced),
-                    traced,
-                    untraced,
-                    cpu_note(BunConfig::Sampled)
-                ),
-                verdict: verdict(1.0 - traced / untraced <= 0.10),
-            },
-            _ => Goal {
-                goal: "sampled allocator mode on the Bun demo: at most 10% fewer turns/s",
-                measured: match &self.bun.get(BunConfig::Sampled).stopped {
-                    Some(Stopped::Unavailable(why) | Stopped::Failed(why)) => first_line(why).to_string(),
-                    None => "no figures".into(),
-                },
-                verdict: "not measured",
-            },
-        });
-        goals.push(match (tps_median(BunConfig::SampledBoth), tps_median(BunConfig::Untraced)) {
-            (Some(traced), Some(untraced)) => Goal {
-                goal: "(ours) sampled allocator mode sampling one page in 16 too, on the Bun demo: at most 10% fewer turns/s",
-                measured: format!(
-                    "{} fewer ({:.1} vs {:.1} turns/s){}",
-                    pct(1.0 - traced / untraced),
-                    traced,
-                    untraced,
-                    cpu_note(BunConfig::SampledBoth)
-                ),
-                verdict: verdict(1.0 - traced / untraced <= 0.10),
-            },
-            _ => not_measured(
-                "(ours) sampled allocator mode sampling one page in 16 too, on the Bun demo: at most 10% fewer turns/s",
-            ),
-        });
+        };
+        goals.push(bun_goal(BunConfig::Faults, "page-fault mode on the Bun demo: at most 3% fewer turns/s", 0.03));
+        goals.push(bun_goal(
+            BunConfig::SampledPages,
+            "(ours) page-fault mode sampling one page in 16 on the Bun demo: at most 3% fewer turns/s",
+            0.03,
+        ));
+        goals.push(bun_goal(
+            BunConfig::Sampled,
+            "sampled allocator mode on the Bun demo: at most 10% fewer turns/s",
+            0.10,
+        ));
+        goals.push(bun_goal(
+            BunConfig::SampledBoth,
+            "(ours) sampled allocator mode sampling one page in 16 too, on the Bun demo: at most 10% fewer turns/s",
+            0.10,
+        ));
         goals.push(self.memory_goal());
         goals
     }
@@ -2766,15 +2735,7 @@ impl Report<'_> {
              | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
         );
         // Turns per second move with whatever else the machine does; the CPU spent per turn much less.
-        let total_cpu = |series: &Series<BunSample>| {
-            Stats::of(
-                series
-                    .samples
-                    .iter()
-                    .map(|s| s.server_user_ms + s.server_kernel_ms + s.tracer_ms.unwrap_or(0.0))
-                    .collect(),
-            )
-        };
+        let total_cpu = |series: &Series<BunSample>| series.stats(BunSample::cpu_ms);
         let untraced_cpu = total_cpu(self.bun.get(BunConfig::Untraced));
         for (config, series) in &self.bun.series {
             let command = format!("`{}`", config.command_text());

@@ -208,6 +208,22 @@ pub struct ProbeRecord {
     pub placement: Option<Placement>,
 }
 
+impl ProbeRecord {
+    /// A program on the tracepoint `category/event`, classic or BTF (`kind`).
+    fn tracepoint(kind: &'static str, category: &str, event: &str, program_id: u32) -> Self {
+        Self {
+            kind,
+            attach_point: format!("{category}/{event}"),
+            program_id,
+            object: None,
+            symbol: None,
+            family: None,
+            file_offset: None,
+            placement: None,
+        }
+    }
+}
+
 /// What was attached, for the reports.
 #[derive(Clone, Debug, Default)]
 pub struct ProbeInfo {
@@ -315,16 +331,7 @@ impl Probes {
             let link = program.attach().map_err(|e| explain_program_error(program_name, e))?;
             self.links.push(Link::BtfTracePoint(program_name, link));
             let program_id = program.info().map(|info| info.id()).unwrap_or(0);
-            self.records.push(ProbeRecord {
-                kind: "tp_btf",
-                attach_point: format!("{category}/{event}"),
-                program_id,
-                object: None,
-                symbol: None,
-                family: None,
-                file_offset: None,
-                placement: None,
-            });
+            self.records.push(ProbeRecord::tracepoint("tp_btf", category, event, program_id));
         }
         Ok(())
     }
@@ -340,16 +347,7 @@ impl Probes {
             let link = program.attach(category, event).map_err(|e| explain_program_error(program_name, e))?;
             self.links.push(Link::TracePoint(program_name, link));
             let program_id = program.info().map(|info| info.id()).unwrap_or(0);
-            self.records.push(ProbeRecord {
-                kind: "tracepoint",
-                attach_point: format!("{category}/{event}"),
-                program_id,
-                object: None,
-                symbol: None,
-                family: None,
-                file_offset: None,
-                placement: None,
-            });
+            self.records.push(ProbeRecord::tracepoint("tracepoint", category, event, program_id));
         }
         Ok(())
     }
