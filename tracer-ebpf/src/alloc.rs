@@ -21,7 +21,7 @@ use aya_ebpf::{
     EbpfContext,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::{bpf_get_attach_cookie, bpf_get_stack},
+        generated::bpf_get_attach_cookie,
     },
     macros::{map, uprobe, uretprobe},
     maps::{Array, HashMap, PerCpuArray},
@@ -36,7 +36,7 @@ use tracer_common::{
 
 use crate::{
     maps::STACKS,
-    record::{count, traced_tgid},
+    record::{count, take_user_stack, traced_tgid},
 };
 
 /// A thread's allocator call under way, in the slot of its tid (see [`CALL_SLOTS`]).
@@ -177,6 +177,11 @@ const FREEING_SLOTS: u32 = 1 << 16;
 #[map]
 static FREEING: Array<Freeing> = Array::with_max_entries(FREEING_SLOTS, 0);
 
+#[inline(always)]
+fn freeing_slot(pid_tgid: u64) -> Option<*mut Freeing> {
+    FREEING.get_ptr_mut(pid_tgid as u32 & (FREEING_SLOTS - 1))
+}
+
 /// Live blocks. Userspace sizes it (`--max-blocks`); a full map is counted in `map_full`.
 #[map]
 static ALLOCS: HashMap<BlockKey, Block> = HashMap::with_max_entries(1 << 20, 0);
@@ -234,7 +239,7 @@ pub fn alloc_entry(ctx: ProbeContext) -> u32 {
         if ptr == 0 || nested_in.is_some() {
             return 0;
         }
-        let Some(slot) = FREEING.get_ptr_mut(pid_tgid as u32 & (FREEING_SLOTS - 1)) else { return 0 };
+        let Some(slot) = freeing_slot(pid_tgid) else { return 0 };
         let last = unsafe { *slot };
         let again = last.pid_tgid == pid_tgid
             && last.ptr == ptr
@@ -247,7 +252,7 @@ pub fn alloc_entry(ctx: ProbeContext) -> u32 {
         return 0;
     }
     // An allocation ends whatever free came before on this thread.
-    if let Some(slot) = FREEING.get_ptr_mut(pid_tgid as u32 & (FREEING_SLOTS - 1)) {
+    if let Some(slot) = freeing_slot(pid_tgid) {
         unsafe {
             if (*slot).pid_tgid == pid_tgid {
                 (*slot).ptr = 0;
@@ -311,10 +316,7 @@ fn enter(ctx: &ProbeContext, pid_tgid: u64, cookie: AllocCookie, size: u64, ptr:
         let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK) {
             Ok(id) => id as u32,
             Err(EEXIST) => spill_stack(ctx),
-            Err(_) => {
-                count(Counter::StackErrors);
-                NO_STACK
-            }
+            Err(_) => stack_error(),
         };
         let caller = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
         AllocSite { stack_id, pad: 0, caller }
@@ -361,14 +363,9 @@ static SPILLED_STACKS: HashMap<u32, InlineStack> = HashMap::with_max_entries(409
 fn spill_stack(ctx: &ProbeContext) -> u32 {
     let Some(stack) = SPILL_SCRATCH.get_ptr_mut(0) else { return stack_error() };
     let stack = unsafe { &mut *stack };
-    // The helper zeroes what it does not fill, so equal stacks are equal buffers.
-    let bytes = unsafe {
-        bpf_get_stack(ctx.as_ptr(), stack.ips.as_mut_ptr().cast(), (MAX_STACK_DEPTH * 8) as u32, BPF_F_USER_STACK)
-    };
-    if bytes <= 0 {
+    if !take_user_stack(ctx, stack) {
         return stack_error();
     }
-    stack.depth = bytes as u64 / 8;
     // FNV-1a over the frames.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut index = 0;

@@ -51,6 +51,11 @@ pub struct FaultInProgress {
 #[map]
 static FAULTS_IN_PROGRESS: Array<FaultInProgress> = Array::with_max_entries(FAULT_SLOTS, 0);
 
+#[inline(always)]
+fn fault_slot(tid: u32) -> Option<*mut FaultInProgress> {
+    FAULTS_IN_PROGRESS.get_ptr_mut(tid & (FAULT_SLOTS - 1))
+}
+
 /// `--sample-pages N`: N - 1 in slot 0, N a power of two (0: every page).
 #[map]
 static PAGE_SAMPLING: Array<u64> = Array::with_max_entries(1, 0);
@@ -94,7 +99,7 @@ pub fn page_fault_user(ctx: TracePointContext) -> u32 {
 fn record_fault<C: StackIdContext + EbpfContext>(ctx: &C, tgid: u32, address: u64, ip: u64, error_code: u64) {
     let tid = bpf_get_current_pid_tgid() as u32;
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(slot) = FAULTS_IN_PROGRESS.get_ptr_mut(tid & (FAULT_SLOTS - 1)) {
+    if let Some(slot) = fault_slot(tid) {
         unsafe { *slot = FaultInProgress { tid, addr: address, started_ns: now } };
     }
     send_with_stack(ctx, tgid, |event| {
@@ -144,7 +149,7 @@ fn record_large_page(order: u32, migratetype: i32) {
     }
     let Some(tgid) = traced_tgid() else { return };
     let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(slot) = FAULTS_IN_PROGRESS.get_ptr_mut(tid & (FAULT_SLOTS - 1)) else { return };
+    let Some(slot) = fault_slot(tid) else { return };
     let fault = unsafe { *slot };
     let now = unsafe { bpf_ktime_get_ns() };
     if fault.tid != tid || now.wrapping_sub(fault.started_ns) > FAULT_WINDOW_NS {

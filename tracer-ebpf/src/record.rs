@@ -73,19 +73,21 @@ fn copy_stack_top(sp: u64, top: &mut StackTop) -> u64 {
     }
 }
 
-/// Takes the user stack into the event itself (when the stack map has no room for it).
+/// Takes the current user stack into `stack` (the helper zeroes the frames it does not fill, so equal
+/// stacks are equal buffers); whether there was one.
 #[inline(always)]
-fn copy_stack<C: StackIdContext>(ctx: &C, stack: &mut InlineStack) {
+pub fn take_user_stack<C: StackIdContext>(ctx: &C, stack: &mut InlineStack) -> bool {
     let bytes = unsafe {
         bpf_get_stack(ctx.as_ptr(), stack.ips.as_mut_ptr().cast(), (MAX_STACK_DEPTH * 8) as u32, BPF_F_USER_STACK)
     };
-    if bytes > 0 {
-        stack.depth = bytes as u64 / 8;
-        count(Counter::InlineStacks);
-    } else {
-        stack.depth = 0;
-        count(Counter::StackErrors);
-    }
+    stack.depth = if bytes > 0 { bytes as u64 / 8 } else { 0 };
+    bytes > 0
+}
+
+/// Takes the user stack into the event itself (when the stack map has no room for it).
+#[inline(always)]
+fn copy_stack<C: StackIdContext>(ctx: &C, stack: &mut InlineStack) {
+    count(if take_user_stack(ctx, stack) { Counter::InlineStacks } else { Counter::StackErrors });
 }
 
 /// Events waiting in the ring buffer before a submit wakes the collector. Below it the collector is not

@@ -365,6 +365,11 @@ impl<S> Series<S> {
     fn stats(&self, value: impl Fn(&S) -> f64) -> Option<Stats> {
         Stats::of(self.samples.iter().map(value).collect())
     }
+
+    /// [`Self::stats`] of a figure some samples lack.
+    fn stats_of_some(&self, value: impl Fn(&S) -> Option<f64>) -> Option<Stats> {
+        Stats::of(self.samples.iter().filter_map(value).collect())
+    }
 }
 
 // ------------------------------------------------------------------------------------------------------
@@ -2345,7 +2350,7 @@ impl Report<'_> {
         let cpu_median = |c| self.bun.get(c).stats(BunSample::cpu_ms).map(|s| s.median);
         let bpf_median = |c| {
             let series: &Series<BunSample> = self.bun.get(c);
-            Stats::of(series.samples.iter().filter_map(|s| s.bpf_ms).collect()).map(|s| s.median)
+            series.stats_of_some(|s| s.bpf_ms).map(|s| s.median)
         };
         let cpu_note = |c| {
             let mut note = String::new();
@@ -2749,7 +2754,7 @@ impl Report<'_> {
                     };
                     let ms = |stats: Option<Stats>| stats.map_or("-".into(), |s| format!("{:.1}", s.median));
                     let cpu = total_cpu(series);
-                    let bpf = Stats::of(series.samples.iter().filter_map(|s| s.bpf_ms).collect());
+                    let bpf = series.stats_of_some(|s| s.bpf_ms);
                     let cpu_change = match (cpu, untraced_cpu) {
                         (Some(cpu), Some(base)) if *config != BunConfig::Untraced => {
                             format!("{} more", pct(cpu.median / base.median - 1.0))
@@ -2764,15 +2769,14 @@ impl Report<'_> {
                         spread(tps, |v| format!("{v:.1}")),
                         ms(series.stats(|s| s.server_user_ms)),
                         ms(series.stats(|s| s.server_kernel_ms)),
-                        ms(Stats::of(series.samples.iter().filter_map(|s| s.tracer_ms).collect())),
+                        ms(series.stats_of_some(|s| s.tracer_ms)),
                         ms(cpu),
                         ms(bpf),
                         match (bpf, untraced_cpu) {
                             (Some(bpf), Some(base)) => pct(bpf.median / base.median),
                             _ => "-".into(),
                         },
-                        Stats::of(series.samples.iter().filter_map(|s| s.tracer_wakeups).collect())
-                            .map_or("-".into(), |s| format!("{:.0}", s.median)),
+                        series.stats_of_some(|s| s.tracer_wakeups).map_or("-".into(), |s| format!("{:.0}", s.median)),
                     );
                 }
                 None => {

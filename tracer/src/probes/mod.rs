@@ -270,7 +270,7 @@ impl Probes {
         }
         // For the tests: fewer slots for the allocator calls under way (0: one, shared by every thread), so
         // that their hash-map fallback runs (see alloc.rs in tracer-ebpf).
-        let slot_mask = std::env::var("LEAKTRACE_CALL_SLOT_MASK").ok().and_then(|text| text.parse::<u32>().ok());
+        let slot_mask: Option<u32> = std::env::var("LEAKTRACE_CALL_SLOT_MASK").ok().and_then(|text| text.parse().ok());
         if let Some(mask) = &slot_mask {
             loader.override_global("CALL_SLOT_MASK", mask, true);
         }
