@@ -318,6 +318,8 @@ fn enter(ctx: &ProbeContext, pid_tgid: u64, cookie: AllocCookie, size: u64, ptr:
             Err(EEXIST) => spill_stack(ctx),
             Err(_) => stack_error(),
         };
+        // Read now, not taken from the instruction pointer at the return: until then the return probe's
+        // trampoline stands in its place on the stack, and a mmap the call makes needs the real one.
         let caller = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
         AllocSite { stack_id, pad: 0, caller }
     } else {
@@ -344,7 +346,8 @@ pub fn caller_of_current_call() -> u64 {
     current_call(bpf_get_current_pid_tgid()).map_or(0, |call| unsafe { (*call).site.caller })
 }
 
-/// `bpf_get_stackid`'s answer when the stack's bucket in the stack map holds another stack.
+/// `bpf_get_stackid`'s answer when the stack's bucket in the stack map holds another stack, and a map
+/// insert's with `BPF_NOEXIST` when the key is there.
 const EEXIST: i32 = -17;
 
 /// Where a stack is built before it is spilled (too large for the BPF stack).
@@ -437,7 +440,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let sampled = call.sampled != 0;
     let record = |tgid: u32, addr: u64, size: u64, site: AllocSite| {
         if sampled {
-            record(tgid, addr, size, site);
+            record(tgid, addr, size, site, call.entered_ns);
         }
     };
     match cookie.shape {
@@ -488,13 +491,8 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
 }
 
 #[inline(always)]
-fn record(tgid: u32, addr: u64, size: u64, site: AllocSite) {
+fn record(tgid: u32, addr: u64, size: u64, site: AllocSite, entered_ns: u64) {
     let key = BlockKey { tgid, pad: 0, addr };
-    if let Some(old) = unsafe { ALLOCS.get(&key) }.copied() {
-        // Still live at this address: its free went through a path we do not see.
-        count(Counter::MissedFrees);
-        charge(&old.site, old.charged_bytes, old.charged_blocks, false);
-    }
     let interval = sample_bytes();
     let (charged_bytes, charged_blocks) = if interval == 0 || size >= interval {
         (size, 1)
@@ -502,10 +500,27 @@ fn record(tgid: u32, addr: u64, size: u64, site: AllocSite) {
         // Recorded with probability size / N: counts for N bytes and (rounded) N / size blocks.
         (interval, (interval + size / 2) / size.max(1))
     };
-    let block = Block { size, timestamp_ns: unsafe { bpf_ktime_get_ns() }, site, charged_bytes, charged_blocks };
-    if ALLOCS.insert(&key, &block, 0).is_err() {
-        count(Counter::MapFull);
-        return;
+    // Stamped with the call's entry: the time the block was asked for.
+    let block = Block { size, timestamp_ns: entered_ns, site, charged_bytes, charged_blocks };
+    // Inserted as new first, so that the usual case costs one map operation, not a lookup too.
+    match ALLOCS.insert(&key, &block, BPF_NOEXIST) {
+        Ok(()) => {}
+        Err(EEXIST) => {
+            // Still live at this address: its free went through a path we do not see.
+            count(Counter::MissedFrees);
+            if let Some(old) = unsafe { ALLOCS.get(&key) }.copied() {
+                charge(&old.site, old.charged_bytes, old.charged_blocks, false);
+            }
+            // Replaced whole (the map swaps in a new element), never written over while userspace reads it.
+            if ALLOCS.insert(&key, &block, 0).is_err() {
+                count(Counter::MapFull);
+                return;
+            }
+        }
+        Err(_) => {
+            count(Counter::MapFull);
+            return;
+        }
     }
     charge(&site, charged_bytes, charged_blocks, true);
 }
