@@ -215,14 +215,14 @@ impl StackTable {
 /// mapped at the first return probe hit, often after the maps were last read.
 pub const TRAMPOLINE_PAGE: std::ops::Range<u64> = 0x7fff_ffff_e000..0x7fff_ffff_f000;
 
-fn is_uretprobe_trampoline(ip: u64, modules: &mut ModuleMap) -> bool {
-    TRAMPOLINE_PAGE.contains(&ip) || modules.lookup(ip).is_some_and(|m| m.pathname == "[uprobes]")
+fn is_uretprobe_trampoline(ip: u64, modules: &ModuleMap) -> bool {
+    TRAMPOLINE_PAGE.contains(&ip) || modules.in_uprobes_page(ip)
 }
 
 /// Frames in the kernel's uretprobe trampoline stand where hooked allocator calls will return: the
 /// outermost one becomes the return address of the thread's outermost call (`alloc_caller`, taken at its
 /// entry); the others, returns inside the allocator, are dropped.
-fn replace_trampolines(ips: &mut Vec<u64>, alloc_caller: Option<u64>, modules: &mut ModuleMap) {
+fn replace_trampolines(ips: &mut Vec<u64>, alloc_caller: Option<u64>, modules: &ModuleMap) {
     let trampolines: Vec<usize> =
         (0..ips.len()).filter(|&index| is_uretprobe_trampoline(ips[index], modules)).collect();
     let Some(&outermost) = trampolines.last() else { return };

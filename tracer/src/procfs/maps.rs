@@ -51,9 +51,29 @@ impl MemoryMap {
     }
 
     pub fn find(&self, addr: u64) -> Option<&Mapping> {
+        self.find_index(addr).map(|index| &self.mappings[index])
+    }
+
+    /// The position of the mapping holding `addr`, for [`MemoryMap::find_near`].
+    pub fn find_index(&self, addr: u64) -> Option<usize> {
         let index = self.mappings.partition_point(|m| m.start <= addr).checked_sub(1)?;
-        let mapping = &self.mappings[index];
-        (addr < mapping.end).then_some(mapping)
+        (addr < self.mappings[index].end).then_some(index)
+    }
+
+    /// [`MemoryMap::find`], trying the mapping at `hint` first (the last one found: a stack's frames
+    /// mostly fall in one or two mappings); the position of the mapping found goes back into `hint`.
+    pub fn find_near(&self, addr: u64, hint: &mut usize) -> Option<&Mapping> {
+        if let Some(mapping) = self.mappings.get(*hint).filter(|m| m.start <= addr && addr < m.end) {
+            return Some(mapping);
+        }
+        let index = self.find_index(addr)?;
+        *hint = index;
+        Some(&self.mappings[index])
+    }
+
+    /// The range of the kernel's uprobe page (`[uprobes]`: the return probes' trampoline), if mapped.
+    pub fn uprobes_page(&self) -> Option<std::ops::Range<u64>> {
+        self.mappings.iter().find(|m| m.pathname == "[uprobes]").map(|m| m.start..m.end)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Mapping> {
@@ -144,5 +164,27 @@ mod tests {
         assert!(map.find(0x3fffff).is_none());
         assert!(map.find(0x452000).is_none());
         assert!(map.find(0xffff_ffff_ffff).is_none());
+    }
+
+    #[test]
+    fn a_search_near_the_last_mapping_finds_what_a_full_search_finds() {
+        let map = MemoryMap::parse(SAMPLE);
+        let mut hint = 0;
+        for addr in [0x400123, 0x400fff, 0xe03000, 0x452000, 0x7f2e7fff, 0x7f2e8000, 0x400000, 0x3fffff, 0x7fff5000] {
+            assert_eq!(map.find_near(addr, &mut hint), map.find(addr), "{addr:#x}");
+            if let Some(found) = map.find(addr) {
+                assert_eq!(map.find_index(addr), Some(hint));
+                assert_eq!(found.start, map.iter().nth(hint).unwrap().start);
+            }
+        }
+        let mut stale = 99;
+        assert_eq!(map.find_near(0xe03000, &mut stale).unwrap().pathname, "[heap]");
+    }
+
+    #[test]
+    fn the_uprobes_page_is_found_by_name() {
+        assert_eq!(MemoryMap::parse(SAMPLE).uprobes_page(), None);
+        let with = format!("{SAMPLE}7fffffffe000-7ffffffff000 r-xp 00000000 00:00 0           [uprobes]\n");
+        assert_eq!(MemoryMap::parse(&with).uprobes_page(), Some(0x7fff_ffff_e000..0x7fff_ffff_f000));
     }
 }

@@ -14,11 +14,16 @@ pub struct ModuleMap {
     map: MemoryMap,
     alive: bool,
     last_refresh: Option<Instant>,
+    /// Where the last lookup found its address (see [`MemoryMap::find_near`]).
+    hint: usize,
+    /// The `[uprobes]` page as last read: checked for every frame of every stack.
+    uprobes_page: Option<std::ops::Range<u64>>,
 }
 
 impl ModuleMap {
     pub fn new(pid: u32) -> Self {
-        let mut modules = Self { pid, map: MemoryMap::default(), alive: true, last_refresh: None };
+        let mut modules =
+            Self { pid, map: MemoryMap::default(), alive: true, last_refresh: None, hint: 0, uprobes_page: None };
         modules.refresh();
         modules
     }
@@ -35,7 +40,10 @@ impl ModuleMap {
         self.last_refresh = Some(Instant::now());
         match MemoryMap::read(self.pid) {
             // A zombie's maps are empty; keep what we had.
-            Ok(map) if !map.is_empty() => self.map = map,
+            Ok(map) if !map.is_empty() => {
+                self.uprobes_page = map.uprobes_page();
+                self.map = map;
+            }
             Ok(_) | Err(_) => {}
         }
     }
@@ -47,13 +55,19 @@ impl ModuleMap {
 
     /// The mapping holding `addr`, re-reading the process's maps once if none does.
     pub fn lookup(&mut self, addr: u64) -> Option<&Mapping> {
-        if self.map.find(addr).is_none()
+        if self.map.find_near(addr, &mut self.hint).is_none()
             && self.alive
             && self.last_refresh.is_none_or(|t| t.elapsed() >= MIN_REFRESH_INTERVAL)
         {
             self.refresh();
         }
-        self.map.find(addr)
+        self.map.find_near(addr, &mut self.hint)
+    }
+
+    /// Whether `addr` lies in the `[uprobes]` page as last read (no re-read: see
+    /// `collector::stacks::TRAMPOLINE_PAGE` for where it is before it shows in the maps).
+    pub fn in_uprobes_page(&self, addr: u64) -> bool {
+        self.uprobes_page.as_ref().is_some_and(|page| page.contains(&addr))
     }
 }
 
