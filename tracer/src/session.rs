@@ -1,6 +1,7 @@
 //! One tracing session from start to end: find or launch the target, attach, collect, detach, report.
 
 use std::{
+    collections::HashSet,
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
 };
@@ -215,8 +216,12 @@ impl Session<'_> {
             // A launched target logs from its first instruction: its stdout and stderr count from the start.
             maps.add_log_descriptors(pid, &[1, 2])?;
         }
-        let allocator_summary =
-            if cli.no_alloc { None } else { Some(attach_allocator(cli, &pending, &mut self.probes)?) };
+        let (allocator_summary, mut late_libraries) = if cli.no_alloc {
+            (None, None)
+        } else {
+            let (summary, found) = attach_allocator(cli, &pending, &mut self.probes)?;
+            (Some(summary), Some(LateLibraries::new(pid, found)))
+        };
         let (target, launched) = match pending {
             Pending::Existing(target) => {
                 if target.has_exited() {
@@ -230,14 +235,14 @@ impl Session<'_> {
         maps.program_ids = self.probes.records.iter().map(|record| record.program_id).collect();
         maps.program_ids.sort_unstable();
         maps.program_ids.dedup();
-        let probe_info = ProbeInfo {
+        let probe_info = std::cell::RefCell::new(ProbeInfo {
             records: self.probes.records.clone(),
             allocators: allocator_summary,
             sample_bytes: cli.sample_bytes,
             sample_pages: cli.sample_pages,
-        };
+        });
         let mut collector = Collector::new(maps, target, !launched)
-            .with_allocator(probe_info.allocators.as_ref().is_some_and(|summary| summary.entry_points > 0))
+            .with_allocator(probe_info.borrow().allocators.as_ref().is_some_and(|summary| summary.entry_points > 0))
             .with_min_age(cli.min_age)
             .with_symbols_from(cli.symbols_from.as_deref())
             .with_turns(self.patterns.clone())
@@ -255,13 +260,16 @@ impl Session<'_> {
         };
         let remaining = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
         let options = &self.report_options;
+        let probes = &mut self.probes;
         let ending = self.runtime.block_on(collector.run(
             remaining,
             &mut self.events,
             &mut self.signals,
             Some(&mut self.marker_receiver),
-            |trace, reason| write_snapshot(trace, reason, &probe_info, options, &out, cli.keep),
+            |trace, reason| write_snapshot(trace, reason, &probe_info.borrow(), options, &out, cli.keep),
+            || late_libraries.as_mut().is_some_and(|late| late.probe_new(probes, &probe_info)),
         ))?;
+        let probe_info = probe_info.into_inner();
         // Detach before the slower work of writing reports: the allocator's probes were for this process,
         // and the tracepoints are needed no more unless another process of the program comes.
         let target_gone =
@@ -290,7 +298,11 @@ impl Session<'_> {
 
 /// Finds the allocator entry points of the target (or, for a launched target, of its executable and the
 /// libraries it will load), says what was found, and attaches to them.
-fn attach_allocator(cli: &Cli, pending: &Pending, probes: &mut Probes) -> Result<allocators::AllocatorSummary> {
+fn attach_allocator(
+    cli: &Cli,
+    pending: &Pending,
+    probes: &mut Probes,
+) -> Result<(allocators::AllocatorSummary, allocators::ProcessAllocators)> {
     let pid = pending.pid();
     let alloc_symbols = cli
         .alloc_symbol
@@ -322,7 +334,12 @@ fn attach_allocator(cli: &Cli, pending: &Pending, probes: &mut Probes) -> Result
     for line in summary.lines() {
         eprintln!("dispatch-leaktrace: {line}");
     }
-    let points = found.objects.iter().flat_map(|object| {
+    probes.attach_allocator(pid, probe_points(&found.objects))?;
+    Ok((summary, found))
+}
+
+fn probe_points(objects: &[allocators::ObjectAllocators]) -> impl Iterator<Item = AllocatorProbe<'_>> {
+    objects.iter().flat_map(|object| {
         object.entry_points.iter().map(move |entry| AllocatorProbe {
             object: &object.attach_path,
             symbol: &entry.name,
@@ -331,9 +348,87 @@ fn attach_allocator(cli: &Cli, pending: &Pending, probes: &mut Probes) -> Result
             size: entry.size,
             cookie: if entry.throws { entry.cookie.without_return() } else { entry.cookie },
         })
-    });
-    probes.attach_allocator(pid, points)?;
-    Ok(summary)
+    })
+}
+
+/// The objects a target maps as code whose allocators have been looked for, so that libraries it loads
+/// later (dlopen) get probed too: known by device and inode, which a library's path in the maps and the
+/// path it was found at before the target ran (a symlinked /lib) agree on.
+struct LateLibraries {
+    pid: u32,
+    root: PathBuf,
+    searched: HashSet<(u64, u64)>,
+    /// Everything found so far, for report.json.
+    found: allocators::ProcessAllocators,
+}
+
+impl LateLibraries {
+    fn new(pid: u32, found: allocators::ProcessAllocators) -> Self {
+        let searched = found.objects.iter().filter_map(|object| file_identity(&object.attach_path)).collect();
+        Self { pid, root: PathBuf::from(format!("/proc/{pid}/root")), searched, found }
+    }
+
+    /// Looks for allocators in the code files mapped since the last look and probes them. Whether any
+    /// entry point was added. A failure is a warning: the trace goes on without them.
+    fn probe_new(&mut self, probes: &mut Probes, info: &std::cell::RefCell<ProbeInfo>) -> bool {
+        let Ok(map) = MemoryMap::read(self.pid) else { return false };
+        let new = map.filtered(|mapping| {
+            mapping.executable
+                && mapping.is_file()
+                && !mapping.pathname.ends_with(" (deleted)")
+                && file_identity(&self.root.join(mapping.file_path().trim_start_matches('/')))
+                    .is_some_and(|identity| !self.searched.contains(&identity))
+        });
+        if new.is_empty() {
+            return false;
+        }
+        let options = DiscoveryOptions {
+            pid: Some(self.pid),
+            main_executable: self.found.main_executable.clone(),
+            root: Some(self.root.clone()),
+            ..Default::default()
+        };
+        let found = match allocators::discover_in_process(&new, &options) {
+            Ok(found) => found,
+            Err(error) => {
+                eprintln!("dispatch-leaktrace: warning: cannot search the libraries loaded since: {error:#}");
+                return false;
+            }
+        };
+        self.searched.extend(found.objects.iter().filter_map(|object| file_identity(&object.attach_path)));
+        let mut objects = found.objects;
+        objects.retain(|object| !object.entry_points.is_empty());
+        if objects.is_empty() {
+            return false;
+        }
+        for object in &mut objects {
+            object.notes.push(LOADED_LATER.to_string());
+        }
+        if let Err(error) = probes.attach_allocator(self.pid, probe_points(&objects)) {
+            eprintln!("dispatch-leaktrace: warning: cannot probe the allocator of a library loaded since: {error:#}");
+            return false;
+        }
+        self.found.objects.extend(objects);
+        let summary = allocators::summarize(&self.found);
+        for object in summary.objects.iter().filter(|object| object.notes.iter().any(|note| note == LOADED_LATER)) {
+            let families: Vec<String> =
+                object.families.iter().map(|f| format!("{} ({})", f.family.name(), f.entry_points)).collect();
+            eprintln!("dispatch-leaktrace: probing {} too, loaded since: {}", object.path, families.join(", "));
+        }
+        let mut info = info.borrow_mut();
+        info.records = probes.records.clone();
+        info.allocators = Some(summary);
+        true
+    }
+}
+
+/// A note on an object loaded after the trace began.
+const LOADED_LATER: &str = "loaded after the trace began (dlopen): probed from then on; blocks it allocated \
+                            before its probes were in place are not seen, and their frees count as unmatched";
+
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|metadata| (metadata.dev(), metadata.ino()))
 }
 
 /// A snapshot or checkpoint while the trace goes on. A failure is a warning: the trace itself must go on.

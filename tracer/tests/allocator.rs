@@ -251,3 +251,40 @@ fn sampled_figures_are_unbiased_estimates() {
     assert!((churn / 6_400_000.0 - 1.0).abs() < 0.15, "churn's allocated bytes estimated as {churn}");
     assert_eq!(report.counter("unmatched_frees"), 0, "frees of unsampled blocks are not unmatched");
 }
+
+const LATE_TRUTH: Truth = &[("late_kept", 3000, 3, 3000), ("late_freed", 0, 0, 10000)];
+
+/// A library with an allocator of its own, loaded with dlopen after the tracer attached: the tracer finds
+/// its entry points when the library is mapped, probes them, and its figures are exact from then on.
+#[test]
+fn an_allocator_in_a_library_loaded_later_is_probed_and_exact() {
+    let library = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/late_allocator.c");
+    let library = compile_with("liblate_allocator.so", &library, "cc", &["-shared", "-fPIC"]);
+    let program = fixture("dlopen_alloc");
+    let out = output_dir("late_allocator");
+    let mut target = Running::spawn(Command::new(&program).arg("wait").arg(&library));
+    let pid = target.pid().to_string();
+    let mut tracer = common::start_tracer(&["-o", out.to_str().unwrap(), "--pid", &pid]);
+    target.send_line("go");
+    target.stdout.wait_for("loaded");
+    let said = tracer.stderr.wait_for("loaded since");
+    assert!(said.contains("liblate_allocator.so") && said.contains("mimalloc (2)"), "{said}");
+    target.send_line("allocate");
+    target.stdout.wait_for("done");
+    tracer.snapshot();
+    target.close_stdin();
+    assert!(target.wait().success(), "the target must survive being traced");
+    assert!(tracer.wait().success());
+    let report = Report::load(&out);
+    assert_truth(&report, LATE_TRUTH);
+    assert_eq!(uprobes_on(&report, "mi_malloc"), 2, "entry and return probes on the late mi_malloc");
+    assert_eq!(uprobes_on(&report, "mi_free"), 1);
+    let late = report.0["allocators"]["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|object| object["path"].as_str().is_some_and(|path| path.ends_with("liblate_allocator.so")))
+        .expect("the late library among the allocator objects");
+    assert!(late["notes"].to_string().contains("loaded after the trace began"), "{late}");
+    common::assert_detached(&report);
+}

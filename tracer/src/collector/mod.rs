@@ -220,6 +220,8 @@ pub struct Collector {
     interval: Duration,
     /// Allocator probes are attached: read their figures.
     allocator_traced: bool,
+    /// A file was mapped as code since the last look for allocators in new libraries.
+    code_mapped: bool,
     site_keys: HashMap<AllocSite, StackKey>,
     death: DeathWatch,
     /// Kernel (monotonic) times to wall-clock times.
@@ -286,6 +288,7 @@ impl Collector {
             turns: TurnTracker::new(None),
             interval: DEFAULT_INTERVAL,
             allocator_traced: false,
+            code_mapped: false,
             site_keys: HashMap::new(),
             death: DeathWatch::default(),
             clock: clock::Clock::now(),
@@ -389,6 +392,7 @@ impl Collector {
         signals: &mut Signals,
         mut sent_markers: Option<&mut mpsc::UnboundedReceiver<SentLine>>,
         mut on_snapshot: impl FnMut(&Trace<'_>, SnapshotReason),
+        mut on_new_code: impl FnMut() -> bool,
     ) -> Result<Ending> {
         // SAFETY: the descriptor is owned by the value registered, open until it is dropped.
         let target_exit = unsafe { AsyncFd::register(self.target.pidfd.try_clone()?)? };
@@ -417,7 +421,13 @@ impl Collector {
                     self.drain(guard.get_inner_mut());
                     guard.clear_ready();
                 }
-                _ = poll.tick() => self.drain(events.get_mut()),
+                _ = poll.tick() => {
+                    self.drain(events.get_mut());
+                    // A library loaded since the last look (dlopen) may bring an allocator.
+                    if std::mem::take(&mut self.code_mapped) && on_new_code() {
+                        self.allocator_traced = true;
+                    }
+                }
                 _ = tick.tick() => {
                     self.drain(events.get_mut());
                     self.on_tick();
@@ -809,6 +819,7 @@ impl Collector {
                     // New code (a library, a JIT region): read the maps while the process still has them.
                     self.modules.refresh();
                     self.update_runtime_text();
+                    self.code_mapped |= event.fd >= 0;
                 }
                 let key = self.stack_key(event, inline, top, Source::Mmap);
                 self.ledger.map(event.tgid, event.addr, event.len, backing_of(event), key);

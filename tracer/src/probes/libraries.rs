@@ -4,7 +4,7 @@
 //!
 //! Resolution follows the loader's order for the common cases: DT_RPATH (when there is no DT_RUNPATH),
 //! LD_LIBRARY_PATH, DT_RUNPATH, then the system directories. Libraries loaded with dlopen are not known
-//! in advance.
+//! in advance: the session probes them once they are mapped (`session::LateLibraries`).
 
 use std::{
     collections::BTreeSet,

@@ -76,6 +76,11 @@ impl MemoryMap {
         self.mappings.iter().find(|m| m.pathname == "[uprobes]").map(|m| m.start..m.end)
     }
 
+    /// A copy with only the mappings for which `keep` holds.
+    pub fn filtered(&self, mut keep: impl FnMut(&Mapping) -> bool) -> Self {
+        Self { mappings: self.mappings.iter().filter(|m| keep(m)).cloned().collect() }
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Mapping> {
         self.mappings.iter()
     }
