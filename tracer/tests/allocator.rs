@@ -270,12 +270,7 @@ fn an_allocator_in_a_library_loaded_later_is_probed_and_exact() {
     let said = tracer.stderr.wait_for("loaded since");
     assert!(said.contains("liblate_allocator.so") && said.contains("mimalloc (2)"), "{said}");
     target.send_line("allocate");
-    target.stdout.wait_for("done");
-    tracer.snapshot();
-    target.close_stdin();
-    assert!(target.wait().success(), "the target must survive being traced");
-    assert!(tracer.wait().success());
-    let report = Report::load(&out);
+    let report = common::finish_waiting_fixture(target, tracer, &out);
     assert_truth(&report, LATE_TRUTH);
     assert_eq!(uprobes_on(&report, "mi_malloc"), 2, "entry and return probes on the late mi_malloc");
     assert_eq!(uprobes_on(&report, "mi_free"), 1);

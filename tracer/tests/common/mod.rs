@@ -196,14 +196,20 @@ pub fn trace_waiting_fixture_with_env(test: &str, program: &Path, extra: &[&str]
     let pid = target.pid().to_string();
     let mut args = vec!["-o", out.to_str().unwrap(), "--pid", &pid];
     args.extend_from_slice(extra);
-    let mut tracer = start_tracer_with_env(&args, env);
+    let tracer = start_tracer_with_env(&args, env);
     target.send_line("go");
+    finish_waiting_fixture(target, tracer, &out)
+}
+
+/// Lets a fixture that follows the "wait" protocol run to its "done", takes a snapshot while it still
+/// lives (so that the tracer has caught up), lets it exit, and returns the tracer's report.
+pub fn finish_waiting_fixture(mut target: Running, mut tracer: Running, out: &Path) -> Report {
     target.stdout.wait_for("done");
     tracer.snapshot();
     target.close_stdin();
     assert!(target.wait().success(), "the target must survive being traced");
     assert!(tracer.wait().success());
-    Report::load(&out)
+    Report::load(out)
 }
 
 /// report.json, with lookups the tests share.
