@@ -102,8 +102,19 @@ fn report_files_agree_with_each_other() {
         assert_eq!(frames, expected.join(";"));
         assert_eq!(bytes.parse::<u64>().unwrap(), stack["outstanding_bytes"].as_u64().unwrap());
     }
-    let total: u64 = report.stacks().iter().map(|s| s["outstanding_bytes"].as_u64().unwrap()).sum();
-    assert_eq!(report.0["totals"]["outstanding_bytes"].as_u64(), Some(total));
+    // The totals are those of the primary source (resident memory here); each source has its own.
+    let totals = &report.0["totals"];
+    assert_eq!(totals["primary_source"], "page-fault");
+    for (source, figures) in totals["by_source"].as_object().unwrap() {
+        let sum: u64 = report
+            .stacks()
+            .iter()
+            .filter(|s| s["source"] == source.as_str())
+            .map(|s| s["outstanding_bytes"].as_u64().unwrap())
+            .sum();
+        assert_eq!(figures["outstanding_bytes"].as_u64(), Some(sum), "{source}");
+    }
+    assert_eq!(totals["outstanding_bytes"], totals["by_source"]["page-fault"]["outstanding_bytes"]);
     // flamegraph.svg is the primary view (resident memory here); each source has its own as well.
     for name in ["flamegraph.svg", "flamegraph-mmap.svg", "flamegraph-page-fault.svg", "growth.svg"] {
         let svg = std::fs::read_to_string(out.join(name)).unwrap();

@@ -347,6 +347,7 @@ impl Ledger {
         self.counters
     }
 
+    #[cfg(test)]
     pub fn outstanding(&self) -> (u64, u64) {
         self.stats
             .values()

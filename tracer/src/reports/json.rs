@@ -203,6 +203,9 @@ fn signal_name(signal: i32) -> Option<&'static str> {
 
 #[derive(Serialize)]
 struct Totals {
+    /// The source the headline figures are of (see `reports::stacks::primary_source`): mapped, resident
+    /// and allocator bytes measure different things and do not add up; `by_source` has each.
+    primary_source: Option<&'static str>,
     outstanding_bytes: u64,
     outstanding_allocs: u64,
     rss_bytes: u64,
@@ -271,7 +274,6 @@ pub struct Views<'a> {
 /// Writes report.json to `out` as it is serialized: a long run's report is never held whole in memory.
 pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes: &ProbeInfo) -> Result<()> {
     let Views { stacks, growth, suspects, turns, primary, segments, .. } = views;
-    let (outstanding_bytes, outstanding_allocs) = trace.ledger.outstanding();
     let mut by_source: BTreeMap<&'static str, SourceTotals> = BTreeMap::new();
     for stack in stacks {
         let totals = by_source.entry(stack.source.name()).or_default();
@@ -322,7 +324,13 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
                 ..TargetExit::default()
             }),
         }),
-        totals: Totals { outstanding_bytes, outstanding_allocs, rss_bytes: trace.rss_bytes, by_source },
+        totals: Totals {
+            primary_source: primary.map(Source::name),
+            outstanding_bytes: primary.and_then(|p| by_source.get(p.name())).map_or(0, |t| t.outstanding_bytes),
+            outstanding_allocs: primary.and_then(|p| by_source.get(p.name())).map_or(0, |t| t.outstanding_allocs),
+            rss_bytes: trace.rss_bytes,
+            by_source,
+        },
         stacks: stacks
             .iter()
             .map(|stack| Stack {

@@ -3,8 +3,14 @@
 
 use serde::Serialize;
 
-use super::json::rfc3339;
-use crate::collector::{Trace, death::Death};
+use super::{
+    json::rfc3339,
+    stacks::{outstanding_of, primary_source_in},
+};
+use crate::{
+    collector::{Trace, death::Death},
+    ledger::Source,
+};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Segment {
@@ -17,6 +23,8 @@ pub struct Segment {
     pub end_reason: Option<&'static str>,
     /// The signal that killed it (a crash or the OOM killer), when one did.
     pub signal: Option<i32>,
+    /// The source `outstanding_bytes` counts (see `reports::stacks::primary_source`).
+    pub primary_source: Option<&'static str>,
     pub outstanding_bytes: u64,
     pub rss_bytes: u64,
     /// Its reports, relative to the output folder.
@@ -30,6 +38,7 @@ impl Segment {
             Death::Oom { .. } => Some(libc::SIGKILL),
             Death::Exit(_) => None,
         });
+        let primary = primary_source_in(trace.ledger);
         Self {
             index,
             pid: trace.target.pid,
@@ -38,7 +47,8 @@ impl Segment {
             ended_at: rfc3339(trace.ended_at),
             end_reason: trace.ending.map(|ending| ending.reason.name()),
             signal,
-            outstanding_bytes: trace.ledger.outstanding().0,
+            primary_source: primary.map(Source::name),
+            outstanding_bytes: primary.map_or(0, |source| outstanding_of(trace.ledger, source).0),
             rss_bytes: trace.rss_bytes,
             folder,
         }

@@ -4,7 +4,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use crate::{
     collector::Trace,
-    ledger::{Source, StackKey, StackStats},
+    ledger::{Ledger, Source, StackKey, StackStats},
     symbolizer::FrameName,
 };
 
@@ -80,8 +80,23 @@ pub fn merge_by_names(
 /// not be probed (Bun's mimalloc, stripped), the C library's malloc sees a few kilobytes while pages fault
 /// in by the hundred megabytes. It leads when it has allocated at least a tenth of what became resident.
 pub fn primary_source(stacks: &[ReportStack]) -> Option<Source> {
-    let allocated =
-        |source: Source| -> u64 { stacks.iter().filter(|s| s.source == source).map(|s| s.stats.allocated_bytes).sum() };
+    primary_source_by(|source| stacks.iter().filter(|s| s.source == source).map(|s| s.stats.allocated_bytes).sum())
+}
+
+/// [`primary_source`] from the ledger's figures, without building the report's stacks.
+pub fn primary_source_in(ledger: &Ledger) -> Option<Source> {
+    primary_source_by(|source| ledger.stats().filter(|(key, _)| key.source == source).map(|(_, s)| s.allocated_bytes).sum())
+}
+
+/// The bytes outstanding in `ledger` from `source`.
+pub fn outstanding_of(ledger: &Ledger, source: Source) -> (u64, u64) {
+    ledger
+        .stats()
+        .filter(|(key, _)| key.source == source)
+        .fold((0, 0), |(bytes, allocs), (_, s)| (bytes + s.outstanding_bytes, allocs + s.outstanding_allocs))
+}
+
+fn primary_source_by(allocated: impl Fn(Source) -> u64) -> Option<Source> {
     let (malloc, resident) = (allocated(Source::Malloc), allocated(Source::PageFault));
     if malloc > 0 && malloc >= resident / 10 {
         return Some(Source::Malloc);
