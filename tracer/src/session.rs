@@ -404,20 +404,24 @@ impl LateLibraries {
         for object in &mut objects {
             object.notes.push(LOADED_LATER.to_string());
         }
-        if let Err(error) = probes.attach_allocator(self.pid, probe_points(&objects)) {
+        let attached = probes.attach_allocator(self.pid, probe_points(&objects));
+        // What did attach (all of it, or the probes before a failure) is in the records either way.
+        info.borrow_mut().records = probes.records.clone();
+        if let Err(error) = attached {
             eprintln!("dispatch-leaktrace: warning: cannot probe the allocator of a library loaded since: {error:#}");
             return false;
         }
-        self.found.objects.extend(objects);
-        let summary = allocators::summarize(&self.found);
-        for object in summary.objects.iter().filter(|object| object.notes.iter().any(|note| note == LOADED_LATER)) {
+        let new_summary = allocators::summarize(&allocators::ProcessAllocators {
+            objects: objects.clone(),
+            ..Default::default()
+        });
+        for object in &new_summary.objects {
             let families: Vec<String> =
                 object.families.iter().map(|f| format!("{} ({})", f.family.name(), f.entry_points)).collect();
             eprintln!("dispatch-leaktrace: probing {} too, loaded since: {}", object.path, families.join(", "));
         }
-        let mut info = info.borrow_mut();
-        info.records = probes.records.clone();
-        info.allocators = Some(summary);
+        self.found.objects.extend(objects);
+        info.borrow_mut().allocators = Some(allocators::summarize(&self.found));
         true
     }
 }
