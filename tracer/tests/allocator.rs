@@ -252,17 +252,20 @@ fn sampled_figures_are_unbiased_estimates() {
     assert_eq!(report.counter("unmatched_frees"), 0, "frees of unsampled blocks are not unmatched");
 }
 
-const LATE_TRUTH: Truth = &[("late_kept", 3000, 3, 3000), ("late_freed", 0, 0, 10000)];
+const LATE_TRUTH: Truth =
+    &[("late_kept", 3000, 3, 3000), ("late_freed", 0, 0, 10000), ("second_kept", 1000, 2, 1000)];
 
-/// A library with an allocator of its own, loaded with dlopen after the tracer attached: the tracer finds
-/// its entry points when the library is mapped, probes them, and its figures are exact from then on.
+/// Two libraries with an allocator of their own (one source, two files), loaded with dlopen one after the
+/// other after the tracer attached: the tracer finds each one's entry points when it is mapped, probes
+/// them, says so once per library, and the figures are exact from then on.
 #[test]
-fn an_allocator_in_a_library_loaded_later_is_probed_and_exact() {
-    let library = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/late_allocator.c");
-    let library = compile_with("liblate_allocator.so", &library, "cc", &["-shared", "-fPIC"]);
+fn allocators_in_libraries_loaded_later_are_probed_and_exact() {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/late_allocator.c");
+    let first = compile_with("liblate_allocator.so", &source, "cc", &["-shared", "-fPIC"]);
+    let second = compile_with("liblate_allocator_second.so", &source, "cc", &["-shared", "-fPIC"]);
     let program = fixture("dlopen_alloc");
     let out = output_dir("late_allocator");
-    let mut target = Running::spawn(Command::new(&program).arg("wait").arg(&library));
+    let mut target = Running::spawn(Command::new(&program).arg("wait").arg(&first).arg(&second));
     let pid = target.pid().to_string();
     let mut tracer = common::start_tracer(&["-o", out.to_str().unwrap(), "--pid", &pid]);
     target.send_line("go");
@@ -270,16 +273,22 @@ fn an_allocator_in_a_library_loaded_later_is_probed_and_exact() {
     let said = tracer.stderr.wait_for("loaded since");
     assert!(said.contains("liblate_allocator.so") && said.contains("mimalloc (2)"), "{said}");
     target.send_line("allocate");
+    target.stdout.wait_for("loaded second");
+    tracer.stderr.wait_for("liblate_allocator_second.so too, loaded since");
+    let announced = tracer.stderr.seen().iter().filter(|line| line.contains("loaded since")).count();
+    assert_eq!(announced, 2, "each library announced once: {:?}", tracer.stderr.seen());
+    target.send_line("allocate");
     let report = common::finish_waiting_fixture(target, tracer, &out);
     assert_truth(&report, LATE_TRUTH);
-    assert_eq!(uprobes_on(&report, "mi_malloc"), 2, "entry and return probes on the late mi_malloc");
-    assert_eq!(uprobes_on(&report, "mi_free"), 1);
-    let late = report.0["allocators"]["objects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|object| object["path"].as_str().is_some_and(|path| path.ends_with("liblate_allocator.so")))
-        .expect("the late library among the allocator objects");
-    assert!(late["notes"].to_string().contains("loaded after the trace began"), "{late}");
+    assert_eq!(uprobes_on(&report, "mi_malloc"), 4, "entry and return probes on each late mi_malloc");
+    assert_eq!(uprobes_on(&report, "mi_free"), 2);
+    let objects = report.0["allocators"]["objects"].as_array().unwrap();
+    for name in ["liblate_allocator.so", "liblate_allocator_second.so"] {
+        let late = objects
+            .iter()
+            .find(|object| object["path"].as_str().is_some_and(|path| path.ends_with(name)))
+            .unwrap_or_else(|| panic!("{name} among the allocator objects"));
+        assert!(late["notes"].to_string().contains("loaded after the trace began"), "{late}");
+    }
     common::assert_detached(&report);
 }

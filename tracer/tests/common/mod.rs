@@ -95,6 +95,11 @@ impl Lines {
         }
     }
 
+    /// The lines read so far.
+    pub fn seen(&self) -> &[String] {
+        &self.seen
+    }
+
     /// Every line, once the stream has ended.
     pub fn all(mut self) -> Vec<String> {
         self.read_to_end().to_vec()
