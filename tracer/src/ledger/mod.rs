@@ -6,7 +6,7 @@ pub mod ranges;
 pub mod regions;
 pub mod turns;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -336,6 +336,16 @@ impl Ledger {
 
     pub fn stats(&self) -> impl Iterator<Item = (&StackKey, &StackStats)> {
         self.stats.iter()
+    }
+
+    /// Every stack's figures added up per source. (Not across sources: the same pages are mapped and
+    /// resident, and the allocator's blocks lie in both.)
+    pub fn by_source(&self) -> BTreeMap<Source, StackStats> {
+        let mut totals: BTreeMap<Source, StackStats> = BTreeMap::new();
+        for (key, stats) in &self.stats {
+            totals.entry(key.source).or_default().add(stats);
+        }
+        totals
     }
 
     #[cfg(test)]

@@ -212,7 +212,7 @@ struct Totals {
     by_source: BTreeMap<&'static str, SourceTotals>,
 }
 
-#[derive(Serialize, Default)]
+#[derive(Serialize, Default, Clone, Copy)]
 struct SourceTotals {
     outstanding_bytes: u64,
     outstanding_allocs: u64,
@@ -282,6 +282,7 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
         totals.allocated_bytes += stack.stats.allocated_bytes;
         totals.freed_bytes += stack.stats.freed_bytes;
     }
+    let headline = primary.and_then(|p| by_source.get(p.name())).copied().unwrap_or_default();
     let mut counters: BTreeMap<&'static str, u64> =
         Counter::ALL.iter().zip(&trace.kernel_counters).map(|(counter, value)| (counter.name(), *value)).collect();
     let ledger_counters = trace.ledger.counters();
@@ -326,8 +327,8 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
         }),
         totals: Totals {
             primary_source: primary.map(Source::name),
-            outstanding_bytes: primary.and_then(|p| by_source.get(p.name())).map_or(0, |t| t.outstanding_bytes),
-            outstanding_allocs: primary.and_then(|p| by_source.get(p.name())).map_or(0, |t| t.outstanding_allocs),
+            outstanding_bytes: headline.outstanding_bytes,
+            outstanding_allocs: headline.outstanding_allocs,
             rss_bytes: trace.rss_bytes,
             by_source,
         },

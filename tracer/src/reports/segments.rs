@@ -3,10 +3,7 @@
 
 use serde::Serialize;
 
-use super::{
-    json::rfc3339,
-    stacks::{outstanding_of, primary_source_in},
-};
+use super::{json::rfc3339, stacks::primary_source_of_totals};
 use crate::{
     collector::{Trace, death::Death},
     ledger::Source,
@@ -38,7 +35,8 @@ impl Segment {
             Death::Oom { .. } => Some(libc::SIGKILL),
             Death::Exit(_) => None,
         });
-        let primary = primary_source_in(trace.ledger);
+        let totals = trace.ledger.by_source();
+        let primary = primary_source_of_totals(&totals);
         Self {
             index,
             pid: trace.target.pid,
@@ -48,7 +46,9 @@ impl Segment {
             end_reason: trace.ending.map(|ending| ending.reason.name()),
             signal,
             primary_source: primary.map(Source::name),
-            outstanding_bytes: primary.map_or(0, |source| outstanding_of(trace.ledger, source).0),
+            outstanding_bytes: primary
+                .and_then(|source| totals.get(&source))
+                .map_or(0, |stats| stats.outstanding_bytes),
             rss_bytes: trace.rss_bytes,
             folder,
         }

@@ -1,10 +1,13 @@
 //! The ledger's stacks with their frames named, in report order: the view every report shares.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use crate::{
     collector::Trace,
-    ledger::{Ledger, Source, StackKey, StackStats},
+    ledger::{Source, StackKey, StackStats},
     symbolizer::FrameName,
 };
 
@@ -83,17 +86,10 @@ pub fn primary_source(stacks: &[ReportStack]) -> Option<Source> {
     primary_source_by(|source| stacks.iter().filter(|s| s.source == source).map(|s| s.stats.allocated_bytes).sum())
 }
 
-/// [`primary_source`] from the ledger's figures, without building the report's stacks.
-pub fn primary_source_in(ledger: &Ledger) -> Option<Source> {
-    primary_source_by(|source| ledger.stats().filter(|(key, _)| key.source == source).map(|(_, s)| s.allocated_bytes).sum())
-}
-
-/// The bytes outstanding in `ledger` from `source`.
-pub fn outstanding_of(ledger: &Ledger, source: Source) -> (u64, u64) {
-    ledger
-        .stats()
-        .filter(|(key, _)| key.source == source)
-        .fold((0, 0), |(bytes, allocs), (_, s)| (bytes + s.outstanding_bytes, allocs + s.outstanding_allocs))
+/// [`primary_source`] from the ledger's totals per source (`Ledger::by_source`), without building the
+/// report's stacks.
+pub fn primary_source_of_totals(totals: &BTreeMap<Source, StackStats>) -> Option<Source> {
+    primary_source_by(|source| totals.get(&source).map_or(0, |stats| stats.allocated_bytes))
 }
 
 fn primary_source_by(allocated: impl Fn(Source) -> u64) -> Option<Source> {

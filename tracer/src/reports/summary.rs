@@ -5,9 +5,7 @@ use std::fmt::Write;
 use super::Written;
 use tracer_common::counters::Counter;
 
-use std::collections::BTreeMap;
-
-use crate::{collector::Trace, ledger::Source};
+use crate::collector::Trace;
 
 const TOP: usize = 5;
 
@@ -17,12 +15,12 @@ pub fn render(trace: &Trace, written: &Written) -> String {
     let ending = trace.ending.map_or("nothing yet (snapshot)", |ending| ending.reason.name());
     let _ = writeln!(out, "traced pid {} for {seconds:.1} s, ended by {ending}", trace.target.pid);
     // Per source: the same pages are mapped and resident, so a sum would count them twice.
-    let mut by_source: BTreeMap<Source, u64> = BTreeMap::new();
-    for (key, stats) in trace.ledger.stats() {
-        *by_source.entry(key.source).or_default() += stats.outstanding_bytes;
-    }
-    let sources: Vec<String> =
-        by_source.iter().map(|(source, bytes)| format!("{} {}", source.describe(), human_bytes(*bytes))).collect();
+    let sources: Vec<String> = trace
+        .ledger
+        .by_source()
+        .iter()
+        .map(|(source, stats)| format!("{} {}", source.describe(), human_bytes(stats.outstanding_bytes)))
+        .collect();
     let _ = writeln!(
         out,
         "outstanding: {}; target RSS {}",
