@@ -267,7 +267,7 @@ impl Session<'_> {
             &mut self.signals,
             Some(&mut self.marker_receiver),
             |trace, reason| write_snapshot(trace, reason, &probe_info.borrow(), options, &out, cli.keep),
-            || late_libraries.as_mut().is_some_and(|late| late.probe_new(probes, &probe_info)),
+            |map| late_libraries.as_mut().is_some_and(|late| late.probe_new(map, probes, &probe_info)),
         ))?;
         let probe_info = probe_info.into_inner();
         // Detach before the slower work of writing reports: the allocator's probes were for this process,
@@ -368,10 +368,10 @@ impl LateLibraries {
         Self { pid, root: PathBuf::from(format!("/proc/{pid}/root")), searched, found }
     }
 
-    /// Looks for allocators in the code files mapped since the last look and probes them. Whether any
-    /// entry point was added. A failure is a warning: the trace goes on without them.
-    fn probe_new(&mut self, probes: &mut Probes, info: &std::cell::RefCell<ProbeInfo>) -> bool {
-        let Ok(map) = MemoryMap::read(self.pid) else { return false };
+    /// Looks for allocators in the code files of `map` (the target's maps, read again since a file was
+    /// mapped as code) not searched before, and probes them. Whether any entry point was added. A failure
+    /// is a warning: the trace goes on without them.
+    fn probe_new(&mut self, map: &MemoryMap, probes: &mut Probes, info: &std::cell::RefCell<ProbeInfo>) -> bool {
         let new = map.filtered(|mapping| {
             mapping.executable
                 && mapping.is_file()
@@ -411,10 +411,8 @@ impl LateLibraries {
             eprintln!("dispatch-leaktrace: warning: cannot probe the allocator of a library loaded since: {error:#}");
             return false;
         }
-        let new_summary = allocators::summarize(&allocators::ProcessAllocators {
-            objects: objects.clone(),
-            ..Default::default()
-        });
+        let new_summary =
+            allocators::summarize(&allocators::ProcessAllocators { objects: objects.clone(), ..Default::default() });
         for object in &new_summary.objects {
             let families: Vec<String> =
                 object.families.iter().map(|f| format!("{} ({})", f.family.name(), f.entry_points)).collect();

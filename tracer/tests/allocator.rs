@@ -252,8 +252,7 @@ fn sampled_figures_are_unbiased_estimates() {
     assert_eq!(report.counter("unmatched_frees"), 0, "frees of unsampled blocks are not unmatched");
 }
 
-const LATE_TRUTH: Truth =
-    &[("late_kept", 3000, 3, 3000), ("late_freed", 0, 0, 10000), ("second_kept", 1000, 2, 1000)];
+const LATE_TRUTH: Truth = &[("late_kept", 3000, 3, 3000), ("late_freed", 0, 0, 10000), ("second_kept", 1000, 2, 1000)];
 
 /// Two libraries with an allocator of their own (one source, two files), loaded with dlopen one after the
 /// other after the tracer attached: the tracer finds each one's entry points when it is mapped, probes

@@ -392,7 +392,7 @@ impl Collector {
         signals: &mut Signals,
         mut sent_markers: Option<&mut mpsc::UnboundedReceiver<SentLine>>,
         mut on_snapshot: impl FnMut(&Trace<'_>, SnapshotReason),
-        mut on_new_code: impl FnMut() -> bool,
+        mut on_new_code: impl FnMut(&MemoryMap) -> bool,
     ) -> Result<Ending> {
         // SAFETY: the descriptor is owned by the value registered, open until it is dropped.
         let target_exit = unsafe { AsyncFd::register(self.target.pidfd.try_clone()?)? };
@@ -423,8 +423,9 @@ impl Collector {
                 }
                 _ = poll.tick() => {
                     self.drain(events.get_mut());
-                    // A library loaded since the last look (dlopen) may bring an allocator.
-                    if std::mem::take(&mut self.code_mapped) && on_new_code() {
+                    // A library loaded since the last look (dlopen) may bring an allocator: the maps were
+                    // read again when it was mapped.
+                    if std::mem::take(&mut self.code_mapped) && on_new_code(self.modules.snapshot()) {
                         self.allocator_traced = true;
                     }
                 }
