@@ -26,6 +26,9 @@ pub enum EventKind {
     Signal = 8,
     /// The OOM killer chose task `tid` (of any process: userspace tells whether it is the target's).
     OomVictim = 9,
+    /// The traced process called exec (`tid`: the thread that did, now its main thread): the old image's
+    /// memory is gone.
+    Exec = 10,
 }
 
 impl EventKind {
@@ -40,6 +43,7 @@ impl EventKind {
             7 => Self::LargePage,
             8 => Self::Signal,
             9 => Self::OomVictim,
+            10 => Self::Exec,
             _ => return None,
         })
     }

@@ -1,5 +1,6 @@
-//! How the target dies: the fatal signals delivered to it (a crash: SIGSEGV, SIGILL, SIGABRT, SIGBUS...)
-//! and the OOM killer's choice, so that the final report can say so with the signal and the time.
+//! How the target's image ends: the fatal signals delivered to it (a crash: SIGSEGV, SIGILL, SIGABRT,
+//! SIGBUS...) and the OOM killer's choice, so that the final report can say so with the signal and the
+//! time; and an exec, which replaces its whole address space while the process goes on.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -52,6 +53,30 @@ pub fn mark_victim(ctx: TracePointContext) -> u32 {
         event.kind = EventKind::OomVictim as u32;
         event.tgid = 0;
         event.tid = victim.pid as u32;
+        event.stack_id = -1;
+        event.addr = 0;
+        event.len = 0;
+        event.new_addr = 0;
+        event.new_len = 0;
+        event.flags = 0;
+        event.prot = 0;
+        event.fd = -1;
+    });
+    0
+}
+
+/// The target called exec: every mapping, the break and every allocator block of the old image are gone,
+/// and no munmap or free will say so. Sent after the new image is in place (`sched_process_exec` runs once
+/// the old address space is released), so the ring buffer orders it after every event of the old image.
+#[tracepoint(category = "sched", name = "sched_process_exec")]
+pub fn process_exec(_ctx: TracePointContext) -> u32 {
+    let Some(tgid) = traced_tgid() else { return 0 };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    send(|event| {
+        event.timestamp_ns = unsafe { bpf_ktime_get_ns() };
+        event.kind = EventKind::Exec as u32;
+        event.tgid = tgid;
+        event.tid = tid;
         event.stack_id = -1;
         event.addr = 0;
         event.len = 0;

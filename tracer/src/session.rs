@@ -382,6 +382,10 @@ impl LateLibraries {
         if new.is_empty() {
             return false;
         }
+        // After an exec the main executable is another file.
+        if let Ok(exe) = std::fs::read_link(format!("/proc/{}/exe", self.pid)) {
+            self.found.main_executable = Some(exe);
+        }
         let options = DiscoveryOptions {
             pid: Some(self.pid),
             main_executable: self.found.main_executable.clone(),

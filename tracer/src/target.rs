@@ -57,8 +57,27 @@ impl Target {
         ready > 0 && poll.revents & libc::POLLIN != 0
     }
 
+    /// How the process ended, once it has exited: a child of ours is reaped; for another process the
+    /// kernel tells through the pidfd once its parent has reaped it (Linux 6.15 on), which we wait for
+    /// up to `patience` (systemd reaps at once). `None` when that cannot be learnt.
+    pub fn exit_status(&self, patience: std::time::Duration) -> Option<ExitStatus> {
+        if self.is_child {
+            return self.reap();
+        }
+        let give_up = std::time::Instant::now() + patience;
+        loop {
+            match pidfd_exit_status(&self.pidfd) {
+                Ok(Some(status)) => return Some(status),
+                // An older kernel, which cannot tell.
+                Err(_) => return None,
+                Ok(None) if std::time::Instant::now() >= give_up => return None,
+                Ok(None) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+    }
+
     /// Reaps a child that has exited and returns how it ended. `None` for a process we did not launch.
-    pub fn reap(&self) -> Option<ExitStatus> {
+    fn reap(&self) -> Option<ExitStatus> {
         if !self.is_child {
             return None;
         }
@@ -196,6 +215,38 @@ fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: pipe2 returned two fresh descriptors we now own.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The wait status of the process behind `pidfd`, from the kernel's pidfd information (PIDFD_GET_INFO
+/// with PIDFD_INFO_EXIT, Linux 6.15 on): `Ok(None)` while it is not yet reaped, `Err` when the kernel
+/// cannot tell.
+fn pidfd_exit_status(pidfd: &OwnedFd) -> io::Result<Option<ExitStatus>> {
+    /// `struct pidfd_info` as of its first version (64 bytes, linux/pidfd.h).
+    #[repr(C)]
+    #[derive(Default)]
+    struct PidfdInfo {
+        mask: u64,
+        cgroupid: u64,
+        ids: [u32; 11],
+        exit_code: i32,
+    }
+    const PIDFD_INFO_EXIT: u64 = 1 << 3;
+    // _IOWR(PIDFS_IOCTL_MAGIC 0xFF, 11, struct pidfd_info)
+    const PIDFD_GET_INFO: u64 = (3 << 30) | ((size_of::<PidfdInfo>() as u64) << 16) | (0xFF << 8) | 11;
+    let mut info = PidfdInfo { mask: PIDFD_INFO_EXIT, ..PidfdInfo::default() };
+    // SAFETY: a valid pidfd, and a buffer of the size the request names.
+    if unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_INFO as _, &mut info) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if info.mask & PIDFD_INFO_EXIT == 0 {
+        return Ok(None);
+    }
+    let status = info.exit_code;
+    Ok(if libc::WIFSIGNALED(status) {
+        Some(ExitStatus::Signal(libc::WTERMSIG(status)))
+    } else {
+        Some(ExitStatus::Code(libc::WEXITSTATUS(status)))
+    })
 }
 
 fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {

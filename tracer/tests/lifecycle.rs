@@ -318,3 +318,44 @@ fn a_flood_of_distinct_stacks_stays_within_the_memory_budget() {
     // The flood was real: more distinct stacks came than the budget could hold, and some were forgotten.
     assert!(memory["evicted_stacks"].as_u64().unwrap() > 0, "{memory}");
 }
+
+/// A target attached with --pid that is killed (SIGKILL) or exits: once its parent reaps it, the kernel
+/// tells how it ended, and the report says so as for a launched one.
+#[test]
+fn an_attached_target_s_signal_or_exit_code_is_recorded() {
+    for killed in [true, false] {
+        let out = output_dir(&format!("attached_end_killed_{killed}"));
+        let mut target = waiting_fixture();
+        let mut tracer = start_tracer(&["-o", out.to_str().unwrap(), "--pid", &target.pid().to_string()]);
+        target.send_line("go");
+        target.stdout.wait_for("done");
+        if killed {
+            target.signal(libc::SIGKILL);
+        }
+        // Its parent (this test) reaps it.
+        target.wait();
+        assert!(tracer.wait().success());
+        let report = Report::load(&out);
+        assert_eq!(report.end_reason(), "target-exit", "killed: {killed}");
+        if killed {
+            assert_eq!(report.0["target_exit"]["signal"], libc::SIGKILL, "{}", report.0["target_exit"]);
+            assert_eq!(report.0["target_exit"]["signal_name"], "SIGKILL");
+        } else {
+            assert_eq!(report.0["target_exit"]["code"], 0, "{}", report.0["target_exit"]);
+        }
+        assert_detached(&report);
+    }
+}
+
+/// The tracer's exit status says whether the trace worked: a target that fails is recorded, not passed on.
+#[test]
+fn the_tracer_succeeds_when_its_target_fails() {
+    let out = output_dir("the_tracer_succeeds_when_its_target_fails");
+    let status = Command::new(common::TRACER)
+        .args(["--no-alloc", "-o", out.to_str().unwrap(), "--", "/bin/sh", "-c", "exit 3"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!(Report::load(&out).0["target_exit"]["code"], 3);
+}

@@ -3,6 +3,7 @@
 
 pub mod clock;
 pub mod death;
+pub mod exec;
 pub mod markers;
 pub mod stacks;
 pub mod status;
@@ -39,6 +40,7 @@ use crate::{
     target::Target,
 };
 use death::{Death, DeathWatch};
+use exec::{ExecRecord, ReleasedBlocks};
 use markers::TurnPatterns;
 use stacks::{EventStack, StackTable};
 use timeline::{StackSnapshot, Timeline, TimelinePoint};
@@ -53,6 +55,9 @@ const TICK: Duration = Duration::from_millis(200);
 const POLL: Duration = Duration::from_millis(50);
 /// How often the status line is updated.
 const STATUS: Duration = Duration::from_secs(1);
+/// How long to wait for the parent of a target we attached to to reap it, which is when the kernel can
+/// tell us how it ended.
+const EXIT_STATUS_PATIENCE: Duration = Duration::from_secs(1);
 /// How often the target's mappings and log descriptors are read again.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
@@ -196,6 +201,8 @@ pub struct Trace<'a> {
     pub peak_memory: u64,
     pub over_budget: bool,
     pub live_stacks: usize,
+    /// The execs of the target, each ending an image's accounting.
+    pub execs: &'a [ExecRecord],
 }
 
 pub struct Collector {
@@ -247,6 +254,9 @@ pub struct Collector {
     status_line: status::StatusLine,
     status_events: (u64, Instant),
     next_checkpoint: Option<Instant>,
+    /// The target's execs so far, and the allocator blocks of old images they released.
+    execs: Vec<ExecRecord>,
+    released_blocks: ReleasedBlocks,
 }
 
 /// The default `--max-memory`.
@@ -304,6 +314,8 @@ impl Collector {
             status_line: status::StatusLine::new(true),
             status_events: (0, Instant::now()),
             next_checkpoint: None,
+            execs: Vec::new(),
+            released_blocks: ReleasedBlocks::default(),
         };
         collector.update_runtime_text();
         collector
@@ -468,8 +480,10 @@ impl Collector {
         // Read while the programs are loaded: they go with the probes.
         self.skipped_runs = self.maps.skipped_runs();
         self.sync_allocator_figures();
-        let death =
-            (reason == EndReason::TargetExit).then(|| self.death.verdict(self.target.reap(), SystemTime::now()));
+        let death = (reason == EndReason::TargetExit).then(|| {
+            let status = self.target.exit_status(EXIT_STATUS_PATIENCE);
+            self.death.verdict(status, SystemTime::now())
+        });
         let reason = match death {
             Some(Death::Crash { .. }) => EndReason::TargetCrash,
             Some(Death::Oom { .. }) => EndReason::TargetOom,
@@ -565,6 +579,7 @@ impl Collector {
             peak_memory: self.peak_memory.max(procfs::own_anonymous_rss().unwrap_or(0)),
             over_budget: self.over_budget,
             live_stacks: self.stacks.live(),
+            execs: &self.execs,
         }
     }
 
@@ -690,17 +705,26 @@ impl Collector {
         let old_enough = self.min_age.map(|min_age| self.outstanding_blocks_older_than(min_age));
         for (site, figures) in kernel_stats {
             let key = self.site_key(site);
-            let (outstanding_bytes, outstanding_allocs) = match &old_enough {
-                Some(old) => old.get(&site).copied().unwrap_or_default(),
-                None => (figures.outstanding_bytes, figures.outstanding_blocks),
+            let mut stats = match &old_enough {
+                // Blocks an exec released are no longer in the kernel's table.
+                Some(old) => {
+                    let (outstanding_bytes, outstanding_allocs) = old.get(&site).copied().unwrap_or_default();
+                    StackStats { outstanding_bytes, outstanding_allocs, ..StackStats::default() }
+                }
+                None => {
+                    let mut stats = StackStats {
+                        outstanding_bytes: figures.outstanding_bytes,
+                        outstanding_allocs: figures.outstanding_blocks,
+                        ..StackStats::default()
+                    };
+                    self.released_blocks.correct(&site, &mut stats);
+                    stats
+                }
             };
-            by_stack.entry(key).or_default().add(&StackStats {
-                outstanding_bytes,
-                outstanding_allocs,
-                allocated_bytes: figures.allocated_bytes,
-                allocated_allocs: figures.allocated_blocks,
-                freed_bytes: figures.freed_bytes,
-            });
+            stats.allocated_bytes = figures.allocated_bytes;
+            stats.allocated_allocs = figures.allocated_blocks;
+            stats.freed_bytes += figures.freed_bytes;
+            by_stack.entry(key).or_default().add(&stats);
         }
         self.ledger.replace_source_stats(Source::Malloc, by_stack);
     }
@@ -853,6 +877,7 @@ impl Collector {
                     self.death.oom_killed(self.clock.wall(event.timestamp_ns));
                 }
             }
+            EventKind::Exec => self.on_exec(event),
             EventKind::LargePage => {
                 // Follows the fault it belongs to: widen that fault to the block the kernel allocated.
                 if let Some((addr, key)) = self.last_fault.remove(&event.tid).filter(|(addr, _)| *addr == event.addr) {

@@ -56,8 +56,9 @@ pub struct StackTable {
     free: Vec<StackIx>,
     /// Interned and not yet named.
     unnamed: Vec<StackIx>,
-    /// Frames in the held stacks.
+    /// Frames in the held stacks, and how many stacks are held (the index holds only the current image's).
     frames_held: usize,
+    stacks_held: usize,
 }
 
 impl Default for StackTable {
@@ -71,6 +72,7 @@ impl Default for StackTable {
             free: Vec::new(),
             unnamed: Vec::new(),
             frames_held: 0,
+            stacks_held: 0,
         }
     }
 }
@@ -88,6 +90,7 @@ impl StackTable {
             return ix;
         }
         self.frames_held += ips.len();
+        self.stacks_held += 1;
         let ips: Arc<[u64]> = Arc::from(ips);
         let ix = match self.free.pop() {
             Some(ix) => {
@@ -104,6 +107,13 @@ impl StackTable {
         ix
     }
 
+    /// The process now runs another image (an exec): the same addresses name other code, so stacks seen
+    /// from now on are interned apart from the old image's, which keep their names.
+    pub fn new_image(&mut self) {
+        self.index.clear();
+        self.resolved.clear();
+    }
+
     /// Stacks interned since the last call, to be named while the process's mappings can be read.
     pub fn take_unnamed(&mut self) -> Vec<StackIx> {
         std::mem::take(&mut self.unnamed)
@@ -117,7 +127,11 @@ impl StackTable {
             if slot.is_some() && !keep.contains(&(ix as StackIx)) {
                 if let Some(ips) = slot.take() {
                     self.frames_held -= ips.len();
-                    self.index.remove(&ips);
+                    self.stacks_held -= 1;
+                    // After an exec the same frames may name a stack of the new image.
+                    if self.index.get(&ips) == Some(&(ix as StackIx)) {
+                        self.index.remove(&ips);
+                    }
                 }
                 evicted.push(ix as StackIx);
             }
@@ -134,7 +148,7 @@ impl StackTable {
 
     /// Stacks held now (evicted ones not counted).
     pub fn live(&self) -> usize {
-        self.index.len()
+        self.stacks_held
     }
 
     /// What the held stacks cost the tracer, roughly: per frame its address, its name in the collector and

@@ -294,6 +294,24 @@ impl Ledger {
         }
     }
 
+    /// `tgid` called exec: its old address space is gone whole, every mapping and resident page with its
+    /// break. Returns the outstanding bytes released, by source.
+    pub fn release_image(&mut self, tgid: u32) -> BTreeMap<Source, u64> {
+        let before = self.by_source();
+        self.release(tgid, 0, u64::MAX);
+        self.spaces.remove(&tgid);
+        let after = self.by_source();
+        before
+            .into_iter()
+            .filter(|(source, _)| *source != Source::Malloc)
+            .map(|(source, stats)| {
+                let left = after.get(&source).map_or(0, |stats| stats.outstanding_bytes);
+                (source, stats.outstanding_bytes.saturating_sub(left))
+            })
+            .filter(|(_, bytes)| *bytes > 0)
+            .collect()
+    }
+
     /// Forgets the figures of stacks with nothing outstanding, except those in `keep` and the allocator's
     /// (kept in the kernel); returns how many went.
     pub fn evict_idle(&mut self, keep: &HashSet<StackKey>) -> usize {

@@ -56,9 +56,12 @@ const FAULT_TRACEPOINTS: &[(&str, &str, &str)] =
 const FAULT_BTF_TRACEPOINTS: &[(&str, &str, &str)] =
     &[("page_fault_user_btf", "exceptions", "page_fault_user"), ("mm_page_alloc_btf", "kmem", "mm_page_alloc")];
 
-/// How the target dies: fatal signals, and the OOM killer's choice.
-const EXIT_TRACEPOINTS: &[(&str, &str, &str)] =
-    &[("signal_deliver", "signal", "signal_deliver"), ("mark_victim", "oom", "mark_victim")];
+/// How the target's image ends: fatal signals, the OOM killer's choice, and exec.
+const EXIT_TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("signal_deliver", "signal", "signal_deliver"),
+    ("mark_victim", "oom", "mark_victim"),
+    ("process_exec", "sched", "sched_process_exec"),
+];
 
 /// Log writes, for turn markers.
 const WRITE_TRACEPOINTS: &[(&str, &str, &str)] =

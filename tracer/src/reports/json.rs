@@ -32,7 +32,8 @@ struct Report<'a> {
     ended_at: String,
     /// Why the trace ended; null in a snapshot of a trace still running.
     end_reason: Option<&'static str>,
-    /// How the target exited, when it was launched by us and exited during the trace.
+    /// How the target exited, when it exited during the trace and its exit status could be learnt (always
+    /// for a launched target; for one attached with --pid once its parent has reaped it).
     target_exit: Option<TargetExit>,
     totals: Totals,
     stacks: Vec<Stack<'a>>,
@@ -63,6 +64,10 @@ struct Report<'a> {
     turns: Vec<TurnJson<'a>>,
     /// Labels sent with `dispatch-leaktrace mark` or --markers-from that name no turn.
     markers: Vec<MarkerJson<'a>>,
+    /// Each exec of the target: the old image's memory was released then (`released_bytes` by source),
+    /// and `target.exe` is the image it ran last.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    execs: Vec<ExecJson>,
     /// With --follow: every process traced so far, this one last (the rest of this report is its).
     #[serde(skip_serializing_if = "<[Segment]>::is_empty")]
     segments: &'a [Segment],
@@ -94,6 +99,14 @@ struct TurnStackJson<'a> {
     source: &'static str,
     frames: &'a [Frame],
     retained_bytes: u64,
+}
+
+#[derive(Serialize)]
+struct ExecJson {
+    at: String,
+    from: String,
+    to: String,
+    released_bytes: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Serialize)]
@@ -455,6 +468,16 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
             })
             .collect(),
         markers: trace.markers.iter().map(|m| MarkerJson { at: rfc3339(m.at), label: &m.label }).collect(),
+        execs: trace
+            .execs
+            .iter()
+            .map(|exec| ExecJson {
+                at: rfc3339(exec.at),
+                from: exec.from.display().to_string(),
+                to: exec.to.display().to_string(),
+                released_bytes: exec.released.iter().map(|(source, bytes)| (source.name(), *bytes)).collect(),
+            })
+            .collect(),
         segments,
         regions: {
             let mut regions: Vec<Region> =

@@ -269,6 +269,7 @@ mod tests {
             peak_memory: 0,
             over_budget: false,
             live_stacks: 0,
+            execs: &[],
         };
         let stacks = report_stacks(&trace);
         let mut bytes = Vec::new();

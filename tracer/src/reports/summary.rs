@@ -27,6 +27,15 @@ pub fn render(trace: &Trace, written: &Written) -> String {
         if sources.is_empty() { "nothing".to_string() } else { sources.join(", ") },
         human_bytes(trace.rss_bytes)
     );
+    for exec in trace.execs {
+        let _ = writeln!(
+            out,
+            "the target called exec at {}: {} -> {}; what the old image held was released then",
+            super::json::rfc3339(exec.at),
+            exec.from.display(),
+            exec.to.display()
+        );
+    }
     if trace.over_budget {
         let _ = writeln!(out, "warning: the tracer went over --max-memory: see tracer in report.json");
     }
