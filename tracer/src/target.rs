@@ -112,6 +112,8 @@ impl HeldChild {
     /// Forks a child that will `execvp(command)` once released. Nothing of the command runs before that.
     pub fn spawn(command: &[String]) -> Result<Self> {
         let Some(program) = command.first() else { bail!("no command given after `--`") };
+        // Before anything is forked, found or created: a command that cannot run is an error of its own.
+        executable_path(program)?;
         let argv: Vec<CString> = command
             .iter()
             .map(|arg| CString::new(arg.as_bytes()))
@@ -158,15 +160,7 @@ impl HeldChild {
 
     /// The file the command will execute, found on PATH as execvp would.
     pub fn program_path(&self) -> Result<PathBuf> {
-        let program = Path::new(&self.command);
-        if self.command.contains('/') {
-            return program.canonicalize().map_err(|error| anyhow::anyhow!("cannot run {}: {error}", self.command));
-        }
-        let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(program))
-            .find(|candidate| candidate.is_file())
-            .ok_or_else(|| anyhow::anyhow!("cannot run {}: not found on PATH", self.command))
+        executable_path(&self.command)
     }
 
     /// Lets the child run the command, and waits until the exec has happened.
@@ -205,6 +199,28 @@ impl Drop for HeldChild {
             unsafe { libc::waitpid(self.pid as i32, std::ptr::null_mut(), 0) };
         }
     }
+}
+
+/// The executable file `command` names, found on PATH as execvp would when it has no `/`: a regular file
+/// the kernel would execute.
+fn executable_path(command: &str) -> Result<PathBuf> {
+    let is_executable = |path: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+    };
+    if command.contains('/') {
+        let path =
+            Path::new(command).canonicalize().map_err(|error| anyhow::anyhow!("cannot run {command}: {error}"))?;
+        if !is_executable(&path) {
+            bail!("cannot run {command}: not an executable file");
+        }
+        return Ok(path);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(command))
+        .find(|candidate| is_executable(candidate))
+        .ok_or_else(|| anyhow::anyhow!("cannot run {command}: no executable of that name on PATH"))
 }
 
 fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd)> {

@@ -359,3 +359,22 @@ fn the_tracer_succeeds_when_its_target_fails() {
     assert!(status.success(), "{status}");
     assert_eq!(Report::load(&out).0["target_exit"]["code"], 3);
 }
+
+/// A command that cannot run is refused before anything is searched, probed or created: one line, no
+/// allocator search of it, no output folder.
+#[test]
+fn a_command_that_cannot_run_is_refused_before_anything_is_made() {
+    for (command, expected) in [
+        ("/etc/passwd", "cannot run /etc/passwd: not an executable file"),
+        ("/nonexistent/server", "cannot run /nonexistent/server: No such file or directory"),
+        ("no-such-command-anywhere", "cannot run no-such-command-anywhere: no executable of that name on PATH"),
+    ] {
+        let out = output_dir(&format!("cannot_run_{}", command.replace('/', "_")));
+        let result = Command::new(common::TRACER).args(["-o", out.to_str().unwrap(), "--", command]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(1), "{command}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{command}: one line: {stderr}");
+        assert!(stderr.contains(expected), "{command}: {stderr}");
+        assert!(!out.exists(), "{command}: no output folder is left behind");
+    }
+}
