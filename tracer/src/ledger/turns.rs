@@ -1,9 +1,12 @@
 //! Turns (an orchestrator's units of work) and what each allocated, freed, and left behind.
 //!
-//! Turns may overlap. Memory allocated while turns are under way belongs to each of them (it was
-//! allocated "during" each); memory released while turns are under way counts as freed during each. Every
-//! allocation remembers the set of turns it was born in, so that its release lowers what those turns still
-//! hold, whenever it comes.
+//! Turns may overlap. Memory allocated while several turns are under way is split evenly among them: each
+//! of k open turns is charged a k-th of it (in whole bytes: the shares add up to the bytes exactly), and
+//! memory released while turns are under way counts as freed by each in the same shares. So what all
+//! turns allocated never adds up to more than was allocated, and the mean a turn leaves behind times the
+//! turns per hour is the growth per hour that turns account for. Every allocation remembers the set of
+//! turns it was born in, so that its release lowers what those turns still hold by the same shares,
+//! whenever it comes (a release in parts may round each share by a byte).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -66,28 +69,33 @@ impl TurnLedger {
 
     /// Bytes allocated now; returns the birth set to remember with them.
     pub fn allocated(&mut self, source: Source, bytes: u64) -> TurnSetId {
-        for &turn in &self.active {
+        for (turn, share) in split(&self.sets[self.active_set as usize], bytes) {
             let figures = &mut self.figures[turn as usize];
-            *figures.allocated.entry(source).or_default() += bytes;
-            *figures.live.entry(source).or_default() += bytes;
+            *figures.allocated.entry(source).or_default() += share;
+            *figures.live.entry(source).or_default() += share;
         }
         self.active_set
     }
 
     /// Bytes born in `born` released now.
     pub fn released(&mut self, source: Source, bytes: u64, born: TurnSetId) {
-        for &turn in &self.sets[born as usize] {
+        for (turn, share) in split(&self.sets[born as usize], bytes) {
             if let Some(live) = self.figures[turn as usize].live.get_mut(&source) {
-                *live = live.saturating_sub(bytes);
+                *live = live.saturating_sub(share);
             }
         }
-        for &turn in &self.active {
-            *self.figures[turn as usize].freed.entry(source).or_default() += bytes;
+        for (turn, share) in split(&self.sets[self.active_set as usize], bytes) {
+            *self.figures[turn as usize].freed.entry(source).or_default() += share;
         }
     }
 
     pub fn turns_of(&self, set: TurnSetId) -> &[TurnIx] {
         &self.sets[set as usize]
+    }
+
+    /// Each turn of `set` with its share of `bytes` born in it.
+    pub fn shares(&self, set: TurnSetId, bytes: u64) -> impl Iterator<Item = (TurnIx, u64)> + '_ {
+        split(&self.sets[set as usize], bytes)
     }
 
     pub fn figures(&self) -> &[TurnFigures] {
@@ -103,6 +111,14 @@ impl TurnLedger {
         self.set_ids.insert(self.active.clone(), id);
         id
     }
+}
+
+/// `bytes` split evenly among `turns` in whole bytes that add up to it: turn i of k gets
+/// floor(bytes (i+1) / k) - floor(bytes i / k).
+fn split(turns: &[TurnIx], bytes: u64) -> impl Iterator<Item = (TurnIx, u64)> + '_ {
+    let k = turns.len() as u128;
+    let cut = move |i: u128| (bytes as u128 * i / k.max(1)) as u64;
+    turns.iter().enumerate().map(move |(i, turn)| (*turn, cut(i as u128 + 1) - cut(i as u128)))
 }
 
 #[cfg(test)]
@@ -136,7 +152,7 @@ mod tests {
     }
 
     #[test]
-    fn overlapping_turns_both_own_what_was_allocated_while_both_ran() {
+    fn overlapping_turns_share_what_was_allocated_while_both_ran() {
         let mut turns = TurnLedger::default();
         let a = turns.begin();
         turns.allocated(M, 10);
@@ -146,11 +162,37 @@ mod tests {
         turns.allocated(M, 40);
         turns.end(b);
         assert_eq!(turns.turns_of(shared), &[a, b]);
-        assert_eq!(bytes(&turns.figures()[a as usize].allocated), 30);
-        assert_eq!(bytes(&turns.figures()[b as usize].allocated), 60);
+        assert_eq!(bytes(&turns.figures()[a as usize].allocated), 20);
+        assert_eq!(bytes(&turns.figures()[b as usize].allocated), 50);
         turns.released(M, 20, shared);
         assert_eq!(bytes(&turns.figures()[a as usize].live), 10);
         assert_eq!(bytes(&turns.figures()[b as usize].live), 40);
         assert!(turns.active.is_empty());
+    }
+
+    #[test]
+    fn shares_add_up_to_the_bytes_and_turns_never_sum_past_what_was_allocated() {
+        for k in 1..=7u32 {
+            let set: Vec<TurnIx> = (0..k).collect();
+            for bytes in [0u64, 1, 2, 6, 7, 4096, 1_000_003] {
+                let shares: Vec<u64> = split(&set, bytes).map(|(_, share)| share).collect();
+                assert_eq!(shares.iter().sum::<u64>(), bytes, "{k} turns, {bytes} bytes");
+                assert!(shares.iter().max().unwrap() - shares.iter().min().unwrap() <= 1);
+            }
+        }
+        // Turns starting and ending in a staggered pattern, 3 open at a time at most.
+        let mut turns = TurnLedger::default();
+        let mut open = std::collections::VecDeque::new();
+        let mut allocated = 0;
+        for step in 0..60u64 {
+            open.push_back(turns.begin());
+            turns.allocated(M, 1000 + step * 7);
+            allocated += 1000 + step * 7;
+            if open.len() == 3 {
+                turns.end(open.pop_front().unwrap());
+            }
+        }
+        let total: u64 = turns.figures().iter().map(|f| bytes(&f.allocated)).sum();
+        assert_eq!(total, allocated);
     }
 }

@@ -9,12 +9,13 @@ use crate::{
     ledger::{Source, StackKey, turns::TurnIx},
 };
 
-/// Retained bytes per (turn, stack) at the end of the run, from every live allocation's birth turns.
+/// Retained bytes per (turn, stack) at the end of the run, from every live allocation's birth turns, in
+/// the shares the turns were charged (see ledger/turns.rs).
 pub fn retained_by_turn_and_stack(trace: &Trace<'_>) -> HashMap<TurnIx, HashMap<StackKey, u64>> {
     let mut retained: HashMap<TurnIx, HashMap<StackKey, u64>> = HashMap::new();
     for (key, born, bytes, _) in trace.ledger.live_by_birth() {
-        for turn in trace.ledger.turns.turns_of(born) {
-            *retained.entry(*turn).or_default().entry(key).or_default() += bytes;
+        for (turn, share) in trace.ledger.turns.shares(born, bytes) {
+            *retained.entry(turn).or_default().entry(key).or_default() += share;
         }
     }
     retained
