@@ -21,7 +21,10 @@ use crate::{
     target::ExitStatus,
 };
 
-pub const VERSION: u32 = 1;
+/// 2: JIT tiers merged into one frame per function (`name [JS:DFG]` -> `name [JS]`, or `name (file:line)`),
+/// suspects from the call tree with `fit_r2` and `retained_fraction` (were `fit`, `retention`), verdict
+/// `churns` gone and `too-short` added.
+pub const VERSION: u32 = 2;
 
 #[derive(Serialize)]
 struct Report<'a> {
@@ -122,12 +125,22 @@ struct SuspectView<'a> {
     frames: &'a [Frame],
     verdict: &'static str,
     evidence: &'a str,
+    /// The runtime code that allocated below the user frame, and whether no user frame was on the stack.
+    allocated_by: Option<&'a str>,
+    runtime_job: bool,
     growth_bytes: i64,
     kept_growth_bytes: i64,
-    retention: f64,
+    /// outstanding / allocated, 0..=1.
+    retained_fraction: f64,
     bytes_per_second: f64,
-    fit: f64,
+    fit_r2: f64,
+    /// The slope over the later half of the window: bytes per turn with turns, else per second.
+    sustained_growth_per_turn: Option<f64>,
+    sustained_growth_per_second: Option<f64>,
+    /// What each ended turn left behind, on average; for a growing site of resident memory, with its share
+    /// of what churning sites carry for the growing ones (`own_bytes_per_turn` without it).
     bytes_per_turn: Option<f64>,
+    own_bytes_per_turn: Option<f64>,
     turns_retaining: Option<f64>,
     outstanding_bytes: u64,
     allocated_bytes: u64,
@@ -414,12 +427,17 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
                 frames: &s.frames,
                 verdict: s.verdict.name(),
                 evidence: &s.evidence,
+                allocated_by: s.allocated_by.as_deref(),
+                runtime_job: s.runtime_job,
                 growth_bytes: s.growth_bytes,
                 kept_growth_bytes: s.kept_growth_bytes,
-                retention: (s.retention * 1000.0).round() / 1000.0,
+                retained_fraction: (s.retained_fraction * 1000.0).round() / 1000.0,
                 bytes_per_second: s.bytes_per_second.round(),
-                fit: (s.fit * 1000.0).round() / 1000.0,
+                fit_r2: (s.fit_r2 * 1000.0).round() / 1000.0,
+                sustained_growth_per_turn: s.bytes_per_turn.map(|_| s.sustained_growth.round()),
+                sustained_growth_per_second: s.bytes_per_turn.is_none().then(|| s.sustained_growth.round()),
                 bytes_per_turn: s.bytes_per_turn.map(f64::round),
+                own_bytes_per_turn: s.own_bytes_per_turn.map(f64::round),
                 turns_retaining: s.turns_retaining.map(|r| (r * 1000.0).round() / 1000.0),
                 outstanding_bytes: s.outstanding_bytes,
                 allocated_bytes: s.allocated_bytes,

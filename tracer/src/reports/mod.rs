@@ -3,6 +3,7 @@
 
 pub mod flamegraph;
 pub mod folded;
+pub mod frames;
 pub mod growth;
 pub mod json;
 pub mod output;

@@ -1,23 +1,33 @@
-//! Leak suspects: the memory of each allocation site followed over the growth window, with a verdict.
+//! Leak suspects: where outstanding memory keeps growing, found in the call tree, named after the
+//! application's code, with a verdict from the shape of the growth.
 //!
-//! A site is the innermost JavaScript function of a stack when it has one (JIT tiers merged: the same
-//! function compiled twice is one site), else its leaf frame. Two figures rank the sites:
-//! - growth: what its outstanding bytes gained over the window;
-//! - retention: the share of all it ever allocated (or made resident) that it still holds.
+//! One leak can show under many leaves: JIT tiers and inlining move an allocation from one innermost
+//! frame to another as a server warms up, and one function may allocate through several runtime paths.
+//! So suspects are not leaves. Each stack is reduced to its path of user frames (the application's
+//! JavaScript; in a native program, its named functions), and those paths form a tree whose every node
+//! carries the outstanding bytes of the stacks below it over the window. Growth is measured as it is
+//! sustained: the slope over the later half of the window, against completed turns when the trace has
+//! turns (memory per turn is what a server's owner can reason about), else against time. From the root
+//! down, a node whose growth is carried mostly (70%) by one child hands the search to that child; where
+//! growth divides among several children, each is followed on its own, and what the node keeps for itself
+//! is a suspect of its own. Stacks with no user frame at all (memory allocated in a runtime job, such as
+//! the chunks a fetch() body stream reads) are grouped by the runtime job they ran in and said to be so.
 //!
-//! Retention matters because of reuse. Resident memory is charged to the code that first touched a page.
-//! In a garbage-collected heap, a function that churns through large temporaries touches most of the
-//! fresh pages the heap grows by, and data retained elsewhere then lives in those pages once the
-//! temporaries are collected: the churner's resident figure grows with the leak, but it keeps only a
-//! small share of all it touched. A leaking site keeps nearly everything it allocates. So sites are
-//! ranked by kept growth, growth times retention, and a site that grows while keeping under half of what
-//! it allocates is judged "churns", not "grows".
+//! Verdicts come from the shape: `grows` while it keeps growing into the later half of the window
+//! (however much it also churns: how much of what it allocated it keeps is reported beside, not instead);
+//! `levels-off` when growth stopped (a bounded cache, a warm-up), ranked after every `grows`; `shrinks`;
+//! `flat`; `too-short` when the window holds too few points to tell.
 
-use std::{collections::HashMap, time::SystemTime};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::SystemTime,
+};
 
 use super::{
+    frames::{FrameClass, classify, site_name},
     growth::Growth,
     stacks::{Frame, ReportStack},
+    summary::human_bytes,
 };
 use crate::{
     collector::Trace,
@@ -26,101 +36,150 @@ use crate::{
 
 /// Sites listed in report.json.
 pub const MAX_SUSPECTS: usize = 50;
-/// Ended turns needed before turns decide verdicts.
+/// Ended turns needed before growth is measured against turns.
 pub const MIN_TURNS: usize = 4;
+/// Points (snapshots) the window needs before a verdict is given.
+pub const MIN_POINTS: usize = 4;
+/// Less change than this over the window is flat: four pages.
+const FLAT_BYTES: f64 = 16384.0;
+/// A child carrying this share of its parent's growth takes the search on alone.
+const DOMINANT_SHARE: f64 = 0.7;
+/// A child carrying this share of its parent's growth is followed on its own.
+const SIGNIFICANT_SHARE: f64 = 0.2;
+/// Later-half growth under this share of the earlier half's: it levels off.
+const LEVELS_OFF_RATIO: f64 = 0.25;
+/// A trend that explains less of the series than this (R²) is no steady growth: temporaries come and go.
+const STEADY_FIT: f64 = 0.5;
+/// Resident pages are charged to the code that touched them first; in a heap that grows, pages freed by
+/// one site hold another's data, and a site that allocates steadily keeps touching fresh pages for the
+/// growth of others. Growth under this share of the whole source's is within what that reuse moves
+/// between sites (page faults only: the allocator's and mmap's figures are exact per site).
+const SHARED_HEAP_SHARE: f64 = 0.01;
+/// A site that grows while it keeps less than this share of all it made resident is a churner whose
+/// freed pages hold other sites' data: its growth is theirs (page faults only). A leak with temporaries at
+/// the same place keeps far more (the history leak of the streaming demo keeps about 40%).
+const CHURNER_RETAINED: f64 = 0.2;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Suspect {
+    /// The name a reader sees: the deepest user frame carrying its growth (`appendToHistory
+    /// (server.ts:28)`, tier left out), or the runtime job it was allocated in.
     pub site: String,
     pub source: Source,
-    /// The site's largest stack, root first.
+    /// The runtime code that allocated the memory, below the user frame (`ReadableStream #pull`), when
+    /// the stack names any.
+    pub allocated_by: Option<String>,
+    /// No user frame was on the stack: the memory was allocated in a runtime job.
+    pub runtime_job: bool,
+    /// The suspect's largest stack, root first.
     pub frames: Vec<Frame>,
     pub stacks: usize,
     pub outstanding_bytes: u64,
     pub allocated_bytes: u64,
+    /// What its outstanding bytes gained over the growth window.
     pub growth_bytes: i64,
-    /// outstanding / allocated, 0..=1.
-    pub retention: f64,
-    /// growth × retention: the ranking key.
+    /// outstanding / allocated, 0..=1: how much of what it allocated it keeps.
+    pub retained_fraction: f64,
+    /// growth × retained fraction (kept for report.json readers).
     pub kept_growth_bytes: i64,
-    /// Least-squares slope of the site's outstanding bytes over the window, and its fit (R²).
+    /// Least-squares slope of its outstanding bytes over the window against time, and the fit's R².
     pub bytes_per_second: f64,
-    pub fit: f64,
+    pub fit_r2: f64,
+    /// The slope over the later half of the window: per turn with turns, else per second.
+    pub sustained_growth: f64,
     pub verdict: Verdict,
     pub evidence: String,
-    /// With turns: the mean of what each ended turn left behind (allocated during it, still held at the
-    /// end of the run), and the share of turns that left anything.
+    /// With turns: the mean of what each ended turn left behind (its share of what it allocated, still
+    /// held at the end), and the share of turns that left anything. For resident memory of a site that
+    /// grows, `bytes_per_turn` adds its share of what churning sites carry for the growing ones
+    /// (`own_bytes_per_turn` is without it).
     pub bytes_per_turn: Option<f64>,
+    pub own_bytes_per_turn: Option<f64>,
     pub turns_retaining: Option<f64>,
+    /// Outstanding bytes at each snapshot of the whole run, and at the end (for the timeline).
+    pub series: Vec<(SystemTime, u64)>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Verdict {
-    /// Kept growing through the window and keeps what it allocates: a leak.
+    /// Kept growing into the later half of the window: a leak.
     Grows,
-    /// Grew through the window but keeps under half of what it allocates: its pages are reused.
-    Churns,
     /// Grew, then stopped: a cache filling up, a warm-up.
     LevelsOff,
     Shrinks,
     Flat,
+    /// Too few points in the window to tell.
+    TooShort,
 }
 
 impl Verdict {
     pub const fn name(self) -> &'static str {
         match self {
             Verdict::Grows => "grows",
-            Verdict::Churns => "churns",
             Verdict::LevelsOff => "levels-off",
             Verdict::Shrinks => "shrinks",
             Verdict::Flat => "flat",
+            Verdict::TooShort => "too-short",
         }
     }
 }
 
-/// The site of a stack (frames root first): its innermost named JavaScript function (runtime builtins
-/// such as Buffer.from run as anonymous JIT code above it), else its innermost JavaScript frame, else its
-/// leaf.
-pub fn site_of(frames: &[Frame]) -> String {
-    let javascript = |f: &&Frame| f.contains(" [JS:");
-    let function = |f: &Frame| f.split(" [JS:").next().unwrap_or(f).to_string();
-    frames
-        .iter()
-        .rev()
-        .filter(javascript)
-        .find(|f| !f.starts_with("(anonymous)"))
-        .or_else(|| frames.iter().rev().find(javascript))
-        .map(function)
-        .or_else(|| frames.last().map(|f| f.to_string()))
-        .unwrap_or_default()
+/// The x axis of growth: completed turns when there are enough, else seconds since the window began.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Axis {
+    Turns,
+    Seconds,
 }
 
-/// Judges a site by its outstanding bytes over the window. Growth is read from the least-squares slope,
-/// not from single points: a garbage collection or a purge can take a bite out of any one sample. With
-/// enough samples, a site whose second half grows at under a quarter of its first half's rate levels off.
-pub fn judge(series: &[(f64, u64)], retention: f64) -> (Verdict, f64, f64) {
-    let (slope, fit) = least_squares(series);
-    let Some((&(first_time, first), &(last_time, last))) = series.first().zip(series.last()) else {
-        return (Verdict::Flat, 0.0, 0.0);
-    };
-    let trend = slope * (last_time - first_time);
-    let change = if trend.abs() > (last as f64 - first as f64).abs() { trend } else { last as f64 - first as f64 };
-    let verdict = if change.abs() < (4096 * 4) as f64 {
+impl Axis {
+    fn per(self) -> &'static str {
+        match self {
+            Axis::Turns => "turn",
+            Axis::Seconds => "s",
+        }
+    }
+}
+
+/// The shape of one series of outstanding bytes (x ascending).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Shape {
+    pub verdict: Verdict,
+    /// Slope over the whole series and over its later half (bytes per x), and the whole fit's R².
+    pub slope: f64,
+    pub late_slope: f64,
+    pub fit_r2: f64,
+    /// Change over the series: the fitted trend, or the difference of its ends when that is larger.
+    pub change: f64,
+}
+
+/// Judges a series of outstanding bytes. Growth is read from least-squares slopes, not single points: a
+/// garbage collection or a purge can take a bite out of any one sample.
+pub fn judge(series: &[(f64, u64)]) -> Shape {
+    let (slope, fit_r2) = least_squares(series);
+    let too_short = Shape { verdict: Verdict::TooShort, slope, late_slope: slope, fit_r2, change: 0.0 };
+    let (Some(&(first_x, first)), Some(&(last_x, last))) = (series.first(), series.last()) else { return too_short };
+    if series.len() < MIN_POINTS || last_x <= first_x {
+        return Shape { change: last as f64 - first as f64, ..too_short };
+    }
+    let trend = slope * (last_x - first_x);
+    let ends = last as f64 - first as f64;
+    let change = if trend.abs() > ends.abs() { trend } else { ends };
+    let (early_half, late_half) = series.split_at(series.len() / 2);
+    // The halves share their middle point, so that each has a slope.
+    let early_half = &series[..early_half.len() + 1];
+    let (early_slope, _) = least_squares(early_half);
+    let (late_slope, _) = least_squares(late_half);
+    let late_change = late_slope * (last_x - late_half[0].0);
+    let verdict = if change.abs() < FLAT_BYTES || fit_r2 < STEADY_FIT {
         Verdict::Flat
-    } else if slope < 0.0 {
+    } else if slope < 0.0 && late_slope <= 0.0 {
         Verdict::Shrinks
-    } else if series.len() >= 6 && {
-        let (first_half, second_half) = series.split_at(series.len() / 2);
-        let (early, late) = (least_squares(first_half).0, least_squares(second_half).0);
-        early > 0.0 && late < early / 4.0
-    } {
-        Verdict::LevelsOff
-    } else if retention < 0.5 {
-        Verdict::Churns
-    } else {
+    } else if late_slope > 0.0 && late_slope >= early_slope * LEVELS_OFF_RATIO && late_change >= FLAT_BYTES / 2.0 {
         Verdict::Grows
+    } else {
+        Verdict::LevelsOff
     };
-    (verdict, slope, fit)
+    Shape { verdict, slope, late_slope, fit_r2, change }
 }
 
 /// Slope and R² of y over x.
@@ -146,138 +205,494 @@ fn least_squares(series: &[(f64, u64)]) -> (f64, f64) {
     (slope, fit)
 }
 
-/// Judges a site by what each turn left behind, in turn order. A leak leaves memory behind in early and
-/// late turns alike; a bounded structure holds only what recent turns put in (an LRU cache), or only what
-/// the first turns did (a warm-up).
-pub fn judge_turns(retained_per_turn: &[u64], retention: f64) -> (Verdict, f64, f64) {
-    let turns = retained_per_turn.len();
-    let mean = |values: &[u64]| values.iter().sum::<u64>() as f64 / values.len().max(1) as f64;
-    let per_turn = mean(retained_per_turn);
-    let retaining = retained_per_turn.iter().filter(|bytes| **bytes > 0).count() as f64 / turns.max(1) as f64;
-    let (early, late) = retained_per_turn.split_at(turns / 2);
-    let (early, late) = (mean(early), mean(late));
-    let verdict = if per_turn * turns as f64 <= 0.0 {
-        Verdict::Flat
-    } else if early > 0.0 && late > 0.0 && early.min(late) >= early.max(late) / 2.0 && retaining >= 0.5 {
-        if retention < 0.5 { Verdict::Churns } else { Verdict::Grows }
-    } else {
-        Verdict::LevelsOff
+/// A stack reduced to what suspects are made of: its user frames root first, or, with none, the runtime
+/// job it ran in (`None` path: `job` names it).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum UserPath {
+    User(Vec<Frame>),
+    RuntimeJob(String),
+}
+
+/// The path of user frames of a stack, root first. In a process that runs JavaScript, its native code is
+/// the runtime's; in a native program, its named functions are the application's.
+fn user_path(frames: &[Frame], javascript_process: bool) -> UserPath {
+    let user: Vec<Frame> = frames
+        .iter()
+        .filter(|frame| match classify(frame) {
+            FrameClass::UserJs => true,
+            FrameClass::Native => !javascript_process,
+            _ => false,
+        })
+        .cloned()
+        .collect();
+    if !user.is_empty() {
+        return UserPath::User(user);
+    }
+    // The job: the outermost named runtime function, which stays the same whichever tier or inlining
+    // decides the frames below it; with none, native code of the runtime, by its innermost named frame.
+    let job = frames.iter().find(|frame| classify(frame) == FrameClass::RuntimeJs && !frame.starts_with("(anonymous)"));
+    UserPath::RuntimeJob(match job {
+        Some(job) => format!("job {}", site_name(job)),
+        None => {
+            let native =
+                frames.iter().rev().find(|frame| classify(frame) == FrameClass::Native).or_else(|| frames.last());
+            format!("native code {}", native.map_or("[unknown]", |frame| frame))
+        }
+    })
+}
+
+/// The innermost named runtime code below the last user frame of a stack: what allocated for it.
+fn allocated_by(frames: &[Frame], javascript_process: bool) -> Option<String> {
+    let below_user = match frames.iter().rposition(|frame| match classify(frame) {
+        FrameClass::UserJs => true,
+        FrameClass::Native => !javascript_process,
+        _ => false,
+    }) {
+        Some(last_user) => &frames[last_user + 1..],
+        None => frames,
     };
-    (verdict, per_turn, retaining)
+    let runtime_js = below_user
+        .iter()
+        .rev()
+        .find(|frame| classify(frame) == FrameClass::RuntimeJs && !frame.starts_with("(anonymous)"));
+    let native = || below_user.iter().rev().find(|frame| classify(frame) == FrameClass::Native);
+    runtime_js.or_else(native).map(|frame| site_name(frame))
+}
+
+/// A node of the tree of user paths.
+struct Node {
+    /// The frame (a user frame, or a runtime job at the root's level).
+    label: String,
+    depth: usize,
+    children: Vec<usize>,
+    /// Stacks whose path ends here.
+    own: Vec<usize>,
+    /// Outstanding bytes of the subtree at each point of the window.
+    series: Vec<u64>,
+    late_slope: f64,
+}
+
+struct Tree {
+    nodes: Vec<Node>,
+    index: HashMap<(usize, String), usize>,
+}
+
+impl Tree {
+    fn new(points: usize) -> Self {
+        let root = Node {
+            label: String::new(),
+            depth: 0,
+            children: Vec::new(),
+            own: Vec::new(),
+            series: vec![0; points],
+            late_slope: 0.0,
+        };
+        Self { nodes: vec![root], index: HashMap::new() }
+    }
+
+    /// Adds a stack under `labels` (root first); returns its node path, root included.
+    fn insert(&mut self, labels: &[String], stack: usize, series: &[u64]) -> Vec<usize> {
+        let mut path = vec![0];
+        let mut node = 0;
+        for label in labels {
+            node = match self.index.get(&(node, label.clone())) {
+                Some(&child) => child,
+                None => {
+                    let child = self.nodes.len();
+                    let depth = self.nodes[node].depth + 1;
+                    self.nodes.push(Node {
+                        label: label.clone(),
+                        depth,
+                        children: Vec::new(),
+                        own: Vec::new(),
+                        series: vec![0; series.len()],
+                        late_slope: 0.0,
+                    });
+                    self.nodes[node].children.push(child);
+                    self.index.insert((node, label.clone()), child);
+                    child
+                }
+            };
+            path.push(node);
+        }
+        self.nodes[node].own.push(stack);
+        for &on_path in &path {
+            for (sum, value) in self.nodes[on_path].series.iter_mut().zip(series) {
+                *sum += value;
+            }
+        }
+        path
+    }
+
+    /// The nodes where growth is found, from `node` down (see the module's comment).
+    fn growth_nodes(&self, node: usize, noise: f64, found: &mut Vec<usize>) {
+        let growth = self.nodes[node].late_slope;
+        if growth <= noise {
+            return;
+        }
+        let significant: Vec<usize> = self.nodes[node]
+            .children
+            .iter()
+            .copied()
+            .filter(|child| {
+                self.nodes[*child].late_slope >= growth * SIGNIFICANT_SHARE && self.nodes[*child].late_slope > noise
+            })
+            .collect();
+        if let [only] = significant[..] {
+            if self.nodes[only].late_slope >= growth * DOMINANT_SHARE {
+                return self.growth_nodes(only, noise, found);
+            }
+        }
+        let covered: f64 = significant.iter().map(|child| self.nodes[*child].late_slope).sum();
+        for child in &significant {
+            self.growth_nodes(*child, noise, found);
+        }
+        if node != 0 && (significant.is_empty() || growth - covered >= growth * (1.0 - DOMINANT_SHARE)) {
+            found.push(node);
+        }
+    }
 }
 
 pub fn suspects(trace: &Trace<'_>, stacks: &[ReportStack], growth: &Growth, source: Source) -> Vec<Suspect> {
-    // Site of every ledger stack of the source, by the names a reader sees.
-    let mut site_of_key: HashMap<StackKey, String> = HashMap::new();
+    let stacks: Vec<&ReportStack> = stacks.iter().filter(|s| s.source == source).collect();
+    let by_frames: HashMap<&[Frame], usize> =
+        stacks.iter().enumerate().map(|(i, s)| (s.frames.as_slice(), i)).collect();
+    // Ledger keys of the source to report stacks (several keys may share one stack's names).
+    let mut stack_of_key: HashMap<StackKey, usize> = HashMap::new();
     for (key, _) in trace.ledger.stats().filter(|(key, _)| key.source == source) {
         let names = super::stacks::names_of(trace, key.stack);
-        site_of_key.insert(*key, site_of(&names));
+        if let Some(&index) = by_frames.get(names.as_slice()) {
+            stack_of_key.insert(*key, index);
+        }
     }
-    let window_from = growth.from;
-    let series_times: Vec<&crate::collector::timeline::StackSnapshot> =
-        trace.timeline.snapshots().iter().filter(|s| s.at >= window_from).collect();
-    let seconds = |at: SystemTime| at.duration_since(window_from).unwrap_or_default().as_secs_f64();
 
-    let mut by_site: HashMap<String, Suspect> = HashMap::new();
-    for stack in stacks.iter().filter(|s| s.source == source) {
-        let site = site_of(&stack.frames);
-        let entry = by_site.entry(site.clone()).or_insert_with(|| Suspect {
-            site,
-            source,
-            frames: stack.frames.clone(),
-            stacks: 0,
-            outstanding_bytes: 0,
-            allocated_bytes: 0,
-            growth_bytes: 0,
-            retention: 0.0,
-            kept_growth_bytes: 0,
-            bytes_per_second: 0.0,
-            fit: 0.0,
-            verdict: Verdict::Flat,
-            evidence: String::new(),
-            bytes_per_turn: None,
-            turns_retaining: None,
-        });
-        entry.stacks += 1;
-        entry.outstanding_bytes += stack.stats.outstanding_bytes;
-        entry.allocated_bytes += stack.stats.allocated_bytes;
-    }
-    for (stack, from, to) in growth.stacks.iter().filter(|(s, _, _)| s.source == source) {
-        if let Some(entry) = by_site.get_mut(&site_of(&stack.frames)) {
-            entry.growth_bytes += *to as i64 - *from as i64;
+    // Every point of the run, each stack's outstanding bytes at it; the last point is the end.
+    let snapshots = trace.timeline.snapshots();
+    let mut times: Vec<SystemTime> = snapshots.iter().map(|s| s.at).filter(|at| *at < growth.to).collect();
+    times.push(growth.to);
+    let mut per_stack: Vec<Vec<u64>> = vec![vec![0; times.len()]; stacks.len()];
+    for (point, snapshot) in snapshots.iter().take(times.len() - 1).enumerate() {
+        for (key, bytes) in &snapshot.outstanding {
+            if let Some(&stack) = stack_of_key.get(key) {
+                per_stack[stack][point] += bytes;
+            }
         }
     }
-    for suspect in by_site.values_mut() {
-        let mut series: Vec<(f64, u64)> = series_times
-            .iter()
-            .map(|snapshot| {
-                let bytes = snapshot
-                    .outstanding
-                    .iter()
-                    .filter(|(key, _)| site_of_key.get(key) == Some(&suspect.site))
-                    .map(|(_, bytes)| *bytes)
-                    .sum();
-                (seconds(snapshot.at), bytes)
-            })
-            .collect();
-        series.push((seconds(growth.to), suspect.outstanding_bytes));
-        suspect.retention = if suspect.allocated_bytes == 0 {
-            0.0
-        } else {
-            suspect.outstanding_bytes as f64 / suspect.allocated_bytes as f64
+    for (stack, series) in stacks.iter().zip(&mut per_stack) {
+        *series.last_mut().expect("one point at least") = stack.stats.outstanding_bytes;
+    }
+
+    // The window, and its axis.
+    let window: Vec<usize> = (0..times.len()).filter(|i| times[*i] >= growth.from).collect();
+    let ended: Vec<&crate::collector::turns::TurnRecord> = trace.turns.iter().filter(|t| t.end.is_some()).collect();
+    let axis = if ended.len() >= MIN_TURNS { Axis::Turns } else { Axis::Seconds };
+    let x_of = |at: SystemTime| match axis {
+        Axis::Turns => ended.iter().filter(|t| t.end.is_some_and(|end| end <= at)).count() as f64,
+        Axis::Seconds => at.duration_since(growth.from).unwrap_or_default().as_secs_f64(),
+    };
+    let xs: Vec<f64> = window.iter().map(|i| x_of(times[*i])).collect();
+    let seconds: Vec<f64> =
+        window.iter().map(|i| times[*i].duration_since(growth.from).unwrap_or_default().as_secs_f64()).collect();
+    let windowed = |series: &[u64], x: &[f64]| -> Vec<(f64, u64)> {
+        window.iter().zip(x).map(|(i, x)| (*x, series[*i])).collect()
+    };
+
+    // The tree of user paths.
+    let javascript_process = stacks.iter().any(|s| s.frames.iter().any(|f| classify(f).is_javascript()));
+    let mut tree = Tree::new(times.len());
+    let mut node_paths: Vec<Vec<usize>> = Vec::with_capacity(stacks.len());
+    let mut is_job: Vec<bool> = Vec::with_capacity(stacks.len());
+    for (index, stack) in stacks.iter().enumerate() {
+        let (labels, job) = match user_path(&stack.frames, javascript_process) {
+            // One node per function, whatever tier ran it.
+            UserPath::User(frames) => (frames.iter().map(|f| site_name(f)).collect::<Vec<_>>(), false),
+            UserPath::RuntimeJob(job) => (vec![format!("runtime {job}")], true),
         };
-        suspect.kept_growth_bytes = (suspect.growth_bytes as f64 * suspect.retention) as i64;
-        let (verdict, slope, fit) = judge(&series, suspect.retention);
-        suspect.verdict = verdict;
-        suspect.bytes_per_second = slope;
-        suspect.fit = fit;
-        suspect.evidence = format!(
-            "{} over {:.0} s ({:+.0} B/s, R² {:.2}); holds {:.0}% of the {} it allocated",
-            signed_bytes(suspect.growth_bytes),
-            seconds(growth.to),
-            slope,
-            fit,
-            suspect.retention * 100.0,
-            super::summary::human_bytes(suspect.allocated_bytes),
-        );
+        node_paths.push(tree.insert(&labels, index, &per_stack[index]));
+        is_job.push(job);
     }
-    // With enough ended turns, what each turn left behind decides the verdict.
-    let ended: Vec<TurnIx> = trace.turns.iter().filter(|t| t.end.is_some()).map(|t| t.index).collect();
-    if ended.len() >= MIN_TURNS {
-        let retained = super::turns::retained_by_turn_and_stack(trace);
-        for suspect in by_site.values_mut() {
-            let per_turn: Vec<u64> = ended
+    for node in &mut tree.nodes {
+        node.late_slope = judge(&windowed(&node.series, &xs)).late_slope;
+    }
+    let span = xs.last().copied().unwrap_or(0.0) - xs.first().copied().unwrap_or(0.0);
+    // Growth that adds less than a flat series over the window is noise.
+    let noise = if span > 0.0 { FLAT_BYTES / span } else { f64::INFINITY };
+    let mut growth_nodes = Vec::new();
+    tree.growth_nodes(0, noise, &mut growth_nodes);
+    let whole_source_growth = tree.nodes[0].late_slope.max(0.0);
+
+    // Each stack to one suspect: the deepest growth node on its path (through children that grow), else
+    // its own deepest user frame.
+    let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (stack, path) in node_paths.iter().enumerate() {
+        let owner = path
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(depth, node)| {
+                growth_nodes.contains(node)
+                    && path[depth + 1..].first().is_none_or(|next| tree.nodes[*next].late_slope > 0.0)
+            })
+            .map(|(_, node)| *node)
+            .unwrap_or(*path.last().expect("the root at least"));
+        groups.entry(owner).or_default().push(stack);
+    }
+
+    // One suspect per name: the same function reached through two callers' paths is one site to a reader.
+    let mut by_name: BTreeMap<String, usize> = BTreeMap::new();
+    let mut merged: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (node, members) in groups {
+        let first = *by_name.entry(site_name(&tree.nodes[node].label)).or_insert(node);
+        merged.entry(first).or_default().extend(members);
+    }
+    let groups = merged;
+
+    // Per-turn retention, by report stack.
+    let retained = super::turns::retained_by_turn_and_stack(trace);
+    let ended_in_window: Vec<TurnIx> =
+        ended.iter().filter(|t| t.start >= growth.from || axis == Axis::Turns).map(|t| t.index).collect();
+
+    let judged: Vec<(Suspect, Shape, Option<Collateral>)> = groups
+        .into_iter()
+        .map(|(node, members)| {
+            let mut series = vec![0u64; times.len()];
+            let (mut outstanding, mut allocated, mut growth_bytes) = (0u64, 0u64, 0i64);
+            for &stack in &members {
+                for (sum, value) in series.iter_mut().zip(&per_stack[stack]) {
+                    *sum += value;
+                }
+                outstanding += stacks[stack].stats.outstanding_bytes;
+                allocated += stacks[stack].stats.allocated_bytes;
+            }
+            for (stack, from, to) in growth.stacks.iter().filter(|(s, _, _)| s.source == source) {
+                if by_frames.get(stack.frames.as_slice()).is_some_and(|index| members.contains(index)) {
+                    growth_bytes += *to as i64 - *from as i64;
+                }
+            }
+            let largest = members
                 .iter()
-                .map(|turn| {
-                    retained.get(turn).map_or(0, |held| {
-                        held.iter()
-                            .filter(|(key, _)| site_of_key.get(key) == Some(&suspect.site))
-                            .map(|(_, b)| *b)
-                            .sum()
+                .copied()
+                .max_by_key(|s| (stacks[*s].stats.outstanding_bytes, stacks[*s].stats.allocated_bytes))
+                .expect("a suspect has stacks");
+            let runtime_job = members.iter().all(|s| is_job[*s]);
+            let label = &tree.nodes[node].label;
+            let site = site_name(label);
+            let mut shape = judge(&windowed(&series, &xs));
+            let by_time = judge(&windowed(&series, &seconds));
+            let retained_fraction = if allocated == 0 { 0.0 } else { (outstanding as f64 / allocated as f64).min(1.0) };
+            let collateral = match (source, shape.verdict) {
+                (Source::PageFault, Verdict::Grows) if retained_fraction < CHURNER_RETAINED => {
+                    Some(Collateral::Churner)
+                }
+                (Source::PageFault, Verdict::Grows) if shape.late_slope < whole_source_growth * SHARED_HEAP_SHARE => {
+                    Some(Collateral::Small)
+                }
+                _ => None,
+            };
+            if collateral.is_some() {
+                shape.verdict = Verdict::Flat;
+            }
+            let (bytes_per_turn, turns_retaining) = if ended_in_window.len() >= MIN_TURNS {
+                let member_keys = |key: &StackKey| stack_of_key.get(key).is_some_and(|s| members.contains(s));
+                let per_turn: Vec<u64> = ended_in_window
+                    .iter()
+                    .map(|turn| {
+                        retained
+                            .get(turn)
+                            .map_or(0, |held| held.iter().filter(|(k, _)| member_keys(k)).map(|(_, b)| *b).sum())
                     })
-                })
-                .collect();
-            let (verdict, bytes_per_turn, retaining) = judge_turns(&per_turn, suspect.retention);
-            suspect.verdict = verdict;
-            suspect.bytes_per_turn = Some(bytes_per_turn);
-            suspect.turns_retaining = Some(retaining);
-            suspect.evidence = format!(
-                "{} per turn left behind, by {:.0}% of {} turns; {}",
-                super::summary::human_bytes(bytes_per_turn as u64),
-                retaining * 100.0,
-                per_turn.len(),
-                suspect.evidence
-            );
-        }
-    }
-    let mut suspects: Vec<Suspect> = by_site.into_values().collect();
-    suspects.sort_by(|a, b| b.kept_growth_bytes.cmp(&a.kept_growth_bytes).then_with(|| a.site.cmp(&b.site)));
+                    .collect();
+                let mean = per_turn.iter().sum::<u64>() as f64 / per_turn.len() as f64;
+                let retaining = per_turn.iter().filter(|b| **b > 0).count() as f64 / per_turn.len() as f64;
+                (Some(mean), Some(retaining))
+            } else {
+                (None, None)
+            };
+            let suspect = Suspect {
+                site,
+                source,
+                allocated_by: allocated_by(&stacks[largest].frames, javascript_process),
+                runtime_job,
+                frames: stacks[largest].frames.clone(),
+                stacks: members.len(),
+                outstanding_bytes: outstanding,
+                allocated_bytes: allocated,
+                growth_bytes,
+                retained_fraction,
+                kept_growth_bytes: (growth_bytes as f64 * retained_fraction) as i64,
+                bytes_per_second: by_time.slope,
+                fit_r2: by_time.fit_r2,
+                sustained_growth: shape.late_slope,
+                verdict: shape.verdict,
+                evidence: String::new(),
+                bytes_per_turn,
+                own_bytes_per_turn: bytes_per_turn,
+                turns_retaining,
+                series: times.iter().copied().zip(series).collect(),
+            };
+            (suspect, shape, collateral)
+        })
+        .collect();
+    let mut suspects = share_collateral(judged, axis, xs.len(), span, whole_source_growth);
+    // Every grows first, by how fast it grows now; then the rest, by growth over the window.
+    suspects.sort_by(|a, b| {
+        let rank = |s: &Suspect| match s.verdict {
+            Verdict::Grows => 0,
+            Verdict::TooShort => 1,
+            Verdict::LevelsOff => 2,
+            _ => 3,
+        };
+        rank(a)
+            .cmp(&rank(b))
+            .then_with(|| match a.verdict {
+                Verdict::Grows => b.sustained_growth.total_cmp(&a.sustained_growth),
+                _ => b.growth_bytes.cmp(&a.growth_bytes),
+            })
+            .then_with(|| b.outstanding_bytes.cmp(&a.outstanding_bytes))
+            .then_with(|| a.site.cmp(&b.site))
+    });
     suspects
 }
 
-fn signed_bytes(bytes: i64) -> String {
-    let sign = if bytes < 0 { "-" } else { "+" };
-    format!("{sign}{}", super::summary::human_bytes(bytes.unsigned_abs()))
+/// Why a site that grows is judged to grow for others (see [`SHARED_HEAP_SHARE`], [`CHURNER_RETAINED`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Collateral {
+    Small,
+    Churner,
+}
+
+/// Gives the growing sites the growth that churning sites only carry: what each turn left in the pages
+/// a churner touched first is the growing sites' data, shared among them in proportion to what each left
+/// of its own. Then writes every evidence.
+fn share_collateral(
+    judged: Vec<(Suspect, Shape, Option<Collateral>)>,
+    axis: Axis,
+    points: usize,
+    span: f64,
+    whole_source_growth: f64,
+) -> Vec<Suspect> {
+    let carried: f64 = judged
+        .iter()
+        .filter(|(_, _, collateral)| collateral.is_some())
+        .filter_map(|(suspect, _, _)| suspect.own_bytes_per_turn)
+        .sum();
+    let own_of_growing: f64 = judged
+        .iter()
+        .filter(|(suspect, _, _)| suspect.verdict == Verdict::Grows)
+        .filter_map(|(suspect, _, _)| suspect.own_bytes_per_turn)
+        .sum();
+    judged
+        .into_iter()
+        .map(|(mut suspect, shape, collateral)| {
+            if let (Verdict::Grows, Some(own)) = (suspect.verdict, suspect.own_bytes_per_turn) {
+                if carried > 0.0 && own_of_growing > 0.0 {
+                    suspect.bytes_per_turn = Some(own + carried * own / own_of_growing);
+                }
+            }
+            suspect.evidence = evidence(&suspect, &shape, axis, points, span);
+            match collateral {
+                Some(Collateral::Small) => {
+                    suspect.evidence = format!(
+                        "no growth of its own to speak of: {} per {}, under {:.0}% of the {} per {} all resident memory \
+                         grew, which page reuse in a shared heap spreads among sites; {}",
+                        signed(shape.late_slope),
+                        axis.per(),
+                        SHARED_HEAP_SHARE * 100.0,
+                        signed(whole_source_growth),
+                        axis.per(),
+                        suspect.evidence.split_once("; ").map_or("", |(_, rest)| rest)
+                    );
+                }
+                Some(Collateral::Churner) => {
+                    suspect.evidence = format!(
+                        "no growth of its own: its resident pages grew {} per {}, but it keeps only {:.0}% of the {} it \
+                         made resident; the pages it freed hold the data of sites that grow, counted with them; {}",
+                        signed(shape.late_slope),
+                        axis.per(),
+                        suspect.retained_fraction * 100.0,
+                        human_bytes(suspect.allocated_bytes),
+                        suspect.evidence.split_once("; ").map_or("", |(_, rest)| rest)
+                    );
+                }
+                None => {}
+            }
+            suspect
+        })
+        .collect()
+}
+
+/// The evidence for a verdict, in a reader's units; it never says more than the verdict does.
+fn evidence(suspect: &Suspect, shape: &Shape, axis: Axis, points: usize, span: f64) -> String {
+    let per = axis.per();
+    let rate = |bytes_per_x: f64| match axis {
+        Axis::Turns => format!("{}/turn", signed(bytes_per_x)),
+        Axis::Seconds => format!("{}/s", signed(bytes_per_x)),
+    };
+    let over = match axis {
+        Axis::Turns => format!("{span:.0} turns"),
+        Axis::Seconds => format!("{span:.0} s"),
+    };
+    let mut text = match suspect.verdict {
+        Verdict::TooShort => format!(
+            "too short to judge: {points} points in the window (needs {MIN_POINTS}); trace longer (-d) or take points more often (-i)"
+        ),
+        Verdict::Grows => format!(
+            "keeps growing: {} over {over}, {} in the later half (R² {:.2})",
+            signed(shape.change),
+            rate(shape.late_slope),
+            shape.fit_r2
+        ),
+        Verdict::LevelsOff => format!(
+            "grew {} over {over}, then leveled off: {} in the later half",
+            signed(shape.change),
+            rate(shape.late_slope.max(0.0))
+        ),
+        Verdict::Shrinks => format!("shrank {} over {over}", signed(shape.change)),
+        Verdict::Flat if shape.change.abs() >= FLAT_BYTES => format!(
+            "no steady growth: it moved {} over {over}, up and down (R² {:.2})",
+            signed(shape.change),
+            shape.fit_r2
+        ),
+        Verdict::Flat => format!("no growth to speak of: {} over {over}", signed(shape.change)),
+    };
+    let _ = per;
+    if let (Some(per_turn), Some(own), Some(retaining)) =
+        (suspect.bytes_per_turn, suspect.own_bytes_per_turn, suspect.turns_retaining)
+    {
+        text.push_str(&format!(
+            "; each turn left {} behind on average ({:.0}% of turns left some)",
+            human_bytes(own as u64),
+            retaining * 100.0
+        ));
+        if per_turn > own {
+            text.push_str(&format!(
+                ", {} with its share of pages that churning sites touched first",
+                human_bytes(per_turn as u64)
+            ));
+        }
+    }
+    text.push_str(&format!(
+        "; holds {:.0}% of the {} it allocated",
+        suspect.retained_fraction * 100.0,
+        human_bytes(suspect.allocated_bytes)
+    ));
+    if suspect.runtime_job {
+        text.push_str(if suspect.site.starts_with("runtime job") {
+            "; no user frame on the stack: allocated in a job of the runtime"
+        } else {
+            "; no user frame on the stack: allocated by the runtime's own native code"
+        });
+    }
+    if let Some(by) = &suspect.allocated_by {
+        text.push_str(&format!("; allocated by {by}"));
+    }
+    text
+}
+
+/// `+1.5 MiB`, `-200 KiB`.
+fn signed(bytes: f64) -> String {
+    let sign = if bytes < 0.0 { "-" } else { "+" };
+    format!("{sign}{}", human_bytes(bytes.abs().round() as u64))
 }
 
 #[cfg(test)]
@@ -288,67 +703,113 @@ mod tests {
         values.iter().enumerate().map(|(i, v)| (i as f64, *v)).collect()
     }
 
-    #[test]
-    fn the_site_is_the_innermost_javascript_function() {
-        let frames: Vec<Frame> =
-            ["main", "runTurn [JS:DFG]", "buildMessage [JS:FTL]", "bun+0x1234"].iter().map(|s| (*s).into()).collect();
-        assert_eq!(site_of(&frames), "buildMessage");
-        let builtin: Vec<Frame> = ["runTurn [JS:DFG]", "retainStreamChunk [JS:FTL]", "(anonymous) [JS:DFG]"]
-            .iter()
-            .map(|s| (*s).into())
-            .collect();
-        assert_eq!(site_of(&builtin), "retainStreamChunk");
-        let native: Vec<Frame> = ["main", "leak"].iter().map(|s| (*s).into()).collect();
-        assert_eq!(site_of(&native), "leak");
+    fn frames(names: &[&str]) -> Vec<Frame> {
+        names.iter().map(|s| (*s).into()).collect()
     }
 
     #[test]
-    fn steady_growth_that_is_kept_is_a_leak() {
-        let (verdict, slope, fit) = judge(&series(&[0, 100_000, 200_000, 300_000, 400_000]), 0.9);
-        assert_eq!(verdict, Verdict::Grows);
-        assert!((slope - 100_000.0).abs() < 1.0 && fit > 0.99);
-    }
-
-    #[test]
-    fn steady_growth_of_a_churner_is_told_apart() {
-        assert_eq!(judge(&series(&[0, 100_000, 200_000, 300_000, 400_000]), 0.1).0, Verdict::Churns);
+    fn steady_growth_is_a_leak_however_much_it_churns() {
+        let shape = judge(&series(&[0, 100_000, 200_000, 300_000, 400_000]));
+        assert_eq!(shape.verdict, Verdict::Grows);
+        assert!((shape.slope - 100_000.0).abs() < 1.0 && shape.fit_r2 > 0.99);
     }
 
     #[test]
     fn a_cache_that_fills_then_stays_levels_off() {
         assert_eq!(
-            judge(&series(&[0, 200_000, 400_000, 400_000, 400_000, 400_000, 400_000]), 0.9).0,
+            judge(&series(&[0, 200_000, 400_000, 400_000, 400_000, 400_000, 400_000])).verdict,
             Verdict::LevelsOff
         );
     }
 
     #[test]
     fn one_dip_does_not_stop_a_leak() {
-        let leak = series(&[0, 100_000, 200_000, 300_000, 400_000, 500_000, 420_000]);
-        assert_eq!(judge(&leak, 0.9).0, Verdict::Grows);
+        assert_eq!(
+            judge(&series(&[0, 100_000, 200_000, 300_000, 400_000, 500_000, 420_000, 520_000])).verdict,
+            Verdict::Grows
+        );
     }
 
     #[test]
-    fn turns_that_all_leave_memory_behind_are_a_leak() {
-        assert_eq!(judge_turns(&[4096; 10], 1.0).0, Verdict::Grows);
-        let (verdict, per_turn, retaining) = judge_turns(&[8192, 4096, 8192, 4096, 8192, 4096], 1.0);
-        assert_eq!((verdict, per_turn, retaining), (Verdict::Grows, 6144.0, 1.0));
-        assert_eq!(judge_turns(&[4096; 10], 0.2).0, Verdict::Churns);
+    fn a_leak_that_starts_late_grows() {
+        assert_eq!(judge(&series(&[0, 0, 0, 0, 100_000, 200_000, 300_000, 400_000])).verdict, Verdict::Grows);
     }
 
     #[test]
-    fn only_recent_or_only_early_turns_holding_memory_levels_off() {
-        // An LRU cache of 3 entries after 10 turns: only the last 3 turns' entries remain.
-        assert_eq!(judge_turns(&[0, 0, 0, 0, 0, 0, 0, 4096, 4096, 4096], 1.0).0, Verdict::LevelsOff);
-        // A table filled in the first turns, then left alone.
-        assert_eq!(judge_turns(&[4096, 4096, 4096, 0, 0, 0, 0, 0, 0, 0], 1.0).0, Verdict::LevelsOff);
-        assert_eq!(judge_turns(&[0, 0, 0, 0], 1.0).0, Verdict::Flat);
+    fn shrinking_flat_and_short_series() {
+        assert_eq!(judge(&series(&[400_000, 300_000, 200_000, 100_000])).verdict, Verdict::Shrinks);
+        assert_eq!(judge(&series(&[4096, 4096, 8192, 4096])).verdict, Verdict::Flat);
+        // Temporaries: big swings, no trend.
+        assert_eq!(
+            judge(&series(&[0, 900_000, 100_000, 1_000_000, 50_000, 950_000, 200_000, 600_000])).verdict,
+            Verdict::Flat
+        );
+        assert_eq!(judge(&series(&[0, 37 << 20])).verdict, Verdict::TooShort);
+        assert_eq!(judge(&series(&[])).verdict, Verdict::TooShort);
     }
 
     #[test]
-    fn shrinking_and_flat_series() {
-        assert_eq!(judge(&series(&[400_000, 300_000, 100_000]), 0.9).0, Verdict::Shrinks);
-        assert_eq!(judge(&series(&[4096, 4096, 8192]), 0.9).0, Verdict::Flat);
-        assert_eq!(judge(&series(&[]), 0.9).0, Verdict::Flat);
+    fn a_stack_reduces_to_its_user_frames_or_its_runtime_job() {
+        let user =
+            frames(&["bun+0x1", "runTurn [JS:Baseline]", "[JSC thunk] x", "appendToHistory [JS:DFG]", "bun+0x2"]);
+        assert_eq!(
+            user_path(&user, true),
+            UserPath::User(frames(&["runTurn [JS:Baseline]", "appendToHistory [JS:DFG]"]))
+        );
+        assert_eq!(allocated_by(&user, true), None);
+        let job = frames(&[
+            "bun+0x1",
+            "(anonymous) [JS:DFG]",
+            "pullAlgorithm [JS:DFG]",
+            "#pull [JS:Baseline]",
+            "#getInternalBuffer [JS:DFG]",
+            "bun+0x2",
+        ]);
+        assert_eq!(user_path(&job, true), UserPath::RuntimeJob("job pullAlgorithm".to_string()));
+        let threads = frames(&["start_thread", "bun+0x1", "bun+0x2"]);
+        assert_eq!(user_path(&threads, true), UserPath::RuntimeJob("native code start_thread".to_string()));
+        assert_eq!(allocated_by(&job, true), Some("#getInternalBuffer".to_string()));
+        let native = frames(&["main", "serve", "leak", "operator new(unsigned long)"]);
+        assert_eq!(user_path(&native, false), UserPath::User(native.clone()));
+    }
+
+    /// Growth carried by one child is followed down; growth divided among children is followed into each.
+    #[test]
+    fn growth_is_found_where_it_divides() {
+        let grow = |per_point: u64| (0..8).map(|i| i * per_point).collect::<Vec<u64>>();
+        let mut tree = Tree::new(8);
+        let labels = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // Two leaks under runTurn, one through two runtime paths below it (which leave no label: tiers,
+        // inlining), and a flat cache.
+        tree.insert(&labels(&["main", "runTurn", "appendToHistory"]), 0, &grow(100_000));
+        tree.insert(&labels(&["main", "runTurn", "retain"]), 1, &grow(60_000));
+        tree.insert(&labels(&["main", "runTurn", "retain"]), 2, &grow(50_000));
+        tree.insert(
+            &labels(&["main", "runTurn", "cache"]),
+            3,
+            &[0, 50_000, 100_000, 100_000, 100_000, 100_000, 100_000, 100_000],
+        );
+        for node in &mut tree.nodes {
+            node.late_slope = judge(&series(&node.series)).late_slope;
+        }
+        let mut found = Vec::new();
+        tree.growth_nodes(0, 100.0, &mut found);
+        let mut names: Vec<&str> = found.iter().map(|n| tree.nodes[*n].label.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["appendToHistory", "retain"]);
+        // One leak alone under runTurn: followed down to it.
+        let mut tree = Tree::new(8);
+        tree.insert(&labels(&["main", "runTurn", "retain"]), 0, &grow(60_000));
+        tree.insert(
+            &labels(&["main", "runTurn", "cache"]),
+            1,
+            &[0, 50_000, 100_000, 100_000, 100_000, 100_000, 100_000, 100_000],
+        );
+        for node in &mut tree.nodes {
+            node.late_slope = judge(&series(&node.series)).late_slope;
+        }
+        let mut found = Vec::new();
+        tree.growth_nodes(0, 100.0, &mut found);
+        assert_eq!(found.iter().map(|n| tree.nodes[*n].label.as_str()).collect::<Vec<_>>(), ["retain"]);
     }
 }

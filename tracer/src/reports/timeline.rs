@@ -2,7 +2,7 @@
 //! time, with turns shaded and labelled, and markers drawn as lines, so that growth can be seen to line
 //! up with turns. Drawn with plotters.
 
-use std::{collections::HashMap, time::SystemTime};
+use std::time::SystemTime;
 
 use anyhow::{Result, anyhow};
 use plotters::{
@@ -10,11 +10,8 @@ use plotters::{
     style::{Color, RGBColor},
 };
 
-use super::{
-    stacks::names_of,
-    suspects::{Suspect, site_of},
-};
-use crate::{collector::Trace, ledger::StackKey};
+use super::suspects::Suspect;
+use crate::collector::Trace;
 
 /// Suspects drawn as series of their own.
 const SITES: usize = 4;
@@ -63,25 +60,8 @@ pub fn series(trace: &Trace<'_>, suspects: &[Suspect]) -> Vec<Series> {
                 .collect(),
         });
     }
-    let mut site_of_key: HashMap<StackKey, String> = HashMap::new();
     for suspect in suspects.iter().take(SITES) {
-        let snapshots = trace.timeline.snapshots();
-        let points = snapshots
-            .iter()
-            .map(|snapshot| {
-                let bytes: u64 = snapshot
-                    .outstanding
-                    .iter()
-                    .filter(|(key, _)| key.source == suspect.source)
-                    .filter(|(key, _)| {
-                        site_of_key.entry(**key).or_insert_with(|| site_of(&names_of(trace, key.stack)))
-                            == &suspect.site
-                    })
-                    .map(|(_, bytes)| *bytes)
-                    .sum();
-                (seconds(snapshot.at), bytes as f64 / MIB)
-            })
-            .collect();
+        let points = suspect.series.iter().map(|(at, bytes)| (seconds(*at), *bytes as f64 / MIB)).collect();
         all.push(Series { name: format!("{} ({})", suspect.site, suspect.verdict.name()), points });
     }
     all
