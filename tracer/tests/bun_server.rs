@@ -1,0 +1,198 @@
+//! A realistic target: the streaming agent server of demo/streaming, compiled with `bun build --compile`
+//! (Bun 1.3.13 from npm, installed by `cargo xtask setup`), reading its provider's replies with a real
+//! fetch() over loopback, turns running four at a time. The tracer attaches by pid, as in production, and
+//! must judge it: the chunk leak first and `grows`, with bytes per turn within 25% of the truth measured
+//! untraced; the history leak in the top three; the bounded cache below every site that grows; the
+//! temporaries never `grows`; and turns that never add up to more than was allocated.
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::Duration,
+};
+
+use common::{Report, Running, output_dir, start_tracer};
+use serde_json::Value;
+
+const TURN_START: &str = r"^turn start (?P<id>t\d+)$";
+const TURN_END: &str = r"^turn end (?P<id>t\d+)$";
+
+fn bun() -> PathBuf {
+    let bun = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/bun/node_modules/@oven/bun-linux-x64/bin/bun");
+    assert!(bun.exists(), "Bun is not installed at {}: run `cargo xtask setup` (cargo xtask test does)", bun.display());
+    bun
+}
+
+fn demo(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/streaming").join(file)
+}
+
+/// `bun build --compile --sourcemap server.ts`: the standalone executable, as dispatch-server is built.
+fn compiled_server() -> PathBuf {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("streaming");
+    std::fs::create_dir_all(&out).unwrap();
+    let executable = out.join("dispatch-server");
+    let status = Command::new(bun())
+        .args(["build", "--compile", "--sourcemap"])
+        .arg(demo("server.ts"))
+        .arg("--outfile")
+        .arg(&executable)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "bun build --compile failed");
+    executable
+}
+
+fn port_of(process: &mut Running) -> u16 {
+    process.stdout.wait_for("listening ").trim_start_matches("listening ").parse().unwrap()
+}
+
+struct Servers {
+    provider: Running,
+    provider_port: u16,
+    executable: PathBuf,
+}
+
+impl Servers {
+    fn start() -> Self {
+        let mut provider = Running::spawn(Command::new(bun()).arg(demo("provider.ts")).env("PORT", "0"));
+        let provider_port = port_of(&mut provider);
+        Self { provider, provider_port, executable: compiled_server() }
+    }
+
+    /// The compiled server with `leak` on, JSC's jitdump into `jitdump` when given.
+    fn server(&self, leak: &str, jitdump: Option<&Path>) -> (Running, u16) {
+        let mut command = Command::new(&self.executable);
+        command
+            .env("PORT", "0")
+            .env("LEAK", leak)
+            .env("PROVIDER_URL", format!("http://127.0.0.1:{}", self.provider_port));
+        if let Some(dir) = jitdump {
+            std::fs::create_dir_all(dir).unwrap();
+            command.env("BUN_JSC_useJITDump", "1").env("BUN_JSC_jitDumpDirectory", dir);
+        }
+        let mut server = Running::spawn(&mut command);
+        let port = port_of(&mut server);
+        (server, port)
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.provider.signal(libc::SIGTERM);
+    }
+}
+
+fn drive(port: u16, turns: u32) {
+    let status = Command::new(bun())
+        .arg(demo("driver.ts"))
+        .args(["--url", &format!("http://127.0.0.1:{port}"), "--turns", &turns.to_string(), "--concurrency", "4"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "the driver failed");
+}
+
+fn health(port: u16) -> Value {
+    let output = Command::new(bun())
+        .args([
+            "-e",
+            &format!("console.log(JSON.stringify(await (await fetch('http://127.0.0.1:{port}/health')).json()))"),
+        ])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&output.stdout).expect("the server's health is JSON")
+}
+
+/// The chunk leak's truth, untraced: the RSS slope per turn with only that leak on, after a warm-up.
+fn chunk_leak_per_turn(servers: &Servers) -> f64 {
+    let (mut server, port) = servers.server("chunks", None);
+    drive(port, 24);
+    let before = health(port);
+    drive(port, 80);
+    let after = health(port);
+    server.signal(libc::SIGTERM);
+    let rss = |h: &Value| h["rss"].as_f64().unwrap();
+    let turns = |h: &Value| h["turns"].as_f64().unwrap();
+    (rss(&after) - rss(&before)) / (turns(&after) - turns(&before))
+}
+
+fn suspect<'a>(report: &'a Report, site: &str) -> (usize, &'a Value) {
+    report.0["suspects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s["site"].as_str().is_some_and(|name| name == site || name.starts_with(&format!("{site} ("))))
+        .unwrap_or_else(|| panic!("no suspect {site}: {:#}", report.0["suspects"]))
+}
+
+#[test]
+fn the_compiled_streaming_server_is_judged_right() {
+    let servers = Servers::start();
+    let truth = chunk_leak_per_turn(&servers);
+
+    let out = output_dir("bun_server");
+    let (server, port) = servers.server("all", Some(&out.join("jitdump")));
+    let mut tracer = start_tracer(&[
+        "-o",
+        out.join("trace").to_str().unwrap(),
+        "--pid",
+        &server.pid().to_string(),
+        "--interval",
+        "1s",
+        "--turn-start",
+        TURN_START,
+        "--turn-end",
+        TURN_END,
+    ]);
+    for _ in 0..6 {
+        drive(port, 16);
+        thread::sleep(Duration::from_millis(500));
+    }
+    tracer.signal(libc::SIGINT);
+    assert!(tracer.wait().success());
+    let report = Report::load(&out.join("trace"));
+    let suspects = report.0["suspects"].as_array().unwrap();
+    let summary: Vec<String> =
+        suspects.iter().take(8).map(|s| format!("{} {} {}", s["site"], s["verdict"], s["bytes_per_turn"])).collect();
+
+    // The chunks are allocated in a runtime job (the body stream's pull): no user frame, said so.
+    let top = &suspects[0];
+    assert_eq!(top["verdict"], "grows", "{summary:#?}");
+    assert_eq!(top["runtime_job"], true, "{summary:#?}");
+    assert!(top["frames"].to_string().contains("#pull"), "the top suspect is the body stream's chunks: {top:#}");
+    let per_turn = top["bytes_per_turn"].as_f64().unwrap();
+    assert!((per_turn / truth - 1.0).abs() <= 0.25, "{per_turn:.0} B per turn against {truth:.0} measured untraced");
+
+    let (history, history_suspect) = suspect(&report, "appendToHistory");
+    assert!(history < 3, "the history leak is in the top three: {summary:#?}");
+    assert_eq!(history_suspect["verdict"], "grows", "{history_suspect:#}");
+
+    let (cache, cache_suspect) = suspect(&report, "cacheReply");
+    assert_ne!(cache_suspect["verdict"], "grows", "{cache_suspect:#}");
+    let last_grows = suspects.iter().rposition(|s| s["verdict"] == "grows").unwrap();
+    assert!(cache > last_grows, "the bounded cache ranks below every site that grows: {summary:#?}");
+    if let Some((_, preview)) = suspects
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s["site"].as_str().is_some_and(|name| name.starts_with("renderPreview")))
+    {
+        assert_ne!(preview["verdict"], "grows", "temporaries never grow: {preview:#}");
+    }
+
+    // Turns overlap (four at a time): what they allocated and left behind never adds up to more than the
+    // primary source allocated.
+    let turns = report.0["turns"].as_array().unwrap();
+    assert!(turns.len() >= 80, "turns seen: {}", turns.len());
+    let primary = report.0["totals"]["primary_source"].as_str().unwrap();
+    let allocated = report.0["totals"]["by_source"][primary]["allocated_bytes"].as_u64().unwrap();
+    let sum = |field: &str| turns.iter().map(|t| t[field].as_u64().unwrap()).sum::<u64>();
+    assert!(sum("allocated_bytes") <= allocated, "turns allocated {} of {allocated}", sum("allocated_bytes"));
+    assert!(sum("retained_bytes") <= allocated, "turns retained {} of {allocated}", sum("retained_bytes"));
+    drop(server);
+}
