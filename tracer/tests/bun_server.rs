@@ -110,7 +110,7 @@ fn health(port: u16) -> Value {
 
 /// The chunk leak's truth, untraced: the RSS slope per turn with only that leak on, after a warm-up.
 fn chunk_leak_per_turn(servers: &Servers) -> f64 {
-    let (mut server, port) = servers.server("chunks", None);
+    let (server, port) = servers.server("chunks", None);
     drive(port, 24);
     let before = health(port);
     drive(port, 80);
