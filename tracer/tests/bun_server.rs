@@ -108,12 +108,21 @@ fn health(port: u16) -> Value {
     serde_json::from_slice(&output.stdout).expect("the server's health is JSON")
 }
 
-/// The chunk leak's truth, untraced: the RSS slope per turn with only that leak on, after a warm-up.
+/// Turns as the traced run sends them: rounds with pauses, in which the garbage collector catches up.
+fn drive_rounds(port: u16, rounds: u32) {
+    for _ in 0..rounds {
+        drive(port, 16);
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The chunk leak's truth, untraced: the RSS slope per turn with only that leak on, after a warm-up round,
+/// under the same rounds of turns as the traced run.
 fn chunk_leak_per_turn(servers: &Servers) -> f64 {
     let (server, port) = servers.server("chunks", None);
-    drive(port, 24);
+    drive_rounds(port, 1);
     let before = health(port);
-    drive(port, 80);
+    drive_rounds(port, 5);
     let after = health(port);
     server.signal(libc::SIGTERM);
     let rss = |h: &Value| h["rss"].as_f64().unwrap();
@@ -150,10 +159,7 @@ fn the_compiled_streaming_server_is_judged_right() {
         "--turn-end",
         TURN_END,
     ]);
-    for _ in 0..6 {
-        drive(port, 16);
-        thread::sleep(Duration::from_millis(500));
-    }
+    drive_rounds(port, 6);
     tracer.signal(libc::SIGINT);
     assert!(tracer.wait().success());
     let report = Report::load(&out.join("trace"));
