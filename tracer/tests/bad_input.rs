@@ -167,3 +167,52 @@ fn help_and_version_succeed() {
     assert!(run(&["--version"]).status.success());
     let _ = start_tracer; // shared helpers
 }
+
+#[test]
+fn secrets_on_the_command_line_stay_out_of_the_report() {
+    let out = output_dir("secrets_in_cmdline");
+    // `sh -c` ignores the words after its script; `; true` keeps sh from exec'ing sleep (which would change
+    // the command line).
+    let secrets = ["hunter2", "abc.def.ghi", "k3yv4lu3", "pa55w0rd", "b34r3rt0k3n", "db-s3cr3t"];
+    let result = run(&[
+        "-q",
+        "-o",
+        out.to_str().unwrap(),
+        "-d",
+        "1s",
+        "--",
+        "sh",
+        "-c",
+        "sleep 3; true",
+        "server",
+        "--header",
+        "Authorization: Bearer abc.def.ghi",
+        "-H",
+        "X-Api-Key: k3yv4lu3",
+        "--pass",
+        "hunter2",
+        "-p",
+        "pa55w0rd",
+        "Bearer",
+        "b34r3rt0k3n",
+        "--db=postgres://app:db-s3cr3t@db/x",
+        "--port",
+        "8080",
+    ]);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let text = std::fs::read_to_string(out.join("report.json")).unwrap();
+    for secret in secrets {
+        assert!(!text.contains(secret), "{secret} in report.json");
+    }
+    let cmdline = common::Report::load(&out).0["target"]["cmdline"].clone();
+    assert_eq!(cmdline[0], "sh");
+    assert!(cmdline.as_array().unwrap().iter().any(|arg| arg == "8080"), "{cmdline}");
+    for file in std::fs::read_dir(&out).unwrap() {
+        let path = file.unwrap().path();
+        if let Ok(text) = std::fs::read(&path) {
+            for secret in secrets {
+                assert!(!String::from_utf8_lossy(&text).contains(secret), "{secret} in {}", path.display());
+            }
+        }
+    }
+}
