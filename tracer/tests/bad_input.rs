@@ -216,3 +216,69 @@ fn secrets_on_the_command_line_stay_out_of_the_report() {
         }
     }
 }
+
+#[test]
+fn the_tracer_refuses_to_trace_itself() {
+    let out = output_dir("trace_itself");
+    // The shell's pid becomes the tracer's with exec.
+    let script = format!("exec {TRACER} -o {} --pid $$ -d 2s", out.display());
+    let result = Command::new("sh").args(["-c", &script]).output().unwrap();
+    assert_one_line_error(&result, "cannot trace dispatch-leaktrace itself (pid ");
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_thread_id_is_answered_with_its_process() {
+    // A thread of this test process (the test harness runs tests on threads of their own).
+    let own = std::process::id();
+    let thread = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|tid| *tid != own)
+        .expect("a second thread");
+    let out = run(&["--pid", &thread.to_string(), "-d", "1s"]);
+    assert_one_line_error(&out, &format!("{thread} is a thread of process {own}: give the process id, --pid {own}"));
+}
+
+#[test]
+fn a_refused_process_is_explained_truthfully() {
+    // Root without CAP_SYS_PTRACE (as in a container that drops it) may not read another user's /proc/PID/exe.
+    let target = Running::spawn(Command::new("setpriv").args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "sleep",
+        "30",
+    ]));
+    // setpriv execs sleep: wait until the pid runs it as the other user.
+    let status = format!("/proc/{}/status", target.pid());
+    while !std::fs::read_to_string(&status)
+        .is_ok_and(|text| text.contains("\tUid:\t65534") || text.contains("Uid:\t65534"))
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = Command::new("setpriv")
+        .args([
+            "--bounding-set=-sys_ptrace",
+            "--inh-caps=-sys_ptrace",
+            TRACER,
+            "--pid",
+            &target.pid().to_string(),
+            "-d",
+            "1s",
+        ])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "dispatch-leaktrace runs without CAP_SYS_PTRACE");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("run as root"));
+
+    // Where a security policy keeps even root with CAP_SYS_PTRACE away from pid 1 (as in some sandboxes),
+    // the message says so rather than "run as root".
+    if std::fs::read_link("/proc/1/exe").is_err() {
+        let out = run(&["--pid", "1", "-d", "1s"]);
+        assert_one_line_error(
+            &out,
+            "although dispatch-leaktrace has CAP_SYS_PTRACE: a security policy protects process 1",
+        );
+    }
+}
