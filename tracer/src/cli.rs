@@ -149,8 +149,9 @@ impl Cli {
 /// Says once, at the start, when `--snapshot-at-rss` is below what the target `pid` already holds: the first
 /// snapshot comes at once, then one at each further step it grows, and snapshots are kept.
 pub fn warn_if_rss_step_is_passed(step: Option<u64>, pid: u32) {
+    let Some(step) = step else { return };
     let rss = crate::procfs::rss_bytes(pid, crate::procfs::page_size()).unwrap_or(0);
-    if let Some(warning) = step.and_then(|step| rss_step_warning(step, rss)) {
+    if let Some(warning) = rss_step_warning(step, rss) {
         eprintln!("dispatch-leaktrace: warning: {warning}");
     }
 }
