@@ -13,7 +13,7 @@ mod session;
 mod symbolizer;
 mod target;
 
-use std::process::ExitCode;
+use std::{ffi::OsString, process::ExitCode};
 
 use clap::Parser;
 
@@ -22,9 +22,15 @@ fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("dispatch-leaktrace: internal error: {info} (please report it)");
     }));
-    let args: Vec<String> = std::env::args().collect();
+    // As the OS gives them: `std::env::args` would panic on an argument that is not UTF-8.
+    let args: Vec<OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == "mark") {
-        return match inputs::control::mark(&args[2..]) {
+        let mark_args: Vec<String> = args[2..].iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        if cli::asks_for_mark_help(&mark_args) {
+            println!("{}", cli::MARK_HELP);
+            return ExitCode::SUCCESS;
+        }
+        return match inputs::control::mark(&mark_args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("dispatch-leaktrace: error: {error:#}");
@@ -32,16 +38,14 @@ fn main() -> ExitCode {
             }
         };
     }
-    let cli = match cli::Cli::try_parse() {
+    let cli = match cli::Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(error) if !error.use_stderr() => {
             let _ = error.print(); // --help, --version
             return ExitCode::SUCCESS;
         }
         Err(error) => {
-            let message = error.to_string();
-            let first = message.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
-            eprintln!("dispatch-leaktrace: error: {first} (see --help)");
+            eprintln!("dispatch-leaktrace: error: {}", cli::one_line_error(&error));
             return ExitCode::from(2);
         }
     };

@@ -22,6 +22,12 @@ pub fn check() -> Result<()> {
     Ok(())
 }
 
+/// Whether this process may read other users' processes (their /proc/PID/exe and maps).
+pub fn has_sys_ptrace() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    parse_cap_eff(&status).is_some_and(|effective| effective & (1u64 << CAP_SYS_PTRACE) != 0)
+}
+
 fn parse_cap_eff(status: &str) -> Option<u64> {
     let line = status.lines().find(|line| line.starts_with("CapEff:"))?;
     u64::from_str_radix(line["CapEff:".len()..].trim(), 16).ok()

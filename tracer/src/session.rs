@@ -57,7 +57,7 @@ pub fn run(cli: Cli) -> Result<()> {
         (Some(start), Some(end)) => Some(TurnPatterns::new(start, end)?),
         _ => None,
     };
-    let deadline = cli.duration.map(|duration| Instant::now() + duration);
+    let deadline = cli.deadline(Instant::now());
     let program = program_of(&cli)?;
 
     let first = match (cli.pid, &program) {
@@ -231,6 +231,7 @@ impl Session<'_> {
             }
             Pending::Launched(child) => (child.release()?, true),
         };
+        crate::cli::warn_if_rss_step_is_passed(cli.snapshot_at_rss, pid);
         let exe = target.info.exe.clone();
         maps.program_ids = self.probes.records.iter().map(|record| record.program_id).collect();
         maps.program_ids.sort_unstable();

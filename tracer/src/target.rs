@@ -28,10 +28,17 @@ pub enum ExitStatus {
 }
 
 impl Target {
-    /// An existing process.
+    /// An existing process (never the tracer itself: its own work would be traced into a loop).
     pub fn existing(pid: u32) -> Result<Self> {
-        let pidfd = pidfd_open(pid).map_err(|error| match error.raw_os_error() {
-            Some(libc::ESRCH) => {
+        if pid == std::process::id() {
+            bail!("cannot trace dispatch-leaktrace itself (pid {pid}): give the pid of the program to trace");
+        }
+        let pidfd = pidfd_open(pid).map_err(|error| match (error.raw_os_error(), thread_group_of(pid)) {
+            // pidfd_open takes only a process: the id of another thread of one is refused (EINVAL or ENOENT).
+            (_, Some(process)) if process != pid => {
+                anyhow::anyhow!("{pid} is a thread of process {process}: give the process id, --pid {process}")
+            }
+            (Some(libc::ESRCH | libc::ENOENT), _) => {
                 anyhow::anyhow!("no process with pid {pid}: check the pid (for example `pidof dispatch-server`)")
             }
             _ => anyhow::anyhow!("cannot open process {pid}: {error}"),
@@ -40,7 +47,8 @@ impl Target {
             Some(libc::ENOENT) => anyhow::anyhow!(
                 "process {pid} has no executable (a kernel thread, or it just exited): give the pid of a user process"
             ),
-            _ => anyhow::anyhow!("cannot read /proc/{pid}: {error}: run as root"),
+            Some(libc::EACCES | libc::EPERM) => denied_message(pid, &error),
+            _ => anyhow::anyhow!("cannot read /proc/{pid}/exe or cmdline: {error}"),
         })?;
         Ok(Self { info, pidfd, is_child: false })
     }
@@ -166,6 +174,7 @@ impl HeldChild {
     /// Lets the child run the command, and waits until the exec has happened.
     pub fn release(mut self) -> Result<Target> {
         let pidfd = pidfd_open(self.pid).context("cannot watch the launched process")?;
+        // cannot fail: `go` is set by `spawn` and taken only here (which consumes self) or on drop
         let go = self.go.take().expect("released once");
         // SAFETY: writing one byte from a valid buffer to our pipe.
         let written = unsafe { libc::write(go.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
@@ -221,6 +230,29 @@ fn executable_path(command: &str) -> Result<PathBuf> {
         .map(|dir| dir.join(command))
         .find(|candidate| is_executable(candidate))
         .ok_or_else(|| anyhow::anyhow!("cannot run {command}: no executable of that name on PATH"))
+}
+
+/// The process a thread id belongs to (`Tgid` in /proc/TID/status), when it can be read.
+fn thread_group_of(tid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status.lines().find_map(|line| line.strip_prefix("Tgid:")).and_then(|tgid| tgid.trim().parse().ok())
+}
+
+/// Why reading a process's /proc entries was refused: the kernel lets a reader see another user's
+/// /proc/PID/exe only with CAP_SYS_PTRACE, and beyond that a security policy may refuse even root.
+fn denied_message(pid: u32, error: &io::Error) -> anyhow::Error {
+    if crate::privileges::has_sys_ptrace() {
+        anyhow::anyhow!(
+            "the kernel refused to show /proc/{pid}/exe ({error}) although dispatch-leaktrace has CAP_SYS_PTRACE: a \
+             security policy protects process {pid} (Yama ptrace_scope 3, SELinux, a BPF LSM, or a sandbox); trace \
+             another process or allow ptrace access to this one"
+        )
+    } else {
+        anyhow::anyhow!(
+            "cannot read /proc/{pid}/exe ({error}): dispatch-leaktrace runs without CAP_SYS_PTRACE, which reading \
+             another user's process needs; run it with that capability (a container may drop it from root)"
+        )
+    }
 }
 
 fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd)> {

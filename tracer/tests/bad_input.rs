@@ -3,6 +3,8 @@
 mod common;
 
 use std::{
+    ffi::OsStr,
+    os::unix::ffi::OsStrExt,
     path::Path,
     process::{Command, Output},
 };
@@ -81,7 +83,7 @@ fn arguments_that_make_no_sense() {
     let out = run(&["--pid", "1", "-d", "soon"]);
     assert_one_line_error(&out, "`soon` is not a duration");
     assert_eq!(out.status.code(), Some(2));
-    assert_one_line_error(&run(&[]), "required");
+    assert_one_line_error(&run(&[]), "give a target: --pid PID, --exe PATH, --comm NAME, or -- CMD ARGS");
     assert_one_line_error(&run(&["--pid", "1", "--", "ls"]), "cannot be used with");
 }
 
@@ -166,4 +168,261 @@ fn help_and_version_succeed() {
     assert!(String::from_utf8_lossy(&help.stdout).contains("--pid"));
     assert!(run(&["--version"]).status.success());
     let _ = start_tracer; // shared helpers
+}
+
+/// A usage error: exit status 2, one line `dispatch-leaktrace: error: ...`, no trace of a panic.
+fn assert_usage_error(output: &Output, args: &[&OsStr], expected: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr:?}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?}: one line expected: {stderr:?}");
+    assert!(lines[0].starts_with("dispatch-leaktrace: error: "), "{args:?}: {stderr:?}");
+    assert!(lines[0].contains(expected), "{args:?}: {expected:?} not in {stderr:?}");
+    for sign_of_a_panic in ["panicked", "RUST_BACKTRACE", "internal error", "overflow"] {
+        assert!(!stderr.contains(sign_of_a_panic), "{args:?}: {stderr:?}");
+    }
+}
+
+#[test]
+fn hostile_values_are_usage_errors_not_panics() {
+    let target = sleeper();
+    let pid = target.pid().to_string();
+    let out_dir = output_dir("hostile_values");
+    // Each would have traced (or panicked): the target is real, and -d bounds a run that should not happen.
+    let table: &[(&[&str], &str)] = &[
+        (&["-d", "18446744073709551615s"], "too long: at most 100 years; leave out -d"),
+        (&["--compare", "18446744073709551615s..end"], "too long: at most 100 years"),
+        (&["--compare", "start..18446744073709551615s"], "too long"),
+        (&["--warmup", "18446744073709551615s"], "too long"),
+        (&["--min-age", "99999999999999999999d"], "too long"),
+        (&["--checkpoint", "18446744073709551615s"], "too long"),
+        (&["-i", "18446744073709551615s"], "too long"),
+        (&["-i", "1ns"], "too short: at least 100ms"),
+        (&["--checkpoint", "1ms"], "too short: at least 100ms"),
+        (&["--snapshot-at-rss", "17179869184G"], "too large: at most 1024T"),
+        (&["--max-memory", "17179869184G"], "too large: at most 1024T"),
+        (&["--sample-bytes", "17179869184G"], "too large: at most 1024T"),
+        (&["--sample-bytes", "18446744073709551616"], "too large"),
+        (&["--sample-bytes", "2G"], "too large: at most 1G"),
+        (&["--snapshot-at-rss", "1"], "too small: at least 1M"),
+        (&["--max-memory", "1K"], "too small: at least 16M"),
+        (&["--keep", "0"], "keep at least 1"),
+        (&["--compare", "10h..5m"], "FROM must come before TO"),
+        (&["--compare", "end..start"], "FROM must come before TO"),
+        (
+            &["--turn-start", "(", "--turn-end", "x"],
+            "'--turn-start <REGEX>': not a valid regular expression: unclosed group",
+        ),
+        (&["--turn-start", "("], "--turn-start"),
+        (&["--turn-start", "x"], "--turn-end <REGEX> is needed too"),
+        (&["--sample-pages", "3"], "not a power of two"),
+    ];
+    for (extra, expected) in table {
+        let mut args: Vec<&OsStr> = ["-o", out_dir.to_str().unwrap(), "--pid", &pid].map(OsStr::new).to_vec();
+        if !extra.contains(&"-d") {
+            args.extend([OsStr::new("-d"), OsStr::new("1s")]);
+        }
+        args.extend(extra.iter().map(OsStr::new));
+        assert_usage_error(&Command::new(TRACER).args(&args).output().unwrap(), &args, expected);
+    }
+    // Nothing ran: no output folder.
+    assert!(!out_dir.exists());
+
+    let table: &[(&[&[u8]], &str)] = &[
+        (&[], "give a target: --pid PID, --exe PATH, --comm NAME, or -- CMD ARGS"),
+        (&[b"-d", b"5s"], "give a target"),
+        (&[b"--pid", b"0"], "`0` is not a process id"),
+        (&[b"--pid", b"4294967295"], "is not a process id"),
+        (&[b"--pid", b"1", b"--pid", b"2"], "given twice"),
+        (&[b"--pid", b"1", b"--", b"ls"], "give one target"),
+        (&[b"--pdi", b"1"], "unknown option `--pdi`"),
+        (&[b"./server", b"--port", b"1"], "put it after `--`"),
+        (&[b"--pid", b"1", b"--turn-start", b"\xff(", b"--turn-end", b"x"], "not UTF-8"),
+        (&[b"--pid\xff", b"1"], "--pid"),
+    ];
+    for (args, expected) in table {
+        let args: Vec<&OsStr> = args.iter().map(|arg| OsStr::from_bytes(arg)).collect();
+        assert_usage_error(&Command::new(TRACER).args(&args).output().unwrap(), &args, expected);
+    }
+}
+
+#[test]
+fn a_growth_window_the_trace_did_not_reach_is_said() {
+    let out = output_dir("compare_after_the_end");
+    let target = sleeper();
+    let result = run(&[
+        "-q",
+        "-o",
+        out.to_str().unwrap(),
+        "--pid",
+        &target.pid().to_string(),
+        "-d",
+        "2s",
+        "--compare",
+        "10h..20h",
+    ]);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stderr}");
+    // The length of the trace is in the message: the 2 s of -d, less what attaching took.
+    let said = stderr
+        .lines()
+        .find(|line| line.contains("warning: --compare: 10h is after the end of the trace ("))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(said.ends_with("s): the growth view starts at the start instead"), "{said}");
+    assert!(stderr.contains("warning: --compare: 20h is after the end of the trace"), "{stderr}");
+    let report = common::Report::load(&out);
+    let warnings = report.0["growth"]["warnings"].as_array().expect("growth.warnings");
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].as_str().unwrap().contains("10h is after the end of the trace"), "{warnings:?}");
+
+    // A window the trace reaches: no warning.
+    let out = output_dir("compare_within");
+    let result = run(&[
+        "-q",
+        "-o",
+        out.to_str().unwrap(),
+        "--pid",
+        &target.pid().to_string(),
+        "-d",
+        "1s",
+        "--compare",
+        "start..end",
+    ]);
+    assert!(!String::from_utf8_lossy(&result.stderr).contains("warning: --compare"));
+    assert_eq!(common::Report::load(&out).0["growth"]["warnings"].as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn the_tracer_refuses_to_trace_itself() {
+    let out = output_dir("trace_itself");
+    // The shell's pid becomes the tracer's with exec.
+    let script = format!("exec {TRACER} -o {} --pid $$ -d 2s", out.display());
+    let result = Command::new("sh").args(["-c", &script]).output().unwrap();
+    assert_one_line_error(&result, "cannot trace dispatch-leaktrace itself (pid ");
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_thread_id_is_answered_with_its_process() {
+    // A thread of this test process (the test harness runs tests on threads of their own).
+    let own = std::process::id();
+    let thread = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|tid| *tid != own)
+        .expect("a second thread");
+    let out = run(&["--pid", &thread.to_string(), "-d", "1s"]);
+    assert_one_line_error(&out, &format!("{thread} is a thread of process {own}: give the process id, --pid {own}"));
+}
+
+#[test]
+fn a_refused_process_is_explained_truthfully() {
+    // Root without CAP_SYS_PTRACE (as in a container that drops it) may not read another user's /proc/PID/exe.
+    let target = Running::spawn(Command::new("setpriv").args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "sleep",
+        "30",
+    ]));
+    // setpriv execs sleep: wait until the pid runs it as the other user.
+    let status = format!("/proc/{}/status", target.pid());
+    while !std::fs::read_to_string(&status)
+        .is_ok_and(|text| text.contains("\tUid:\t65534") || text.contains("Uid:\t65534"))
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = Command::new("setpriv")
+        .args([
+            "--bounding-set=-sys_ptrace",
+            "--inh-caps=-sys_ptrace",
+            TRACER,
+            "--pid",
+            &target.pid().to_string(),
+            "-d",
+            "1s",
+        ])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "dispatch-leaktrace runs without CAP_SYS_PTRACE");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("run as root"));
+
+    // Where a security policy keeps even root with CAP_SYS_PTRACE away from pid 1 (as in some sandboxes),
+    // the message says so rather than "run as root".
+    if std::fs::read_link("/proc/1/exe").is_err() {
+        let out = run(&["--pid", "1", "-d", "1s"]);
+        assert_one_line_error(
+            &out,
+            "although dispatch-leaktrace has CAP_SYS_PTRACE: a security policy protects process 1",
+        );
+    }
+}
+
+#[test]
+fn mark_help_prints_help() {
+    for args in [&["mark", "--help"][..], &["mark", "-h"], &["mark", "--pid", "1", "--help"]] {
+        let out = run(args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: dispatch-leaktrace mark [--pid PID] LABEL"));
+    }
+}
+
+#[test]
+fn secrets_on_the_command_line_stay_out_of_the_report() {
+    let out = output_dir("secrets_in_cmdline");
+    // `sh -c` ignores the words after its script; `; true` keeps sh from exec'ing sleep (which would change
+    // the command line).
+    let secrets = ["hunter2", "abc.def.ghi", "k3yv4lu3", "pa55w0rd", "b34r3rt0k3n", "db-s3cr3t"];
+    let result = run(&[
+        "-q",
+        "-o",
+        out.to_str().unwrap(),
+        "-d",
+        "1s",
+        "--",
+        "sh",
+        "-c",
+        "sleep 3; true",
+        "server",
+        "--header",
+        "Authorization: Bearer abc.def.ghi",
+        "-H",
+        "X-Api-Key: k3yv4lu3",
+        "--pass",
+        "hunter2",
+        "-p",
+        "pa55w0rd",
+        "Bearer",
+        "b34r3rt0k3n",
+        "--db=postgres://app:db-s3cr3t@db/x",
+        "--port",
+        "8080",
+    ]);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let text = std::fs::read_to_string(out.join("report.json")).unwrap();
+    for secret in secrets {
+        assert!(!text.contains(secret), "{secret} in report.json");
+    }
+    let cmdline = common::Report::load(&out).0["target"]["cmdline"].clone();
+    assert_eq!(cmdline[0], "sh");
+    assert!(cmdline.as_array().unwrap().iter().any(|arg| arg == "8080"), "{cmdline}");
+    for file in std::fs::read_dir(&out).unwrap() {
+        let path = file.unwrap().path();
+        if let Ok(text) = std::fs::read(&path) {
+            for secret in secrets {
+                assert!(!String::from_utf8_lossy(&text).contains(secret), "{secret} in {}", path.display());
+            }
+        }
+    }
+}
+
+#[test]
+fn an_rss_step_the_target_already_passed_is_said() {
+    let out = output_dir("rss_step_passed");
+    let target = sleeper();
+    let pid = target.pid().to_string();
+    let result = run(&["-q", "-o", out.to_str().unwrap(), "--pid", &pid, "-d", "1s", "--snapshot-at-rss", "1M"]);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stderr}");
+    assert!(stderr.contains("warning: --snapshot-at-rss 1M: the target already holds "), "{stderr}");
 }

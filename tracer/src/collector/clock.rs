@@ -21,12 +21,14 @@ impl Clock {
         Self { monotonic_ns: monotonic_now_ns(), wall: SystemTime::now() }
     }
 
+    /// A time the clock cannot hold (a corrupt kernel timestamp) is taken as the reading itself.
     pub fn wall(&self, monotonic_ns: u64) -> SystemTime {
-        if monotonic_ns >= self.monotonic_ns {
-            self.wall + Duration::from_nanos(monotonic_ns - self.monotonic_ns)
+        let moved = if monotonic_ns >= self.monotonic_ns {
+            self.wall.checked_add(Duration::from_nanos(monotonic_ns - self.monotonic_ns))
         } else {
-            self.wall - Duration::from_nanos(self.monotonic_ns - monotonic_ns)
-        }
+            self.wall.checked_sub(Duration::from_nanos(self.monotonic_ns - monotonic_ns))
+        };
+        moved.unwrap_or(self.wall)
     }
 }
 

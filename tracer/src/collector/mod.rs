@@ -422,9 +422,10 @@ impl Collector {
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         let mut status_tick = tokio::time::interval_at(tokio::time::Instant::now() + STATUS, STATUS);
         let checkpoint_every = self.checkpoint.unwrap_or(Duration::from_secs(3600));
-        let mut checkpoint_tick =
-            tokio::time::interval_at(tokio::time::Instant::now() + checkpoint_every, checkpoint_every);
-        self.next_checkpoint = self.checkpoint.map(|every| Instant::now() + every);
+        let mut checkpoint_tick = tokio::time::interval(checkpoint_every);
+        // The first checkpoint one period from now, not at once (tokio caps the period: no overflow).
+        checkpoint_tick.reset();
+        self.next_checkpoint = self.checkpoint.and_then(|every| Instant::now().checked_add(every));
 
         let reason = loop {
             tokio::select! {
@@ -464,7 +465,7 @@ impl Collector {
                     self.snapshot(SnapshotReason::Requested, &mut on_snapshot);
                 }
                 _ = checkpoint_tick.tick(), if self.checkpoint.is_some() => {
-                    self.next_checkpoint = self.checkpoint.map(|every| Instant::now() + every);
+                    self.next_checkpoint = self.checkpoint.and_then(|every| Instant::now().checked_add(every));
                     self.drain(events.get_mut());
                     self.snapshot(SnapshotReason::Checkpoint, &mut on_snapshot);
                 }
@@ -549,8 +550,8 @@ impl Collector {
         if self.rss_bytes < self.next_rss_threshold {
             return None;
         }
-        let crossed = self.rss_bytes / step * step;
-        self.next_rss_threshold = crossed + step;
+        let crossed = self.rss_bytes.checked_div(step)? * step;
+        self.next_rss_threshold = crossed.saturating_add(step);
         Some(crossed)
     }
 
@@ -731,7 +732,8 @@ impl Collector {
 
     /// (bytes, blocks) per allocation site of the live blocks allocated more than `min_age` ago.
     fn outstanding_blocks_older_than(&self, min_age: Duration) -> HashMap<AllocSite, (u64, u64)> {
-        let cutoff = clock::monotonic_now_ns().saturating_sub(min_age.as_nanos() as u64);
+        let min_age_ns = u64::try_from(min_age.as_nanos()).unwrap_or(u64::MAX);
+        let cutoff = clock::monotonic_now_ns().saturating_sub(min_age_ns);
         let mut old = HashMap::new();
         for (_, block) in self.maps.blocks.iter().filter_map(Result::ok) {
             if block.timestamp_ns <= cutoff {

@@ -48,6 +48,7 @@ impl Timeline {
     pub fn thin_snapshots(&mut self) {
         if self.snapshots.len() > 4 {
             let cap = self.snapshots.len();
+            // cannot fail: more than four snapshots, checked just above
             let last = self.snapshots.pop().expect("more than four");
             push_thinning(&mut self.snapshots, last, cap.min(MAX_STACK_SNAPSHOTS));
         }

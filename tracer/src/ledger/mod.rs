@@ -461,6 +461,8 @@ impl Ledger {
         for segment in space.resident.remove(start, end) {
             let bytes = segment.len() * self.resident_weight;
             self.turns.released(segment.owner.key.source, bytes, segment.owner.born);
+            // cannot fail: a stack owning resident pages has outstanding bytes, so `evict_idle` keeps its stats
+            // (and `replace_source_stats` replaces only the allocator's, which own no pages)
             let stats = self.stats.get_mut(&segment.owner.key).expect("a resident page's stack has stats");
             stats.outstanding_bytes -= bytes;
             stats.outstanding_allocs -= bytes / self.page_size;
@@ -481,6 +483,8 @@ impl Ledger {
         if gone {
             self.allocations.remove(&owner);
         }
+        // cannot fail: until its last byte is released an allocation's stack has outstanding bytes, so
+        // `evict_idle` keeps its stats
         let stats = self.stats.get_mut(&key).expect("an allocation's stack has stats");
         stats.outstanding_bytes -= bytes;
         stats.freed_bytes += bytes;

@@ -47,6 +47,7 @@ impl<O: Copy + PartialEq> RangeMap<O> {
             .unwrap_or(start);
         let overlapping: Vec<u64> = self.segments.range(first..end).map(|(s, _)| *s).collect();
         for seg_start in overlapping {
+            // cannot fail: the keys were just listed from this map, each once
             let (seg_end, owner) = self.segments.remove(&seg_start).expect("key just listed");
             if seg_start < start {
                 self.segments.insert(seg_start, (start, owner));

@@ -390,6 +390,7 @@ impl Probes {
                 // landing pad may be passed, never a null test (a NULL free would keep a hooked return).
                 let placement = if kind == "uprobe" { entry_placement.clone() } else { placement::place(&code) };
                 let file_offset = probe.file_offset + placement.offset;
+                // cannot fail: both programs were found (or the error returned) in the loop above
                 let program: &mut UProbe = self.ebpf.program_mut(program_name).expect("loaded above").try_into()?;
                 let point = UProbeAttachPoint {
                     location: UProbeAttachLocation::AbsoluteOffset(file_offset),

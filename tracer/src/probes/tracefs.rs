@@ -35,6 +35,7 @@ pub fn ensure_mounted() -> Result<PathBuf> {
 }
 
 fn mount_tracefs() -> io::Result<()> {
+    // cannot fail: constants without a NUL byte
     let source = CString::new("tracefs").expect("no NUL");
     let target = CString::new(TRACEFS).expect("no NUL");
     // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.

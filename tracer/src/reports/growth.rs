@@ -26,31 +26,52 @@ pub enum MomentSpec {
 pub struct CompareSpec {
     pub from: MomentSpec,
     pub to: MomentSpec,
+    /// The option the window was given with (`--compare`, `--warmup`); `None`: the default window. A moment
+    /// the user named that the trace cannot honour is warned about; the default falls back quietly.
+    pub given_by: Option<&'static str>,
 }
 
 impl CompareSpec {
     /// From `warmup` after the start (default: a fifth of the run) to the end.
     pub fn after_warmup(warmup: Option<Duration>, run: Duration) -> Self {
-        Self { from: MomentSpec::After(warmup.unwrap_or(run / 5)), to: MomentSpec::End }
+        Self {
+            from: MomentSpec::After(warmup.unwrap_or(run / 5)),
+            to: MomentSpec::End,
+            given_by: warmup.map(|_| "--warmup"),
+        }
     }
 }
 
 pub fn parse_compare(text: &str) -> Result<CompareSpec, String> {
     let (from, to) = text.split_once("..").ok_or_else(|| format!("`{text}` is not FROM..TO (e.g. 5m..end)"))?;
-    let moment = |part: &str| -> Result<MomentSpec, String> {
+    let moment = |part: &str, is_from: bool| -> Result<MomentSpec, String> {
         match part.trim() {
-            "start" | "" if std::ptr::eq(part, from) => Ok(MomentSpec::Start),
-            "end" | "" => Ok(MomentSpec::End),
+            "" if is_from => Ok(MomentSpec::Start),
+            "" => Ok(MomentSpec::End),
             "start" => Ok(MomentSpec::Start),
-            time if time.starts_with(|c: char| c.is_ascii_digit()) => humantime::parse_duration(time)
-                .map(MomentSpec::After)
-                .map_err(|_| format!("`{time}` in --compare is not a time since the start like 5m, nor start or end")),
+            "end" => Ok(MomentSpec::End),
+            time if time.starts_with(|c: char| c.is_ascii_digit()) => {
+                crate::cli::parse_duration(time).map(MomentSpec::After).map_err(|error| {
+                    if error.contains("too long") {
+                        format!("{error} after the start")
+                    } else {
+                        format!("`{time}` in --compare is not a time since the start like 5m, nor start or end")
+                    }
+                })
+            }
             turn => Ok(MomentSpec::Turn(turn.to_string())),
         }
     };
-    let spec = CompareSpec { from: moment(from)?, to: moment(to)? };
-    if let (MomentSpec::After(a), MomentSpec::After(b)) = (&spec.from, &spec.to) {
-        if a >= b {
+    let spec = CompareSpec { from: moment(from, true)?, to: moment(to, false)?, given_by: Some("--compare") };
+    // Start, then times since it, then the end; turns are placed only once the trace has seen them.
+    let order = |moment: &MomentSpec| match moment {
+        MomentSpec::Start => Some((0, Duration::ZERO)),
+        MomentSpec::After(after) => Some((1, *after)),
+        MomentSpec::End => Some((2, Duration::ZERO)),
+        MomentSpec::Turn(_) => None,
+    };
+    if let (Some(from_at), Some(to_at)) = (order(&spec.from), order(&spec.to)) {
+        if from_at >= to_at {
             return Err(format!("--compare {text}: FROM must come before TO"));
         }
     }
@@ -71,25 +92,72 @@ pub fn resolve(spec: &MomentSpec, started: SystemTime, snapshot_times: &[SystemT
     match spec {
         MomentSpec::Start => Moment::Start,
         MomentSpec::End => Moment::End,
-        MomentSpec::After(after) => {
-            snapshot_times.iter().position(|at| *at >= started + *after).map_or(none, Moment::Snapshot)
-        }
+        // A time past what the clock holds is after every snapshot.
+        MomentSpec::After(after) => started
+            .checked_add(*after)
+            .and_then(|at| snapshot_times.iter().position(|snapshot| *snapshot >= at))
+            .map_or(none, Moment::Snapshot),
         // Turns are resolved to times first (see `Growth::between`).
         MomentSpec::Turn(_) => none,
     }
 }
 
-/// A turn id as a time since the start: its start (`from`) or its end. Unknown: `None`, said once.
+/// A turn id as a time since the start: its start (`from`) or its end. `None` when it was not seen.
 fn turn_time(trace: &Trace<'_>, id: &str, from: bool) -> Option<Duration> {
-    let Some(turn) = trace.turns.iter().find(|turn| turn.id == id) else {
-        eprintln!(
-            "dispatch-leaktrace: warning: --compare names turn `{id}`, which was not seen: using the {}",
-            if from { "start" } else { "end" }
-        );
-        return None;
-    };
+    let turn = trace.turns.iter().find(|turn| turn.id == id)?;
     let at = if from { turn.start } else { turn.end.unwrap_or(trace.ended_at) };
     at.duration_since(trace.started_at).ok()
+}
+
+/// `2.0s`, `1h 30m 5s`: a length of the trace for a message.
+fn short_duration(duration: Duration) -> String {
+    if duration < Duration::from_secs(60) {
+        format!("{:.1}s", duration.as_secs_f64())
+    } else {
+        humantime::format_duration(Duration::from_secs(duration.as_secs())).to_string()
+    }
+}
+
+/// What the user asked of the window and the trace could not give, and what was used instead.
+fn window_warnings(
+    spec: &CompareSpec,
+    (from, to): (&MomentSpec, &MomentSpec),
+    (from_moment, to_moment): (Moment, Moment),
+    run: Duration,
+    unseen_turns: &[(&str, bool)],
+) -> Vec<String> {
+    let Some(option) = spec.given_by else { return Vec::new() };
+    let mut warnings = Vec::new();
+    for (id, is_from) in unseen_turns {
+        warnings.push(format!(
+            "{option} names turn `{id}`, which the trace did not see: the growth view {} instead",
+            if *is_from { "starts at the start" } else { "ends at the end" }
+        ));
+    }
+    let run_text = short_duration(run);
+    if let (MomentSpec::After(after), Moment::Start) = (from, from_moment) {
+        let after_text = short_duration(*after);
+        warnings.push(if *after > run {
+            format!(
+                "{option}: {after_text} is after the end of the trace ({run_text}): the growth view starts at the \
+                 start instead"
+            )
+        } else {
+            format!(
+                "{option}: no stack snapshot at or after {after_text} (one is taken every --interval): the growth \
+                 view starts at the start instead"
+            )
+        });
+    }
+    if let (MomentSpec::After(after), Moment::End) = (to, to_moment) {
+        if *after > run {
+            warnings.push(format!(
+                "{option}: {} is after the end of the trace ({run_text}): the growth view ends at the end instead",
+                short_duration(*after)
+            ));
+        }
+    }
+    warnings
 }
 
 /// Growth per stack (merged by names, as in the report) between two moments.
@@ -98,18 +166,35 @@ pub struct Growth {
     pub to: SystemTime,
     /// (stack, bytes at FROM, bytes at TO), the largest growth first.
     pub stacks: Vec<(ReportStack, u64, u64)>,
+    /// What of `--compare` / `--warmup` the trace could not honour, and what was used instead.
+    pub warnings: Vec<String>,
 }
 
 impl Growth {
-    pub fn between(trace: &Trace<'_>, spec: &CompareSpec) -> Self {
+    pub fn between<'a>(trace: &Trace<'_>, spec: &'a CompareSpec) -> Self {
         let times: Vec<SystemTime> = trace.timeline.snapshots().iter().map(|s| s.at).collect();
-        let as_time = |moment: &MomentSpec, from: bool| match moment {
-            MomentSpec::Turn(id) => turn_time(trace, id, from)
-                .map_or(if from { MomentSpec::Start } else { MomentSpec::End }, MomentSpec::After),
+        let mut unseen_turns: Vec<(&str, bool)> = Vec::new();
+        let mut as_time = |moment: &'a MomentSpec, from: bool| match moment {
+            MomentSpec::Turn(id) => turn_time(trace, id, from).map_or_else(
+                || {
+                    unseen_turns.push((id.as_str(), from));
+                    if from { MomentSpec::Start } else { MomentSpec::End }
+                },
+                MomentSpec::After,
+            ),
             other => other.clone(),
         };
-        let from = resolve(&as_time(&spec.from, true), trace.started_at, &times, Moment::Start);
-        let to = resolve(&as_time(&spec.to, false), trace.started_at, &times, Moment::End);
+        let (from_spec, to_spec) = (as_time(&spec.from, true), as_time(&spec.to, false));
+        let from = resolve(&from_spec, trace.started_at, &times, Moment::Start);
+        let to = resolve(&to_spec, trace.started_at, &times, Moment::End);
+        let run = trace.ended_at.duration_since(trace.started_at).unwrap_or_default();
+        let warnings = window_warnings(spec, (&from_spec, &to_spec), (from, to), run, &unseen_turns);
+        if trace.ending.is_some() {
+            // At the end of the trace, on the terminal beside the summary (snapshots have it in report.json).
+            for warning in &warnings {
+                eprintln!("dispatch-leaktrace: warning: {warning}");
+            }
+        }
         let bytes_at = |moment: Moment| -> (SystemTime, HashMap<StackKey, u64>) {
             match moment {
                 Moment::Start => (trace.started_at, HashMap::new()),
@@ -142,7 +227,7 @@ impl Growth {
             let growth = |s: &(ReportStack, u64, u64)| s.2 as i128 - s.1 as i128;
             growth(b).cmp(&growth(a)).then_with(|| a.0.frames.cmp(&b.0.frames))
         });
-        Self { from: from_at, to: to_at, stacks }
+        Self { from: from_at, to: to_at, stacks, warnings }
     }
 
     /// Folded stacks at FROM and at TO, for inferno's differential flamegraph.
@@ -170,7 +255,7 @@ mod tests {
 
     #[test]
     fn compare_specs_read_times_start_and_end() {
-        let spec = |from, to| CompareSpec { from, to };
+        let spec = |from, to| CompareSpec { from, to, given_by: Some("--compare") };
         assert_eq!(parse_compare("5m..end"), Ok(spec(MomentSpec::After(Duration::from_secs(300)), MomentSpec::End)));
         assert_eq!(
             parse_compare("start..30s"),
@@ -178,10 +263,64 @@ mod tests {
         );
         assert_eq!(parse_compare("..end"), Ok(spec(MomentSpec::Start, MomentSpec::End)));
         assert!(parse_compare("10m..5m").is_err());
+        assert!(parse_compare("end..start").is_err());
+        assert!(parse_compare("5m..start").is_err());
+        assert!(parse_compare("end..5m").is_err());
+        assert!(parse_compare("start..start").is_err());
         assert!(parse_compare("5m").is_err());
         assert!(parse_compare("5 parsecs..end").is_err());
         // Anything else is a turn id: from its start to its end.
         assert_eq!(parse_compare("t12..t40"), Ok(spec(MomentSpec::Turn("t12".into()), MomentSpec::Turn("t40".into()))));
+    }
+
+    #[test]
+    fn compare_times_beyond_any_clock_are_refused() {
+        // Added to the start of the trace, these overflowed a SystemTime.
+        for text in ["18446744073709551615s..end", "start..18446744073709551615s", "36501d..end", "1..end"] {
+            assert!(parse_compare(text).is_err(), "{text}");
+        }
+        assert!(parse_compare("36500d..end").is_ok());
+    }
+
+    #[test]
+    fn a_moment_past_the_clock_resolves_to_the_fallback() {
+        let start = SystemTime::UNIX_EPOCH;
+        let times = [start + Duration::from_secs(1)];
+        let never = MomentSpec::After(Duration::MAX);
+        assert_eq!(resolve(&never, start, &times, Moment::Start), Moment::Start);
+        assert_eq!(resolve(&never, start, &times, Moment::End), Moment::End);
+    }
+
+    #[test]
+    fn a_window_the_trace_did_not_reach_is_warned_about() {
+        let spec = parse_compare("10h..20h").unwrap();
+        let run = Duration::from_secs(2);
+        let warnings =
+            window_warnings(&spec, (&spec.from, &spec.to), (Moment::Start, Moment::End), run, &[("t9", true)]);
+        assert_eq!(
+            warnings,
+            [
+                "--compare names turn `t9`, which the trace did not see: the growth view starts at the start instead",
+                "--compare: 10h is after the end of the trace (2.0s): the growth view starts at the start instead",
+                "--compare: 20h is after the end of the trace (2.0s): the growth view ends at the end instead",
+            ]
+        );
+        // Within the run but after the last snapshot.
+        let spec = parse_compare("1s..end").unwrap();
+        let warnings = window_warnings(&spec, (&spec.from, &spec.to), (Moment::Start, Moment::End), run, &[]);
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("no stack snapshot at or after 1.0s"), "{warnings:?}");
+        // Honoured: nothing to say.
+        let warnings = window_warnings(&spec, (&spec.from, &spec.to), (Moment::Snapshot(0), Moment::End), run, &[]);
+        assert!(warnings.is_empty());
+        // The default window falls back quietly on a short run; a --warmup given does not.
+        let default = CompareSpec::after_warmup(None, run);
+        assert!(
+            window_warnings(&default, (&default.from, &default.to), (Moment::Start, Moment::End), run, &[]).is_empty()
+        );
+        let warmup = CompareSpec::after_warmup(Some(Duration::from_secs(60)), run);
+        let warnings = window_warnings(&warmup, (&warmup.from, &warmup.to), (Moment::Start, Moment::End), run, &[]);
+        assert!(warnings[0].starts_with("--warmup: 1m is after the end of the trace"), "{warnings:?}");
     }
 
     #[test]

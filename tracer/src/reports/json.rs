@@ -156,6 +156,9 @@ struct GrowthView<'a> {
     to: String,
     /// The stacks that grew most, largest growth first.
     stacks: Vec<GrowthStack<'a>>,
+    /// What of --compare or --warmup the trace could not honour (a moment after its end, a turn it did not
+    /// see) and what was used instead; empty when the window is as asked.
+    warnings: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -417,6 +420,7 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
                     growth_bytes: *to as i64 - *from as i64,
                 })
                 .collect(),
+            warnings: &growth.warnings,
         },
         suspects: suspects
             .iter()
