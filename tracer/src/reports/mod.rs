@@ -74,6 +74,7 @@ pub fn write_all(
             &folded::render(&selected),
             &format!("Outstanding {view} of {target}"),
             "by stack, at the end of the trace",
+            &format!("nothing outstanding in {view} at the end of the trace"),
         )?;
         flamegraphs.push(out.write(&name, &svg)?);
     }
@@ -83,11 +84,13 @@ pub fn write_all(
         json::rfc3339(growth_view.from),
         json::rfc3339(growth_view.to)
     );
+    let view = primary.map_or("memory", |s| s.describe());
     let growth_svg = flamegraph::render_growth(
         &before,
         &after,
-        &format!("Growth of {} of {target}", primary.map_or("memory", |s| s.describe())),
+        &format!("Growth of {view} of {target}"),
         &subtitle,
+        &format!("nothing outstanding in {view} at the end of the window: no growth to show"),
     )?;
 
     let suspects = primary.map(|source| suspects::suspects(trace, &stacks, &growth_view, source)).unwrap_or_default();
