@@ -46,6 +46,11 @@ pub struct Written {
     pub suspects: Vec<suspects::Suspect>,
 }
 
+/// The files a report set is made of, besides `flamegraph-<source>.svg` per source: the names an earlier
+/// run is cleared of.
+const REPORT_FILES: [&str; 6] =
+    ["report.json", "stacks.folded", "flamegraph.svg", "growth.svg", "profile.pb.gz", "timeline.svg"];
+
 /// Writes every report of `trace` into `out`; `segments`: with --follow, the processes traced so far.
 pub fn write_all(
     trace: &Trace,
@@ -123,4 +128,77 @@ pub fn write_all(
         timeline,
         suspects: suspects.into_iter().take(5).collect(),
     })
+}
+
+/// Removes from a reused output folder what an earlier run wrote there, so that no stale report lies
+/// beside the new ones (a flamegraph of a source this run does not see, old checkpoints): the files by
+/// the names this tool writes, and in `checkpoints/`, `snapshots/` and `segments/` the folders whose names
+/// it makes. Nothing else: the folder may hold the user's own files. Called just before the run's first
+/// write, by descriptor (see `output`), so a run that fails to start leaves the earlier reports alone.
+pub fn clear_earlier_run(out: &OutputDir) {
+    let mut names: Vec<String> = REPORT_FILES.iter().map(|name| name.to_string()).collect();
+    names.extend(Source::ALL.iter().map(|source| format!("flamegraph-{}.svg", source.name())));
+    names.extend(names.clone().iter().map(|name| format!(".{name}.partial")));
+    names.extend(["latest".to_string(), ".latest.new".to_string()]);
+    let mut failed = Vec::new();
+    for name in &names {
+        if let Err(error) = out.remove_file(name) {
+            failed.push(format!("{name} ({error})"));
+        }
+    }
+    type IsOurs = fn(&str) -> bool;
+    let folders: [(&str, IsOurs); 3] = [
+        ("checkpoints", snapshots::is_checkpoint_name),
+        ("snapshots", snapshots::is_snapshot_name),
+        ("segments", is_segment_name),
+    ];
+    for (folder, is_ours) in folders {
+        let dir = match out.existing(folder) {
+            Ok(Some(dir)) => dir,
+            Ok(None) => continue,
+            Err(error) => {
+                failed.push(format!("{error:#}"));
+                continue;
+            }
+        };
+        for (name, _) in dir.entries().unwrap_or_default() {
+            let Some(name) = name.to_str() else { continue };
+            let unpublished = name.strip_prefix('.').and_then(|rest| rest.strip_suffix(".partial"));
+            if is_ours(name) || unpublished.is_some_and(is_ours) {
+                if let Err(error) = dir.remove_tree(name) {
+                    failed.push(format!("{folder}/{name} ({error})"));
+                }
+            }
+        }
+        drop(dir);
+        let _ = out.remove_empty_folder(folder);
+    }
+    if !failed.is_empty() {
+        eprintln!(
+            "dispatch-leaktrace: warning: cannot remove what an earlier run left in {}: {}",
+            out.path().display(),
+            failed.join(", ")
+        );
+    }
+}
+
+/// `3-pid4242`: a folder of `--follow`'s segments.
+fn is_segment_name(name: &str) -> bool {
+    name.split_once("-pid").is_some_and(|(index, pid)| {
+        [index, pid].iter().all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_folders_are_recognised_by_their_names() {
+        assert!(is_segment_name("1-pid4242"));
+        assert!(is_segment_name("12-pid7"));
+        for other in ["1-pid", "-pid4", "a-pid4", "1-pid4x", "notes", "1-pid4/.."] {
+            assert!(!is_segment_name(other), "{other}");
+        }
+    }
 }
