@@ -1,6 +1,7 @@
 //! The output folder, as root beside users who can write in it: no link planted there (before the run or
 //! during it) makes the tracer write, remove or hand over anything outside; an unsafe folder is refused; a
-//! reused folder holds no stale report; a failed launch leaves no folder.
+//! full disk still leaves a report.json that says what it holds; a reused folder holds no stale report;
+//! a failed launch leaves no folder; and every run that traced gets every report.
 
 mod common;
 
@@ -306,6 +307,57 @@ fn an_output_folder_others_control_is_refused() {
     Report::load(folder);
 }
 
+/// A small tmpfs mounted for one test, unmounted after.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(at: PathBuf, size: &str) -> Self {
+        std::fs::create_dir(&at).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+            .arg(&at)
+            .status()
+            .unwrap();
+        assert!(status.success(), "cannot mount a tmpfs on {}", at.display());
+        Self(at)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_still_gets_a_report_json_that_says_what_is_missing() {
+    let scratch = Scratch::new("full");
+    // The full report.json of this fixture is about 700 KiB, a trimmed one under 100 KiB.
+    let disk = SmallDisk::mount(scratch.path("disk"), "256k");
+    let program = fixture("many_stacks");
+    let out = run_tracer(&["-o", disk.0.to_str().unwrap(), "--", program.to_str().unwrap()], &[]);
+
+    assert_one_line_error(&out, "No space left on device");
+    assert_one_line_error(&out, "report.json whole (a trimmed one is written)");
+    assert_one_line_error(&out, "report.json lists what failed");
+    let report = Report::load(&disk.0);
+    assert_eq!(report.0["trimmed"], true);
+    let reason = report.0["trimmed_reason"].as_str().unwrap();
+    assert!(reason.contains("No space left on device") && reason.contains("stacks cut to the 100"), "{reason}");
+    assert!(report.stacks().len() <= 100);
+    let failed = report.0["report_errors"].as_array().unwrap();
+    assert!(!failed.is_empty());
+    let names = names_in(&disk.0);
+    for failure in failed {
+        let file = failure["file"].as_str().unwrap();
+        assert!(failure["error"].as_str().unwrap().contains("No space left on device"), "{failure}");
+        assert!(!names.iter().any(|name| name == file), "{file} failed, yet is there");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(file), "the error does not name {file}: {stderr}");
+    }
+    assert!(!names.iter().any(|name| name.starts_with('.')), "partial files left: {names:?}");
+}
+
 #[test]
 fn reusing_an_output_folder_leaves_no_report_of_the_earlier_run() {
     let scratch = Scratch::new("reuse");
@@ -356,4 +408,53 @@ fn a_launch_that_fails_leaves_no_output_folder() {
     let out = run_tracer(&["-o", existing.to_str().unwrap(), "--", "/nonexistent"], &[]);
     assert_one_line_error(&out, "cannot run /nonexistent");
     assert_eq!(std::fs::read_to_string(existing.join("report.json")).unwrap(), "earlier\n");
+}
+
+#[test]
+fn a_run_that_ends_with_nothing_outstanding_gets_every_report() {
+    let scratch = Scratch::new("nothing");
+    let out = scratch.path("out");
+    let program = fixture("frees_all");
+    // Longer than an interval: the growth view starts at a snapshot holding the 1,000 blocks.
+    let run = run_tracer(&["--interval", "1s", "-o", out.to_str().unwrap(), "--", program.to_str().unwrap()], &[]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+
+    let report = Report::load(&out);
+    let malloc = &report.0["totals"]["by_source"]["malloc"];
+    assert_eq!(malloc["outstanding_bytes"], 0, "{malloc}");
+    assert!(malloc["allocated_bytes"].as_u64().unwrap() >= 1000 * 4096, "{malloc}");
+    assert_eq!(report.0["report_errors"], serde_json::json!([]));
+    assert_eq!(report.0["trimmed"], false);
+    let listed = files_listed(&run.stdout);
+    for name in ["report.json", "flamegraph.svg", "growth.svg", "timeline.svg", "stacks.folded", "profile.pb.gz"] {
+        assert!(listed.iter().any(|n| n == name) && out.join(name).is_file(), "no {name}");
+    }
+    for name in listed.iter().filter(|name| name.ends_with(".svg")) {
+        let svg = std::fs::read_to_string(out.join(name)).unwrap();
+        assert!(svg.contains("<svg") && svg.trim_end().ends_with("</svg>"), "{name}");
+        assert!(!svg.contains("No valid input") && !svg.contains("ERROR"), "{name}: {svg}");
+    }
+    let flamegraph = std::fs::read_to_string(out.join("flamegraph.svg")).unwrap();
+    assert!(flamegraph.contains("nothing outstanding in allocator memory"), "{flamegraph}");
+    let growth = std::fs::read_to_string(out.join("growth.svg")).unwrap();
+    assert!(growth.contains("nothing outstanding in allocator memory"), "{growth}");
+}
+
+#[test]
+fn a_report_that_cannot_be_written_does_not_stop_the_others() {
+    let scratch = Scratch::new("writer");
+    let out = scratch.folder("out", 0, 0, 0o755);
+    // A folder where flamegraph.svg goes: that file cannot be renamed into place.
+    std::fs::create_dir(out.join("flamegraph.svg")).unwrap();
+    let run = run_tracer(&["--no-alloc", "-o", out.to_str().unwrap(), "--", "/bin/true"], &[]);
+    assert_one_line_error(&run, "cannot write flamegraph.svg");
+
+    let report = Report::load(&out);
+    let failed = report.0["report_errors"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["file"], "flamegraph.svg");
+    for name in ["growth.svg", "timeline.svg", "stacks.folded", "profile.pb.gz"] {
+        assert!(out.join(name).is_file(), "no {name}");
+    }
+    assert!(!names_in(&out).iter().any(|name| name.starts_with('.')), "{:?}", names_in(&out));
 }

@@ -180,6 +180,34 @@ impl OutputDir {
         })
     }
 
+    /// Sets aside `bytes` of disk for the next [`Self::write_with`] of `name`: its partial file holds them
+    /// until that write replaces it. So a file written again at the end (report.json, with what failed)
+    /// still fits after the other files filled the disk. Best effort: a disk already full reserves less.
+    pub fn reserve(&self, name: &str, bytes: u64) {
+        let aside = format!(".{name}.partial");
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let Ok(file) = remove_entry(&self.dir, &aside)
+            .and_then(|()| Ok(at::openat(&self.dir, &aside, flags, Mode::from_raw_mode(0o600))?))
+        else {
+            return;
+        };
+        if at::fallocate(&file, at::FallocateFlags::empty(), 0, bytes).is_ok() {
+            return;
+        }
+        // A file system without fallocate: zeros, as many as fit.
+        let mut file = File::from(file);
+        let zeros = [0u8; 64 << 10];
+        let mut left = bytes;
+        while left > 0 && file.write_all(&zeros[..left.min(zeros.len() as u64) as usize]).is_ok() {
+            left = left.saturating_sub(zeros.len() as u64);
+        }
+    }
+
+    /// The size of the file `name` (not following a link).
+    pub fn file_size(&self, name: &str) -> Option<u64> {
+        at::statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW).ok().map(|stat| stat.st_size as u64)
+    }
+
     /// The names in this folder, with what each is.
     pub fn entries(&self) -> io::Result<Vec<(OsString, FileType)>> {
         entries(&self.dir)

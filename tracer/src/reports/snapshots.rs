@@ -6,9 +6,9 @@
 
 use std::{path::PathBuf, time::SystemTime};
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 
-use super::{ReportOptions, output::OutputDir, write_all};
+use super::{ReportOptions, output::OutputDir, write_set};
 use crate::{collector::SnapshotReason, collector::Trace, probes::ProbeInfo};
 
 /// `20261128T031500.123Z`: sorts in time order and is valid in a file name.
@@ -37,7 +37,8 @@ pub fn is_snapshot_name(name: &str) -> bool {
     })
 }
 
-/// Writes the report set for `reason`; returns the folder.
+/// Writes the report set for `reason`; returns the folder. A set some of whose files could not be
+/// written is still published when its report.json was (it lists what failed), and the error says so.
 pub fn write(
     trace: &Trace<'_>,
     reason: SnapshotReason,
@@ -53,13 +54,18 @@ pub fn write(
     // Opened anew each time, never through a link: one planted in its place during the run is refused.
     let parent = out.subfolder(folder.as_ref())?;
     let partial = parent.partial(&name)?;
-    // On failure, dropping the partial folder removes it: nothing half-written stays.
-    write_all(trace, probes, options, &[], partial.dir())?;
+    let set = write_set(trace, probes, options, &[], partial.dir());
+    if !set.has_report {
+        // Dropping the partial folder removes it: nothing half-written stays.
+        let failed = set.into_result(partial.dir().path()).err().unwrap_or_else(|| anyhow!("no report.json"));
+        return Err(failed);
+    }
     let published = partial.publish()?;
     if reason == SnapshotReason::Checkpoint {
         prune(&parent, keep);
         out.point("latest", &PathBuf::from(folder).join(&name))?;
     }
+    set.into_result(&published)?;
     Ok(published)
 }
 
