@@ -90,12 +90,16 @@ impl User {
 
     /// Runs `command` as this user (no supplementary groups) and checks it worked.
     fn run(&self, command: &[&str]) {
-        let out = Command::new("setpriv")
+        let out = self.try_run(command);
+        assert!(out.status.success(), "{command:?} as {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn try_run(&self, command: &[&str]) -> Output {
+        Command::new("setpriv")
             .args(["--reuid", &self.uid.to_string(), "--regid", &self.gid.to_string(), "--clear-groups", "--"])
             .args(command)
             .output()
-            .unwrap();
-        assert!(out.status.success(), "{command:?} as {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
+            .unwrap()
     }
 
     /// The environment sudo gives the tracer when this user runs it.
@@ -277,6 +281,36 @@ fn a_checkpoints_link_planted_during_the_run_is_not_followed() {
 
     victims.assert_untouched();
     Report::load(&out);
+}
+
+#[test]
+fn under_sudo_only_a_folder_the_user_could_have_made_becomes_theirs() {
+    let scratch = Scratch::new("handover");
+    let user = User::create("ho");
+    let owners = |path: &Path| {
+        let meta = std::fs::symlink_metadata(path).unwrap();
+        (meta.uid(), meta.gid())
+    };
+    // A folder of root's that root's programs read (like /etc/systemd/system): a drop-in folder made there
+    // for the user would let them write what root runs.
+    let system = scratch.folder("system", 0, 0, 0o755);
+    let dropin = system.join("x.service.d");
+    let out = run_tracer(&["--no-alloc", "-o", dropin.to_str().unwrap(), "--", "/bin/true"], &user.sudo_env());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(owners(&dropin), (0, 0));
+    assert_eq!(owners(&dropin.join("report.json")), (0, 0));
+    let evil = dropin.join("evil.conf");
+    assert!(!user.try_run(&["touch", evil.to_str().unwrap()]).status.success());
+    assert!(!evil.exists());
+
+    // Made in the user's own folder: theirs, and so is what is in it.
+    let home = scratch.folder("home", user.uid, user.gid, 0o755);
+    let reports = home.join("reports").join("today");
+    let out = run_tracer(&["--no-alloc", "-o", reports.to_str().unwrap(), "--", "/bin/true"], &user.sudo_env());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for path in [home.join("reports"), reports.clone(), reports.join("report.json"), reports.join("flamegraph.svg")] {
+        assert_eq!(owners(&path), (user.uid, user.gid), "{}", path.display());
+    }
 }
 
 #[test]

@@ -61,8 +61,8 @@ impl OutputDir {
         let cannot = |error: io::Error| {
             anyhow!("cannot write the output folder {}: {error}: choose another with -o", path.display())
         };
-        let owner = invoking_user();
-        let (dir, created, existed) = open_or_create(path, owner).map_err(|error| match error.raw_os_error() {
+        let invoking = invoking_user();
+        let (dir, created, existed) = open_or_create(path, invoking).map_err(|error| match error.raw_os_error() {
             Some(libc::ELOOP) => anyhow!(
                 "the output folder {} is a symbolic link, which is not followed: give the folder itself, or choose \
                  another with -o",
@@ -72,7 +72,7 @@ impl OutputDir {
         })?;
         if existed {
             let stat = at::fstat(&dir).map_err(|errno| cannot(errno.into()))?;
-            if let Some(problem) = unsafe_folder(stat.st_uid, stat.st_gid, stat.st_mode, &trusted_owners(owner)) {
+            if let Some(problem) = unsafe_folder(stat.st_uid, stat.st_gid, stat.st_mode, &trusted_owners(invoking)) {
                 anyhow::bail!(
                     "the output folder {} {problem}; as root, reports go only into a folder of root's or of the \
                      user who ran sudo that no one else can write in: choose another with -o",
@@ -80,6 +80,10 @@ impl OutputDir {
                 );
             }
         }
+        // What is written goes to the user who ran sudo when the folder is theirs (they gave it, or it was
+        // made where they could have made it); in a folder of root's, it stays root's.
+        let folder_owner = at::fstat(&dir).map_err(|errno| cannot(errno.into()))?.st_uid;
+        let owner = invoking.filter(|(uid, _)| uid.as_raw() == folder_owner);
         let run = Arc::new(RunState {
             root: dir.try_clone().map_err(cannot)?,
             root_path: path.to_path_buf(),
@@ -363,6 +367,19 @@ pub fn unsafe_folder(uid: u32, gid: u32, mode: u32, trusted: &[(u32, u32)]) -> O
     None
 }
 
+/// Whether the user `(uid, gid)` could make a folder in one of this owner, group and mode: a folder we
+/// make for them is handed over only then. Elsewhere it would give them more than they have: a folder of
+/// theirs in `/etc/systemd/system/x.service.d`, say, whose files root's programs read.
+pub fn may_make_in(owner: u32, group: u32, mode: u32, (uid, gid): (Uid, Gid)) -> bool {
+    if owner == uid.as_raw() {
+        mode & 0o300 == 0o300
+    } else if group == gid.as_raw() {
+        mode & 0o030 == 0o030
+    } else {
+        mode & 0o003 == 0o003
+    }
+}
+
 /// Root, the user we run as, and the user who ran sudo, each with their group.
 fn trusted_owners(invoking: Option<(Uid, Gid)>) -> Vec<(u32, u32)> {
     // SAFETY: geteuid and getegid have no preconditions.
@@ -411,7 +428,11 @@ fn open_or_create(path: &Path, owner: Option<(Uid, Gid)>) -> io::Result<Opened> 
                 let next = open_folder(&current, name)?;
                 existed = !made;
                 if made {
-                    if let Some((uid, gid)) = owner {
+                    // Theirs only where they could have made it themselves.
+                    let parent = at::fstat(&current)?;
+                    if let Some((uid, gid)) =
+                        owner.filter(|user| may_make_in(parent.st_uid, parent.st_gid, parent.st_mode, *user))
+                    {
                         let _ = at::fchown(&next, Some(uid), Some(gid));
                     }
                     created.push((std::mem::replace(&mut current, next), name.to_os_string()));
@@ -525,6 +546,17 @@ mod tests {
         assert_eq!(unsafe_folder(0, 0, 0o40775, &TRUSTED), None, "root's own group");
         assert_eq!(unsafe_folder(1000, 1000, 0o40775, &TRUSTED), None, "the user's own group");
         assert_eq!(unsafe_folder(1000, 0, 0o40755, &TRUSTED), None, "a group that cannot write");
+    }
+
+    #[test]
+    fn a_folder_is_made_for_the_invoking_user_only_where_they_could_make_it() {
+        let user = (Uid::from_raw(1000), Gid::from_raw(1000));
+        assert!(may_make_in(1000, 1000, 0o40755, user), "their own folder");
+        assert!(may_make_in(0, 0, 0o41777, user), "a folder anyone may write in, like /tmp");
+        assert!(may_make_in(0, 1000, 0o40775, user), "their group's");
+        assert!(!may_make_in(0, 0, 0o40755, user), "root's, like /etc/systemd/system");
+        assert!(!may_make_in(0, 1000, 0o40755, user), "their group's, read-only");
+        assert!(!may_make_in(1000, 1000, 0o40555, user), "their own, read-only");
     }
 
     #[test]
