@@ -78,7 +78,8 @@ pub fn run(cli: Cli) -> Result<()> {
         },
         (None, None) => Pending::Launched(HeldChild::spawn(&cli.command)?),
     };
-    let out = OutputDir::create(&cli.output.clone().unwrap_or_else(|| default_output(first.pid())))?;
+    let output = cli.output.clone().unwrap_or_else(|| default_output(first.pid()));
+    let out = OutputDir::create(&output, reports::clear_earlier_run)?;
 
     let (mut probes, mut maps, events) = Probes::load()?;
     if let Some(bytes) = cli.sample_bytes {

@@ -7,6 +7,7 @@ use serde::Serialize;
 use tracer_common::counters::Counter;
 
 use super::{
+    ReportError, TRIMMED_STACKS, TRIMMED_TURNS,
     growth::Growth,
     redact::redact_cmdline,
     segments::Segment,
@@ -74,6 +75,12 @@ struct Report<'a> {
     /// With --follow: every process traced so far, this one last (the rest of this report is its).
     #[serde(skip_serializing_if = "<[Segment]>::is_empty")]
     segments: &'a [Segment],
+    /// The other report files that could not be written (a full disk), each with why.
+    report_errors: &'a [ReportError],
+    /// This report had to be cut to be written at all; `trimmed_reason` says why and what was cut.
+    trimmed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trimmed_reason: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -298,11 +305,16 @@ pub struct Views<'a> {
     pub segments: &'a [Segment],
     /// The tracer's anonymous memory at its highest while the other reports were written.
     pub peak_memory: u64,
+    pub report_errors: &'a [ReportError],
+    /// Why the report is cut (to the first stacks and turns), when it must be.
+    pub trimmed: Option<&'a str>,
 }
 
 /// Writes report.json to `out` as it is serialized: a long run's report is never held whole in memory.
 pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes: &ProbeInfo) -> Result<()> {
-    let Views { stacks, growth, suspects, turns, primary, segments, .. } = views;
+    let Views { stacks, growth, suspects, turns, primary, segments, report_errors, trimmed, .. } = views;
+    let (shown_stacks, shown_turns) =
+        if trimmed.is_some() { (TRIMMED_STACKS, TRIMMED_TURNS) } else { (usize::MAX, usize::MAX) };
     let mut by_source: BTreeMap<&'static str, SourceTotals> = BTreeMap::new();
     for stack in stacks {
         let totals = by_source.entry(stack.source.name()).or_default();
@@ -363,6 +375,7 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
         },
         stacks: stacks
             .iter()
+            .take(shown_stacks)
             .map(|stack| Stack {
                 source: stack.source.name(),
                 frames: &stack.frames,
@@ -450,6 +463,7 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
             .collect(),
         turns: turns
             .iter()
+            .take(shown_turns)
             .map(|turn| {
                 let of = |map: &BTreeMap<Source, u64>| primary.and_then(|p| map.get(&p).copied()).unwrap_or(0);
                 let sources: std::collections::BTreeSet<Source> =
@@ -501,6 +515,9 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
             })
             .collect(),
         segments,
+        report_errors,
+        trimmed: trimmed.is_some(),
+        trimmed_reason: trimmed,
         regions: {
             let mut regions: Vec<Region> =
                 trace.regions.iter().map(|(kind, bytes)| Region { kind, resident_bytes: *bytes }).collect();
