@@ -110,7 +110,11 @@ fn default_output_folder_is_named_after_the_pid() {
 #[test]
 fn under_sudo_the_files_belong_to_the_invoking_user() {
     use std::os::unix::fs::MetadataExt;
-    let out = output_dir("under_sudo_the_files_belong_to_the_invoking_user");
+    // Made in a folder of the user's: a folder made in one of root's stays root's (tests/output_safety.rs).
+    let home = output_dir("under_sudo_the_files_belong_to_the_invoking_user");
+    std::fs::create_dir_all(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(65534), Some(65533)).unwrap();
+    let out = home.join("out");
     let target = waiting_fixture();
     let mut tracer = Running::spawn(
         Command::new(common::TRACER)
