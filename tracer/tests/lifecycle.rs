@@ -382,3 +382,21 @@ fn a_command_that_cannot_run_is_refused_before_anything_is_made() {
         assert!(!out.exists(), "{command}: no output folder is left behind");
     }
 }
+
+/// A run too short for the growth window to hold enough points judges nothing as flat: every suspect is
+/// `too-short`, and the summary says what to do.
+#[test]
+fn a_run_shorter_than_the_interval_is_too_short_to_judge() {
+    let out = output_dir("a_run_shorter_than_the_interval_is_too_short_to_judge");
+    let mut target = waiting_fixture();
+    let mut tracer = start_tracer(&["-o", out.to_str().unwrap(), "--pid", &target.pid().to_string(), "-d", "2s"]);
+    target.send_line("go");
+    target.stdout.wait_for("done");
+    assert!(tracer.wait().success());
+    let summary = tracer.stdout.read_to_end().join("\n");
+    assert!(summary.contains("too few points to judge growth") && summary.contains("-i, now every 10s"), "{summary}");
+    let report = Report::load(&out);
+    let suspects = report.0["suspects"].as_array().unwrap();
+    assert!(!suspects.is_empty());
+    assert!(suspects.iter().all(|s| s["verdict"] == "too-short"), "{suspects:#?}");
+}

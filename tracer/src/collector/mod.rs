@@ -203,6 +203,8 @@ pub struct Trace<'a> {
     pub live_stacks: usize,
     /// The execs of the target, each ending an image's accounting.
     pub execs: &'a [ExecRecord],
+    /// `-i`: how often the timeline got a point.
+    pub interval: Duration,
 }
 
 pub struct Collector {
@@ -581,6 +583,7 @@ impl Collector {
             over_budget: self.over_budget,
             live_stacks: self.stacks.live(),
             execs: &self.execs,
+            interval: self.interval,
         }
     }
 

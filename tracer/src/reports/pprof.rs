@@ -270,6 +270,7 @@ mod tests {
             over_budget: false,
             live_stacks: 0,
             execs: &[],
+            interval: std::time::Duration::from_secs(10),
         };
         let stacks = report_stacks(&trace);
         let mut bytes = Vec::new();

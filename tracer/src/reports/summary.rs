@@ -44,6 +44,15 @@ pub fn render(trace: &Trace, written: &Written) -> String {
         for suspect in written.suspects.iter().take(TOP) {
             let _ = writeln!(out, "  {:<24} {:<10} {}", suspect.site, suspect.verdict.name(), suspect.evidence);
         }
+        if written.suspects.iter().any(|suspect| suspect.verdict == super::suspects::Verdict::TooShort) {
+            let _ = writeln!(
+                out,
+                "warning: the growth window holds too few points to judge growth ({} needed): trace longer (-d) or \
+                 take points more often (-i, now every {})",
+                super::suspects::MIN_POINTS,
+                humantime::format_duration(trace.interval)
+            );
+        }
     }
     let lost: u64 = Counter::ALL
         .iter()
