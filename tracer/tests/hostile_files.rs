@@ -1,0 +1,391 @@
+//! Files and sockets that someone other than root controls: the target's user plants a FIFO or a link
+//! where the tracer reads, an operator names a device or a FIFO, a writer sends a line of hundreds of MiB,
+//! a tracer dies and leaves its socket. The trace must still end (on -d, SIGINT and SIGTERM), detach and
+//! report, and the tracer must stay small.
+
+mod common;
+
+use std::{
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus, Output},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{Report, Running, TRACER, assert_detached, output_dir};
+
+/// How long a trace that must end may take to end, attaching and reports included, on a loaded machine.
+const END_WITHIN: Duration = Duration::from_secs(40);
+/// The tracer's own (anonymous) memory that no test here may exceed; it uses a few MiB.
+const SMALL: u64 = 128 << 20;
+
+/// A real unprivileged user, created for one test and removed after.
+struct User {
+    name: String,
+    uid: u32,
+    gid: u32,
+}
+
+impl User {
+    fn create(tag: &str) -> Self {
+        let name = format!("lth{tag}{}", std::process::id());
+        let _ = Command::new("userdel").arg(&name).output();
+        let created = Command::new("useradd")
+            .args(["--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", &name])
+            .output()
+            .expect("useradd runs");
+        assert!(created.status.success(), "useradd {name}: {}", String::from_utf8_lossy(&created.stderr));
+        let id = |flag: &str| -> u32 {
+            let out = Command::new("id").args([flag, &name]).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+        };
+        let (uid, gid) = (id("-u"), id("-g"));
+        Self { name, uid, gid }
+    }
+
+    /// `program` run as this user.
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new("setpriv");
+        command.args([
+            &format!("--reuid={}", self.uid),
+            &format!("--regid={}", self.gid),
+            "--clear-groups",
+            "--",
+            program,
+        ]);
+        command
+    }
+
+    /// Runs `program args` as this user; it must succeed.
+    fn run(&self, program: &str, args: &[&str]) {
+        let out = self.command(program).args(args).output().unwrap();
+        assert!(out.status.success(), "{program} {args:?} as {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// A process of this user that does nothing for a minute.
+    fn sleeper(&self) -> Running {
+        Running::spawn(self.command("sleep").arg("60"))
+    }
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).output();
+    }
+}
+
+/// The tracer with `args`, its address space limited so that a tracer that eats memory fails the test
+/// instead of the machine.
+fn tracer_command(args: &[&str]) -> Command {
+    let mut command = Command::new(TRACER);
+    command.args(args);
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 4 << 30, rlim_max: 4 << 30 };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
+}
+
+fn spawn_tracer(args: &[&str]) -> Running {
+    Running::spawn(&mut tracer_command(args))
+}
+
+/// Waits for `child` to exit, at most `limit`; kills it (and fails) past that.
+fn exits_within(running: &mut Running, limit: Duration, what: &str) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = running.child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = running.child.kill();
+            panic!("{what}: the tracer did not end within {limit:?}; stderr so far: {:?}", running.stderr.seen());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The most anonymous memory a process used while it ran (sampled every 20 ms).
+struct MemoryWatch {
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl MemoryWatch {
+    fn of(pid: u32) -> Self {
+        let (peak, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+        let (peak_writer, stop_reader) = (peak.clone(), stop.clone());
+        thread::spawn(move || {
+            while !stop_reader.load(Ordering::Relaxed) {
+                let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { break };
+                let Some(kib) = status
+                    .lines()
+                    .find(|line| line.starts_with("RssAnon:"))
+                    .and_then(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+                else {
+                    break;
+                };
+                peak_writer.fetch_max(kib * 1024, Ordering::Relaxed);
+                thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Self { peak, stop }
+    }
+
+    fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for MemoryWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn mkfifo(path: &Path) {
+    let status = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(status.success());
+}
+
+/// A folder in /tmp for one test, removed after.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("leaktrace-hostile-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Removes a path when dropped (a file the test planted outside its scratch folder).
+struct Planted(PathBuf);
+
+impl Drop for Planted {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum End {
+    Duration,
+    Interrupt,
+    Terminate,
+}
+
+impl End {
+    const ALL: [End; 3] = [End::Duration, End::Interrupt, End::Terminate];
+
+    /// The options that make this end the trace: a short -d, or a long one that the signal cuts.
+    fn duration(self) -> &'static str {
+        match self {
+            End::Duration => "2s",
+            End::Interrupt | End::Terminate => "300s",
+        }
+    }
+
+    /// Ends a trace started with [`End::duration`], and checks that it ended, reported and detached.
+    fn end_and_check(self, mut tracer: Running, out: &Path) -> Running {
+        tracer.stderr.wait_for("tracing pid");
+        if !matches!(self, End::Duration) {
+            // Long enough for events to come and stacks to be named while it runs.
+            thread::sleep(Duration::from_millis(1500));
+        }
+        match self {
+            End::Duration => {}
+            End::Interrupt => tracer.signal(libc::SIGINT),
+            End::Terminate => tracer.signal(libc::SIGTERM),
+        }
+        let status = exits_within(&mut tracer, END_WITHIN, &format!("{self:?}"));
+        assert!(status.success(), "{self:?}: {status:?}; stderr {:?}", tracer.stderr.seen());
+        let report = Report::load(out);
+        let expected = match self {
+            End::Duration => "duration",
+            End::Interrupt | End::Terminate => "signal",
+        };
+        assert_eq!(report.end_reason(), expected);
+        assert_detached(&report);
+        tracer
+    }
+}
+
+// ------------------------------------------------------------------------------------------------------
+// Reading the target's files
+// ------------------------------------------------------------------------------------------------------
+
+#[test]
+fn a_fifo_at_the_perf_map_does_not_stop_the_trace_from_ending() {
+    let user = User::create("fifo");
+    let target = user.sleeper();
+    let pid = target.pid().to_string();
+    let perf_map = PathBuf::from(format!("/tmp/perf-{pid}.map"));
+    let _planted = Planted(perf_map.clone());
+    user.run("mkfifo", &[perf_map.to_str().unwrap()]);
+    for end in End::ALL {
+        let out = output_dir(&format!("perf_map_fifo_{end:?}"));
+        let tracer = spawn_tracer(&["-o", out.to_str().unwrap(), "-d", end.duration(), "--pid", &pid]);
+        let mut tracer = end.end_and_check(tracer, &out);
+        let stderr = tracer.stderr.read_to_end().join("\n");
+        assert!(
+            stderr.contains(&format!("perf-{pid}.map is not a regular file (it is a FIFO)")),
+            "the FIFO is refused and said so: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_link_to_dev_zero_at_the_perf_map_is_refused_and_the_tracer_stays_small() {
+    let user = User::create("zero");
+    let target = user.sleeper();
+    let pid = target.pid().to_string();
+    let perf_map = PathBuf::from(format!("/tmp/perf-{pid}.map"));
+    let _planted = Planted(perf_map.clone());
+    user.run("ln", &["-s", "/dev/zero", perf_map.to_str().unwrap()]);
+    let out = output_dir("perf_map_dev_zero");
+    let mut tracer = spawn_tracer(&["-o", out.to_str().unwrap(), "-d", "3s", "--pid", &pid]);
+    let memory = MemoryWatch::of(tracer.pid());
+    let status = exits_within(&mut tracer, END_WITHIN, "a link to /dev/zero");
+    assert!(status.success(), "{status:?}: {:?}", tracer.stderr.seen());
+    assert!(memory.peak() < SMALL, "the tracer grew to {} MiB", memory.peak() >> 20);
+    let stderr = tracer.stderr.read_to_end().join("\n");
+    assert!(stderr.contains(&format!("perf-{pid}.map is not a regular file (it is a symbolic link)")), "{stderr}");
+    assert_detached(&Report::load(&out));
+}
+
+/// The output of a tracer that must fail at once (within [`END_WITHIN`]).
+fn fails_at_once(args: &[&str]) -> Output {
+    let mut tracer = spawn_tracer(args);
+    let status = exits_within(&mut tracer, END_WITHIN, &format!("{args:?}"));
+    let stderr = tracer.stderr.read_to_end().join("\n");
+    Output { status, stdout: Vec::new(), stderr: stderr.into_bytes() }
+}
+
+fn assert_one_line_error(output: &Output, expected: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "exit status {:?}, stderr {stderr:?}", output.status);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected: {stderr:?}");
+    assert!(lines[0].starts_with("dispatch-leaktrace: error: "), "{stderr:?}");
+    assert!(lines[0].contains(expected), "{expected:?} not in {stderr:?}");
+}
+
+#[test]
+fn symbols_from_a_device_or_a_fifo_is_a_one_line_error_at_once() {
+    let mut target = Running::spawn(Command::new("sleep").arg("60"));
+    let pid = target.pid().to_string();
+    let scratch = Scratch::new("symbols-from");
+    let fifo = scratch.0.join("fifo");
+    mkfifo(&fifo);
+    for (path, kind) in [(Path::new("/dev/zero"), "a character device"), (fifo.as_path(), "a FIFO")] {
+        let out = output_dir("symbols_from_not_a_file");
+        let output = fails_at_once(&[
+            "-o",
+            out.to_str().unwrap(),
+            "-d",
+            "5s",
+            "--pid",
+            &pid,
+            "--symbols-from",
+            path.to_str().unwrap(),
+        ]);
+        assert_one_line_error(
+            &output,
+            &format!("--symbols-from: {} is not a regular file (it is {kind})", path.display()),
+        );
+    }
+    let _ = target.child.kill();
+}
+
+/// A C program that allocates through a library of its user's, every few milliseconds, until killed.
+const LIBRARY_SOURCE: &str = r#"
+#include <stdlib.h>
+void *volatile kept;
+__attribute__((noinline)) void hostile_allocate(void) { free(kept); kept = malloc(1000); }
+"#;
+const PROGRAM_SOURCE: &str = r#"
+#include <unistd.h>
+void hostile_allocate(void);
+int main(void) { for (;;) { hostile_allocate(); usleep(5000); } }
+"#;
+
+#[test]
+fn a_fifo_in_place_of_a_mapped_library_does_not_stop_the_trace_from_ending() {
+    let user = User::create("lib");
+    let scratch = Scratch::new("library");
+    let (library_c, program_c) = (scratch.0.join("hostile.c"), scratch.0.join("main.c"));
+    std::fs::write(&library_c, LIBRARY_SOURCE).unwrap();
+    std::fs::write(&program_c, PROGRAM_SOURCE).unwrap();
+    let library = scratch.0.join("libhostile.so");
+    let program = scratch.0.join("hostile");
+    let cc = |args: &[&str]| assert!(Command::new("cc").args(args).status().unwrap().success());
+    cc(&[
+        "-O0",
+        "-g",
+        "-fno-omit-frame-pointer",
+        "-shared",
+        "-fPIC",
+        "-o",
+        library.to_str().unwrap(),
+        library_c.to_str().unwrap(),
+    ]);
+    cc(&[
+        "-O0",
+        "-g",
+        "-fno-omit-frame-pointer",
+        "-Wl,-rpath,$ORIGIN",
+        "-o",
+        program.to_str().unwrap(),
+        program_c.to_str().unwrap(),
+        library.to_str().unwrap(),
+    ]);
+    let chown = Command::new("chown").args(["-R", &format!("{}:{}", user.uid, user.gid)]).arg(&scratch.0).status();
+    assert!(chown.unwrap().success());
+
+    let mut target = Running::spawn(&mut user.command(program.to_str().unwrap()));
+    let pid = target.pid().to_string();
+    // The library stays mapped; its path now leads to a FIFO.
+    let maps = format!("/proc/{pid}/maps");
+    let start = Instant::now();
+    while !std::fs::read_to_string(&maps).unwrap_or_default().contains("libhostile.so") {
+        assert!(start.elapsed() < Duration::from_secs(10), "the target never mapped its library");
+        thread::sleep(Duration::from_millis(10));
+    }
+    user.run("rm", &[library.to_str().unwrap()]);
+    user.run("mkfifo", &[library.to_str().unwrap()]);
+    for end in End::ALL {
+        let out = output_dir(&format!("library_fifo_{end:?}"));
+        let tracer = spawn_tracer(&["-o", out.to_str().unwrap(), "-d", end.duration(), "--pid", &pid]);
+        let mut tracer = end.end_and_check(tracer, &out);
+        let stderr = tracer.stderr.read_to_end().join("\n");
+        assert!(
+            stderr.contains(&format!(
+                "frames in {} are not named: {} is not a regular file (it is a FIFO)",
+                library.display(),
+                library.display()
+            )),
+            "{stderr}"
+        );
+    }
+    let _ = target.child.kill();
+    let _ = target.child.wait();
+}
