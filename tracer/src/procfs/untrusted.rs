@@ -222,6 +222,19 @@ pub fn reopen(handle: &File, access: i32) -> io::Result<File> {
     options.open(format!("/proc/self/fd/{}", handle.as_raw_fd()))
 }
 
+/// Opens a path the operator gave (links followed) as a handle on its inode, opening nothing: for a
+/// caller that decides by the file's type what to do (a marker log may be a FIFO).
+pub fn open_handle(path: &Path) -> Result<(File, std::fs::Metadata), FileError> {
+    let handle = open_path(path, Origin::Operator)?;
+    let metadata = handle.metadata().map_err(|error| FileError::new(path, Why::Io(error)))?;
+    Ok((handle, metadata))
+}
+
+/// What a file type is called in a message (for callers of [`open_handle`]).
+pub fn describe(metadata: &std::fs::Metadata) -> &'static str {
+    kind_name(metadata.file_type())
+}
+
 const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 
 fn is_on_fuse(file: &File) -> bool {
