@@ -64,11 +64,12 @@ pub struct LineCutter {
     pending: Vec<u8>,
     /// Within the rest of a line already cut.
     passing_over: bool,
-    /// Where the lines come from, for the warning about the first cut.
+    /// Where the lines come from, for the warning about the first cut (none when empty).
     source: String,
 }
 
 impl LineCutter {
+    /// A cutter whose first cut is told, naming `source` (`LineCutter::default()` only counts).
     pub fn new(source: impl Into<String>) -> Self {
         Self { source: source.into(), ..Self::default() }
     }
@@ -127,7 +128,7 @@ impl LineCutter {
 
     fn count_cut(&self) {
         CUT_LINES.fetch_add(1, Ordering::Relaxed);
-        if !TOLD_CUT.swap(true, Ordering::Relaxed) {
+        if !self.source.is_empty() && !TOLD_CUT.swap(true, Ordering::Relaxed) {
             eprintln!(
                 "dispatch-leaktrace: warning: a marker line longer than {MAX_LINE} bytes (from {}) was cut there; \
                  longer lines are cut and counted",

@@ -12,9 +12,12 @@
 //! Why a read is then bounded: a read of a regular file returns once its file system has the bytes, from
 //! the page cache or the disk, and never waits for a writer (that is what FIFOs, sockets and terminals do,
 //! and they were refused). The exception is a file system served by a process, FUSE, whose owner can
-//! leave a read unanswered forever: a user can mount one (fusermount, or in a user namespace the target
-//! runs in), so the target's files are refused there. What is read is capped by the caller ([`Cap`]), so
-//! a file that keeps growing (a link to /dev/zero was one, before step 2) cannot take the memory.
+//! leave a request unanswered: a user can mount one (fusermount, or in a user namespace the target runs
+//! in), so the target's files are refused there (step 4), and neither read nor mapped. Step 4 comes after
+//! the path was looked up, though: a FUSE daemon that leaves the lookup itself unanswered still holds
+//! step 1 (only a helper thread with a deadline would bound that). What is read is capped by the caller
+//! ([`Cap`]), so a file that keeps growing (a link to /dev/zero was one, before step 2) cannot take the
+//! memory.
 
 use std::{
     fmt,
