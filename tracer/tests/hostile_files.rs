@@ -640,7 +640,15 @@ fn a_killed_tracers_socket_is_cleaned_at_the_next_start_and_passed_over_by_mark(
     let refused = mark(&["--pid", &first_pid, "to nobody"]);
     assert!(!refused.status.success());
 
-    // The next start, for another process, removes it.
+    // A socket from a tracer that kept no lock (an older one), and a lock left by a tracer killed before it
+    // listened: for pids above any pid_max, so that no live trace can own them.
+    let unlocked = PathBuf::from(format!("{RUN_DIR}/4194901.sock"));
+    drop(std::os::unix::net::UnixListener::bind(&unlocked).unwrap());
+    let orphan_lock = PathBuf::from(format!("{RUN_DIR}/4194902.lock"));
+    std::fs::write(&orphan_lock, "4194902").unwrap();
+    let _planted = (Planted(unlocked.clone()), Planted(orphan_lock.clone()));
+
+    // The next start, for another process, removes them all.
     let second_target = Running::spawn(Command::new("sleep").arg("60"));
     let second_pid = second_target.pid().to_string();
     let out = output_dir("stale_socket_next");
@@ -648,6 +656,8 @@ fn a_killed_tracers_socket_is_cleaned_at_the_next_start_and_passed_over_by_mark(
     tracer.stderr.wait_for("tracing pid");
     wait_for_socket(&second_pid);
     assert!(!stale.exists(), "the stale socket is removed at start");
+    assert!(!PathBuf::from(format!("{RUN_DIR}/{first_pid}.lock")).exists(), "and its lock");
+    assert!(!unlocked.exists() && !orphan_lock.exists(), "and the others left");
     // Without --pid, `mark` finds the one trace that listens (other test binaries' tracers may come and go
     // on a shared machine: they end within seconds).
     let start = Instant::now();

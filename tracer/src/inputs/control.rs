@@ -83,13 +83,20 @@ impl RunDir {
         let _ = rustix::fs::unlinkat(&self.fd, name, AtFlags::empty());
     }
 
-    /// The `<pid>` of every `<pid>.sock` in it.
-    fn socket_pids(&self) -> Vec<u32> {
+    /// The `<pid>` of every `<pid>.sock` and `<pid>.lock` in it.
+    fn traced_pids(&self) -> Vec<u32> {
         let Ok(entries) = std::fs::read_dir(DIR) else { return Vec::new() };
-        entries
+        let mut pids: Vec<u32> = entries
             .filter_map(Result::ok)
-            .filter_map(|entry| entry.file_name().to_str()?.strip_suffix(".sock")?.parse().ok())
-            .collect()
+            .filter_map(|entry| {
+                let name = entry.file_name();
+                let name = name.to_str()?;
+                name.strip_suffix(".sock").or_else(|| name.strip_suffix(".lock"))?.parse().ok()
+            })
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
     }
 }
 
@@ -258,10 +265,10 @@ async fn serve(stream: tokio::net::UnixStream, sender: mpsc::UnboundedSender<Sen
     }
 }
 
-/// Removes the sockets of tracers that are gone: their lock is free (or, from a tracer before locks,
-/// nothing listens on them).
+/// Removes the sockets and locks of tracers that are gone: their lock is free (or, for a socket from a
+/// tracer before locks, nothing listens on it).
 fn remove_stale_sockets(dir: &RunDir, own_pid: u32) {
-    for pid in dir.socket_pids().into_iter().filter(|pid| *pid != own_pid) {
+    for pid in dir.traced_pids().into_iter().filter(|pid| *pid != own_pid) {
         match dir.take_lock(pid, false) {
             Ok(Taken::Held(_lock)) => {
                 dir.remove(&socket_name(pid));
