@@ -78,6 +78,7 @@ pub fn run(cli: Cli) -> Result<()> {
         },
         (None, None) => Pending::Launched(HeldChild::spawn(&cli.command)?),
     };
+    let _claim = inputs::control::claim(first.pid())?;
     let output = cli.output.clone().unwrap_or_else(|| default_output(first.pid()));
     let out = OutputDir::create(&output, reports::clear_earlier_run)?;
 

@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use anyhow::{Context, Result, bail};
 use regex::Regex;
 
+use crate::inputs::LineCutter;
+
 /// What one line says about turns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Marker {
@@ -54,36 +56,26 @@ impl TurnPatterns {
 }
 
 /// Reassembles lines from writes, per writer (process and descriptor): a write may hold several lines or
-/// part of one. Only the first bytes of each write are captured, so a long line is cut; markers sit at the
-/// start of a line.
+/// part of one. Only the first bytes of each write are captured (`LOG_BYTES`, in the kernel), so a long
+/// write is cut; markers sit at the start of a line. A line written in many short writes is cut at
+/// `inputs::MAX_LINE` bytes and counted, as lines from every other source are.
 #[derive(Debug, Default)]
 pub struct LineSplitter {
-    partial: HashMap<(u32, u32), Vec<u8>>,
+    partial: HashMap<(u32, u32), LineCutter>,
 }
-
-/// Longest partial line kept between writes.
-const MAX_PARTIAL: usize = 4096;
 
 impl LineSplitter {
     /// Feeds one write's bytes (`truncated`: the write was longer than what was captured) and returns the
     /// complete lines it finished.
     pub fn feed(&mut self, writer: (u32, u32), bytes: &[u8], truncated: bool) -> Vec<String> {
-        let buffer = self.partial.entry(writer).or_default();
-        buffer.extend_from_slice(bytes);
+        // Counted when cut, not told: the target's own long log lines are no one's mistake.
+        let cutter = self.partial.entry(writer).or_default();
         let mut lines = Vec::new();
-        while let Some(newline) = buffer.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buffer.drain(..=newline).collect();
-            lines.push(String::from_utf8_lossy(&line[..line.len() - 1]).trim_end_matches('\r').to_string());
-        }
+        cutter.feed(bytes, |line| lines.push(line));
         if truncated {
             // The rest of this write was not captured: what we hold is the start of a line, ended by the
             // newline we did not see.
-            if !buffer.is_empty() {
-                lines.push(String::from_utf8_lossy(buffer).to_string());
-                buffer.clear();
-            }
-        } else if buffer.len() > MAX_PARTIAL {
-            buffer.clear();
+            lines.extend(cutter.finish());
         }
         lines
     }
@@ -118,5 +110,10 @@ mod tests {
         assert_eq!(lines.feed((1, 1), b" line\n", false), vec!["next line"]);
         // A cut write ends its line where the capture ended.
         assert_eq!(lines.feed((1, 1), b"turn start t2 with a long payl", true), vec!["turn start t2 with a long payl"]);
+        // A line of many short writes is cut at the cap; what follows its newline is whole again.
+        let piece = [b'y'; 200];
+        let cut: Vec<String> = (0..30).flat_map(|_| lines.feed((1, 3), &piece, false)).collect();
+        assert_eq!(cut, vec!["y".repeat(crate::inputs::MAX_LINE)]);
+        assert_eq!(lines.feed((1, 3), b"yyy\nturn end t2\n", false), vec!["turn end t2"]);
     }
 }

@@ -6,7 +6,7 @@
 //! CFI (.eh_frame) over the copy of the top of the user stack the kernel sent, until a frame outside the
 //! runtime is reached; from there the frame-pointer chain is valid again and the kernel's frames are used.
 
-use std::{collections::HashMap, fs, sync::Arc};
+use std::{collections::HashMap, path::Path, sync::Arc};
 
 use gimli::{
     BaseAddresses, CfaRule, EhFrame, EhFrameHdr, EndianArcSlice, LittleEndian, ParsedEhFrameHdr, RegisterRule,
@@ -14,7 +14,10 @@ use gimli::{
 };
 use object::{Object, ObjectSection, ObjectSegment};
 
-use crate::symbolizer::modules::{ModuleMap, is_runtime_module};
+use crate::{
+    procfs::untrusted::{self, Cap, Origin},
+    symbolizer::modules::{ModuleMap, is_runtime_module},
+};
 
 type Reader = EndianArcSlice<LittleEndian>;
 
@@ -128,7 +131,8 @@ struct CfiTable {
 
 impl CfiTable {
     fn load(path: &str) -> Option<Self> {
-        let data = fs::read(path).ok()?;
+        // The path is the target's (from its maps): a link, a FIFO or a device put there is not read.
+        let data = untrusted::read(Path::new(path), Origin::Target, Cap::ELF).ok()?;
         let file = object::File::parse(&*data).ok()?;
         let section = |name: &str| file.section_by_name(name).and_then(|s| Some((s.address(), s.data().ok()?)));
         let (eh_frame_address, eh_frame_data) = section(".eh_frame")?;

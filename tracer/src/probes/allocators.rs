@@ -18,13 +18,13 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    fmt, fs,
+    fmt,
     path::{Path, PathBuf},
     str::FromStr,
     sync::OnceLock,
 };
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use object::{
     Endianness, Object, ObjectSection, ObjectSymbol,
     elf::{PF_X, PT_LOAD, STB_LOCAL, STT_FUNC, STT_GNU_IFUNC},
@@ -33,7 +33,10 @@ use object::{
 use serde::Serialize;
 use tracer_common::alloc::{AllocCookie, AllocShape};
 
-use crate::procfs::maps::MemoryMap;
+use crate::procfs::{
+    maps::MemoryMap,
+    untrusted::{self, Cap, FileBytes, Origin},
+};
 
 // ------------------------------------------------------------------------------------------------------
 // The table
@@ -695,8 +698,9 @@ fn unnamed_allocators(elf: &Elf, entry_points: &[EntryPoint]) -> Vec<Family> {
     elf.allocator_strings().into_iter().filter(|family| !entry_points.iter().any(|e| e.family == *family)).collect()
 }
 
-fn read(path: &Path) -> Result<Vec<u8>> {
-    fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+/// An ELF file, read whole: a regular file (a FIFO or a device is refused at once), at most [`Cap::ELF`].
+fn read(path: &Path, origin: Origin) -> Result<FileBytes> {
+    Ok(untrusted::read(path, origin, Cap::ELF)?)
 }
 
 /// The entry points of one ELF file, from its own symbols (and those of its separate debug file under
@@ -707,13 +711,13 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 /// in the C library itself; else the one allocator the object defines (unprefixed jemalloc, mimalloc's
 /// wrapper overrides); else "libc".
 pub fn discover_in_file(path: &Path) -> Result<ObjectAllocators> {
-    discover_at(path, path, None)
+    discover_at(path, path, Origin::Operator, None)
 }
 
-/// [`discover_in_file`] reading `attach_path` for the object the target knows as `path`; `root` prefixes
-/// the debug file search.
-fn discover_at(path: &Path, attach_path: &Path, root: Option<&Path>) -> Result<ObjectAllocators> {
-    let data = read(attach_path)?;
+/// [`discover_in_file`] reading `attach_path` (of `origin`) for the object the target knows as `path`;
+/// `root` prefixes the debug file search.
+fn discover_at(path: &Path, attach_path: &Path, origin: Origin, root: Option<&Path>) -> Result<ObjectAllocators> {
+    let data = read(attach_path, origin)?;
     let elf = Elf::parse(&data, attach_path)?;
     let mut scan = SymbolScan::default();
     elf.symbols(&mut scan);
@@ -721,7 +725,9 @@ fn discover_at(path: &Path, attach_path: &Path, root: Option<&Path>) -> Result<O
     let mut symbols_from = None;
     if own_tables.is_stripped() {
         if let Some(debug_path) = elf.build_id().and_then(|id| debug_file(id, root)) {
-            if let Ok(debug_data) = fs::read(&debug_path) {
+            // Under /proc/PID/root, the target's own files: a link there is not followed.
+            let debug_origin = if root.is_some() { Origin::Target } else { Origin::Operator };
+            if let Ok(debug_data) = read(&debug_path, debug_origin) {
                 if let Ok(debug) = Elf::parse(&debug_data, &debug_path) {
                     if debug.build_id() == elf.build_id() {
                         debug.symbols(&mut scan);
@@ -800,13 +806,19 @@ fn check_same_build(stripped_path: &Path, stripped: &Elf, unstripped_path: &Path
 /// of the same binary, or its separate debug file): addresses from `unstripped`, file offsets from
 /// `stripped`'s program headers. Refuses (one-line error naming both files) when they are not the same build.
 pub fn discover_with_symbols_from(stripped: &Path, unstripped: &Path) -> Result<ObjectAllocators> {
-    discover_with_symbols_from_at(stripped, stripped, unstripped)
+    discover_with_symbols_from_at(stripped, stripped, Origin::Operator, unstripped)
 }
 
-fn discover_with_symbols_from_at(path: &Path, attach_path: &Path, unstripped: &Path) -> Result<ObjectAllocators> {
-    let stripped_data = read(attach_path)?;
+fn discover_with_symbols_from_at(
+    path: &Path,
+    attach_path: &Path,
+    origin: Origin,
+    unstripped: &Path,
+) -> Result<ObjectAllocators> {
+    // The operator's file first: a FIFO or a device there is the error to show, before anything is read.
+    let unstripped_data = read(unstripped, Origin::Operator).map_err(|error| anyhow!("--symbols-from: {error:#}"))?;
+    let stripped_data = read(attach_path, origin)?;
     let stripped_elf = Elf::parse(&stripped_data, attach_path)?;
-    let unstripped_data = read(unstripped)?;
     let unstripped_elf = Elf::parse(&unstripped_data, unstripped)?;
     check_same_build(path, &stripped_elf, unstripped, &unstripped_elf)?;
     let mut own = SymbolScan::default();
@@ -885,10 +897,14 @@ pub fn parse_alloc_symbol(text: &str) -> Result<AllocSymbol, String> {
 /// Entry points for `--alloc-symbol` values, converted with `path`'s program headers. An address outside
 /// the file's executable segments is an error.
 pub fn entry_points_from_alloc_symbols(path: &Path, symbols: &[AllocSymbol]) -> Result<Vec<EntryPoint>> {
+    entry_points_from_alloc_symbols_at(path, Origin::Operator, symbols)
+}
+
+fn entry_points_from_alloc_symbols_at(path: &Path, origin: Origin, symbols: &[AllocSymbol]) -> Result<Vec<EntryPoint>> {
     if symbols.is_empty() {
         return Ok(Vec::new());
     }
-    let data = read(path)?;
+    let data = read(path, origin)?;
     let segments = Elf::parse(&data, path)?.segments();
     symbols
         .iter()
@@ -959,9 +975,12 @@ impl ProcessAllocators {
 
 /// A file we can read that does not start like an ELF object. (One we cannot read is left to discovery,
 /// which says why.)
-fn is_readable_but_not_elf(path: &Path) -> bool {
+fn is_readable_but_not_elf(path: &Path, origin: Origin) -> bool {
     let mut magic = [0u8; 4];
-    fs::File::open(path).and_then(|mut file| std::io::Read::read_exact(&mut file, &mut magic)).is_ok()
+    untrusted::open(path, origin)
+        .map_err(std::io::Error::from)
+        .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut magic))
+        .is_ok()
         && magic != *b"\x7fELF"
 }
 
@@ -996,17 +1015,21 @@ pub fn discover_in_process(map: &MemoryMap, options: &DiscoveryOptions) -> Resul
             }
             (false, _) => match &options.root {
                 Some(root) => root.join(path.strip_prefix("/").unwrap_or(&path)),
-                None => path.clone(),
+                // A launched target's files, found before it runs: the command's executable may be a link
+                // (on PATH); the file it leads to is read and probed.
+                None => std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone()),
             },
         };
+        // The target's files: a link in their place is not followed, a map_files link is.
+        let origin = Origin::of_target_path(&attach_path);
         let is_main = main_executable.as_ref() == Some(&path);
         // Executable mappings of files that are not ELF objects (a JIT dump's marker mapping) hold no code.
-        if is_readable_but_not_elf(&attach_path) {
+        if is_readable_but_not_elf(&attach_path, origin) {
             continue;
         }
         let discovered = match (&options.symbols_from, is_main) {
-            (Some(unstripped), true) => discover_with_symbols_from_at(&path, &attach_path, unstripped)?,
-            _ => match discover_at(&path, &attach_path, options.root.as_deref()) {
+            (Some(unstripped), true) => discover_with_symbols_from_at(&path, &attach_path, origin, unstripped)?,
+            _ => match discover_at(&path, &attach_path, origin, options.root.as_deref()) {
                 Ok(object) => object,
                 Err(error) => {
                     result.failures.push((path, format!("{error:#}")));
@@ -1016,7 +1039,7 @@ pub fn discover_in_process(map: &MemoryMap, options: &DiscoveryOptions) -> Resul
         };
         let mut object = discovered;
         if is_main && !options.alloc_symbols.is_empty() {
-            for entry in entry_points_from_alloc_symbols(&attach_path, &options.alloc_symbols)? {
+            for entry in entry_points_from_alloc_symbols_at(&attach_path, origin, &options.alloc_symbols)? {
                 if !object.entry_points.iter().any(|e| e.vaddr == entry.vaddr) {
                     object.entry_points.push(entry);
                 }
@@ -1163,7 +1186,7 @@ impl AllocatorSummary {
 
 #[cfg(test)]
 mod tests {
-    use std::{process::Command, sync::Mutex};
+    use std::{fs, process::Command, sync::Mutex};
 
     use super::*;
 

@@ -16,7 +16,10 @@ use object::{
     read::elf::{Dyn, ElfFile64, FileHeader},
 };
 
-use crate::procfs::maps::MemoryMap;
+use crate::procfs::{
+    maps::MemoryMap,
+    untrusted::{self, Cap, Origin},
+};
 
 const SYSTEM_DIRECTORIES: &[&str] = &[
     "/lib/x86_64-linux-gnu",
@@ -30,7 +33,8 @@ const SYSTEM_DIRECTORIES: &[&str] = &[
 
 /// The DT_NEEDED names and search paths of an ELF file.
 fn dynamic_entries(path: &Path) -> Option<(Vec<String>, Vec<String>, Vec<String>)> {
-    let data = std::fs::read(path).ok()?;
+    // Found by name in directories the target's owner may control ($ORIGIN): only a regular file is read.
+    let data = untrusted::read(path, Origin::Target, Cap::ELF).ok()?;
     let elf = ElfFile64::<Endianness>::parse(&*data).ok()?;
     let endian = elf.endian();
     let header = elf.elf_header();
@@ -39,7 +43,7 @@ fn dynamic_entries(path: &Path) -> Option<(Vec<String>, Vec<String>, Vec<String>
     let strings = sections.strings(endian, &*data, index).ok()?;
     let (mut needed, mut rpath, mut runpath) = (Vec::new(), Vec::new(), Vec::new());
     for entry in dynamic {
-        let tag = entry.d_tag(endian) as i64;
+        let tag = entry.d_tag(endian);
         let text = || entry.string(endian, strings).ok().map(|s| String::from_utf8_lossy(s).into_owned());
         match tag {
             t if t == object::elf::DT_NEEDED => needed.extend(text()),

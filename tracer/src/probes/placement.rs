@@ -13,7 +13,9 @@ use iced_x86::{
     Code, Decoder, DecoderOptions, FlowControl, Formatter, GasFormatter, Instruction, Mnemonic, OpKind, Register,
 };
 use serde::Serialize;
-use std::{fs::File, os::unix::fs::FileExt, path::Path};
+use std::{os::unix::fs::FileExt, path::Path};
+
+use crate::procfs::untrusted::{self, Origin};
 
 /// Where a probe went, and why, for `probes` in report.json.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -139,7 +141,7 @@ const MAX_FUNCTION_BYTES: u64 = 1 << 16;
 /// when the file cannot be read: the probe then stays at the entry.
 pub fn function_code(object: &Path, file_offset: u64, size: u64) -> Vec<u8> {
     let length = if size == 0 { UNKNOWN_SIZE_WINDOW } else { size.min(MAX_FUNCTION_BYTES) };
-    let Ok(file) = File::open(object) else { return Vec::new() };
+    let Ok(file) = untrusted::open(object, Origin::of_target_path(object)) else { return Vec::new() };
     let mut code = vec![0; length as usize];
     let read = file.read_at(&mut code, file_offset).unwrap_or(0);
     code.truncate(read);

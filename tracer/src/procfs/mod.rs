@@ -3,6 +3,7 @@
 
 pub mod maps;
 pub mod processes;
+pub mod untrusted;
 
 use std::{fs, io, path::PathBuf};
 

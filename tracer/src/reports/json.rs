@@ -332,6 +332,7 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
     counters.insert("preexisting_released_bytes", ledger_counters.preexisting_released_bytes);
     counters.insert("unmatched_turn_ends", trace.unmatched_turn_ends);
     counters.insert("skipped_program_runs", trace.skipped_program_runs);
+    counters.insert("cut_marker_lines", crate::inputs::cut_lines());
 
     let report = Report {
         version: VERSION,

@@ -59,7 +59,10 @@ use std::{
 
 use anyhow::{Result, bail};
 
-use crate::procfs::maps::MemoryMap;
+use crate::procfs::{
+    maps::MemoryMap,
+    untrusted::{self, Cap, Origin},
+};
 
 const JITDUMP_MAGIC: u32 = 0x4A69_5444;
 const JITDUMP_VERSION: u32 = 1;
@@ -72,6 +75,12 @@ const CODE_LOAD_FIELDS_SIZE: u64 = 40;
 const JIT_CODE_LOAD: u32 = 0;
 /// Header flag: timestamps come from an architecture clock (the TSC on x86), not CLOCK_MONOTONIC.
 pub const JITDUMP_FLAGS_ARCH_TIMESTAMP: u64 = 1;
+
+/// The most of a source read in one refresh, so that a large file is read over several ticks rather than
+/// in one long pause of the collector.
+const READ_PER_REFRESH: u64 = 16 << 20;
+/// The longest name kept from a jitdump record, and the longest perf map line: the rest is passed over.
+const MAX_NAME: usize = 64 << 10;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ByteOrder {
@@ -239,11 +248,14 @@ impl JitdumpReader {
         let mut progress = ReadProgress::default();
         let Some(header) = self.read_header(input)? else { return Ok(progress) };
         let order = header.byte_order();
-        let len = input.seek(SeekFrom::End(0))?;
+        // Past the cap the file is not read (a record crossing it counts as still being written); records
+        // starting past this call's share are left for the next.
+        let len = input.seek(SeekFrom::End(0))?.min(Cap::JIT.0);
+        let share_end = self.next_offset.saturating_add(READ_PER_REFRESH);
         let mut offset = self.next_offset;
         input.seek(SeekFrom::Start(offset))?;
         let mut reader = BufReader::with_capacity(64 * 1024, input);
-        while len - offset >= RECORD_HEADER_SIZE {
+        while len.saturating_sub(offset) >= RECORD_HEADER_SIZE && offset < share_end {
             let mut head = [0u8; RECORD_HEADER_SIZE as usize];
             reader.read_exact(&mut head)?;
             let (id, total_size, timestamp) =
@@ -261,11 +273,17 @@ impl JitdumpReader {
                 let mut fields = [0u8; CODE_LOAD_FIELDS_SIZE as usize];
                 reader.read_exact(&mut fields)?;
                 let mut name = Vec::new();
-                (&mut reader).take(total_size - RECORD_HEADER_SIZE - CODE_LOAD_FIELDS_SIZE).read_until(0, &mut name)?;
-                if name.pop() != Some(0) {
+                let room = total_size - RECORD_HEADER_SIZE - CODE_LOAD_FIELDS_SIZE;
+                (&mut reader).take(room.min(MAX_NAME as u64 + 1)).read_until(0, &mut name)?;
+                let used = RECORD_HEADER_SIZE + CODE_LOAD_FIELDS_SIZE + name.len() as u64;
+                if name.last() == Some(&0) {
+                    name.pop();
+                } else if name.len() > MAX_NAME {
+                    // A name longer than any real one: keep its start.
+                    name.truncate(MAX_NAME);
+                } else {
                     bail!("jitdump code load at offset {offset}: the name is not NUL-terminated within the record");
                 }
-                let used = RECORD_HEADER_SIZE + CODE_LOAD_FIELDS_SIZE + name.len() as u64 + 1;
                 reader.seek_relative((total_size - used) as i64)?;
                 on_load(CodeLoad {
                     timestamp,
@@ -334,6 +352,8 @@ fn parse_hex(text: &str) -> Option<u64> {
 #[derive(Clone, Debug, Default)]
 pub struct PerfMapReader {
     next_offset: u64,
+    /// Within a line longer than [`MAX_NAME`], passed over up to its newline.
+    in_long_line: bool,
 }
 
 impl PerfMapReader {
@@ -352,15 +372,28 @@ impl PerfMapReader {
         mut on_entry: impl FnMut(PerfMapEntry),
     ) -> io::Result<ReadProgress> {
         let mut progress = ReadProgress::default();
+        let end = Cap::JIT.0.min(self.next_offset.saturating_add(READ_PER_REFRESH));
         input.seek(SeekFrom::Start(self.next_offset))?;
         let mut reader = BufReader::new(input);
         let mut line = Vec::new();
-        loop {
+        while self.next_offset < end {
             line.clear();
-            if reader.read_until(b'\n', &mut line)? == 0 || line.last() != Some(&b'\n') {
+            // A line is read whole up to MAX_NAME bytes; a longer one is passed over in pieces that size.
+            let read = (&mut reader).take(MAX_NAME as u64 + 1).read_until(b'\n', &mut line)?;
+            let complete = line.last() == Some(&b'\n');
+            if read == 0 || (!complete && read <= MAX_NAME && !self.in_long_line) {
+                // Nothing more, or a line still being written: read it whole next time.
                 return Ok(progress);
             }
-            self.next_offset += line.len() as u64;
+            self.next_offset += read as u64;
+            if self.in_long_line || !complete {
+                // A piece of a line too long to be a perf map entry.
+                self.in_long_line = !complete;
+                if complete {
+                    progress.skipped += 1;
+                }
+                continue;
+            }
             match parse_perf_map_line(&String::from_utf8_lossy(&line)) {
                 Some(entry) => {
                     on_entry(entry);
@@ -369,6 +402,7 @@ impl PerfMapReader {
                 None => progress.skipped += 1,
             }
         }
+        Ok(progress)
     }
 }
 
@@ -633,7 +667,8 @@ pub struct JitEnv {
 impl JitEnv {
     /// From `/proc/PID/environ`: the environment the target started with, which is what JSC read.
     pub fn read(pid: u32) -> io::Result<Self> {
-        Ok(Self::from_environ(&fs::read(format!("/proc/{pid}/environ"))?))
+        let path = PathBuf::from(format!("/proc/{pid}/environ"));
+        Ok(Self::from_environ(&untrusted::read(&path, Origin::Proc, Cap::PROC_TEXT)?))
     }
 
     /// From raw `/proc/PID/environ` bytes: `KEY=value` entries separated by NUL.
@@ -783,7 +818,7 @@ fn jitdump_name_numbers(basename: &str) -> Option<(u32, Option<u32>)> {
 /// False when the file's header shows another process or no jitdump at all; true when it shows `pid`, is
 /// not fully written yet, or cannot be read here (reading it later will say why).
 fn header_may_be_of(path: &Path, pid: u32) -> bool {
-    let Ok(mut file) = File::open(path) else { return true };
+    let Ok(mut file) = untrusted::open(path, Origin::Target) else { return true };
     let mut bytes = [0u8; FILE_HEADER_SIZE as usize];
     let Ok(read) = read_up_to(&mut file, &mut bytes) else { return true };
     match JitdumpHeader::parse(&bytes[..read]) {
@@ -804,6 +839,12 @@ struct Source {
     /// exits (a `/proc/PID/...` path stops resolving then).
     file: Option<File>,
     kind: SourceKind,
+    /// Not read, for good: not a regular file, a link, or on FUSE.
+    refused: bool,
+    /// What to tell about it (why it is refused, or that it is read only up to [`Cap::JIT`]), once.
+    warning: Option<String>,
+    /// Said that it is larger than the cap.
+    told_capped: bool,
 }
 
 /// JIT names for one target: its jitdump files (one per writing thread, if a runtime does that) and a perf
@@ -839,7 +880,8 @@ impl JitSymbols {
             added += usize::from(self.add_jitdump(found.path));
         }
         let perf_map = perf_map_path_under(proc_root, pid);
-        if perf_map.exists() {
+        // Whatever is there, a link included, is a source: reading it says why it is refused.
+        if fs::symlink_metadata(&perf_map).is_ok() {
             added += usize::from(self.add_perf_map(perf_map));
         }
         added
@@ -859,16 +901,31 @@ impl JitSymbols {
         if self.sources.iter().any(|source| source.path == path) {
             return false;
         }
-        self.sources.push(Source { path, file: None, kind });
+        self.sources.push(Source { path, file: None, kind, refused: false, warning: None, told_capped: false });
         true
+    }
+
+    /// What to tell about the sources since the last call (refused ones, capped ones), each once.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        self.sources.iter_mut().filter_map(|source| source.warning.take()).collect()
+    }
+
+    /// How many sources were refused.
+    pub fn refused_count(&self) -> usize {
+        self.sources.iter().filter(|source| source.refused).count()
     }
 
     /// Reads what every source gained since the last refresh; returns how many code ranges were added.
     /// A source that fails does not stop the others; the first failure is returned after all were read.
+    /// A source that is not a regular file the target could have written (a FIFO, a device, a link) is
+    /// refused for good, and so is what lies past [`Cap::JIT`].
     pub fn refresh(&mut self) -> Result<usize> {
         let mut added = 0;
         let mut first_error = None;
         for source in &mut self.sources {
+            if source.refused {
+                continue;
+            }
             match refresh_source(source, &mut self.index) {
                 Ok(progress) => added += progress.loads,
                 Err(error) => {
@@ -900,8 +957,25 @@ impl JitSymbols {
 fn refresh_source(source: &mut Source, index: &mut JitIndex) -> Result<ReadProgress> {
     let file = match &mut source.file {
         Some(file) => file,
-        None => source.file.insert(File::open(&source.path)?),
+        None => match untrusted::open(&source.path, Origin::of_target_path(&source.path)) {
+            Ok(file) => source.file.insert(file),
+            Err(error) if error.is_not_found() => return Err(error.into()),
+            Err(error) => {
+                source.refused = true;
+                source.warning = Some(format!("{error}: JIT names from it are not read"));
+                return Ok(ReadProgress::default());
+            }
+        },
     };
+    if !source.told_capped && file.metadata()?.len() > Cap::JIT.0 {
+        source.told_capped = true;
+        source.warning = Some(format!(
+            "{} is larger than {} MiB: JIT names are read from its first {} MiB only",
+            source.path.display(),
+            Cap::JIT.0 >> 20,
+            Cap::JIT.0 >> 20
+        ));
+    }
     match &mut source.kind {
         SourceKind::Jitdump(reader) => {
             let Some(header) = reader.read_header(file)? else { return Ok(ReadProgress::default()) };
@@ -1322,6 +1396,76 @@ mod tests {
             reader.read_new(&mut Cursor::new(&grown[..]), |e| index.insert(e.start, e.size, 0, &e.name)).unwrap();
         assert_eq!(progress, ReadProgress { loads: 1, skipped: 0 });
         assert_eq!(index.lookup(0x2005, 7).unwrap().name.as_ref(), "partial");
+    }
+
+    #[test]
+    fn a_perf_map_line_too_long_is_passed_over_without_being_kept() {
+        let mut text = b"1000 10 before\n".to_vec();
+        text.extend(std::iter::repeat_n(b'x', 3 * MAX_NAME + 7));
+        text.extend(b"\n2000 10 after\n");
+        let mut reader = PerfMapReader::new();
+        let mut names = Vec::new();
+        let progress = reader.read_new(&mut Cursor::new(&text[..]), |e| names.push(e.name)).unwrap();
+        assert_eq!(names, ["before", "after"]);
+        assert_eq!(progress, ReadProgress { loads: 2, skipped: 1 });
+        assert_eq!(reader.next_offset(), text.len() as u64);
+
+        // A long line still being written is passed over as it grows, never held whole.
+        let mut reader = PerfMapReader::new();
+        let mut growing = std::iter::repeat_n(b'y', MAX_NAME + 10).collect::<Vec<u8>>();
+        assert_eq!(reader.read_new(&mut Cursor::new(&growing[..]), |_| panic!()).unwrap(), ReadProgress::default());
+        assert_eq!(reader.next_offset(), growing.len() as u64);
+        growing.extend(b"yyy\n3000 10 next\n");
+        let mut names = Vec::new();
+        reader.read_new(&mut Cursor::new(&growing[..]), |e| names.push(e.name)).unwrap();
+        assert_eq!(names, ["next"]);
+    }
+
+    #[test]
+    fn one_refresh_reads_a_share_of_a_large_perf_map() {
+        let line = format!("1000 10 {}\n", "n".repeat(1000));
+        let text = line.repeat((READ_PER_REFRESH as usize / line.len()) + 100);
+        let mut reader = PerfMapReader::new();
+        let mut count = 0;
+        reader.read_new(&mut Cursor::new(text.as_bytes()), |_| count += 1).unwrap();
+        assert!(reader.next_offset() >= READ_PER_REFRESH && reader.next_offset() < text.len() as u64);
+        reader.read_new(&mut Cursor::new(text.as_bytes()), |_| count += 1).unwrap();
+        assert_eq!(reader.next_offset(), text.len() as u64);
+        assert_eq!(count * line.len(), text.len());
+    }
+
+    #[test]
+    fn a_jitdump_name_longer_than_any_real_one_keeps_its_start() {
+        let long_name = format!("JSC-DFG: {}", "a".repeat(2 * MAX_NAME));
+        let mut bytes = header(LE, 4242, 0);
+        bytes.extend(load(LE, 100, 1, 0x1000, 0x10, &long_name));
+        bytes.extend(load(LE, 200, 1, 0x2000, 0x10, "JSC-DFG: next#AAAAAA"));
+        let (progress, loads) = read_all(&mut JitdumpReader::new(), &bytes).unwrap();
+        assert_eq!(progress.loads, 2);
+        assert_eq!(loads[0].name.len(), MAX_NAME);
+        assert_eq!(loads[1].name, "JSC-DFG: next#AAAAAA");
+    }
+
+    #[test]
+    fn a_fifo_or_a_link_in_place_of_a_perf_map_is_refused_and_told_once() {
+        let dir = Scratch::new("refused");
+        let fifo = dir.0.join("perf-1.map");
+        let name = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        let link = dir.0.join("perf-2.map");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        let mut symbols = JitSymbols::new();
+        symbols.add_perf_map(&fifo);
+        symbols.add_perf_map(&link);
+        assert_eq!(symbols.refresh().unwrap(), 0);
+        let warnings = symbols.take_warnings();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("(it is a FIFO)"), "{warnings:?}");
+        assert!(warnings[1].contains("(it is a symbolic link)"), "{warnings:?}");
+        assert_eq!(symbols.refresh().unwrap(), 0);
+        assert!(symbols.take_warnings().is_empty());
+        assert_eq!(symbols.refused_count(), 2);
     }
 
     #[test]

@@ -113,6 +113,9 @@ impl JitFrames {
         self.last_refresh = Some(Instant::now());
         self.symbols.discover(self.pid, modules.snapshot(), &self.env);
         let _ = self.symbols.refresh();
+        for warning in self.symbols.take_warnings() {
+            eprintln!("dispatch-leaktrace: warning: {warning}");
+        }
         if self.symbols.index().len() != self.indexed {
             self.indexed = self.symbols.index().len();
             self.cache.clear();

@@ -1,16 +1,32 @@
 //! Names for stack frames: native code through blazesym (ELF symbols, DWARF, demangling). A frame that
 //! cannot be named is written `module+0xOFFSET` (file offset), which can be symbolized offline later.
+//!
+//! blazesym opens files by path, blocking, and looks for more next to them (`FILE.dwp`, debug links in
+//! the file's directory). The paths come from the target's maps, which the target writes: it could map a
+//! library and put a FIFO in its place. So blazesym is never given such a path: the file is opened here
+//! as the target's file (a regular file, no link; see `procfs::untrusted`) and blazesym reads that very
+//! inode through `/proc/self/fd/N`. Debug information (DWARF, debug links, `.dwp`) is read only for a file
+//! that root owns and nobody else may write, in directories likewise, since those lookups open other
+//! paths near it; any other file is named from its ELF symbols alone.
 
 pub mod jit;
 pub mod jit_frames;
 pub mod modules;
 
-use std::{collections::HashMap, path::Path, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    fs::File,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use blazesym::symbolize::{Input, Symbolized, Symbolizer as Blaze, source::Elf, source::Source};
 
 use jit_frames::{JIT_FRAME, JitFrames};
 use modules::{ModuleMap, is_runtime_module};
+
+use crate::procfs::untrusted::{self, Origin};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FrameName {
@@ -35,6 +51,8 @@ pub struct Symbolizer {
     pub jit: JitFrames,
     /// Files whose symbols come from another (`--symbols-from`: an unstripped build of a stripped file).
     symbols_from: HashMap<String, String>,
+    /// Files whose frames could not be named, already told.
+    told: HashSet<String>,
 }
 
 /// Frame 0 is where the thread was; every other frame is a return address, which points after its call
@@ -50,6 +68,7 @@ impl Symbolizer {
             names: HashMap::new(),
             jit: JitFrames::for_process(pid, modules),
             symbols_from: HashMap::new(),
+            told: HashSet::new(),
         }
     }
 
@@ -116,11 +135,19 @@ impl Symbolizer {
             let module = Path::new(&path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or(path.clone());
             let in_runtime = is_runtime_module(&module);
             let offsets: Vec<u64> = entries.iter().map(|(_, offset)| *offset).collect();
-            let symbols = self.symbols_from.get(&path).unwrap_or(&path);
-            let symbolized = self
-                .blaze
-                .symbolize(&Source::Elf(Elf::new(symbols)), Input::FileOffset(&offsets))
-                .unwrap_or_else(|_| Vec::new());
+            let symbolized = match self.open_symbols(&path) {
+                Ok(file) => {
+                    let mut elf = Elf::new(PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())));
+                    elf.debug_syms = is_root_only(&file);
+                    self.blaze.symbolize(&Source::Elf(elf), Input::FileOffset(&offsets)).unwrap_or_default()
+                }
+                Err(error) => {
+                    if !error.is_not_found() && self.told.insert(path.clone()) {
+                        eprintln!("dispatch-leaktrace: warning: frames in {path} are not named: {error}");
+                    }
+                    Vec::new()
+                }
+            };
             for (i, (addr, offset)) in entries.iter().enumerate() {
                 let name = match symbolized.get(i) {
                     Some(Symbolized::Sym(sym)) => sym.name.to_string(),
@@ -130,6 +157,28 @@ impl Symbolizer {
             }
         }
     }
+}
+
+impl Symbolizer {
+    /// The file to name `path`'s frames from: `--symbols-from`'s build (the operator's path), or the
+    /// target's file itself.
+    fn open_symbols(&self, path: &str) -> Result<File, untrusted::FileError> {
+        match self.symbols_from.get(path) {
+            Some(unstripped) => untrusted::open(Path::new(unstripped), Origin::Operator),
+            None => untrusted::open(Path::new(path), Origin::Target),
+        }
+    }
+}
+
+/// Root owns the file and every directory above it, and nobody else may write any of them: what blazesym
+/// finds near it (debug links, `.dwp`) was put there by root.
+fn is_root_only(file: &File) -> bool {
+    let root_only = |metadata: &std::fs::Metadata| metadata.uid() == 0 && metadata.mode() & 0o022 == 0;
+    let Ok(metadata) = file.metadata() else { return false };
+    let Ok(real_path) = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())) else { return false };
+    root_only(&metadata)
+        && real_path.is_absolute()
+        && real_path.ancestors().skip(1).all(|dir| std::fs::symlink_metadata(dir).is_ok_and(|m| root_only(&m)))
 }
 
 #[cfg(test)]
