@@ -205,6 +205,8 @@ pub struct Trace<'a> {
     pub execs: &'a [ExecRecord],
     /// `-i`: how often the timeline got a point.
     pub interval: Duration,
+    /// The tiers each JavaScript function ran in, by frame name.
+    pub jit_tiers: &'a BTreeMap<std::sync::Arc<str>, std::collections::BTreeSet<&'static str>>,
 }
 
 pub struct Collector {
@@ -584,6 +586,7 @@ impl Collector {
             live_stacks: self.stacks.live(),
             execs: &self.execs,
             interval: self.interval,
+            jit_tiers: self.symbolizer.jit.tiers(),
         }
     }
 

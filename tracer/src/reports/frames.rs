@@ -51,7 +51,7 @@ pub fn classify(frame: &str) -> FrameClass {
         let located = source_location(frame).is_some();
         let runtime = function.starts_with('#')
             || function.starts_with('@')
-            || frame.ends_with(" [JS builtin]")
+            || frame.ends_with(" [JS runtime]")
             || RUNTIME_FUNCTIONS.contains(&function)
             || (!located && function == "(anonymous)");
         return if runtime { FrameClass::RuntimeJs } else { FrameClass::UserJs };
@@ -111,7 +111,7 @@ mod tests {
             ("#pull [JS:Baseline]", FrameClass::RuntimeJs),
             ("pullAlgorithm [JS:DFG]", FrameClass::RuntimeJs),
             ("(anonymous) [JS:DFG]", FrameClass::RuntimeJs),
-            ("readMany [JS builtin]", FrameClass::RuntimeJs),
+            ("readMany [JS runtime]", FrameClass::RuntimeJs),
             ("[JSC thunk] DefaultCall", FrameClass::JitStub),
             ("dispatch-server+0x542bd15", FrameClass::Unnamed),
             ("[unknown] 0x7f001234", FrameClass::Unnamed),

@@ -68,6 +68,10 @@ struct Report<'a> {
     turns: Vec<TurnJson<'a>>,
     /// Labels sent with `dispatch-leaktrace mark` or --markers-from that name no turn.
     markers: Vec<MarkerJson<'a>>,
+    /// By JavaScript frame name (`buildMessage [JS]`, `appendToHistory (server.ts:28)`), the JIT tiers its
+    /// code ran in: a detail, not part of the frame.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    jit_tiers: BTreeMap<&'a str, Vec<&'static str>>,
     /// Each exec of the target: the old image's memory was released then (`released_bytes` by source),
     /// and `target.exe` is the image it ran last.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -505,6 +509,7 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
             })
             .collect(),
         markers: trace.markers.iter().map(|m| MarkerJson { at: rfc3339(m.at), label: &m.label }).collect(),
+        jit_tiers: trace.jit_tiers.iter().map(|(name, tiers)| (&**name, tiers.iter().copied().collect())).collect(),
         execs: trace
             .execs
             .iter()

@@ -271,6 +271,7 @@ mod tests {
             live_stacks: 0,
             execs: &[],
             interval: std::time::Duration::from_secs(10),
+            jit_tiers: &Default::default(),
         };
         let stacks = report_stacks(&trace);
         let mut bytes = Vec::new();

@@ -436,6 +436,17 @@ impl JitTier {
     pub fn is_javascript(self) -> bool {
         matches!(self, JitTier::LLInt | JitTier::Baseline | JitTier::Dfg | JitTier::Ftl)
     }
+
+    /// A JavaScript tier's name, as JSC writes it.
+    pub fn label(self) -> Option<&'static str> {
+        match self {
+            JitTier::LLInt => Some("LLInt"),
+            JitTier::Baseline => Some("Baseline"),
+            JitTier::Dfg => Some("DFG"),
+            JitTier::Ftl => Some("FTL"),
+            _ => None,
+        }
+    }
 }
 
 /// The name to show for a raw jitdump name, and its tier:

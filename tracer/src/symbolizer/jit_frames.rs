@@ -5,14 +5,14 @@
 //! are one stack to a reader.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use super::{
     FrameName,
-    jit::{JITDUMP_ENABLE_HINT, JitEnv, JitSymbols},
+    jit::{JITDUMP_ENABLE_HINT, JitEnv, JitFrame, JitSymbols},
     lookup_address,
     modules::ModuleMap,
 };
@@ -35,6 +35,8 @@ pub struct JitFrames {
     indexed: usize,
     last_refresh: Option<Instant>,
     warned: bool,
+    /// By JavaScript frame name, the tiers it ran in.
+    tiers: BTreeMap<Arc<str>, BTreeSet<&'static str>>,
 }
 
 impl JitFrames {
@@ -51,6 +53,7 @@ impl JitFrames {
             indexed: 0,
             last_refresh: None,
             warned: false,
+            tiers: BTreeMap::new(),
         };
         frames.refresh(modules);
         frames
@@ -75,7 +78,11 @@ impl JitFrames {
             }
             match frame {
                 Some(frame) => {
-                    let tagged = JIT_FRAME | self.intern(&frame.name, frame.tier.is_javascript());
+                    let (name, javascript) = frame_name(&frame);
+                    let tagged = JIT_FRAME | self.intern(&name, javascript);
+                    if let Some(tier) = frame.tier.label().filter(|_| javascript) {
+                        self.tiers.entry(name).or_default().insert(tier);
+                    }
                     self.cache.insert(address, tagged);
                     *ip = tagged;
                 }
@@ -92,6 +99,11 @@ impl JitFrames {
     /// The name of a tagged frame.
     pub fn name(&self, tagged: u64) -> Option<&FrameName> {
         self.names.get((tagged & !JIT_FRAME) as usize)
+    }
+
+    /// The tiers each JavaScript function ran in, by its frame name: detail, not part of a frame's identity.
+    pub fn tiers(&self) -> &BTreeMap<Arc<str>, BTreeSet<&'static str>> {
+        &self.tiers
     }
 
     fn intern(&mut self, name: &Arc<str>, javascript: bool) -> u64 {
@@ -139,5 +151,37 @@ impl JitFrames {
                  start it with BUN_JSC_useJITDump=1 ({JITDUMP_ENABLE_HINT}); going on with native frames"
             );
         }
+    }
+}
+/// The name a frame of JIT code gets in stacks: one per JavaScript function whatever tier compiled it
+/// (`buildMessage [JS:DFG]` and `buildMessage [JS:FTL]` are both `buildMessage [JS]`), stubs as named.
+fn frame_name(frame: &JitFrame) -> (Arc<str>, bool) {
+    if !frame.tier.is_javascript() {
+        return (frame.name.clone(), false);
+    }
+    let function = frame.name.rsplit_once(" [").map_or(&*frame.name, |(function, _)| function);
+    (Arc::from(format!("{function} [JS]")), true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::symbolizer::jit::display_name;
+
+    fn frame(raw: &str) -> JitFrame {
+        let (name, tier) = display_name(raw);
+        JitFrame { name: name.into(), raw: raw.into(), tier, start: 0x1000, size: 16 }
+    }
+
+    #[test]
+    fn a_javascript_function_is_one_frame_whatever_its_tier() {
+        let names: Vec<(Arc<str>, bool)> =
+            ["JSC-Baseline: buildMessage#BrhwuA", "JSC-DFG: buildMessage#BrhwuA", "JSC-FTL: buildMessage#BrhwuA"]
+                .iter()
+                .map(|raw| frame_name(&frame(raw)))
+                .collect();
+        assert!(names.iter().all(|name| *name == (Arc::from("buildMessage [JS]"), true)), "{names:?}");
+        assert_eq!(frame_name(&frame("JSC-DFG: #ASrMsw")), (Arc::from("(anonymous) [JS]"), true));
+        assert_eq!(frame_name(&frame("JSC-Thunk: DefaultCall")), (Arc::from("[JSC thunk] DefaultCall"), false));
     }
 }
