@@ -688,9 +688,9 @@ impl SymbolScan {
     }
 }
 
+/// Searches a section that may be a hundred megabytes (Bun's): memchr's vectorized search, not a byte loop.
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    let Some((first, rest)) = needle.split_first() else { return true };
-    haystack.iter().enumerate().any(|(i, b)| b == first && haystack.get(i + 1..i + 1 + rest.len()) == Some(rest))
+    memchr::memmem::find(haystack, needle).is_some()
 }
 
 /// Stripped allocators: marker strings present, no entry point of that family.
