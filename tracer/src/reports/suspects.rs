@@ -150,13 +150,16 @@ pub struct Shape {
     pub fit_r2: f64,
     /// Change over the series: the fitted trend, or the difference of its ends when that is larger.
     pub change: f64,
+    /// Judged from what each turn left behind, not from a series of snapshots.
+    pub by_turns: bool,
 }
 
 /// Judges a series of outstanding bytes. Growth is read from least-squares slopes, not single points: a
 /// garbage collection or a purge can take a bite out of any one sample.
 pub fn judge(series: &[(f64, u64)]) -> Shape {
     let (slope, fit_r2) = least_squares(series);
-    let too_short = Shape { verdict: Verdict::TooShort, slope, late_slope: slope, fit_r2, change: 0.0 };
+    let too_short =
+        Shape { verdict: Verdict::TooShort, slope, late_slope: slope, fit_r2, change: 0.0, by_turns: false };
     let (Some(&(first_x, first)), Some(&(last_x, last))) = (series.first(), series.last()) else { return too_short };
     if series.len() < MIN_POINTS || last_x <= first_x {
         return Shape { change: last as f64 - first as f64, ..too_short };
@@ -179,7 +182,30 @@ pub fn judge(series: &[(f64, u64)]) -> Shape {
     } else {
         Verdict::LevelsOff
     };
-    Shape { verdict, slope, late_slope, fit_r2, change }
+    Shape { verdict, slope, late_slope, fit_r2, change, by_turns: false }
+}
+
+/// Judges a site by what each ended turn left behind (still held at the end), in turn order, when the window
+/// has too few snapshots for a series. A leak leaves memory behind in early and late turns alike; a
+/// bounded structure holds only what recent turns put in (an LRU cache), or only what the first turns did
+/// (a warm-up).
+pub fn judge_turns(retained_per_turn: &[u64]) -> Shape {
+    let mean = |values: &[u64]| values.iter().sum::<u64>() as f64 / values.len().max(1) as f64;
+    let total = retained_per_turn.iter().sum::<u64>() as f64;
+    let retaining =
+        retained_per_turn.iter().filter(|bytes| **bytes > 0).count() as f64 / retained_per_turn.len().max(1) as f64;
+    let (early, late) = retained_per_turn.split_at(retained_per_turn.len() / 2);
+    let (early, late) = (mean(early), mean(late));
+    let verdict = if retained_per_turn.len() < MIN_TURNS {
+        Verdict::TooShort
+    } else if total < FLAT_BYTES {
+        Verdict::Flat
+    } else if early > 0.0 && late > 0.0 && early.min(late) >= early.max(late) / 2.0 && retaining >= 0.5 {
+        Verdict::Grows
+    } else {
+        Verdict::LevelsOff
+    };
+    Shape { verdict, slope: mean(retained_per_turn), late_slope: late, fit_r2: f64::NAN, change: total, by_turns: true }
 }
 
 /// Slope and R² of y over x.
@@ -477,7 +503,27 @@ pub fn suspects(trace: &Trace<'_>, stacks: &[ReportStack], growth: &Growth, sour
             let runtime_job = members.iter().all(|s| is_job[*s]);
             let label = &tree.nodes[node].label;
             let site = site_name(label);
-            let mut shape = judge(&windowed(&series, &xs));
+            let member_keys = |key: &StackKey| stack_of_key.get(key).is_some_and(|s| members.contains(s));
+            let per_turn: Vec<u64> = ended_in_window
+                .iter()
+                .map(|turn| {
+                    retained
+                        .get(turn)
+                        .map_or(0, |held| held.iter().filter(|(k, _)| member_keys(k)).map(|(_, b)| *b).sum())
+                })
+                .collect();
+            let (bytes_per_turn, turns_retaining) = if per_turn.len() >= MIN_TURNS {
+                let mean = per_turn.iter().sum::<u64>() as f64 / per_turn.len() as f64;
+                let retaining = per_turn.iter().filter(|b| **b > 0).count() as f64 / per_turn.len() as f64;
+                (Some(mean), Some(retaining))
+            } else {
+                (None, None)
+            };
+            // Too few snapshots in the window, but turns enough: what each turn left behind, in turn order.
+            let mut shape = match judge(&windowed(&series, &xs)) {
+                shape if shape.verdict == Verdict::TooShort && per_turn.len() >= MIN_TURNS => judge_turns(&per_turn),
+                shape => shape,
+            };
             let by_time = judge(&windowed(&series, &seconds));
             let retained_fraction = if allocated == 0 { 0.0 } else { (outstanding as f64 / allocated as f64).min(1.0) };
             let collateral = match (source, shape.verdict) {
@@ -492,22 +538,6 @@ pub fn suspects(trace: &Trace<'_>, stacks: &[ReportStack], growth: &Growth, sour
             if collateral.is_some() {
                 shape.verdict = Verdict::Flat;
             }
-            let (bytes_per_turn, turns_retaining) = if ended_in_window.len() >= MIN_TURNS {
-                let member_keys = |key: &StackKey| stack_of_key.get(key).is_some_and(|s| members.contains(s));
-                let per_turn: Vec<u64> = ended_in_window
-                    .iter()
-                    .map(|turn| {
-                        retained
-                            .get(turn)
-                            .map_or(0, |held| held.iter().filter(|(k, _)| member_keys(k)).map(|(_, b)| *b).sum())
-                    })
-                    .collect();
-                let mean = per_turn.iter().sum::<u64>() as f64 / per_turn.len() as f64;
-                let retaining = per_turn.iter().filter(|b| **b > 0).count() as f64 / per_turn.len() as f64;
-                (Some(mean), Some(retaining))
-            } else {
-                (None, None)
-            };
             let suspect = Suspect {
                 site,
                 source,
@@ -633,6 +663,14 @@ fn evidence(suspect: &Suspect, shape: &Shape, axis: Axis, points: usize, span: f
         Axis::Seconds => format!("{span:.0} s"),
     };
     let mut text = match suspect.verdict {
+        Verdict::Grows if shape.by_turns => {
+            format!("keeps growing: early and late turns alike left memory behind ({} in all)", signed(shape.change))
+        }
+        Verdict::LevelsOff if shape.by_turns => format!(
+            "levels off: only the first or the last turns left memory behind ({} in all), as a bounded cache or a \
+             warm-up does",
+            signed(shape.change)
+        ),
         Verdict::TooShort => format!(
             "too short to judge: {points} points in the window (needs {MIN_POINTS}); trace longer (-d) or take points more often (-i)"
         ),
@@ -746,6 +784,18 @@ mod tests {
         );
         assert_eq!(judge(&series(&[0, 37 << 20])).verdict, Verdict::TooShort);
         assert_eq!(judge(&series(&[])).verdict, Verdict::TooShort);
+    }
+
+    #[test]
+    fn turns_that_all_leave_memory_behind_grow_and_bounded_ones_level_off() {
+        assert_eq!(judge_turns(&[8192; 10]).verdict, Verdict::Grows);
+        assert_eq!(judge_turns(&[16384, 8192, 16384, 8192, 16384, 8192]).verdict, Verdict::Grows);
+        // An LRU cache of 3 entries after 10 turns: only the last 3 turns' entries remain.
+        assert_eq!(judge_turns(&[0, 0, 0, 0, 0, 0, 0, 8192, 8192, 8192]).verdict, Verdict::LevelsOff);
+        // A table filled in the first turns, then left alone.
+        assert_eq!(judge_turns(&[8192, 8192, 8192, 0, 0, 0, 0, 0, 0, 0]).verdict, Verdict::LevelsOff);
+        assert_eq!(judge_turns(&[0, 0, 0, 0]).verdict, Verdict::Flat);
+        assert_eq!(judge_turns(&[8192, 8192]).verdict, Verdict::TooShort);
     }
 
     #[test]
