@@ -82,6 +82,18 @@ pub fn source_location(frame: &str) -> Option<(&str, &str)> {
     (!file.is_empty() && !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit())).then_some((function, location))
 }
 
+/// The file and line of a located JavaScript frame (`name (file:line)` or `name (file:line:column)`).
+pub fn file_and_line(frame: &str) -> Option<(&str, u32)> {
+    let (_, location) = source_location(frame)?;
+    let (rest, last) = location.rsplit_once(':')?;
+    match rest.rsplit_once(':') {
+        Some((file, line)) if !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit()) => {
+            Some((file, line.parse().ok()?))
+        }
+        _ => Some((rest, last.parse().ok()?)),
+    }
+}
+
 /// A frame as a site is named: JavaScript without its JIT tier (`buildMessage [JS:FTL]` -> `buildMessage`;
 /// a location is kept), anything else as it is.
 pub fn site_name(frame: &str) -> String {
@@ -131,5 +143,8 @@ mod tests {
         assert_eq!(javascript_function("appendToHistory (server.ts:28:3)"), Some("appendToHistory"));
         assert_eq!(javascript_function("main"), None);
         assert_eq!(javascript_function("foo(int)"), None);
+        assert_eq!(file_and_line("appendToHistory (server.ts:28)"), Some(("server.ts", 28)));
+        assert_eq!(file_and_line("(anonymous) (src/a:b.ts:131:7)"), Some(("src/a:b.ts", 131)));
+        assert_eq!(file_and_line("main"), None);
     }
 }

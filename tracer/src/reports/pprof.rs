@@ -76,6 +76,8 @@ pub mod proto {
     pub struct Line {
         #[prost(uint64, tag = "1")]
         pub function_id: u64,
+        #[prost(int64, tag = "2")]
+        pub line: i64,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -86,6 +88,10 @@ pub mod proto {
         pub name: i64,
         #[prost(int64, tag = "3")]
         pub system_name: i64,
+        #[prost(int64, tag = "4")]
+        pub filename: i64,
+        #[prost(int64, tag = "5")]
+        pub start_line: i64,
     }
 }
 
@@ -121,8 +127,14 @@ impl Builder {
         }
         let id = self.profile.location.len() as u64 + 1;
         let name = self.string(frame);
-        self.profile.function.push(Function { id, name, system_name: name });
-        self.profile.location.push(Location { id, line: vec![Line { function_id: id }] });
+        // A JavaScript frame located in its sources (`appendToHistory (server.ts:28)`): the file and line
+        // go where pprof's tools look for them.
+        let (filename, line) = match super::frames::file_and_line(frame) {
+            Some((file, line)) => (self.string(file), i64::from(line)),
+            None => (0, 0),
+        };
+        self.profile.function.push(Function { id, name, system_name: name, filename, start_line: line });
+        self.profile.location.push(Location { id, line: vec![Line { function_id: id, line }] });
         self.locations.insert(frame.to_string(), id);
         id
     }
@@ -245,7 +257,8 @@ mod tests {
         ledger.unmap(1, 0x80000, page);
 
         let target = ProcessInfo { pid: 1, exe: PathBuf::from("/bin/x"), cmdline: vec![] };
-        let frames = vec![vec![], vec![frame("map_it"), frame("main")], vec![frame("touch_it"), frame("main")]];
+        let frames =
+            vec![vec![], vec![frame("map_it"), frame("main")], vec![frame("touch_it (server.ts:28)"), frame("main")]];
         let timeline = Timeline::default();
         let turns =
             [TurnRecord { id: "t1".into(), start: SystemTime::now(), end: Some(SystemTime::now()), index: turn }];
@@ -302,6 +315,13 @@ mod tests {
         assert_eq!(in_turn, 4 * p);
         let first = &profile.sample[0];
         let leaf = profile.function.iter().find(|f| f.id == first.location_id[0]).unwrap();
-        assert!(["map_it", "touch_it"].contains(&string(leaf.name)));
+        assert!(["map_it", "touch_it (server.ts:28)"].contains(&string(leaf.name)));
+        // A located JavaScript frame carries its file and line; a native one none.
+        let located = profile.function.iter().find(|f| string(f.name) == "touch_it (server.ts:28)").unwrap();
+        assert_eq!((string(located.filename), located.start_line), ("server.ts", 28));
+        let location = profile.location.iter().find(|l| l.id == located.id).unwrap();
+        assert_eq!(location.line[0].line, 28);
+        let native = profile.function.iter().find(|f| string(f.name) == "main").unwrap();
+        assert_eq!((native.filename, native.start_line), (0, 0));
     }
 }
