@@ -84,6 +84,10 @@ fn read_graph(file: &File) -> Result<Option<Vec<u8>>> {
             let data = section.data().context("reading its .bun section")?;
             let Some(length) = data.get(..8) else { bail!("its .bun section is shorter than its length field") };
             let length = u64::from_le_bytes(length.try_into().expect("eight bytes"));
+            if length == 0 {
+                // Bun itself has an empty `.bun` section, for `bun build --compile` to fill.
+                return Ok(None);
+            }
             let Some(graph) = usize::try_from(length).ok().and_then(|length| data.get(8..8 + length)) else {
                 bail!("its .bun section says it holds {length} bytes but has {}", data.len() - 8);
             };
