@@ -49,14 +49,24 @@ impl Drop for Scratch {
 }
 
 /// Runs `command` with JSC's jitdump written into `dir`, and returns the names of its JavaScript code
-/// blocks (`JSC-Baseline:`, `JSC-DFG:`, `JSC-FTL:` records), each once.
+/// blocks (`JSC-Baseline:`, `JSC-DFG:`, `JSC-FTL:` records), each once. JSC writes the records from a
+/// queue that a loaded machine can leave behind when the program exits (the fixture waits a second for
+/// it): a run whose jitdump lacks the fixture's busiest function is run once more.
 fn run_with_jitdump(mut command: Command, dir: &Path) -> BTreeSet<String> {
-    let jitdump_dir = dir.join("jitdump");
-    fs::create_dir_all(&jitdump_dir).unwrap();
-    let output = command.env("BUN_JSC_useJITDump", "1").env("BUN_JSC_jitDumpDirectory", &jitdump_dir).output().unwrap();
+    let names = run_once_with_jitdump(&mut command, &dir.join("jitdump"));
+    if names.iter().any(|name| name.starts_with("JSC-DFG: runTurn#") || name.starts_with("JSC-FTL: runTurn#")) {
+        return names;
+    }
+    eprintln!("the jitdump holds no optimized runTurn ({} code blocks): running again", names.len());
+    run_once_with_jitdump(&mut command, &dir.join("jitdump-again"))
+}
+
+fn run_once_with_jitdump(command: &mut Command, jitdump_dir: &Path) -> BTreeSet<String> {
+    fs::create_dir_all(jitdump_dir).unwrap();
+    let output = command.env("BUN_JSC_useJITDump", "1").env("BUN_JSC_jitDumpDirectory", jitdump_dir).output().unwrap();
     assert!(output.status.success(), "the program failed: {}", String::from_utf8_lossy(&output.stderr));
     let mut names = BTreeSet::new();
-    for entry in fs::read_dir(&jitdump_dir).unwrap() {
+    for entry in fs::read_dir(jitdump_dir).unwrap() {
         names.extend(jitdump_names(&fs::read(entry.unwrap().path()).unwrap()));
     }
     names.retain(|name| ["JSC-Baseline: ", "JSC-DFG: ", "JSC-FTL: "].iter().any(|tier| name.starts_with(tier)));
@@ -203,10 +213,10 @@ fn compile(scratch: &Scratch, outfile: &str, extra: &[&str]) -> PathBuf {
     scratch.0.join(outfile)
 }
 
-#[test]
-fn compiled_executable_with_sourcemap_locates_user_functions_to_their_typescript_lines() {
-    let scratch = Scratch::new("sourcemap");
-    let executable = compile(&scratch, "app", &["--sourcemap"]);
+/// Compiles the fixture with `extra` options, runs it, and checks every code block's location.
+fn check_compiled_with_sourcemap(name: &str, extra: &[&str]) {
+    let scratch = Scratch::new(name);
+    let executable = compile(&scratch, "app", extra);
     let names = run_with_jitdump(Command::new(&executable), &scratch.0);
 
     let index = JsSourceIndex::from_executable(&executable).unwrap().expect("a Bun standalone executable");
@@ -216,7 +226,7 @@ fn compiled_executable_with_sourcemap_locates_user_functions_to_their_typescript
     let user = coverage.named + anonymous;
     let located = coverage.named_located + coverage.anonymous_lines_found.len();
     eprintln!(
-        "located {located} of {user} user code blocks ({} named of {}, {} anonymous lines of {anonymous})",
+        "{extra:?}: located {located} of {user} user code blocks ({} named of {}, {} anonymous lines of {anonymous})",
         coverage.named_located,
         coverage.named,
         coverage.anonymous_lines_found.len()
@@ -224,15 +234,26 @@ fn compiled_executable_with_sourcemap_locates_user_functions_to_their_typescript
     assert!(coverage.named >= 15, "only {} named user code blocks reached the JIT: {names:?}", coverage.named);
     assert!(located * 10 >= user * 9, "located {located} of {user}");
 
-    // The leak-like functions carry the line of their declaration.
+    // The leak-like function carries the line of its declaration.
     let appended = names.iter().find(|name| name_of(name) == "appendToHistory").expect("appendToHistory was compiled");
-    let location = index.locate(appended).unwrap();
-    assert_eq!(location.frame_name(), "appendToHistory (history.ts:25)");
+    assert_eq!(index.locate(appended).unwrap().frame_name(), "appendToHistory (history.ts:25)");
+    // The ReadableStream's machinery is the runtime's, never the user's `pull`.
     let runtime_pulls: Vec<&String> =
         names.iter().filter(|name| name_of(name) == "pullAlgorithm" || name_of(name).starts_with('#')).collect();
     for raw in runtime_pulls {
         assert_eq!(index.locate(raw).unwrap().origin, JsOrigin::Runtime, "{raw}");
     }
+}
+
+#[test]
+fn compiled_executable_with_sourcemap_locates_user_functions_to_their_typescript_lines() {
+    check_compiled_with_sourcemap("sourcemap", &["--sourcemap"]);
+}
+
+#[test]
+fn compiled_commonjs_bytecode_executable_locates_user_functions_too() {
+    // `--bytecode` makes a CommonJS bundle, wrapped in a function, with JSC's bytecode cache beside it.
+    check_compiled_with_sourcemap("bytecode", &["--bytecode", "--sourcemap"]);
 }
 
 #[test]

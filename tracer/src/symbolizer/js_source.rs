@@ -37,6 +37,8 @@ use functions::{ImplicitConstructor, Site, SiteKind, find_sites};
 
 /// A sourcemap file beside an executable, or a script file, is read up to this size.
 const MAX_TEXT_FILE_BYTES: u64 = 64 << 20;
+/// At most this many `*.map` files beside an executable are read to find its bundle's.
+const MAX_SOURCEMAP_CANDIDATES: usize = 32;
 /// A script's relative imports are followed to at most this many files.
 const MAX_SCRIPT_FILES: usize = 256;
 /// The text JSC compiles for a class without a constructor of its own (`BuiltinExecutables.cpp`).
@@ -202,8 +204,11 @@ impl Module {
     }
 }
 
-/// The `// <file>` lines with which Bun's bundler opens each original file: after the `// @bun` line or
-/// after an empty line, a path with no spaces.
+/// What a CommonJS bundle (`--format=cjs`, `--bytecode`) puts before its first file's comment.
+const CJS_WRAPPER: &str = "(function(exports, require, module, __filename, __dirname) {";
+
+/// The `// <file>` lines with which Bun's bundler opens each original file: after the `// @bun` line (and
+/// a CommonJS wrapper) or after an empty line, a path with no spaces.
 fn file_markers(text: &str, line_starts: &[u32]) -> Vec<FileMarker> {
     if !text.starts_with("// @bun") {
         return Vec::new();
@@ -212,6 +217,7 @@ fn file_markers(text: &str, line_starts: &[u32]) -> Vec<FileMarker> {
     let mut previous = "";
     for (index, line) in text.split('\n').enumerate() {
         if index > 0 && (previous.is_empty() || previous.starts_with("// @bun")) {
+            let line = if index == 1 { line.strip_prefix(CJS_WRAPPER).unwrap_or(line) } else { line };
             if let Some(file) = line.strip_prefix("// ") {
                 let looks_like_path = !file.is_empty()
                     && !file.starts_with('@')
@@ -260,7 +266,8 @@ impl JsSourceIndex {
 
     /// The JavaScript of a `bun build --compile` executable (`/proc/PID/exe` works): None when it is not
     /// one. The file is opened without blocking, must be a regular file, and only its module graph is read
-    /// (at most 512 MiB); a sourcemap embedded with `--sourcemap` is used, else `<path>.map` beside it.
+    /// (at most 512 MiB). A sourcemap embedded with `--sourcemap` is used, else one beside the executable
+    /// (`<path>.map`, or the `*.map` file with the bundle's debug id).
     pub fn from_executable(path: &Path) -> Result<Option<Self>> {
         let file = open_regular(path, false)?;
         let Some(embedded) = standalone::read_modules(&file).with_context(|| format!("reading {}", path.display()))?
@@ -270,7 +277,6 @@ impl JsSourceIndex {
         if embedded.is_empty() {
             return Ok(None);
         }
-        let beside = read_sourcemap_beside(path);
         let mut modules = Vec::new();
         for module in embedded {
             let sourcemap = match &module.sourcemap {
@@ -284,7 +290,7 @@ impl JsSourceIndex {
                 },
                 None => None,
             }
-            .or_else(|| beside.as_ref().and_then(|bytes| SourceMap::from_slice(bytes).ok()));
+            .or_else(|| read_sourcemap_beside(path, &module.text));
             let display = module.name.rsplit('/').next().unwrap_or(&module.name).to_string();
             let source_type = if module.text.contains("@bun-cjs") { SourceType::cjs() } else { SourceType::mjs() };
             modules.push(Module::new(module.name, display, module.text, source_type, sourcemap));
@@ -453,11 +459,32 @@ fn read_text_file(path: &Path) -> Result<String> {
     String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))
 }
 
-fn read_sourcemap_beside(executable: &Path) -> Option<Vec<u8>> {
-    let mut name = executable.as_os_str().to_owned();
-    name.push(".map");
-    let path = PathBuf::from(name);
-    read_capped(open_regular(&path, true).ok()?, &path).ok()
+/// A sourcemap file beside the executable for a bundle: `<executable>.map`, else a `*.map` file of the same
+/// directory whose `debugId` is the bundle's (`//# debugId=...` at its end; `bun build --compile
+/// --sourcemap` writes `<entry>.js.map` beside the executable).
+fn read_sourcemap_beside(executable: &Path, bundle: &str) -> Option<SourceMap> {
+    let mut own = executable.as_os_str().to_owned();
+    own.push(".map");
+    if let Some(map) = read_capped_file(Path::new(&own)).and_then(|bytes| SourceMap::from_slice(&bytes).ok()) {
+        return Some(map);
+    }
+    let debug_id = bundle.trim_end().rsplit_once("//# debugId=")?.1.trim();
+    let directory = executable.parent()?;
+    let candidates = std::fs::read_dir(directory).ok()?.filter_map(|entry| entry.ok()).filter(|entry| {
+        entry.file_name().to_string_lossy().ends_with(".map") && entry.file_type().is_ok_and(|kind| kind.is_file())
+    });
+    for entry in candidates.take(MAX_SOURCEMAP_CANDIDATES) {
+        let Some(bytes) = read_capped_file(&entry.path()) else { continue };
+        let Ok(json) = serde_json::from_slice::<serde_json::Value>(&bytes) else { continue };
+        if json.get("debugId").and_then(|id| id.as_str()).is_some_and(|id| id.eq_ignore_ascii_case(debug_id)) {
+            return SourceMap::from_slice(&bytes).ok();
+        }
+    }
+    None
+}
+
+fn read_capped_file(path: &Path) -> Option<Vec<u8>> {
+    read_capped(open_regular(path, true).ok()?, path).ok()
 }
 
 /// The specifiers of static imports and re-exports that are relative paths (`./x`, `../y`).
@@ -576,6 +603,26 @@ mod tests {
         assert_eq!(location.frame_name(), "f (x.js:2)");
         let pull = index.locate("JSC-DFG: #pull#BxZ2aa").unwrap();
         assert_eq!(pull.frame_name(), "#pull [runtime]");
+    }
+
+    #[test]
+    fn a_sourcemap_beside_the_executable_is_found_by_the_bundles_debug_id() {
+        let dir = std::env::temp_dir().join(format!("leaktrace-js-source-map-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let map = include_bytes!("../../tests/fixtures/js_source/main.js.map");
+        std::fs::write(dir.join("main.js.map"), map).unwrap();
+        let other = String::from_utf8_lossy(map)
+            .replace("FF372DF5108017CA64756E2164756E21", "0123456789ABCDEF0123456789ABCDEF");
+        std::fs::write(dir.join("aaa.js.map"), other).unwrap();
+        let executable = dir.join("app");
+        let bundle = "// @bun\n// util.ts\nfunction add(a, b) {\n  return a + b;\n}\n\n//# debugId=FF372DF5108017CA64756E2164756E21\n";
+        let found = read_sourcemap_beside(&executable, bundle).expect("main.js.map has the bundle's debug id");
+        let token = found.lookup_token(2, 9).unwrap();
+        assert_eq!((token.get_source(), token.get_src_line()), (Some("util.ts"), 0));
+        assert!(
+            read_sourcemap_beside(&executable, "// @bun\n//# debugId=00000000000000000000000000000000\n").is_none()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
