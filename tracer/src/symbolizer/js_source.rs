@@ -247,6 +247,8 @@ pub struct JsSourceIndex {
     /// Every JavaScript text of the application is indexed (a compiled executable's bundle, or a text
     /// given as the one JSC runs): a hash found nowhere is the runtime's own code.
     complete: bool,
+    /// The hashes of JSC's default constructors, base and derived.
+    default_constructors: [CodeBlockHash; 2],
 }
 
 impl JsSourceIndex {
@@ -261,7 +263,9 @@ impl JsSourceIndex {
                 }
             }
         }
-        Self { modules, by_hash, complete }
+        let default_constructors = [DEFAULT_BASE_CONSTRUCTOR, DEFAULT_DERIVED_CONSTRUCTOR]
+            .map(|text| CodeBlockHash::of(text, Specialization::Construct));
+        Self { modules, by_hash, complete, default_constructors }
     }
 
     /// The JavaScript of a `bun build --compile` executable (`/proc/PID/exe` works): None when it is not
@@ -368,9 +372,7 @@ impl JsSourceIndex {
             return located(function, JsOrigin::User(position));
         }
 
-        let default_constructor = [DEFAULT_BASE_CONSTRUCTOR, DEFAULT_DERIVED_CONSTRUCTOR]
-            .iter()
-            .position(|text| CodeBlockHash::of(text, Specialization::Construct) == hash);
+        let default_constructor = self.default_constructors.iter().position(|&constructor| constructor == hash);
         if let Some(derived) = default_constructor.map(|index| index == 1) {
             let classes: Vec<(&Module, &ImplicitConstructor)> = self
                 .modules
