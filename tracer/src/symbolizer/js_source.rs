@@ -432,6 +432,46 @@ impl JsSourceIndex {
     }
 }
 
+/// The script a `bun` command line runs (`bun server.ts`, `bun run --smol ./src/main.js`), as written (the
+/// caller resolves it against the process's working directory): the first argument with a JavaScript or
+/// TypeScript extension that is not the value of an option. None for `bun -e ...`, a package.json script
+/// name, or a compiled executable's own arguments.
+pub fn bun_script_argument<'a>(argv: &[&'a str]) -> Option<&'a str> {
+    /// Bun's options that take a separate value (`--preload x`).
+    const WITH_VALUE: [&str; 14] = [
+        "-r",
+        "--preload",
+        "--require",
+        "--import",
+        "--cwd",
+        "-c",
+        "--config",
+        "--env-file",
+        "--define",
+        "-d",
+        "--loader",
+        "-l",
+        "--conditions",
+        "--main-fields",
+    ];
+    const EXTENSIONS: [&str; 8] = [".ts", ".tsx", ".js", ".jsx", ".mjs", ".cjs", ".mts", ".cts"];
+    let mut arguments = argv.iter().skip(1);
+    while let Some(&argument) = arguments.next() {
+        if argument == "-e" || argument == "--eval" || argument == "-p" || argument == "--print" {
+            return None;
+        }
+        if WITH_VALUE.contains(&argument) {
+            arguments.next();
+            continue;
+        }
+        if argument.starts_with('-') || argument == "run" {
+            continue;
+        }
+        return EXTENSIONS.iter().any(|extension| argument.ends_with(extension)).then_some(argument);
+    }
+    None
+}
+
 /// Opens a file of the target's without blocking (a FIFO would hang a plain open), checks it is regular.
 fn open_regular(path: &Path, no_follow: bool) -> Result<File> {
     let flags = libc::O_NONBLOCK | libc::O_NOCTTY | if no_follow { libc::O_NOFOLLOW } else { 0 };
@@ -625,6 +665,19 @@ mod tests {
             read_sourcemap_beside(&executable, "// @bun\n//# debugId=00000000000000000000000000000000\n").is_none()
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn finds_the_script_of_a_bun_command_line() {
+        assert_eq!(bun_script_argument(&["bun", "server.ts"]), Some("server.ts"));
+        assert_eq!(
+            bun_script_argument(&["/usr/bin/bun", "run", "--smol", "./src/main.js", "--port", "80"]),
+            Some("./src/main.js")
+        );
+        assert_eq!(bun_script_argument(&["bun", "--preload", "./setup.ts", "app.mts"]), Some("app.mts"));
+        assert_eq!(bun_script_argument(&["bun", "-e", "console.log(1)"]), None);
+        assert_eq!(bun_script_argument(&["bun", "run", "start"]), None, "a package.json script");
+        assert_eq!(bun_script_argument(&["dispatch-server", "--port", "80"]), None);
     }
 
     #[test]
