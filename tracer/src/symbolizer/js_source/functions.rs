@@ -8,12 +8,12 @@
 //! | --- | --- |
 //! | function declaration or expression, method, getter, setter, class constructor | `(`params`) {`body`}`: from the parameter list's `(` to the closing `}`, whatever stands before it (`function name`, `get x`, `static`, `async`, `*`) |
 //! | the same called with `new` | the same text, construct specialization (kind 1) |
-//! | arrow function | from the first parameter (its `(`, or the bare name of `a => ...`) to the end of the body (the `}` or the body expression's last character) |
+//! | arrow function | from the first parameter (its `(`, or the bare name of `a => ...`) to the end of the body (its `}`, or the end of the body expression, parentheses included) |
 //! | async function, generator, async generator (functions and methods) | two: the function as above, and its body from `{` to `}` |
-//! | async arrow | two: the arrow as above (without `async `), and its body: the `{`..`}` block, or the body expression alone (`await a + 6`) |
+//! | async arrow | two: the arrow as above (without `async `), and its body: the `{`..`}` block, or the body expression alone (`await a + 6`, `(await c)`) |
 //! | class without a constructor | JSC's default constructor: `() { }` (base) or `(...args) { super(...args); }` (derived), construct kind: one hash for every such class, named after the class |
 //! | module or script top level | the whole text |
-//! | class field initializers, static blocks | no code block of their own was seen in the jitdump (the fields run in the constructor's) |
+//! | class field initializers, static blocks | no code block of their own appeared in the jitdump (for 200,000 instances of classes with fields; static blocks run once and stay in the interpreter) |
 //!
 //! Comments and spacing inside a span are part of it: the text must be exactly what JSC parsed.
 
