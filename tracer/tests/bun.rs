@@ -117,12 +117,15 @@ fn the_top_suspect_is_a_leaking_javascript_function() {
     let turns = report.0["turns"].as_array().unwrap();
     assert_eq!(turns.len(), 150, "turns seen");
     assert!(turns.iter().all(|t| t["end"].is_string()));
-    let suspects: Vec<(&str, &str)> = report.0["suspects"]
+    // Sites are named after their function, with its place in server.ts: `retainStreamChunk (server.ts:151)`.
+    let function = |site: &str| site.split(" (").next().unwrap_or(site).to_string();
+    let sites: Vec<(String, &str)> = report.0["suspects"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| (s["site"].as_str().unwrap(), s["verdict"].as_str().unwrap()))
+        .map(|s| (function(s["site"].as_str().unwrap()), s["verdict"].as_str().unwrap()))
         .collect();
+    let suspects: Vec<(&str, &str)> = sites.iter().map(|(site, verdict)| (site.as_str(), *verdict)).collect();
     assert_eq!(report.0["suspects"][0]["source"], "page-fault");
     assert_eq!(suspects[0], ("retainStreamChunk", "grows"), "{suspects:?}");
     let per_turn = report.0["suspects"][0]["bytes_per_turn"].as_f64().unwrap();
@@ -144,17 +147,20 @@ fn the_top_suspect_is_a_leaking_javascript_function() {
     let retained: u64 = turns.iter().map(|t| t["retained_bytes"].as_u64().unwrap()).sum();
     let turn_allocated: u64 = turns.iter().map(|t| t["allocated_bytes"].as_u64().unwrap()).sum();
     assert!(retained <= allocated && turn_allocated <= allocated, "{retained} / {turn_allocated} of {allocated}");
-    // JIT frames carry their function's name and tier.
+    // JIT frames carry their function's name and its line in server.ts (run as `bun server.ts`: matched in
+    // the script's own text), one frame per function whatever tier ran it; the tiers are a detail beside.
     let frames: Vec<&str> = report
         .stacks()
         .iter()
         .flat_map(|s| s["frames"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()))
         .collect();
+    assert!(frames.iter().all(|f| !f.contains("[JS:")), "a tier in a frame's name");
+    let source = std::fs::read_to_string(demo("server.ts")).unwrap();
     for function in LEAKS {
-        assert!(frames.iter().all(|f| !f.contains("[JS:")), "a tier in a frame's name");
-        // One frame per function, whatever tier ran it; the tiers are a detail beside.
-        assert!(frames.iter().any(|f| *f == format!("{function} [JS]")), "no JIT frame names {function}");
-        let tiers = report.0["jit_tiers"][format!("{function} [JS]")].as_array().expect("its tiers are listed");
+        let line = source.lines().position(|l| l.starts_with(&format!("function {function}("))).unwrap() + 1;
+        let frame = format!("{function} (server.ts:{line})");
+        assert!(frames.contains(&frame.as_str()), "no JIT frame {frame}");
+        let tiers = report.0["jit_tiers"][&frame].as_array().expect("its tiers are listed");
         assert!(!tiers.is_empty());
     }
     let growth = std::fs::read_to_string(out.join("trace/growth.svg")).unwrap();

@@ -178,6 +178,21 @@ fn the_compiled_streaming_server_is_judged_right() {
     let (history, history_suspect) = suspect(&report, "appendToHistory");
     assert!(history < 3, "the history leak is in the top three: {summary:#?}");
     assert_eq!(history_suspect["verdict"], "grows", "{history_suspect:#}");
+    // Named with its place in the TypeScript source, through the sourcemap embedded in the executable.
+    let source = std::fs::read_to_string(demo("server.ts")).unwrap();
+    let line = source.lines().position(|l| l.starts_with("function appendToHistory(")).unwrap() + 1;
+    let site = history_suspect["site"].as_str().unwrap();
+    assert!(site.ends_with(&format!("server.ts:{line})")), "{site} is not at server.ts:{line}");
+
+    // Every JavaScript function of the application on a stack has its file and line (the builtins are the
+    // runtime's), read from the executable alone.
+    let javascript = &report.0["javascript"];
+    assert_eq!(javascript["sources"], "compiled bundle", "{javascript}");
+    let located = javascript["located"].as_f64().unwrap();
+    let unlocated = javascript["unlocated"].as_f64().unwrap();
+    assert!(located >= 5.0 && located / (located + unlocated) >= 0.9, "{javascript}");
+    assert!(javascript["runtime"].as_u64().unwrap() > 0, "builtins are marked as the runtime's: {javascript}");
+    assert!(top["frames"].to_string().contains("#pull [JS runtime]"), "{top:#}");
 
     let (cache, cache_suspect) = suspect(&report, "cacheReply");
     assert_ne!(cache_suspect["verdict"], "grows", "{cache_suspect:#}");

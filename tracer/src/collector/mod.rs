@@ -207,6 +207,8 @@ pub struct Trace<'a> {
     pub interval: Duration,
     /// The tiers each JavaScript function ran in, by frame name.
     pub jit_tiers: &'a BTreeMap<std::sync::Arc<str>, std::collections::BTreeSet<&'static str>>,
+    /// How many JavaScript functions got a place in the sources.
+    pub javascript: crate::symbolizer::jit_frames::JsCoverage,
 }
 
 pub struct Collector {
@@ -587,6 +589,7 @@ impl Collector {
             execs: &self.execs,
             interval: self.interval,
             jit_tiers: self.symbolizer.jit.tiers(),
+            javascript: self.symbolizer.jit.coverage(),
         }
     }
 

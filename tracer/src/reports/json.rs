@@ -68,6 +68,10 @@ struct Report<'a> {
     turns: Vec<TurnJson<'a>>,
     /// Labels sent with `dispatch-leaktrace mark` or --markers-from that name no turn.
     markers: Vec<MarkerJson<'a>>,
+    /// How many distinct JavaScript functions on stacks got a file and line (`located`), are the runtime's
+    /// own (`runtime`: builtins), or were found nowhere (`unlocated`); where the sources came from.
+    #[serde(skip_serializing_if = "javascript_is_absent")]
+    javascript: crate::symbolizer::jit_frames::JsCoverage,
     /// By JavaScript frame name (`buildMessage [JS]`, `appendToHistory (server.ts:28)`), the JIT tiers its
     /// code ran in: a detail, not part of the frame.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -113,6 +117,10 @@ struct TurnStackJson<'a> {
     source: &'static str,
     frames: &'a [Frame],
     retained_bytes: u64,
+}
+
+fn javascript_is_absent(coverage: &crate::symbolizer::jit_frames::JsCoverage) -> bool {
+    coverage.located + coverage.runtime + coverage.unlocated == 0
 }
 
 #[derive(Serialize)]
@@ -509,6 +517,7 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
             })
             .collect(),
         markers: trace.markers.iter().map(|m| MarkerJson { at: rfc3339(m.at), label: &m.label }).collect(),
+        javascript: trace.javascript,
         jit_tiers: trace.jit_tiers.iter().map(|(name, tiers)| (&**name, tiers.iter().copied().collect())).collect(),
         execs: trace
             .execs

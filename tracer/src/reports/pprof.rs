@@ -285,6 +285,7 @@ mod tests {
             execs: &[],
             interval: std::time::Duration::from_secs(10),
             jit_tiers: &Default::default(),
+            javascript: Default::default(),
         };
         let stacks = report_stacks(&trace);
         let mut bytes = Vec::new();

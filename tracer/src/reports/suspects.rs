@@ -601,9 +601,16 @@ fn share_collateral(
     span: f64,
     whole_source_growth: f64,
 ) -> Vec<Suspect> {
+    // What churners hold is others' data, whatever the shape of their own series (a churner whose pages
+    // stopped growing still holds the growing sites' data in the pages it touched first).
     let carried: f64 = judged
         .iter()
-        .filter(|(_, _, collateral)| collateral.is_some())
+        .filter(|(suspect, _, collateral)| {
+            *collateral == Some(Collateral::Churner)
+                || (suspect.source == Source::PageFault
+                    && suspect.verdict != Verdict::Grows
+                    && suspect.retained_fraction < CHURNER_RETAINED)
+        })
         .filter_map(|(suspect, _, _)| suspect.own_bytes_per_turn)
         .sum();
     let own_of_growing: f64 = judged

@@ -6,6 +6,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -13,6 +14,7 @@ use std::{
 use super::{
     FrameName,
     jit::{JITDUMP_ENABLE_HINT, JitEnv, JitFrame, JitSymbols},
+    js_source::{JsOrigin, JsSourceIndex, bun_script_argument},
     lookup_address,
     modules::ModuleMap,
 };
@@ -37,6 +39,25 @@ pub struct JitFrames {
     warned: bool,
     /// By JavaScript frame name, the tiers it ran in.
     tiers: BTreeMap<Arc<str>, BTreeSet<&'static str>>,
+    /// The JavaScript the target runs, read when its first JIT frame is named (`None` inside: none found).
+    sources: Option<Option<JsSourceIndex>>,
+    /// Frame names by raw jitdump name, and how many JavaScript functions got a place in the sources.
+    located: HashMap<Arc<str>, (Arc<str>, bool)>,
+    coverage: JsCoverage,
+}
+
+/// How many distinct JavaScript functions seen on stacks got a source location.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct JsCoverage {
+    /// The application's functions, with a file and line.
+    pub located: u64,
+    /// Bun's and JavaScriptCore's own functions (builtins): no place in the application's sources.
+    pub runtime: u64,
+    /// Functions found nowhere: no sources could be read, or they were partial (`bun file.ts`).
+    pub unlocated: u64,
+    /// Where the sources came from: `compiled bundle`, `script files`, or none; and how many texts.
+    pub sources: Option<&'static str>,
+    pub source_files: usize,
 }
 
 impl JitFrames {
@@ -54,6 +75,9 @@ impl JitFrames {
             last_refresh: None,
             warned: false,
             tiers: BTreeMap::new(),
+            sources: None,
+            located: HashMap::new(),
+            coverage: JsCoverage::default(),
         };
         frames.refresh(modules);
         frames
@@ -78,7 +102,7 @@ impl JitFrames {
             }
             match frame {
                 Some(frame) => {
-                    let (name, javascript) = frame_name(&frame);
+                    let (name, javascript) = self.frame_name(&frame);
                     let tagged = JIT_FRAME | self.intern(&name, javascript);
                     if let Some(tier) = frame.tier.label().filter(|_| javascript) {
                         self.tiers.entry(name).or_default().insert(tier);
@@ -99,6 +123,52 @@ impl JitFrames {
     /// The name of a tagged frame.
     pub fn name(&self, tagged: u64) -> Option<&FrameName> {
         self.names.get((tagged & !JIT_FRAME) as usize)
+    }
+
+    /// How many JavaScript functions got a source location.
+    pub fn coverage(&self) -> JsCoverage {
+        self.coverage
+    }
+
+    /// The name a frame of JIT code gets in stacks: one per JavaScript function whatever tier compiled it,
+    /// with its place in the application's sources when they can be read (`appendToHistory (server.ts:28)`),
+    /// marked as the runtime's own when it is a builtin (`#pull [JS runtime]`), else `name [JS]`. Stubs keep
+    /// their names.
+    fn frame_name(&mut self, frame: &JitFrame) -> (Arc<str>, bool) {
+        if !frame.tier.is_javascript() {
+            return (frame.name.clone(), false);
+        }
+        if let Some(named) = self.located.get(&frame.raw) {
+            return named.clone();
+        }
+        if self.sources.is_none() {
+            let found = source_index(self.pid);
+            self.coverage.sources = found.as_ref().map(|(_, origin)| *origin);
+            self.coverage.source_files = found.as_ref().map_or(0, |(index, _)| index.module_count());
+            self.sources = Some(found.map(|(index, _)| index));
+        }
+        let location = self.sources.as_ref().and_then(Option::as_ref).and_then(|index| index.locate(&frame.raw));
+        let (name, kind) = match location {
+            Some(location) => {
+                let kind = match location.origin {
+                    JsOrigin::User(_) => Some(true),
+                    JsOrigin::Runtime => Some(false),
+                    JsOrigin::Unknown => None,
+                };
+                (location.frame_name(), kind)
+            }
+            None => (format!("{} [JS]", bare_function(&frame.name)), None),
+        };
+        let named: (Arc<str>, bool) = (Arc::from(name), true);
+        if !self.ids.contains_key(&named.0) {
+            match kind {
+                Some(true) => self.coverage.located += 1,
+                Some(false) => self.coverage.runtime += 1,
+                None => self.coverage.unlocated += 1,
+            }
+        }
+        self.located.insert(frame.raw.clone(), named.clone());
+        named
     }
 
     /// The tiers each JavaScript function ran in, by its frame name: detail, not part of a frame's identity.
@@ -153,14 +223,42 @@ impl JitFrames {
         }
     }
 }
-/// The name a frame of JIT code gets in stacks: one per JavaScript function whatever tier compiled it
-/// (`buildMessage [JS:DFG]` and `buildMessage [JS:FTL]` are both `buildMessage [JS]`), stubs as named.
-fn frame_name(frame: &JitFrame) -> (Arc<str>, bool) {
-    if !frame.tier.is_javascript() {
-        return (frame.name.clone(), false);
+/// A JavaScript frame's function without its tier: `buildMessage [JS:DFG]` -> `buildMessage`.
+fn bare_function(name: &str) -> &str {
+    name.rsplit_once(" [").map_or(name, |(function, _)| function)
+}
+
+/// The JavaScript the target runs: the bundle embedded in a `bun build --compile` executable, else, for
+/// `bun file.ts`, the script and the files it imports. A failure is one warning: frames keep their names.
+fn source_index(pid: u32) -> Option<(JsSourceIndex, &'static str)> {
+    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+    match JsSourceIndex::from_executable(&exe) {
+        Ok(Some(index)) => return Some((index, "compiled bundle")),
+        Ok(None) => {}
+        Err(error) => {
+            eprintln!("dispatch-leaktrace: warning: cannot read the JavaScript bundled in the target: {error:#}");
+            return None;
+        }
     }
-    let function = frame.name.rsplit_once(" [").map_or(&*frame.name, |(function, _)| function);
-    (Arc::from(format!("{function} [JS]")), true)
+    let info = crate::procfs::ProcessInfo::read(pid).ok()?;
+    if !info.exe.file_name().is_some_and(|name| name.to_string_lossy().starts_with("bun")) {
+        return None;
+    }
+    let argv: Vec<&str> = info.cmdline.iter().map(String::as_str).collect();
+    let script = bun_script_argument(&argv)?;
+    // The script as the target sees it: relative to its working directory, inside its root.
+    let path = if script.starts_with('/') {
+        PathBuf::from(format!("/proc/{pid}/root{script}"))
+    } else {
+        PathBuf::from(format!("/proc/{pid}/cwd")).join(script)
+    };
+    match JsSourceIndex::from_script(&path) {
+        Ok(index) => Some((index, "script files")),
+        Err(error) => {
+            eprintln!("dispatch-leaktrace: warning: cannot read the target's script {script}: {error:#}");
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -175,13 +273,15 @@ mod tests {
 
     #[test]
     fn a_javascript_function_is_one_frame_whatever_its_tier() {
+        // A process with no sources to read (this test itself): bare names, without their tier.
+        let mut frames = JitFrames::for_process(std::process::id(), &ModuleMap::new(std::process::id()));
         let names: Vec<(Arc<str>, bool)> =
             ["JSC-Baseline: buildMessage#BrhwuA", "JSC-DFG: buildMessage#BrhwuA", "JSC-FTL: buildMessage#BrhwuA"]
                 .iter()
-                .map(|raw| frame_name(&frame(raw)))
+                .map(|raw| frames.frame_name(&frame(raw)))
                 .collect();
         assert!(names.iter().all(|name| *name == (Arc::from("buildMessage [JS]"), true)), "{names:?}");
-        assert_eq!(frame_name(&frame("JSC-DFG: #ASrMsw")), (Arc::from("(anonymous) [JS]"), true));
-        assert_eq!(frame_name(&frame("JSC-Thunk: DefaultCall")), (Arc::from("[JSC thunk] DefaultCall"), false));
+        assert_eq!(frames.frame_name(&frame("JSC-DFG: #ASrMsw")), (Arc::from("(anonymous) [JS]"), true));
+        assert_eq!(frames.frame_name(&frame("JSC-Thunk: DefaultCall")), (Arc::from("[JSC thunk] DefaultCall"), false));
     }
 }

@@ -104,12 +104,12 @@ pub enum MatchedBy {
 
 impl JsLocation {
     /// The frame name to show: `appendToHistory (server.ts:28)`, `(anonymous) (server.ts:131)`,
-    /// `#pull [runtime]`; a function not found keeps its bare name.
+    /// `#pull [JS runtime]`; a function not found is `name [JS]`.
     pub fn frame_name(&self) -> String {
         match &self.origin {
             JsOrigin::User(position) => format!("{} ({}:{})", self.function, position.file, position.line),
-            JsOrigin::Runtime => format!("{} [runtime]", self.function),
-            JsOrigin::Unknown => self.function.clone(),
+            JsOrigin::Runtime => format!("{} [JS runtime]", self.function),
+            JsOrigin::Unknown => format!("{} [JS]", self.function),
         }
     }
 }
@@ -141,6 +141,7 @@ struct FileMarker {
 /// One JavaScript text JSC runs.
 struct Module {
     /// JSC's name for it (its source URL): `/$bunfs/root/app`, a script's path.
+    #[allow(dead_code)] // read by module_urls
     url: String,
     /// The file name shown for its top level: `app`, `server.ts`.
     display: String,
@@ -304,6 +305,7 @@ impl JsSourceIndex {
 
     /// `text` is exactly what JSC runs under the source URL `url` (a `// @bun` file, or a bundle): every
     /// function of it is indexed, and a hash not in it is the runtime's.
+    #[cfg_attr(not(test), allow(dead_code))] // the unit tests and tests/js_source.rs build from text
     pub fn from_source(text: &str, url: &str) -> Self {
         let display = url.rsplit('/').next().unwrap_or(url).to_string();
         let source_type = SourceType::from_path(url).unwrap_or_else(|_| SourceType::mjs());
@@ -427,6 +429,7 @@ impl JsSourceIndex {
     }
 
     /// The source URLs of the indexed texts, as JSC names their top level.
+    #[allow(dead_code)] // tests/js_source.rs checks what was indexed
     pub fn module_urls(&self) -> impl Iterator<Item = &str> {
         self.modules.iter().map(|module| module.url.as_str())
     }
@@ -644,7 +647,7 @@ mod tests {
         let location = index.locate(&format!("JSC-Baseline: f#{hash}")).unwrap();
         assert_eq!(location.frame_name(), "f (x.js:2)");
         let pull = index.locate("JSC-DFG: #pull#BxZ2aa").unwrap();
-        assert_eq!(pull.frame_name(), "#pull [runtime]");
+        assert_eq!(pull.frame_name(), "#pull [JS runtime]");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 pub mod jit;
 pub mod jit_frames;
+pub mod js_source;
 pub mod modules;
 
 use std::{
