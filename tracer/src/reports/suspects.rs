@@ -405,6 +405,7 @@ pub fn suspects(trace: &Trace<'_>, stacks: &[ReportStack], growth: &Growth, sour
         }
     }
     for (stack, series) in stacks.iter().zip(&mut per_stack) {
+        // cannot fail: `times` always ends with the end of the window
         *series.last_mut().expect("one point at least") = stack.stats.outstanding_bytes;
     }
 
@@ -460,6 +461,7 @@ pub fn suspects(trace: &Trace<'_>, stacks: &[ReportStack], growth: &Growth, sour
                     && path[depth + 1..].first().is_none_or(|next| tree.nodes[*next].late_slope > 0.0)
             })
             .map(|(_, node)| *node)
+            // cannot fail: every path starts at the root
             .unwrap_or(*path.last().expect("the root at least"));
         groups.entry(owner).or_default().push(stack);
     }
@@ -499,6 +501,7 @@ pub fn suspects(trace: &Trace<'_>, stacks: &[ReportStack], growth: &Growth, sour
                 .iter()
                 .copied()
                 .max_by_key(|s| (stacks[*s].stats.outstanding_bytes, stacks[*s].stats.allocated_bytes))
+                // cannot fail: a group is made by pushing a stack into it
                 .expect("a suspect has stacks");
             let runtime_job = members.iter().all(|s| is_job[*s]);
             let label = &tree.nodes[node].label;
