@@ -26,20 +26,7 @@ pub fn signal_deliver(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let tid = bpf_get_current_pid_tgid() as u32;
-    send(|event| {
-        event.timestamp_ns = unsafe { bpf_ktime_get_ns() };
-        event.kind = EventKind::Signal as u32;
-        event.tgid = tgid;
-        event.tid = tid;
-        event.stack_id = -1;
-        event.addr = signal.sig as u64;
-        event.len = 0;
-        event.new_addr = 0;
-        event.new_len = 0;
-        event.flags = signal.sa_handler;
-        event.prot = 0;
-        event.fd = -1;
-    });
+    send_lifecycle(EventKind::Signal, tgid, tid, signal.sig as u64, signal.sa_handler);
     0
 }
 
@@ -48,20 +35,7 @@ pub fn signal_deliver(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "oom", name = "mark_victim")]
 pub fn mark_victim(ctx: TracePointContext) -> u32 {
     let Ok(victim) = (unsafe { ctx.read_at::<MarkVictim>(0) }) else { return 0 };
-    send(|event| {
-        event.timestamp_ns = unsafe { bpf_ktime_get_ns() };
-        event.kind = EventKind::OomVictim as u32;
-        event.tgid = 0;
-        event.tid = victim.pid as u32;
-        event.stack_id = -1;
-        event.addr = 0;
-        event.len = 0;
-        event.new_addr = 0;
-        event.new_len = 0;
-        event.flags = 0;
-        event.prot = 0;
-        event.fd = -1;
-    });
+    send_lifecycle(EventKind::OomVictim, 0, victim.pid as u32, 0, 0);
     0
 }
 
@@ -72,19 +46,25 @@ pub fn mark_victim(ctx: TracePointContext) -> u32 {
 pub fn process_exec(_ctx: TracePointContext) -> u32 {
     let Some(tgid) = traced_tgid() else { return 0 };
     let tid = bpf_get_current_pid_tgid() as u32;
+    send_lifecycle(EventKind::Exec, tgid, tid, 0, 0);
+    0
+}
+
+/// Sends an event of the process's life (no memory, no stack): `addr` and `flags` as its kind says.
+#[inline(always)]
+fn send_lifecycle(kind: EventKind, tgid: u32, tid: u32, addr: u64, flags: u64) {
     send(|event| {
         event.timestamp_ns = unsafe { bpf_ktime_get_ns() };
-        event.kind = EventKind::Exec as u32;
+        event.kind = kind as u32;
         event.tgid = tgid;
         event.tid = tid;
         event.stack_id = -1;
-        event.addr = 0;
+        event.addr = addr;
         event.len = 0;
         event.new_addr = 0;
         event.new_len = 0;
-        event.flags = 0;
+        event.flags = flags;
         event.prot = 0;
         event.fd = -1;
     });
-    0
 }

@@ -13,19 +13,13 @@ use std::{
     time::Duration,
 };
 
-use common::{Report, Running, output_dir, start_tracer};
+use common::{
+    Report, Running,
+    bun::{bun, rss_per_turn, start_turn_tracer},
+    output_dir, start_tracer,
+};
 
 const LEAKS: [&str; 2] = ["retainStreamChunk", "buildMessage"];
-/// The demo server's log lines (demo/bun/README.md).
-const TURN_START: &str = r"^turn start (?P<id>t\d+)$";
-const TURN_END: &str = r"^turn end (?P<id>t\d+)$";
-
-fn bun() -> PathBuf {
-    let bun = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/bun/node_modules/@oven/bun-linux-x64/bin/bun");
-    assert!(bun.exists(), "Bun is not installed at {}: run `cargo xtask setup` (cargo xtask test does)", bun.display());
-    bun
-}
-
 fn demo(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/bun").join(file)
 }
@@ -58,17 +52,6 @@ fn drive(port: u16, turns: u32) {
     assert!(status.success(), "the driver failed");
 }
 
-fn health(port: u16) -> serde_json::Value {
-    let output = Command::new(bun())
-        .args([
-            "-e",
-            &format!("console.log(JSON.stringify(await (await fetch('http://127.0.0.1:{port}/health')).json()))"),
-        ])
-        .output()
-        .unwrap();
-    serde_json::from_slice(&output.stdout).expect("the server's health is JSON")
-}
-
 /// Turns as the traced run sends them: rounds with pauses, in which the garbage collector catches up.
 fn drive_rounds(port: u16, rounds: u32) {
     for _ in 0..rounds {
@@ -80,14 +63,8 @@ fn drive_rounds(port: u16, rounds: u32) {
 /// The chunk leak's truth, untraced: the RSS slope per turn with only that leak on, after a warm-up round,
 /// under the same rounds of turns as the traced run.
 fn chunk_leak_per_turn() -> f64 {
-    let (server, port) = start_server_with_leaks("chunks", None);
-    drive_rounds(port, 1);
-    let before = health(port);
-    drive_rounds(port, 5);
-    let after = health(port);
-    drop(server);
-    let figure = |h: &serde_json::Value, name: &str| h[name].as_f64().unwrap();
-    (figure(&after, "rss") - figure(&before, "rss")) / (figure(&after, "turns") - figure(&before, "turns"))
+    let (_server, port) = start_server_with_leaks("chunks", None);
+    rss_per_turn(port, drive_rounds)
 }
 
 #[test]
@@ -95,18 +72,7 @@ fn the_top_suspect_is_a_leaking_javascript_function() {
     let truth = chunk_leak_per_turn();
     let out = output_dir("bun_top_suspect");
     let (server, port) = start_server(Some(&out.join("jitdump")));
-    let mut tracer = start_tracer(&[
-        "-o",
-        out.join("trace").to_str().unwrap(),
-        "--pid",
-        &server.pid().to_string(),
-        "--interval",
-        "1s",
-        "--turn-start",
-        TURN_START,
-        "--turn-end",
-        TURN_END,
-    ]);
+    let mut tracer = start_turn_tracer(&out.join("trace"), server.pid());
     // Rounds of turns with pauses, as a server sees them: the window holds a snapshot a second.
     drive_rounds(port, 6);
     tracer.signal(libc::SIGINT);

@@ -2,6 +2,8 @@
 //! root (CI runs them as root).
 #![allow(dead_code)]
 
+pub mod bun;
+
 use std::{
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
