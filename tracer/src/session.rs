@@ -57,7 +57,9 @@ pub fn run(cli: Cli) -> Result<()> {
         (Some(start), Some(end)) => Some(TurnPatterns::new(start, end)?),
         _ => None,
     };
-    let deadline = cli.deadline(Instant::now());
+    // Until a process is traced, `-d` counts from now (waiting for one with --follow); from the moment the
+    // first is traced, it counts from then: attaching to a large program takes time of its own.
+    let mut deadline = cli.deadline(Instant::now());
     let program = program_of(&cli)?;
 
     let first = match (cli.pid, &program) {
@@ -120,9 +122,10 @@ pub fn run(cli: Cli) -> Result<()> {
 
     let mut seen = Vec::new();
     let mut pending = first;
+    let mut first_trace = true;
     loop {
         seen.extend(processes::process_id(pending.pid()));
-        let (reason, returned) = session.trace(pending, maps, deadline)?;
+        let (reason, returned) = session.trace(pending, maps, &mut deadline, std::mem::take(&mut first_trace))?;
         maps = returned;
         let target_gone = matches!(reason, EndReason::TargetExit | EndReason::TargetCrash | EndReason::TargetOom);
         let Some(program) = program.as_ref().filter(|_| cli.follow && target_gone) else { break };
@@ -202,7 +205,8 @@ impl Session<'_> {
         &mut self,
         pending: Pending,
         mut maps: KernelMaps,
-        deadline: Option<Instant>,
+        deadline: &mut Option<Instant>,
+        first_trace: bool,
     ) -> Result<(EndReason, KernelMaps)> {
         let cli = self.cli;
         let pid = pending.pid();
@@ -261,6 +265,9 @@ impl Session<'_> {
                 .map_err(|error| eprintln!("dispatch-leaktrace: warning: no control socket for `mark`: {error:#}"))
                 .ok()
         };
+        if first_trace {
+            *deadline = cli.deadline(Instant::now());
+        }
         let remaining = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
         let options = &self.report_options;
         let probes = &mut self.probes;

@@ -19,6 +19,10 @@ fn duration_ends_the_trace_and_the_target_runs_on() {
 
     let report = Report::load(&out);
     assert_eq!(report.end_reason(), "duration");
+    // -d is the time traced: it counts from when tracing began, not from before attaching.
+    let at = |field: &str| humantime::parse_rfc3339(report.0[field].as_str().unwrap()).unwrap();
+    let traced = at("ended_at").duration_since(at("started_at")).unwrap();
+    assert!(traced >= std::time::Duration::from_millis(950), "traced {traced:?} of -d 1s");
     assert_detached(&report);
     assert!(report.0["totals"]["rss_bytes"].as_u64().unwrap() > 0, "the RSS of a live target is known");
     // Detached, the target still works.
