@@ -26,13 +26,16 @@ fn trace_turns(test: &str) -> Report {
     Report::load(&out)
 }
 
-/// Retained bytes of the turn's top stacks whose leaf is `site`.
-fn retained_at(turn: &Value, site: &str) -> u64 {
+/// Retained bytes of the turn's top stacks whose leaf is `site` (a turn's stack is an index into `stacks`).
+fn retained_at(report: &Report, turn: &Value, site: &str) -> u64 {
     turn["top_stacks"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|s| s["frames"].as_array().unwrap().last().unwrap() == site)
+        .filter(|s| {
+            let stack = &report.stacks()[s["stack"].as_u64().expect("an index into stacks") as usize];
+            stack["frames"].as_array().unwrap().last().unwrap() == site
+        })
         .map(|s| s["retained_bytes"].as_u64().unwrap())
         .sum()
 }
@@ -51,19 +54,27 @@ fn turns_pair_and_retain_exactly_what_the_fixture_states() {
     );
 
     for (index, turn) in turns[..8].iter().enumerate() {
-        assert_eq!(retained_at(turn, "leak_per_turn"), 3 * PAGE, "turn {}", index + 1);
+        assert_eq!(retained_at(&report, turn, "leak_per_turn"), 3 * PAGE, "turn {}", index + 1);
         let cached = if index >= 6 { 2 * PAGE } else { 0 };
-        assert_eq!(retained_at(turn, "cache_put"), cached, "turn {}", index + 1);
-        assert_eq!(retained_at(turn, "scratch"), 0, "turn {}", index + 1);
+        assert_eq!(retained_at(&report, turn, "cache_put"), cached, "turn {}", index + 1);
+        assert_eq!(retained_at(&report, turn, "scratch"), 0, "turn {}", index + 1);
     }
     // The overlapping turns split what was allocated while both ran: a page each of overlap_both's two.
     let (a, b) = (&turns[8], &turns[9]);
     assert_eq!(
-        (retained_at(a, "overlap_a_only"), retained_at(a, "overlap_both"), retained_at(a, "overlap_b_only")),
+        (
+            retained_at(&report, a, "overlap_a_only"),
+            retained_at(&report, a, "overlap_both"),
+            retained_at(&report, a, "overlap_b_only")
+        ),
         (PAGE, PAGE, 0)
     );
     assert_eq!(
-        (retained_at(b, "overlap_a_only"), retained_at(b, "overlap_both"), retained_at(b, "overlap_b_only")),
+        (
+            retained_at(&report, b, "overlap_a_only"),
+            retained_at(&report, b, "overlap_both"),
+            retained_at(&report, b, "overlap_b_only")
+        ),
         (0, PAGE, 4 * PAGE)
     );
 }

@@ -24,7 +24,8 @@ use crate::{
 
 /// 2: JIT tiers merged into one frame per function (`name [JS:DFG]` -> `name [JS]`, or `name (file:line)`),
 /// suspects from the call tree with `fit_r2` and `retained_fraction` (were `fit`, `retention`), verdict
-/// `churns` gone and `too-short` added.
+/// `churns` gone and `too-short` added; a turn's `top_stacks` point into `stacks` by index (`stack`) instead of
+/// repeating their frames.
 pub const VERSION: u32 = 2;
 
 #[derive(Serialize)]
@@ -112,10 +113,16 @@ struct TurnSourceJson {
     retained_bytes: u64,
 }
 
+/// A stack a turn retains: its index in `stacks` (every stack holding memory is listed there), or, in a
+/// trimmed report whose `stacks` are cut, its source and frames.
 #[derive(Serialize)]
 struct TurnStackJson<'a> {
-    source: &'static str,
-    frames: &'a [Frame],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stack: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frames: Option<&'a [Frame]>,
     retained_bytes: u64,
 }
 
@@ -336,6 +343,13 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
         totals.freed_bytes += stack.stats.freed_bytes;
     }
     let headline = primary.and_then(|p| by_source.get(p.name())).copied().unwrap_or_default();
+    // A turn's stacks point into `stacks` rather than repeating their frames.
+    let index_of: std::collections::HashMap<(Source, &[Frame]), usize> = stacks
+        .iter()
+        .take(shown_stacks)
+        .enumerate()
+        .map(|(index, stack)| ((stack.source, stack.frames.as_slice()), index))
+        .collect();
     let mut counters: BTreeMap<&'static str, u64> =
         Counter::ALL.iter().zip(&trace.kernel_counters).map(|(counter, value)| (counter.name(), *value)).collect();
     let ledger_counters = trace.ledger.counters();
@@ -507,10 +521,19 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
                     top_stacks: turn
                         .top_stacks
                         .iter()
-                        .map(|(source, frames, bytes)| TurnStackJson {
-                            source: source.name(),
-                            frames,
-                            retained_bytes: *bytes,
+                        .map(|(source, frames, bytes)| match index_of.get(&(*source, frames.as_slice())) {
+                            Some(index) => TurnStackJson {
+                                stack: Some(*index),
+                                source: None,
+                                frames: None,
+                                retained_bytes: *bytes,
+                            },
+                            None => TurnStackJson {
+                                stack: None,
+                                source: Some(source.name()),
+                                frames: Some(frames),
+                                retained_bytes: *bytes,
+                            },
                         })
                         .collect(),
                 }
