@@ -5,6 +5,7 @@ mod common;
 
 use std::{
     collections::BTreeSet,
+    path::{Path, PathBuf},
     process::{Command, Output},
     thread,
     time::{Duration, Instant},
@@ -16,14 +17,16 @@ const COLUMNS: usize = 80;
 /// Printed by the pane's shell once the tracer is done, so that the pane stays for reading.
 const EXITED: &str = "tracer exited with";
 
-/// A tmux server of our own (its own socket), killed at the end whatever happens.
+/// A tmux server of our own (its own socket), killed and its socket removed at the end whatever happens.
 struct Tmux {
-    socket: String,
+    socket: PathBuf,
 }
 
 impl Tmux {
-    fn start(test: &str, columns: usize, command: &str) -> Self {
-        let tmux = Self { socket: format!("leaktrace-{test}-{}", std::process::id()) };
+    /// `name` is short: a socket's path must fit in 108 bytes.
+    fn start(name: &str, columns: usize, command: &str) -> Self {
+        let socket = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("tmux-{name}-{}", std::process::id()));
+        let tmux = Self { socket };
         let width = columns.to_string();
         let output = tmux.run(&["new-session", "-d", "-x", &width, "-y", "24", command]);
         assert!(output.status.success(), "tmux cannot start: {}", String::from_utf8_lossy(&output.stderr));
@@ -32,7 +35,13 @@ impl Tmux {
 
     fn run(&self, args: &[&str]) -> Output {
         // No configuration file: the user's could change the pane's size or history.
-        Command::new("tmux").args(["-L", &self.socket, "-f", "/dev/null"]).args(args).output().expect("tmux runs")
+        Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(["-f", "/dev/null"])
+            .args(args)
+            .output()
+            .expect("tmux runs")
     }
 
     /// Every line on the screen and in its history, lines the terminal wrapped joined back into one.
@@ -46,6 +55,7 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.run(&["kill-server"]);
+        let _ = std::fs::remove_file(&self.socket);
     }
 }
 
@@ -58,7 +68,7 @@ struct Screen {
 impl Screen {
     /// Runs the tracer with `args` in an 80-column tmux pane, reading the pane every 100 ms; `meanwhile` is
     /// called with the time since the start at each reading.
-    fn trace(test: &str, args: &[&str], mut meanwhile: impl FnMut(Duration)) -> Self {
+    fn trace(test: &str, socket_name: &str, args: &[&str], mut meanwhile: impl FnMut(Duration)) -> Self {
         let summary = output_dir(test).with_extension("summary");
         let mut command = quoted(TRACER);
         for arg in args {
@@ -67,7 +77,7 @@ impl Screen {
         }
         // The summary goes to a file: only stderr, where the status line is, is the terminal.
         let command = format!("{command} >{}; echo {EXITED} $?; sleep 600", quoted(&summary.to_string_lossy()));
-        let tmux = Tmux::start(test, COLUMNS, &command);
+        let tmux = Tmux::start(socket_name, COLUMNS, &command);
         let mut seen = BTreeSet::new();
         let started = Instant::now();
         loop {
@@ -127,7 +137,7 @@ fn the_status_line_fits_an_80_column_terminal() {
     let pid = target.pid().to_string();
     let mut sent_go = false;
     // Some updates on an idle target, then with the target's mappings in every source.
-    let screen = Screen::trace(test, &["-o", out.to_str().unwrap(), "-d", "6s", "--pid", &pid], |elapsed| {
+    let screen = Screen::trace(test, "fits", &["-o", out.to_str().unwrap(), "-d", "6s", "--pid", &pid], |elapsed| {
         if !sent_go && elapsed > Duration::from_secs(3) {
             target.send_line("go");
             sent_go = true;
@@ -150,7 +160,7 @@ fn frees_of_blocks_from_before_the_trace_are_unmatched_not_lost() {
     let mut target = Running::spawn(Command::new(fixture("frees_all")).args(["6000", "3000"]));
     target.stdout.wait_for("allocated");
     let pid = target.pid().to_string();
-    let screen = Screen::trace(test, &["-o", out.to_str().unwrap(), "--pid", &pid], |_| {});
+    let screen = Screen::trace(test, "unmatched", &["-o", out.to_str().unwrap(), "--pid", &pid], |_| {});
     assert!(target.wait().success(), "the target must survive being traced");
     let report = Report::load(&out);
     assert!(report.counter("unmatched_frees") >= 1000, "the tracer attached after the frees began");
