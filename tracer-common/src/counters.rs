@@ -16,7 +16,7 @@ pub enum Counter {
     /// Stacks that did not fit in the stack map and travelled inside their event instead. Not a loss.
     InlineStacks = 4,
     /// An allocator free of a block the kernel never saw allocated (allocated before tracing began, or
-    /// by an entry point we did not find).
+    /// by an entry point we did not find). Not counted as a loss: expected when attaching.
     UnmatchedFrees = 5,
     /// A new block at the address of a block never freed: the earlier block's free was missed (freed
     /// through an entry point we did not find). Its bytes are taken out of its stack's figures.
@@ -47,8 +47,22 @@ impl Counter {
         }
     }
 
-    /// Whether the counter counts something that was not recorded.
+    /// Whether the counter counts something that happened while tracing and was not recorded. Inline stacks
+    /// were recorded; an unmatched free is mostly of a block allocated before tracing began, which is
+    /// expected when attaching to a running process (its free is seen, only the allocation is not ours).
     pub const fn is_loss(self) -> bool {
-        !matches!(self, Counter::InlineStacks)
+        !matches!(self, Counter::InlineStacks | Counter::UnmatchedFrees)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_happened_unrecorded_is_a_loss() {
+        let losses = Counter::ALL.into_iter().filter(|counter| counter.is_loss()).map(Counter::name);
+        // Inline stacks were recorded; unmatched frees are mostly of blocks from before the trace.
+        assert!(losses.eq(["lost_events", "map_full", "stack_errors", "unpaired_syscalls", "missed_frees"]));
     }
 }

@@ -522,29 +522,33 @@ impl Collector {
         if !self.status_line.due() {
             return;
         }
-        let mut outstanding: BTreeMap<Source, u64> = BTreeMap::new();
-        for (key, stats) in self.ledger.stats() {
-            *outstanding.entry(key.source).or_default() += stats.outstanding_bytes;
-        }
+        let totals = self.ledger.by_source();
+        // The source a reader looks at first leads: it is the one a narrow terminal keeps.
+        let leading = crate::reports::stacks::primary_source_of_totals(&totals);
+        let mut outstanding: Vec<(&'static str, u64)> =
+            totals.iter().map(|(source, stats)| (source.name(), stats.outstanding_bytes)).collect();
+        outstanding.sort_by_key(|(name, _)| Some(*name) != leading.map(Source::name));
         let (last_events, last_at) = self.status_events;
         let seconds = last_at.elapsed().as_secs_f64();
         let events_per_second = if seconds > 0.0 { (self.events - last_events) as f64 / seconds } else { 0.0 };
         self.status_events = (self.events, Instant::now());
         let counters = self.maps.read_counters();
-        let lost: u64 = Counter::ALL
-            .iter()
-            .zip(&counters)
-            .filter(|(counter, _)| counter.is_loss())
-            .map(|(_, value)| value)
-            .sum::<u64>()
-            + self.maps.skipped_runs().saturating_sub(self.skipped_before);
+        let lost: u64 =
+            Counter::ALL.iter().zip(&counters).filter(|(counter, _)| counter.is_loss()).map(|(_, value)| value).sum();
+        // As report.json counts them: the allocator's (kernel) and munmaps of memory never seen (ledger).
+        let unmatched_in_kernel =
+            Counter::ALL.iter().zip(&counters).find(|(counter, _)| **counter == Counter::UnmatchedFrees);
+        let unmatched_frees =
+            unmatched_in_kernel.map_or(0, |(_, value)| *value) + self.ledger.counters().unmatched_frees;
         let status = status::Status {
             elapsed: self.started_at.elapsed().unwrap_or_default(),
             pid: self.target.pid(),
             rss_bytes: self.rss_bytes,
-            outstanding: outstanding.into_iter().map(|(source, bytes)| (source.name(), bytes)).collect(),
+            outstanding,
             events_per_second,
             lost,
+            skipped_runs: self.maps.skipped_runs().saturating_sub(self.skipped_before),
+            unmatched_frees,
             next_checkpoint: self.next_checkpoint.map(|at| at.saturating_duration_since(Instant::now())),
         };
         self.status_line.show(&status);
