@@ -25,6 +25,10 @@ pub enum AllocShape {
     ResizeInPlace = 7,
     /// Resizes `arg[ptr]` in place to `arg[size]` bytes, returning ptr, or NULL when it cannot: mi_expand.
     ExpandInPlace = 8,
+    /// Hands the blocks of the thread's own cache back to the allocator through its free, blocks the
+    /// program freed long before: glibc's `__malloc_arena_thread_freeres` at a thread's exit (its tcache).
+    /// The frees it makes are nobody's: they release nothing and count no unmatched free.
+    ReleasesCache = 9,
 }
 
 impl AllocShape {
@@ -38,6 +42,7 @@ impl AllocShape {
             6 => Self::Free,
             7 => Self::ResizeInPlace,
             8 => Self::ExpandInPlace,
+            9 => Self::ReleasesCache,
             _ => return None,
         })
     }
@@ -130,7 +135,7 @@ pub struct AllocSite {
 
 /// A live block: what was asked for, when, and where.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Block {
     pub size: u64,
     pub timestamp_ns: u64,
@@ -180,6 +185,11 @@ pub struct AllocCall {
     pub delegated: u32,
     /// Chosen by byte sampling (always, without `--sample-bytes`): record its block.
     pub sampled: u32,
+    /// A realloc's old block, taken out of the live blocks at the entry (`has_old_block` 1): once realloc
+    /// frees it inside, another thread may get its address from malloc before this call returns. Charged
+    /// out of its site when realloc succeeds, put back when it fails.
+    pub old_block: Block,
+    pub has_old_block: u64,
 }
 
 #[cfg(feature = "user")]

@@ -157,7 +157,8 @@ fn compare_and_swap(target: *mut u64, current: u64, new: u64) -> bool {
     swapped
 }
 
-/// The last free a thread entered, to count a free that another hooked free calls only once.
+/// The last free a thread entered, to count a free that another hooked free calls only once: the inner free
+/// of the same address finds its block gone and counts no unmatched free.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Freeing {
@@ -204,7 +205,8 @@ const STALE_CALL_NS: u64 = 1_000_000_000;
 /// allocator we do not hook: forget it.
 const DELEGATION_WINDOW_NS: u64 = 1_000_000_000;
 /// A free that another hooked free makes (sized delete calling delete) comes at once; a free of the same
-/// address later is of a new block at that address (allocated by another thread).
+/// address later is of a new block at that address (allocated by another thread). Within the window, a
+/// free of the same address releases the block only if one is live there again.
 const NESTED_FREE_WINDOW_NS: u64 = 50_000_000;
 
 #[uprobe]
@@ -245,9 +247,13 @@ pub fn alloc_entry(ctx: ProbeContext) -> u32 {
             && last.ptr == ptr
             && sp <= last.sp
             && now.wrapping_sub(last.entered_ns) < NESTED_FREE_WINDOW_NS;
+        unsafe { *slot = Freeing { pid_tgid, ptr, sp, entered_ns: now } };
         if !again {
-            unsafe { *slot = Freeing { pid_tgid, ptr, sp, entered_ns: now } };
             release(tgid, ptr);
+        } else if let Some(block) = take_block(&BlockKey { tgid, pad: 0, addr: ptr }) {
+            // Not nested after all: the same loop freeing the same address again, which another thread got
+            // back from malloc meanwhile (the nested free finds the block gone, and is nothing).
+            charge(&block.site, block.charged_bytes, block.charged_blocks, false);
         }
         return 0;
     }
@@ -267,6 +273,8 @@ pub fn alloc_entry(ctx: ProbeContext) -> u32 {
         }
         AllocShape::ReallocArray => (arg(cookie.count_arg).wrapping_mul(arg(cookie.size_arg)), arg(cookie.ptr_arg)),
         AllocShape::ResizeInPlace => (0, arg(cookie.ptr_arg)),
+        // Entered like a call, so that the frees made inside it are nested and left out.
+        AllocShape::ReleasesCache => (0, 0),
         AllocShape::Free => return 0,
     };
     if let Some(call) = nested_in {
@@ -284,6 +292,7 @@ pub fn alloc_entry(ctx: ProbeContext) -> u32 {
             // The outer call cannot record its result: this call does, where the outer one was called.
             // An inner call without a return probe itself (new[] calls new) passes it on again.
             let delegated = u32::from(!cookie.no_return);
+            let (old_block, has_old_block) = take_old_block(tgid, cookie, ptr);
             *outer = AllocCall {
                 cookie: cookie.encode(),
                 size,
@@ -294,22 +303,25 @@ pub fn alloc_entry(ctx: ProbeContext) -> u32 {
                 entered_ns: now,
                 delegated,
                 sampled: outer.sampled,
+                old_block,
+                has_old_block,
             };
         } else if outer_cookie.is_some_and(|c| !c.no_return) || outer.delegated != 0 {
             outer.depth += 1;
         } else {
             // A call without a return probe that never handed over: stale.
-            enter(&ctx, pid_tgid, cookie, size, ptr, sp, now);
+            enter(&ctx, tgid, pid_tgid, cookie, size, ptr, sp, now);
         }
         return 0;
     }
     // Any entry already here is left over from a call that never returned: replace it.
-    enter(&ctx, pid_tgid, cookie, size, ptr, sp, now);
+    enter(&ctx, tgid, pid_tgid, cookie, size, ptr, sp, now);
     0
 }
 
 #[inline(always)]
-fn enter(ctx: &ProbeContext, pid_tgid: u64, cookie: AllocCookie, size: u64, ptr: u64, sp: u64, now: u64) {
+#[allow(clippy::too_many_arguments)]
+fn enter(ctx: &ProbeContext, tgid: u32, pid_tgid: u64, cookie: AllocCookie, size: u64, ptr: u64, sp: u64, now: u64) {
     // An unsampled call still enters (its nested calls must not count), without the cost of a stack.
     let sampled = is_sampled(cookie, size);
     let site = if sampled {
@@ -325,6 +337,7 @@ fn enter(ctx: &ProbeContext, pid_tgid: u64, cookie: AllocCookie, size: u64, ptr:
     } else {
         AllocSite { stack_id: NO_STACK, pad: 0, caller: 0 }
     };
+    let (old_block, has_old_block) = take_old_block(tgid, cookie, ptr);
     let call = AllocCall {
         cookie: cookie.encode(),
         size,
@@ -335,8 +348,27 @@ fn enter(ctx: &ProbeContext, pid_tgid: u64, cookie: AllocCookie, size: u64, ptr:
         entered_ns: now,
         delegated: 0,
         sampled: u32::from(sampled),
+        old_block,
+        has_old_block,
     };
     begin_call(pid_tgid, &call);
+}
+
+/// A realloc's old block, taken out of the live blocks at its entry, before realloc can free it: afterwards
+/// another thread may get the same address from malloc and record its own block there before this call
+/// returns, and the return would then take that block out instead.
+#[inline(always)]
+fn take_old_block(tgid: u32, cookie: AllocCookie, ptr: u64) -> (Block, u64) {
+    if ptr == 0 || !matches!(cookie.shape, AllocShape::Realloc | AllocShape::ReallocArray) {
+        return (Block::default(), 0);
+    }
+    match take_block(&BlockKey { tgid, pad: 0, addr: ptr }) {
+        Some(block) => (block, 1),
+        None => {
+            count_unmatched_free();
+            (Block::default(), 0)
+        }
+    }
 }
 
 /// The return address of the allocator call the current thread is inside, if any (see
@@ -454,15 +486,22 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
                 if result != 0 {
                     record(tgid, result, call.size, site);
                 }
-            } else if result == 0 {
-                // realloc(p, 0) frees p; any other NULL is a failure that leaves p as it was.
-                if call.size == 0 {
-                    release(tgid, call.ptr);
+            } else if call.has_old_block == 0 {
+                // The old block was not in the table at the entry (counted there): only the new one counts.
+                if result != 0 {
+                    record(tgid, result, call.size, site);
                 }
+            } else if result == 0 && call.size != 0 {
+                // A failure leaves p as it was: its block goes back, still charged to its site.
+                put_back(tgid, call.ptr, &call.old_block);
             } else {
-                // Moved or resized in place: the old block is gone, the new one belongs to this call.
-                release(tgid, call.ptr);
-                record(tgid, result, call.size, site);
+                // Freed (realloc(p, 0) returns NULL), moved or resized in place: the old block is gone, the
+                // new one belongs to this call.
+                let old = &call.old_block;
+                charge(&old.site, old.charged_bytes, old.charged_blocks, false);
+                if result != 0 {
+                    record(tgid, result, call.size, site);
+                }
             }
         }
         AllocShape::PosixMemalign => {
@@ -485,7 +524,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
                 record(tgid, call.ptr, call.size, site);
             }
         }
-        AllocShape::Free => {}
+        AllocShape::Free | AllocShape::ReleasesCache => {}
     }
     0
 }
@@ -508,7 +547,7 @@ fn record(tgid: u32, addr: u64, size: u64, site: AllocSite, entered_ns: u64) {
         Err(EEXIST) => {
             // Still live at this address: its free went through a path we do not see.
             count(Counter::MissedFrees);
-            if let Some(old) = unsafe { ALLOCS.get(&key) }.copied() {
+            if let Some(old) = take_block(&key) {
                 charge(&old.site, old.charged_bytes, old.charged_blocks, false);
             }
             // Replaced whole (the map swaps in a new element), never written over while userspace reads it.
@@ -525,18 +564,42 @@ fn record(tgid: u32, addr: u64, size: u64, site: AllocSite, entered_ns: u64) {
     charge(&site, charged_bytes, charged_blocks, true);
 }
 
+/// Puts back a block taken out by [`take_old_block`], whose realloc failed. Its site's figures still count
+/// it.
+#[inline(always)]
+fn put_back(tgid: u32, addr: u64, block: &Block) {
+    let key = BlockKey { tgid, pad: 0, addr };
+    if ALLOCS.insert(&key, block, BPF_NOEXIST).is_err() {
+        // Nothing can be at a live block's address; a full map leaves it out of the table (counted), and so
+        // out of the figures too.
+        count(Counter::MapFull);
+        charge(&block.site, block.charged_bytes, block.charged_blocks, false);
+    }
+}
+
 #[inline(always)]
 fn release(tgid: u32, addr: u64) {
-    let key = BlockKey { tgid, pad: 0, addr };
-    let Some(block) = (unsafe { ALLOCS.get(&key) }).copied() else {
-        // With sampling, most blocks were never recorded: their frees are expected to miss.
-        if sample_bytes() == 0 {
-            count(Counter::UnmatchedFrees);
-        }
+    let Some(block) = take_block(&BlockKey { tgid, pad: 0, addr }) else {
+        count_unmatched_free();
         return;
     };
-    let _ = ALLOCS.remove(&key);
     charge(&block.site, block.charged_bytes, block.charged_blocks, false);
+}
+
+/// Takes a live block out of the table: `Some` only for the one caller whose remove took it, so that a
+/// block is charged out of its site once.
+#[inline(always)]
+fn take_block(key: &BlockKey) -> Option<Block> {
+    let block = unsafe { ALLOCS.get(key) }.copied()?;
+    ALLOCS.remove(key).ok().map(|()| block)
+}
+
+#[inline(always)]
+fn count_unmatched_free() {
+    // With sampling, most blocks were never recorded: their frees are expected to miss.
+    if sample_bytes() == 0 {
+        count(Counter::UnmatchedFrees);
+    }
 }
 
 /// Adds a block to its site's figures, or takes it out.

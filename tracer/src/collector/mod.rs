@@ -196,6 +196,9 @@ pub struct Trace<'a> {
     pub turns: &'a [TurnRecord],
     pub markers: &'a [PlainMarker],
     pub unmatched_turn_ends: u64,
+    /// Allocation sites whose figures in the kernel fell below zero at some point, shown as 0 meanwhile:
+    /// a block charged out of its site more often than in. Never expected.
+    pub negative_figures: u64,
     /// The tracer's own memory: its budget, the most it used, and how many stacks it held.
     pub memory_budget: u64,
     pub peak_memory: u64,
@@ -263,6 +266,8 @@ pub struct Collector {
     /// The target's execs so far, and the allocator blocks of old images they released.
     execs: Vec<ExecRecord>,
     released_blocks: ReleasedBlocks,
+    /// Allocation sites whose kernel figures were ever read below zero (see `Trace::negative_figures`).
+    negative_sites: HashSet<AllocSite>,
 }
 
 /// The default `--max-memory`.
@@ -322,6 +327,7 @@ impl Collector {
             next_checkpoint: None,
             execs: Vec::new(),
             released_blocks: ReleasedBlocks::default(),
+            negative_sites: HashSet::new(),
         };
         collector.update_runtime_text();
         collector
@@ -586,6 +592,7 @@ impl Collector {
             turns: &self.turns.records,
             markers: &self.turns.markers,
             unmatched_turn_ends: self.turns.unmatched_ends,
+            negative_figures: self.negative_sites.len() as u64,
             memory_budget: self.memory_budget,
             peak_memory: self.peak_memory.max(procfs::own_anonymous_rss().unwrap_or(0)),
             over_budget: self.over_budget,
@@ -717,7 +724,10 @@ impl Collector {
         let kernel_stats: Vec<(AllocSite, StackAllocStats)> =
             self.maps.alloc_stats.iter().filter_map(Result::ok).collect();
         let old_enough = self.min_age.map(|min_age| self.outstanding_blocks_older_than(min_age));
-        for (site, figures) in kernel_stats {
+        for (site, mut figures) in kernel_stats {
+            if saturate_negative(&mut figures) {
+                self.negative_sites.insert(site);
+            }
             let key = self.site_key(site);
             let mut stats = match &old_enough {
                 // Blocks an exec released are no longer in the kernel's table.
@@ -959,4 +969,37 @@ fn backing_of(event: &MemEvent) -> Backing {
 fn release_freed_memory() {
     // SAFETY: malloc_trim only walks glibc's own heap.
     unsafe { libc::malloc_trim(0) };
+}
+
+/// Sets to 0 an outstanding figure the kernel holds below zero (wrapped round in its u64 by the atomic
+/// adds), and says whether there was one: the report must never show a wrapped count.
+fn saturate_negative(figures: &mut StackAllocStats) -> bool {
+    let mut negative = false;
+    for figure in [&mut figures.outstanding_bytes, &mut figures.outstanding_blocks] {
+        if (*figure as i64) < 0 {
+            *figure = 0;
+            negative = true;
+        }
+    }
+    negative
+}
+
+#[cfg(test)]
+mod saturate_tests {
+    use super::*;
+
+    #[test]
+    fn negative_kernel_figures_read_as_zero_and_are_told() {
+        let mut figures = StackAllocStats {
+            outstanding_bytes: (-7639i64) as u64,
+            outstanding_blocks: (-6i64) as u64,
+            allocated_bytes: 100,
+            ..StackAllocStats::default()
+        };
+        assert!(saturate_negative(&mut figures));
+        assert_eq!((figures.outstanding_bytes, figures.outstanding_blocks, figures.allocated_bytes), (0, 0, 100));
+        let mut fine = StackAllocStats { outstanding_bytes: 5, outstanding_blocks: 1, ..StackAllocStats::default() };
+        assert!(!saturate_negative(&mut fine));
+        assert_eq!((fine.outstanding_bytes, fine.outstanding_blocks), (5, 1));
+    }
 }

@@ -152,6 +152,11 @@ const fn resize_in_place(ptr: u8, size: u8) -> AllocCookie {
 const fn expand_in_place(ptr: u8, size: u8) -> AllocCookie {
     AllocCookie::new(AllocShape::ExpandInPlace, ptr, size, 0)
 }
+/// Frees the blocks of the thread's own cache, which the program freed before (glibc's tcache at a thread's
+/// exit): the frees inside are not the program's.
+const fn releases_cache() -> AllocCookie {
+    AllocCookie::new(AllocShape::ReleasesCache, 0, 0, 0)
+}
 
 use Family::{Cxx, Glibc, Jemalloc, Mimalloc, Tcmalloc};
 
@@ -187,6 +192,9 @@ pub static C_FUNCTIONS: &[AllocFunction] = &[
     internal("__posix_memalign", Glibc, posix_memalign(0, 2)),
     internal("__libc_free_sized", Glibc, free(0)),
     internal("__libc_free_aligned_sized", Glibc, free(0)),
+    // At a thread's exit, glibc frees the blocks in the thread's cache (tcache) through free: blocks the
+    // program freed already. A local symbol, found in glibc's debug file.
+    internal("__malloc_arena_thread_freeres", Glibc, releases_cache()),
 ];
 
 /// C++'s replaceable operator new and delete, Itanium-mangled for a 64-bit `size_t` (`m`). Every form takes

@@ -357,6 +357,7 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
     *counters.entry("unmatched_frees").or_default() += ledger_counters.unmatched_frees;
     counters.insert("preexisting_released_bytes", ledger_counters.preexisting_released_bytes);
     counters.insert("unmatched_turn_ends", trace.unmatched_turn_ends);
+    counters.insert("negative_figures", trace.negative_figures);
     counters.insert("skipped_program_runs", trace.skipped_program_runs);
     counters.insert("cut_marker_lines", crate::inputs::cut_lines());
 

@@ -278,6 +278,7 @@ mod tests {
             turns: &turns,
             markers: &[],
             unmatched_turn_ends: 0,
+            negative_figures: 0,
             memory_budget: 0,
             peak_memory: 0,
             over_budget: false,
