@@ -18,67 +18,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Report, Running, TRACER, assert_detached, output_dir};
+use common::{Report, Running, TRACER, assert_detached, output_dir, user::User};
 
 /// How long a trace that must end may take to end, attaching and reports included, on a loaded machine.
 const END_WITHIN: Duration = Duration::from_secs(40);
 /// The tracer's own (anonymous) memory that no test here may exceed; it uses a few MiB.
 const SMALL: u64 = 128 << 20;
-
-/// A real unprivileged user, created for one test and removed after.
-struct User {
-    name: String,
-    uid: u32,
-    gid: u32,
-}
-
-impl User {
-    fn create(tag: &str) -> Self {
-        let name = format!("lth{tag}{}", std::process::id());
-        let _ = Command::new("userdel").arg(&name).output();
-        let created = Command::new("useradd")
-            .args(["--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", &name])
-            .output()
-            .expect("useradd runs");
-        assert!(created.status.success(), "useradd {name}: {}", String::from_utf8_lossy(&created.stderr));
-        let id = |flag: &str| -> u32 {
-            let out = Command::new("id").args([flag, &name]).output().unwrap();
-            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-        };
-        let (uid, gid) = (id("-u"), id("-g"));
-        Self { name, uid, gid }
-    }
-
-    /// `program` run as this user.
-    fn command(&self, program: &str) -> Command {
-        let mut command = Command::new("setpriv");
-        command.args([
-            &format!("--reuid={}", self.uid),
-            &format!("--regid={}", self.gid),
-            "--clear-groups",
-            "--",
-            program,
-        ]);
-        command
-    }
-
-    /// Runs `program args` as this user; it must succeed.
-    fn run(&self, program: &str, args: &[&str]) {
-        let out = self.command(program).args(args).output().unwrap();
-        assert!(out.status.success(), "{program} {args:?} as {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
-    }
-
-    /// A process of this user that does nothing for a minute.
-    fn sleeper(&self) -> Running {
-        Running::spawn(self.command("sleep").arg("60"))
-    }
-}
-
-impl Drop for User {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.name).output();
-    }
-}
 
 /// The tracer with `args`, its address space limited so that a tracer that eats memory fails the test
 /// instead of the machine.
@@ -248,7 +193,7 @@ fn a_fifo_at_the_perf_map_does_not_stop_the_trace_from_ending() {
     let pid = target.pid().to_string();
     let perf_map = PathBuf::from(format!("/tmp/perf-{pid}.map"));
     let _planted = Planted(perf_map.clone());
-    user.run("mkfifo", &[perf_map.to_str().unwrap()]);
+    user.run(&["mkfifo", perf_map.to_str().unwrap()]);
     for end in End::ALL {
         let out = output_dir(&format!("perf_map_fifo_{end:?}"));
         let tracer = spawn_tracer(&["-o", out.to_str().unwrap(), "-d", end.duration(), "--pid", &pid]);
@@ -268,7 +213,7 @@ fn a_link_to_dev_zero_at_the_perf_map_is_refused_and_the_tracer_stays_small() {
     let pid = target.pid().to_string();
     let perf_map = PathBuf::from(format!("/tmp/perf-{pid}.map"));
     let _planted = Planted(perf_map.clone());
-    user.run("ln", &["-s", "/dev/zero", perf_map.to_str().unwrap()]);
+    user.run(&["ln", "-s", "/dev/zero", perf_map.to_str().unwrap()]);
     let out = output_dir("perf_map_dev_zero");
     let mut tracer = spawn_tracer(&["-o", out.to_str().unwrap(), "-d", "3s", "--pid", &pid]);
     let memory = MemoryWatch::of(tracer.pid());
@@ -378,8 +323,8 @@ fn a_fifo_in_place_of_a_mapped_library_does_not_stop_the_trace_from_ending() {
         assert!(start.elapsed() < Duration::from_secs(10), "the target never mapped its library");
         thread::sleep(Duration::from_millis(10));
     }
-    user.run("rm", &[library.to_str().unwrap()]);
-    user.run("mkfifo", &[library.to_str().unwrap()]);
+    user.run(&["rm", library.to_str().unwrap()]);
+    user.run(&["mkfifo", library.to_str().unwrap()]);
     for end in End::ALL {
         let out = output_dir(&format!("library_fifo_{end:?}"));
         let tracer = spawn_tracer(&["-o", out.to_str().unwrap(), "-d", end.duration(), "--pid", &pid]);

@@ -10,12 +10,11 @@ use std::{
     os::unix::fs::{MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
     process::{Command, Output},
-    sync::Mutex,
     thread,
     time::Duration,
 };
 
-use common::{Report, Running, TRACER, fixture, start_tracer_with_env};
+use common::{Report, Running, TRACER, fixture, start_tracer_with_env, user::User};
 
 /// A folder of one test's own under /tmp (reachable by the test's unprivileged user, wherever the
 /// repository is), owned by root, mode 0755; removed at the end.
@@ -47,78 +46,6 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// useradd and userdel take a lock on /etc/passwd: one at a time in this binary, and retried while
-/// another process holds it.
-static USER_DATABASE: Mutex<()> = Mutex::new(());
-
-/// A real unprivileged user, created for one test and removed after it.
-struct User {
-    name: String,
-    uid: u32,
-    gid: u32,
-}
-
-impl User {
-    fn create(tag: &str) -> Self {
-        let name = format!("lt{tag}{}", std::process::id());
-        let _lock = USER_DATABASE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let _ = Command::new("userdel").arg(&name).output(); // a leftover of a killed run
-        let mut last = None;
-        for _ in 0..40 {
-            let out = Command::new("useradd")
-                .args(["--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", &name])
-                .output()
-                .expect("useradd runs");
-            if out.status.success() {
-                last = None;
-                break;
-            }
-            last = Some(String::from_utf8_lossy(&out.stderr).into_owned());
-            thread::sleep(Duration::from_millis(250));
-        }
-        assert!(last.is_none(), "cannot create user {name}: {last:?}");
-        let id = |flag: &str| -> u32 {
-            let out = Command::new("id").args([flag, &name]).output().unwrap();
-            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-        };
-        let (uid, gid) = (id("-u"), id("-g"));
-        Self { name, uid, gid }
-    }
-
-    /// Runs `command` as this user (no supplementary groups) and checks it worked.
-    fn run(&self, command: &[&str]) {
-        let out = self.try_run(command);
-        assert!(out.status.success(), "{command:?} as {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
-    }
-
-    fn try_run(&self, command: &[&str]) -> Output {
-        Command::new("setpriv")
-            .args(["--reuid", &self.uid.to_string(), "--regid", &self.gid.to_string(), "--clear-groups", "--"])
-            .args(command)
-            .output()
-            .unwrap()
-    }
-
-    /// The environment sudo gives the tracer when this user runs it.
-    fn sudo_env(&self) -> [(String, String); 2] {
-        [("SUDO_UID".into(), self.uid.to_string()), ("SUDO_GID".into(), self.gid.to_string())]
-    }
-}
-
-impl Drop for User {
-    fn drop(&mut self) {
-        let _lock = USER_DATABASE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        for _ in 0..40 {
-            let out = Command::new("userdel").arg(&self.name).output().unwrap();
-            // 6: no such user (gone already).
-            if out.status.success() || out.status.code() == Some(6) {
-                return;
-            }
-            thread::sleep(Duration::from_millis(250));
-        }
     }
 }
 
