@@ -1,17 +1,18 @@
-//! Leak suspects: where outstanding memory keeps growing, found in the call tree, named after the
-//! application's code, with a verdict from the shape of the growth.
+//! Leak suspects: where outstanding memory keeps growing, named after the application's code, with a
+//! verdict from the shape of the growth.
 //!
 //! One leak can show under many leaves: JIT tiers and inlining move an allocation from one innermost
 //! frame to another as a server warms up, and one function may allocate through several runtime paths.
 //! So suspects are not leaves. Each stack is reduced to its path of user frames (the application's
-//! JavaScript; in a native program, its named functions), and those paths form a tree whose every node
-//! carries the outstanding bytes of the stacks below it over the window. Growth is measured as it is
-//! sustained: the slope over the later half of the window, against completed turns when the trace has
-//! turns (memory per turn is what a server's owner can reason about), else against time. From the root
-//! down, a node whose growth is carried mostly (70%) by one child hands the search to that child; where
-//! growth divides among several children, each is followed on its own, and what the node keeps for itself
-//! is a suspect of its own. Stacks with no user frame at all (memory allocated in a runtime job, such as
-//! the chunks a fetch() body stream reads) are grouped by the runtime job they ran in and said to be so.
+//! JavaScript, one frame per function whatever tier ran it; in a native program, its named functions), and
+//! a suspect is every stack whose deepest user frame is one function: the runtime code below it (tiers,
+//! inlined builtins, several allocation paths) does not split it, and the same function reached through
+//! several callers is one suspect. A caller never absorbs its callees: they are other functions of the
+//! application, and a caller that owned its callees' growth would merge a churner with the leak beside it.
+//! Growth is measured as it is sustained: the slope over the later half of the window, against completed
+//! turns when the trace has turns (memory per turn is what a server's owner can reason about), else
+//! against time. Stacks with no user frame at all (memory allocated in a runtime job, such as the chunks a
+//! fetch() body stream reads) are grouped by the runtime job they ran in and said to be so.
 //!
 //! Verdicts come from the shape: `grows` while it keeps growing into the later half of the window
 //! (however much it also churns: how much of what it allocated it keeps is reported beside, not instead);
@@ -42,10 +43,6 @@ pub const MIN_TURNS: usize = 4;
 pub const MIN_POINTS: usize = 4;
 /// Less change than this over the window is flat: four pages.
 const FLAT_BYTES: f64 = 16384.0;
-/// A child carrying this share of its parent's growth takes the search on alone.
-const DOMINANT_SHARE: f64 = 0.7;
-/// A child carrying this share of its parent's growth is followed on its own.
-const SIGNIFICANT_SHARE: f64 = 0.2;
 /// Later-half growth under this share of the earlier half's: it levels off.
 const LEVELS_OFF_RATIO: f64 = 0.25;
 /// A trend that explains less of the series than this (R²) is no steady growth: temporaries come and go.
@@ -285,97 +282,32 @@ fn allocated_by(frames: &[Frame], javascript_process: bool) -> Option<String> {
     runtime_js.or_else(native).map(|frame| site_name(frame))
 }
 
-/// A node of the tree of user paths.
-struct Node {
-    /// The frame (a user frame, or a runtime job at the root's level).
-    label: String,
-    depth: usize,
-    children: Vec<usize>,
-    /// Stacks whose path ends here.
-    own: Vec<usize>,
-    /// Outstanding bytes of the subtree at each point of the window.
-    series: Vec<u64>,
-    late_slope: f64,
-}
-
+/// The user paths of the stacks, as a tree: one node per (caller's node, function), so that a function
+/// reached through two paths is two nodes, merged by name afterwards.
+#[derive(Default)]
 struct Tree {
-    nodes: Vec<Node>,
+    labels: Vec<String>,
     index: HashMap<(usize, String), usize>,
 }
 
 impl Tree {
-    fn new(points: usize) -> Self {
-        let root = Node {
-            label: String::new(),
-            depth: 0,
-            children: Vec::new(),
-            own: Vec::new(),
-            series: vec![0; points],
-            late_slope: 0.0,
-        };
-        Self { nodes: vec![root], index: HashMap::new() }
-    }
-
-    /// Adds a stack under `labels` (root first); returns its node path, root included.
-    fn insert(&mut self, labels: &[String], stack: usize, series: &[u64]) -> Vec<usize> {
-        let mut path = vec![0];
+    /// The node of `labels` (root first), made as needed; node 0 is the root.
+    fn insert(&mut self, labels: &[String]) -> usize {
+        if self.labels.is_empty() {
+            self.labels.push(String::new());
+        }
         let mut node = 0;
         for label in labels {
             node = match self.index.get(&(node, label.clone())) {
                 Some(&child) => child,
                 None => {
-                    let child = self.nodes.len();
-                    let depth = self.nodes[node].depth + 1;
-                    self.nodes.push(Node {
-                        label: label.clone(),
-                        depth,
-                        children: Vec::new(),
-                        own: Vec::new(),
-                        series: vec![0; series.len()],
-                        late_slope: 0.0,
-                    });
-                    self.nodes[node].children.push(child);
-                    self.index.insert((node, label.clone()), child);
-                    child
+                    self.labels.push(label.clone());
+                    self.index.insert((node, label.clone()), self.labels.len() - 1);
+                    self.labels.len() - 1
                 }
             };
-            path.push(node);
         }
-        self.nodes[node].own.push(stack);
-        for &on_path in &path {
-            for (sum, value) in self.nodes[on_path].series.iter_mut().zip(series) {
-                *sum += value;
-            }
-        }
-        path
-    }
-
-    /// The nodes where growth is found, from `node` down (see the module's comment).
-    fn growth_nodes(&self, node: usize, noise: f64, found: &mut Vec<usize>) {
-        let growth = self.nodes[node].late_slope;
-        if growth <= noise {
-            return;
-        }
-        let significant: Vec<usize> = self.nodes[node]
-            .children
-            .iter()
-            .copied()
-            .filter(|child| {
-                self.nodes[*child].late_slope >= growth * SIGNIFICANT_SHARE && self.nodes[*child].late_slope > noise
-            })
-            .collect();
-        if let [only] = significant[..] {
-            if self.nodes[only].late_slope >= growth * DOMINANT_SHARE {
-                return self.growth_nodes(only, noise, found);
-            }
-        }
-        let covered: f64 = significant.iter().map(|child| self.nodes[*child].late_slope).sum();
-        for child in &significant {
-            self.growth_nodes(*child, noise, found);
-        }
-        if node != 0 && (significant.is_empty() || growth - covered >= growth * (1.0 - DOMINANT_SHARE)) {
-            found.push(node);
-        }
+        node
     }
 }
 
@@ -426,59 +358,48 @@ pub fn suspects(trace: &Trace<'_>, stacks: &[ReportStack], growth: &Growth, sour
 
     // The tree of user paths.
     let javascript_process = stacks.iter().any(|s| s.frames.iter().any(|f| classify(f).is_javascript()));
-    let mut tree = Tree::new(times.len());
-    let mut node_paths: Vec<Vec<usize>> = Vec::with_capacity(stacks.len());
+    let mut tree = Tree::default();
+    let mut node_of_stack: Vec<usize> = Vec::with_capacity(stacks.len());
     let mut is_job: Vec<bool> = Vec::with_capacity(stacks.len());
-    for (index, stack) in stacks.iter().enumerate() {
+    for stack in &stacks {
         let (labels, job) = match user_path(&stack.frames, javascript_process) {
             // One node per function, whatever tier ran it.
             UserPath::User(frames) => (frames.iter().map(|f| site_name(f)).collect::<Vec<_>>(), false),
             UserPath::RuntimeJob(job) => (vec![format!("runtime {job}")], true),
         };
-        node_paths.push(tree.insert(&labels, index, &per_stack[index]));
+        node_of_stack.push(tree.insert(&labels));
         is_job.push(job);
     }
-    for node in &mut tree.nodes {
-        node.late_slope = judge(&windowed(&node.series, &xs)).late_slope;
-    }
     let span = xs.last().copied().unwrap_or(0.0) - xs.first().copied().unwrap_or(0.0);
-    // Growth that adds less than a flat series over the window is noise.
-    let noise = if span > 0.0 { FLAT_BYTES / span } else { f64::INFINITY };
-    let mut growth_nodes = Vec::new();
-    tree.growth_nodes(0, noise, &mut growth_nodes);
-    let whole_source_growth = tree.nodes[0].late_slope.max(0.0);
+    let mut whole = vec![0u64; times.len()];
+    for series in &per_stack {
+        for (sum, value) in whole.iter_mut().zip(series) {
+            *sum += value;
+        }
+    }
+    let whole_source_growth = judge(&windowed(&whole, &xs)).late_slope.max(0.0);
 
-    // Each stack to one suspect: the deepest growth node on its path (through children that grow), else
-    // its own deepest user frame.
+    // Each stack to its deepest user frame: whatever tier, inlined runtime code or runtime path lies below
+    // it, one function is one suspect. A child is another function of the application, never absorbed:
+    // a caller that owned its callees' growth would merge a churner with the leak beside it.
     let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for (stack, path) in node_paths.iter().enumerate() {
-        let owner = path
-            .iter()
-            .enumerate()
-            .rev()
-            .find(|(depth, node)| {
-                growth_nodes.contains(node)
-                    && path[depth + 1..].first().is_none_or(|next| tree.nodes[*next].late_slope > 0.0)
-            })
-            .map(|(_, node)| *node)
-            // cannot fail: every path starts at the root
-            .unwrap_or(*path.last().expect("the root at least"));
-        groups.entry(owner).or_default().push(stack);
+    for (stack, node) in node_of_stack.iter().enumerate() {
+        groups.entry(*node).or_default().push(stack);
     }
 
     // One suspect per name: the same function reached through two callers' paths is one site to a reader.
     let mut by_name: BTreeMap<String, usize> = BTreeMap::new();
     let mut merged: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (node, members) in groups {
-        let first = *by_name.entry(site_name(&tree.nodes[node].label)).or_insert(node);
+        let first = *by_name.entry(site_name(&tree.labels[node])).or_insert(node);
         merged.entry(first).or_default().extend(members);
     }
     let groups = merged;
 
     // Per-turn retention, by report stack.
     let retained = super::turns::retained_by_turn_and_stack(trace);
-    let ended_in_window: Vec<TurnIx> =
-        ended.iter().filter(|t| t.start >= growth.from || axis == Axis::Turns).map(|t| t.index).collect();
+    // Every ended turn: with fewer than MIN_TURNS of them, no per-turn figure is given.
+    let ended_turns: Vec<TurnIx> = ended.iter().map(|t| t.index).collect();
 
     let judged: Vec<(Suspect, Shape, Option<Collateral>)> = groups
         .into_iter()
@@ -504,10 +425,10 @@ pub fn suspects(trace: &Trace<'_>, stacks: &[ReportStack], growth: &Growth, sour
                 // cannot fail: a group is made by pushing a stack into it
                 .expect("a suspect has stacks");
             let runtime_job = members.iter().all(|s| is_job[*s]);
-            let label = &tree.nodes[node].label;
+            let label = &tree.labels[node];
             let site = site_name(label);
             let member_keys = |key: &StackKey| stack_of_key.get(key).is_some_and(|s| members.contains(s));
-            let per_turn: Vec<u64> = ended_in_window
+            let per_turn: Vec<u64> = ended_turns
                 .iter()
                 .map(|turn| {
                     retained
@@ -831,45 +752,5 @@ mod tests {
         assert_eq!(allocated_by(&job, true), Some("#getInternalBuffer".to_string()));
         let native = frames(&["main", "serve", "leak", "operator new(unsigned long)"]);
         assert_eq!(user_path(&native, false), UserPath::User(native.clone()));
-    }
-
-    /// Growth carried by one child is followed down; growth divided among children is followed into each.
-    #[test]
-    fn growth_is_found_where_it_divides() {
-        let grow = |per_point: u64| (0..8).map(|i| i * per_point).collect::<Vec<u64>>();
-        let mut tree = Tree::new(8);
-        let labels = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        // Two leaks under runTurn, one through two runtime paths below it (which leave no label: tiers,
-        // inlining), and a flat cache.
-        tree.insert(&labels(&["main", "runTurn", "appendToHistory"]), 0, &grow(100_000));
-        tree.insert(&labels(&["main", "runTurn", "retain"]), 1, &grow(60_000));
-        tree.insert(&labels(&["main", "runTurn", "retain"]), 2, &grow(50_000));
-        tree.insert(
-            &labels(&["main", "runTurn", "cache"]),
-            3,
-            &[0, 50_000, 100_000, 100_000, 100_000, 100_000, 100_000, 100_000],
-        );
-        for node in &mut tree.nodes {
-            node.late_slope = judge(&series(&node.series)).late_slope;
-        }
-        let mut found = Vec::new();
-        tree.growth_nodes(0, 100.0, &mut found);
-        let mut names: Vec<&str> = found.iter().map(|n| tree.nodes[*n].label.as_str()).collect();
-        names.sort();
-        assert_eq!(names, ["appendToHistory", "retain"]);
-        // One leak alone under runTurn: followed down to it.
-        let mut tree = Tree::new(8);
-        tree.insert(&labels(&["main", "runTurn", "retain"]), 0, &grow(60_000));
-        tree.insert(
-            &labels(&["main", "runTurn", "cache"]),
-            1,
-            &[0, 50_000, 100_000, 100_000, 100_000, 100_000, 100_000, 100_000],
-        );
-        for node in &mut tree.nodes {
-            node.late_slope = judge(&series(&node.series)).late_slope;
-        }
-        let mut found = Vec::new();
-        tree.growth_nodes(0, 100.0, &mut found);
-        assert_eq!(found.iter().map(|n| tree.nodes[*n].label.as_str()).collect::<Vec<_>>(), ["retain"]);
     }
 }
