@@ -1,8 +1,9 @@
 //! The real target: Bun 1.3.13 (from npm, installed by `cargo xtask setup`) running the mock of
 //! dispatch-server in demo/bun, traced by pid while turns are driven, two at a time. Resident memory by
-//! JavaScript function: the chunk leak is the top suspect and `grows`, its bytes per turn within 25% of the
-//! truth measured untraced; the message leak is in the top three; the bounded cache ranks below every site
-//! that grows and the temporaries never grow.
+//! JavaScript function: the chunk leak is the top suspect and `grows`, its bytes per turn within 10% below
+//! and 40% above (the allocator's rounding, and pages reused) the bytes the server itself counts it kept;
+//! the message leak is in the top three; the bounded cache ranks below every site that grows and the
+//! temporaries never grow.
 
 mod common;
 
@@ -15,7 +16,7 @@ use std::{
 
 use common::{
     Report, Running,
-    bun::{bun, rss_per_turn, start_turn_tracer},
+    bun::{bun, health, start_turn_tracer},
     output_dir, start_tracer,
 };
 
@@ -26,13 +27,8 @@ fn demo(file: &str) -> PathBuf {
 
 /// The demo server, with jitdump into `jitdump` when given. Returns it with its port.
 fn start_server(jitdump: Option<&Path>) -> (Running, u16) {
-    start_server_with_leaks("all", jitdump)
-}
-
-/// The demo server with only `leaks` keeping their data (DEMO_LEAK).
-fn start_server_with_leaks(leaks: &str, jitdump: Option<&Path>) -> (Running, u16) {
     let mut command = Command::new(bun());
-    command.arg(demo("server.ts")).env("PORT", "0").env("DEMO_LEAK", leaks);
+    command.arg(demo("server.ts")).env("PORT", "0").env("DEMO_LEAK", "all");
     if let Some(dir) = jitdump {
         std::fs::create_dir_all(dir).unwrap();
         command.env("BUN_JSC_useJITDump", "1").env("BUN_JSC_jitDumpDirectory", dir);
@@ -60,16 +56,8 @@ fn drive_rounds(port: u16, rounds: u32) {
     }
 }
 
-/// The chunk leak's truth, untraced: the RSS slope per turn with only that leak on, after a warm-up round,
-/// under the same rounds of turns as the traced run.
-fn chunk_leak_per_turn() -> f64 {
-    let (_server, port) = start_server_with_leaks("chunks", None);
-    rss_per_turn(port, drive_rounds)
-}
-
 #[test]
 fn the_top_suspect_is_a_leaking_javascript_function() {
-    let truth = chunk_leak_per_turn();
     let out = output_dir("bun_top_suspect");
     let (server, port) = start_server(Some(&out.join("jitdump")));
     let mut tracer = start_turn_tracer(&out.join("trace"), server.pid());
@@ -77,6 +65,11 @@ fn the_top_suspect_is_a_leaking_javascript_function() {
     drive_rounds(port, 6);
     tracer.signal(libc::SIGINT);
     assert!(tracer.wait().success());
+    // The chunk leak's truth, counted by the server: the payload bytes it kept, per turn. (The RSS slope of
+    // an untraced run was the oracle before; garbage the collector has not reclaimed yet moved it by up to
+    // 30% from run to run.)
+    let health = health(port);
+    let truth = health["retainedChunkBytes"].as_f64().unwrap() / health["turns"].as_f64().unwrap();
 
     let report = Report::load(&out.join("trace"));
     // Every turn the driver sent was seen, start and end.
@@ -95,7 +88,14 @@ fn the_top_suspect_is_a_leaking_javascript_function() {
     assert_eq!(report.0["suspects"][0]["source"], "page-fault");
     assert_eq!(suspects[0], ("retainStreamChunk", "grows"), "{suspects:?}");
     let per_turn = report.0["suspects"][0]["bytes_per_turn"].as_f64().unwrap();
-    assert!((per_turn / truth - 1.0).abs() <= 0.25, "{per_turn:.0} B per turn against {truth:.0} measured untraced");
+    // Resident, the chunks cost more than their payload: mimalloc rounds 8-16 KiB up to bins 2 KiB apart (about
+    // 8% on average; untraced RSS slopes put the whole cost at 1.05-1.3 times the payload). Page faults charge a
+    // page to the code that touched it first, so the chunks' share of the pages temporaries touched first is an
+    // estimate: 0.99-1.29 times the payload over 12 runs.
+    assert!(
+        (0.9..=1.4).contains(&(per_turn / truth)),
+        "{per_turn:.0} B per turn against {truth:.0} B of chunks the server kept a turn"
+    );
     // The messages are kept by the conversation's array (runTurn pushes them) and built by buildMessage.
     assert!(
         suspects[..3].iter().any(|(site, verdict)| ["runTurn", "buildMessage"].contains(site) && *verdict == "grows"),
