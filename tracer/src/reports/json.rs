@@ -564,7 +564,7 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
             regions
         },
     };
-    serde_json::to_writer_pretty(&mut *out, &report)?;
+    super::json_lines::to_writer(&mut *out, &report)?;
     out.write_all(b"\n")?;
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod folded;
 pub mod frames;
 pub mod growth;
 pub mod json;
+pub mod json_lines;
 pub mod output;
 pub mod pprof;
 pub mod redact;
