@@ -115,7 +115,11 @@ pub fn run(cli: Cli) -> Result<()> {
         marker_sender,
         marker_receiver,
         patterns,
-        report_options: ReportOptions { compare: cli.compare.clone(), warmup: cli.warmup },
+        report_options: ReportOptions {
+            compare: cli.compare.clone(),
+            warmup: cli.warmup,
+            turn_patterns: cli.turn_start.clone().zip(cli.turn_end.clone()),
+        },
         out,
         segments: Vec::new(),
     };

@@ -35,6 +35,9 @@ struct Report<'a> {
     target: Target,
     started_at: String,
     ended_at: String,
+    /// The choices that shaped the figures: how often a point was taken, the growth window's warm-up, the
+    /// turn patterns. (The sampling rates and the memory budget are beside what they qualify.)
+    options: OptionsJson<'a>,
     /// Why the trace ended; null in a snapshot of a trace still running.
     end_reason: Option<&'static str>,
     /// How the target exited, when it exited during the trace and its exit status could be learnt (always
@@ -93,6 +96,17 @@ struct Report<'a> {
 }
 
 #[derive(Serialize)]
+struct OptionsJson<'a> {
+    interval_ms: u128,
+    /// `--warmup`; null: the default, a fifth of the run (`growth.from` says when the window began).
+    warmup_ms: Option<u128>,
+    /// `--compare` was given (`growth.from` and `growth.to` are its moments).
+    compare: bool,
+    turn_start: Option<&'a str>,
+    turn_end: Option<&'a str>,
+}
+
+#[derive(Serialize)]
 struct TurnJson<'a> {
     id: &'a str,
     start: String,
@@ -127,7 +141,7 @@ struct TurnStackJson<'a> {
 }
 
 fn javascript_is_absent(coverage: &crate::symbolizer::jit_frames::JsCoverage) -> bool {
-    coverage.located + coverage.runtime + coverage.unlocated == 0
+    coverage.located + coverage.runtime + coverage.unlocated == 0 && coverage.jit_symbols == 0
 }
 
 #[derive(Serialize)]
@@ -327,6 +341,7 @@ pub struct Views<'a> {
     pub report_errors: &'a [ReportError],
     /// Why the report is cut (to the first stacks and turns), when it must be.
     pub trimmed: Option<&'a str>,
+    pub options: &'a super::ReportOptions,
 }
 
 /// Writes report.json to `out` as it is serialized: a long run's report is never held whole in memory.
@@ -371,6 +386,13 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
         },
         started_at: rfc3339(trace.started_at),
         ended_at: rfc3339(trace.ended_at),
+        options: OptionsJson {
+            interval_ms: trace.interval.as_millis(),
+            warmup_ms: views.options.warmup.map(|warmup| warmup.as_millis()),
+            compare: views.options.compare.is_some(),
+            turn_start: views.options.turn_patterns.as_ref().map(|(start, _)| start.as_str()),
+            turn_end: views.options.turn_patterns.as_ref().map(|(_, end)| end.as_str()),
+        },
         end_reason: trace.ending.map(|ending| ending.reason.name()),
         target_exit: trace.ending.and_then(|ending| ending.death).and_then(|death| match death {
             Death::Exit(Some(ExitStatus::Code(code))) => Some(TargetExit { code: Some(code), ..TargetExit::default() }),

@@ -35,6 +35,8 @@ pub struct ReportOptions {
     /// The window of the growth view; `None`: from the end of the default warm-up to the end.
     pub compare: Option<CompareSpec>,
     pub warmup: Option<Duration>,
+    /// `--turn-start`, `--turn-end`: recorded in report.json with the other choices that shaped it.
+    pub turn_patterns: Option<(String, String)>,
 }
 
 /// The files written, by what they hold.
@@ -164,6 +166,7 @@ pub fn write_set(
         peak_memory: crate::procfs::own_anonymous_rss().unwrap_or(0),
         report_errors: &[],
         trimmed: None,
+        options,
     };
     let mut report = write_report(out, &mut trimmed, |file, trimmed| {
         json::write(file, trace, json::Views { trimmed, ..views }, probes)
