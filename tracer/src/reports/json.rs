@@ -292,6 +292,9 @@ struct SourceTotals {
 #[derive(Serialize)]
 struct TracerMemory {
     budget_bytes: u64,
+    /// Live allocator blocks the kernel's table holds (half the budget); past it, `map_full` counts the
+    /// blocks left out.
+    block_table_entries: u32,
     /// The most anonymous memory the tracer held, writing the other reports included (report.json is
     /// written last).
     peak_anonymous_rss_bytes: u64,
@@ -441,6 +444,7 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
         counters,
         tracer: TracerMemory {
             budget_bytes: trace.memory_budget,
+            block_table_entries: crate::probes::block_table_entries(trace.memory_budget),
             peak_anonymous_rss_bytes: trace.peak_memory.max(views.peak_memory),
             over_budget: trace.over_budget,
             stacks_held: trace.live_stacks,
