@@ -555,12 +555,12 @@ fn record(tgid: u32, addr: u64, size: u64, site: AllocSite, entered_ns: u64) {
             }
             // Replaced whole (the map swaps in a new element), never written over while userspace reads it.
             if ALLOCS.insert(&key, &block, 0).is_err() {
-                count(Counter::MapFull);
+                count_block_table_full();
                 return;
             }
         }
         Err(_) => {
-            count(Counter::MapFull);
+            count_block_table_full();
             return;
         }
     }
@@ -575,7 +575,7 @@ fn put_back(tgid: u32, addr: u64, block: &Block) {
     if ALLOCS.insert(&key, block, BPF_NOEXIST).is_err() {
         // Nothing can be at a live block's address; a full map leaves it out of the table (counted), and so
         // out of the figures too.
-        count(Counter::MapFull);
+        count_block_table_full();
         charge(&block.site, block.charged_bytes, block.charged_blocks, false);
     }
 }
@@ -595,6 +595,13 @@ fn release(tgid: u32, addr: u64) {
 fn take_block(key: &BlockKey) -> Option<Block> {
     let block = unsafe { ALLOCS.get(key) }.copied()?;
     ALLOCS.remove(key).ok().map(|()| block)
+}
+
+/// A block the full table left out: a map insert that failed, and the collector's cue to sample.
+#[inline(always)]
+fn count_block_table_full() {
+    count(Counter::MapFull);
+    count(Counter::BlockTableFull);
 }
 
 #[inline(always)]

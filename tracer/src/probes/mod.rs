@@ -110,6 +110,11 @@ impl KernelMaps {
         self.sampling.set(0, bytes, 0).context("cannot set the sampling interval")
     }
 
+    /// The byte sampling interval in force (0: every block recorded).
+    pub fn sample_bytes(&self) -> u64 {
+        self.sampling.get(&0, 0).unwrap_or(0)
+    }
+
     /// Page-fault sampling: one page in `pages` (a power of two; 1: every page).
     pub fn set_sample_pages(&mut self, pages: u64) -> Result<()> {
         self.page_sampling.set(0, pages.saturating_sub(1), 0).context("cannot set the page sampling")

@@ -56,6 +56,10 @@ struct Report<'a> {
     /// With --sample-bytes N: the allocator's figures are unbiased estimates from blocks recorded with
     /// probability min(1, size / N).
     allocator_sample_bytes: Option<u64>,
+    /// When the kernel's table of live blocks filled up and the collector turned byte sampling on (the
+    /// interval is then `allocator_sample_bytes`): the allocator's figures are exact before, estimates
+    /// after. Null: it did not.
+    allocator_sampled_since: Option<String>,
     /// With --sample-pages N: the page-fault figures come from one page in N (by address), each counted N
     /// times: unbiased estimates.
     resident_sample_pages: Option<u64>,
@@ -458,7 +462,8 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
         },
         probes: &probes.records,
         allocators: probes.allocators.as_ref(),
-        allocator_sample_bytes: probes.sample_bytes,
+        allocator_sample_bytes: probes.sample_bytes.or(trace.blocks_sampled_since.map(|(bytes, _)| bytes)),
+        allocator_sampled_since: trace.blocks_sampled_since.map(|(_, since)| rfc3339(since)),
         resident_sample_pages: probes.sample_pages,
         events: trace.events,
         timeline: trace

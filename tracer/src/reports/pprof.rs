@@ -282,6 +282,7 @@ mod tests {
             memory_budget: 0,
             peak_memory: 0,
             over_budget: false,
+            blocks_sampled_since: None,
             live_stacks: 0,
             execs: &[],
             interval: std::time::Duration::from_secs(10),
