@@ -96,3 +96,30 @@ fn go_tool_pprof_reads_the_profile_without_warnings_and_with_each_sources_totals
         }
     }
 }
+
+/// The unstripped build given to pprof names the frames of the stripped build the tracer saw (the build ids
+/// match; the addresses are the stripped file's), with the figures report.json gives the call site.
+#[test]
+fn pprof_names_a_stripped_builds_frames_from_the_unstripped_build() {
+    let unstripped = fixture("allocs");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pprof_stripped");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let stripped = dir.join("allocs-stripped");
+    assert!(Command::new("strip").arg("-o").arg(&stripped).arg(&unstripped).status().unwrap().success());
+    let out = output_dir("pprof_go_stripped");
+    let report = common::trace_waiting_fixture("pprof_go_stripped", &stripped, &[]);
+    assert!(!report.has_frame("malloc_kept"), "the stripped fixture's frames are unnamed in the report");
+    let profile = out.join("profile.pb.gz");
+
+    let (top, _) = pprof(&["-top", "-unit=B", "-sample_index=malloc_inuse_space"], &profile);
+    assert!(!top.contains("malloc_kept"), "named without the unstripped build:\n{top}");
+    let args = ["-top", "-unit=B", "-sample_index=malloc_inuse_space", unstripped.to_str().unwrap()];
+    let (top, stderr) = pprof(&args, &profile);
+    assert_eq!(stderr.trim(), "", "pprof warns");
+    let line = top.lines().find(|l| l.ends_with(" malloc_kept")).unwrap_or_else(|| panic!("not named:\n{top}"));
+    let flat: u64 = line.split_whitespace().next().unwrap().trim_end_matches('B').parse().unwrap();
+    let in_report = report.stacks().iter().any(|s| s["source"] == "malloc" && s["outstanding_bytes"] == 3000);
+    assert!(in_report, "report.json has malloc_kept's 3000 bytes on one stack");
+    assert_eq!(flat, 3000, "malloc_kept keeps 3 x 1000 bytes (allocs.c)");
+}
