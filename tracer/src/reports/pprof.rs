@@ -188,6 +188,8 @@ struct Builder<'t> {
     locations: HashMap<(u64, Frame), u64>,
     /// By the start of the process's mapping.
     mappings: HashMap<u64, u64>,
+    /// By path: a file is mapped in several segments.
+    build_ids: HashMap<String, Option<String>>,
     memory: &'t crate::procfs::maps::MemoryMap,
 }
 
@@ -199,6 +201,7 @@ impl<'t> Builder<'t> {
             functions: HashMap::new(),
             locations: HashMap::new(),
             mappings: HashMap::new(),
+            build_ids: HashMap::new(),
             memory,
         };
         builder.string(""); // index 0 is the empty string, as pprof requires
@@ -222,7 +225,9 @@ impl<'t> Builder<'t> {
         }
         let id = self.profile.mapping.len() as u64 + 1;
         let filename = self.string(mapping.file_path());
-        let build_id = build_id(mapping.file_path()).map_or(0, |id| self.string(&id));
+        let path = mapping.file_path();
+        let build_id = self.build_ids.entry(path.to_string()).or_insert_with(|| build_id(path)).clone();
+        let build_id = build_id.map_or(0, |id| self.string(&id));
         self.profile.mapping.push(Mapping {
             id,
             memory_start: mapping.start,
