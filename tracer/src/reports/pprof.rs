@@ -6,7 +6,7 @@
 //! `alloc_objects`. The same memory is counted by several sources (pages are mapped and resident, the
 //! allocator's blocks lie in both), so a sample carries values of its own source only and the sets are
 //! never added: `go tool pprof -sample_index=mapped_inuse_space` picks one. The resident set is the
-//! default when page faults were traced. Objects are allocations for mapped memory and the allocator,
+//! default when page faults were traced (else the primary source's). Objects are allocations for mapped memory and the allocator,
 //! pages for resident memory.
 //!
 //! One sample per stack and birth turns (label `turn`: one id, ids joined by `,` for memory allocated
@@ -17,8 +17,10 @@
 //! Locations carry the frames' addresses (a return address minus one, inside its call, as the tracer
 //! looked it up; 0 for JIT-compiled JavaScript, named from the jitdump) in Mappings that give each file's
 //! path, build id and address range, so pprof can re-symbolize a stripped file's frames from an unstripped
-//! build. Functions keep the tracer's names, and the file and line of JavaScript frames located in their
-//! sources.
+//! build (a mapping whose frames the tracer could not all name says it has no functions, so pprof
+//! symbolizes it when given the file). Functions keep the tracer's names, and the file and line of
+//! JavaScript frames located in their sources. As in the other reports, a stack's leaf is the code that
+//! called the C runtime's allocator or syscall wrapper, not the wrapper.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -322,6 +324,11 @@ fn build_id(path: &str) -> Option<String> {
 /// The profile, before compression.
 pub fn profile(trace: &Trace<'_>) -> Profile {
     let mut builder = Builder::new(trace.mappings);
+    // pprof takes the first mapping for the main binary (its "File:"): the target's code comes first.
+    let exe = trace.target.exe.to_string_lossy();
+    if let Some(main) = trace.mappings.iter().find(|m| m.is_file() && m.executable && m.file_path() == exe) {
+        builder.mapping(main);
+    }
     let totals = trace.ledger.by_source();
     let mut sources: Vec<Source> = SOURCE_ORDER.into_iter().filter(|s| totals.contains_key(s)).collect();
     if sources.is_empty() {
@@ -476,12 +483,19 @@ mod tests {
         ledger.map(1, 0x80000, page, Backing::Anonymous, mapped);
         ledger.unmap(1, 0x80000, page);
 
-        let target = ProcessInfo { pid: 1, exe: PathBuf::from("/bin/x"), cmdline: vec![] };
+        let target = ProcessInfo { pid: 1, exe: PathBuf::from("/nonexistent/app"), cmdline: vec![] };
         let frames =
             vec![vec![], vec![frame("map_it"), frame("main")], vec![frame("touch_it (server.ts:28)"), frame("main")]];
         let timeline = Timeline::default();
-        let stack_ips = StackTable::default();
-        let mappings = MemoryMap::default();
+        // Stack 1 in a library called from the executable; stack 2 a JIT frame (named from the jitdump, no
+        // address) over the executable.
+        let mut stack_ips = StackTable::default();
+        assert_eq!(stack_ips.intern(vec![0x7f0000000010, 0x401100]), 1);
+        assert_eq!(stack_ips.intern(vec![JIT_FRAME | 5, 0x401100]), 2);
+        let mappings = MemoryMap::parse(
+            "00400000-00402000 r-xp 00001000 08:01 1234 /nonexistent/app\n\
+             7f0000000000-7f0000001000 r-xp 00000000 08:01 99 /nonexistent/lib.so\n",
+        );
         let turns =
             [TurnRecord { id: "t1".into(), start: SystemTime::now(), end: Some(SystemTime::now()), index: turn }];
         let trace = Trace {
@@ -569,5 +583,33 @@ mod tests {
         assert_eq!(location.line[0].line, 28);
         let native = profile.function.iter().find(|f| string(f.name) == "main").unwrap();
         assert_eq!((native.filename, native.start_line), (0, 0));
+
+        // Addresses: the leaf's instruction pointer, a caller's return address minus one, 0 for JIT code;
+        // in the file's mapping with its range and offset (no build id: the file is not there). The target's
+        // executable is the first mapping, though a library's frame came first.
+        let address_of = |name: &str| -> Vec<(u64, u64)> {
+            let function = profile.function.iter().find(|f| string(f.name) == name).unwrap();
+            let at = profile.location.iter().filter(|l| l.line[0].function_id == function.id);
+            at.map(|l| (l.address, l.mapping_id)).collect()
+        };
+        assert_eq!(address_of("map_it"), [(0x7f0000000010, 2)]);
+        assert_eq!(address_of("main"), [(0x4010ff, 1)]);
+        assert_eq!(address_of("touch_it (server.ts:28)"), [(0, 0)]);
+        let [mapping, library] = profile.mapping.as_slice() else { panic!("two mappings: {:?}", profile.mapping) };
+        assert_eq!(
+            (mapping.id, mapping.memory_start, mapping.memory_limit, mapping.file_offset),
+            (1, 0x400000, 0x402000, 0x1000)
+        );
+        assert_eq!((string(mapping.filename), mapping.build_id, mapping.has_functions), ("/nonexistent/app", 0, true));
+        assert_eq!((library.id, string(library.filename)), (2, "/nonexistent/lib.so"));
+    }
+
+    #[test]
+    fn a_frame_named_by_its_offset_is_unnamed() {
+        let mapping = MemoryMap::parse("00400000-00402000 r-xp 00001000 08:01 1234 /usr/bin/bun (deleted)\n");
+        let mapping = mapping.find(0x400000).unwrap();
+        assert!(is_unnamed("bun+0x2c6d3a1", mapping));
+        assert!(!is_unnamed("bun_main", mapping));
+        assert!(!is_unnamed("bunny+0x10", mapping));
     }
 }
