@@ -217,6 +217,10 @@ pub struct Trace<'a> {
     pub jit_tiers: &'a BTreeMap<std::sync::Arc<str>, std::collections::BTreeSet<&'static str>>,
     /// How many JavaScript functions got a place in the sources.
     pub javascript: crate::symbolizer::jit_frames::JsCoverage,
+    /// Instruction pointers by stack index, innermost first, for reports that give addresses (pprof).
+    pub stack_ips: &'a StackTable,
+    /// The target's mappings as last read, for reports that place addresses in files (pprof).
+    pub mappings: &'a crate::procfs::maps::MemoryMap,
 }
 
 pub struct Collector {
@@ -610,6 +614,8 @@ impl Collector {
             interval: self.interval,
             jit_tiers: self.symbolizer.jit.tiers(),
             javascript: self.symbolizer.jit.coverage(),
+            stack_ips: &self.stacks,
+            mappings: self.modules.snapshot(),
         }
     }
 

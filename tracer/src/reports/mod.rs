@@ -219,8 +219,7 @@ pub fn write_set(
         "timeline.svg",
         timeline::render(trace, &suspects).and_then(|svg| out.write("timeline.svg", svg.as_bytes())),
     );
-    let pprof =
-        attempt("profile.pb.gz", pprof::render(trace, &stacks).and_then(|bytes| out.write("profile.pb.gz", &bytes)));
+    let pprof = attempt("profile.pb.gz", pprof::render(trace).and_then(|bytes| out.write("profile.pb.gz", &bytes)));
     let sources: Vec<Source> =
         Source::ALL.into_iter().filter(|source| stacks.iter().any(|s| s.source == *source)).collect();
     if sources.len() > 1 {
