@@ -23,12 +23,13 @@ const BUN_VERSION: &str = "1.3.13";
 pub fn all() -> Result<()> {
     ebpf_toolchain()?;
     // bpftool checks that probes are detached; tmux gives the status-line test a terminal; useradd and setpriv
-    // (passwd, util-linux) run the hostile-user tests.
+    // (passwd, util-linux) run the hostile-user tests; chromium loads report.html.
     apt_packages(&[
         ("bpftool", "/usr/sbin/bpftool"),
         ("tmux", "/usr/bin/tmux"),
         ("passwd", "/usr/sbin/useradd"),
         ("util-linux", "/usr/bin/setpriv"),
+        ("chromium", "/usr/bin/chromium"),
     ])?;
     bun()?;
     Ok(())
