@@ -24,8 +24,8 @@ use crate::{collector::Trace, ledger::Source, symbolizer::jit_frames::JsCoverage
 
 /// Suspects drawn in the growth chart (all are in the table).
 const CHARTED: usize = 5;
-/// Suspects listed in the table.
-const LISTED: usize = 20;
+/// Suspects listed in the table (report.json has the rest).
+const LISTED: usize = 10;
 const CHART_COLOURS: [&str; CHARTED] = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"];
 
 /// How well the trace saw the target: what report.json's `javascript`, `counters` and `tracer` say.
@@ -284,8 +284,8 @@ fn suspects_table(html: &mut String, page: &Page) {
             .map_or(String::new(), |by| format!("<br><small>via {}</small>", escape(by)));
         let _ = writeln!(
             html,
-            "<tr class=\"{}\"><td>{}</td><td class=\"site\">{}{allocated_by}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-             <td>{}</td></tr>",
+            "<tr class=\"{}\"><td>{}</td><td class=\"site\">{}{allocated_by}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+             <td class=\"num\">{}</td><td class=\"evidence\">{}</td></tr>",
             if rank == 0 { "first" } else { "" },
             rank + 1,
             escape(&suspect.site),
@@ -296,7 +296,11 @@ fn suspects_table(html: &mut String, page: &Page) {
             escape(&suspect.evidence)
         );
     }
-    html.push_str("</tbody></table></section>\n");
+    html.push_str("</tbody></table>");
+    if page.suspects.len() > suspects.len() {
+        let _ = write!(html, "<p>{} more sites in report.json.</p>", page.suspects.len() - suspects.len());
+    }
+    html.push_str("</section>\n");
 }
 
 fn per_turn(suspect: &Suspect) -> String {
@@ -335,7 +339,14 @@ fn axes(html: &mut String, span: f64, max: f64) {
 }
 
 fn growth_chart(html: &mut String, page: &Page) {
-    let charted: Vec<&Suspect> = page.suspects.iter().take(CHARTED).filter(|s| !s.series.is_empty()).collect();
+    // Sites that grow, not churners whose curves go up and down (and would draw the eye): the others only
+    // when nothing grows.
+    let growing = |s: &&Suspect| matches!(s.verdict, Verdict::Grows | Verdict::LevelsOff);
+    let drawn = |s: &&Suspect| !s.series.is_empty();
+    let mut charted: Vec<&Suspect> = page.suspects.iter().filter(growing).filter(drawn).take(CHARTED).collect();
+    if charted.is_empty() {
+        charted = page.suspects.iter().filter(drawn).take(CHARTED).collect();
+    }
     if charted.is_empty() {
         return;
     }
@@ -357,7 +368,8 @@ fn growth_chart(html: &mut String, page: &Page) {
         );
     }
     axes(html, span, max);
-    for (suspect, colour) in charted.iter().zip(CHART_COLOURS) {
+    // Drawn last to first, so that the top suspect's line lies on top, and thicker.
+    for (rank, (suspect, colour)) in charted.iter().zip(CHART_COLOURS).enumerate().rev() {
         let points: Vec<String> = suspect
             .series
             .iter()
@@ -365,7 +377,8 @@ fn growth_chart(html: &mut String, page: &Page) {
             .collect();
         let _ = write!(
             html,
-            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"><title>{}</title></polyline>",
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"{}\" points=\"{}\"><title>{}</title></polyline>",
+            if rank == 0 { 3 } else { 2 },
             points.join(" "),
             escape(&suspect.site)
         );
@@ -475,7 +488,8 @@ code{font:13px ui-monospace,monospace;word-break:break-all}
 .top .label{color:#666;font-size:12px;text-transform:uppercase}
 .top .site{font:700 22px ui-monospace,monospace;color:#900;word-break:break-all}
 table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:4px 8px;border-bottom:1px solid #ddd;vertical-align:top}
-td.site{font-family:ui-monospace,monospace;word-break:break-all}tr.first{background:#fff0f0;font-weight:600}
+td.site{font-family:ui-monospace,monospace;min-width:16em;overflow-wrap:anywhere}
+td.evidence{font-size:12px;color:#444}td.num{white-space:nowrap}tr.first{background:#fff0f0;font-weight:600}
 .chart{width:100%;height:auto;max-height:280px}.chart text{font-size:11px;fill:#555}
 .axis{stroke:#999}.turn{stroke:#ccc;stroke-dasharray:2 3}.bar{fill:#d62728}
 .legend{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:4px 16px;font-family:ui-monospace,monospace}
@@ -598,6 +612,11 @@ mod tests {
         assert!(featured < site("leakyFunction"));
         assert!(site("leakyFunction") < site("cacheFill") && site("cacheFill") < site("temporary"));
         assert!(html.contains("<tr class=\"first\"><td>1</td><td class=\"site\">leakyFunction"));
+        // The growth chart draws the sites that grow, the top one on top; not the flat one.
+        let chart = &html[html.find("id=\"growth\"").unwrap()..html.find("id=\"turns\"").unwrap()];
+        let lines: Vec<&str> = chart.match_indices("<title>").map(|(at, _)| &chart[at + 7..]).collect();
+        let names: Vec<&str> = lines.iter().map(|l| &l[..l.find('<').unwrap()]).collect();
+        assert_eq!(names, ["turn &lt;t1&gt;", "cacheFill", "leakyFunction"]);
     }
 
     #[test]
