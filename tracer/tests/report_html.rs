@@ -11,8 +11,9 @@ use common::{Report, Running, fixture, output_dir, start_tracer};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
-/// Runs headless Chromium on `page` with `mode` (`--dump-dom`, `--screenshot=...`): (stdout, stderr).
-fn chromium(page: &Path, mode: &[&str]) -> (String, String) {
+/// Runs headless Chromium on `page` (with `fragment` after `#` when given) with `mode` (`--dump-dom`,
+/// `--screenshot=...`), asserts that the page's console said nothing (errors included): (stdout, stderr).
+fn chromium(page: &Path, fragment: &str, mode: &[&str]) -> (String, String) {
     let profile = page.parent().unwrap().join("chromium-profile");
     let output = Command::new(CHROMIUM)
         .args(["--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0"])
@@ -20,11 +21,15 @@ fn chromium(page: &Path, mode: &[&str]) -> (String, String) {
         // Lets the iframes' Blob URLs load before the DOM is dumped.
         .arg("--virtual-time-budget=5000")
         .args(mode)
-        .arg(format!("file://{}", page.display()))
+        .arg(format!("file://{}{fragment}", page.display()))
         .output()
         .unwrap_or_else(|error| panic!("cannot run {CHROMIUM}: {error}"));
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "chromium failed: {stderr}");
+    // Chromium logs the page's console, errors included, as `...:CONSOLE(line)] "message", source: ...`.
+    let console: Vec<&str> = stderr.lines().filter(|line| line.contains(":CONSOLE")).collect();
+    assert!(console.is_empty(), "console messages: {console:#?}");
+    assert!(!stderr.contains("Uncaught"), "{stderr}");
     (String::from_utf8_lossy(&output.stdout).into_owned(), stderr)
 }
 
@@ -54,12 +59,8 @@ fn the_page_loads_without_errors_and_features_the_top_suspect() {
     let html = std::fs::read_to_string(&page).expect("report.html is written");
     assert!(no_external_resource(&html), "the page names a resource elsewhere");
 
-    let (dom, stderr) = chromium(&page, &["--dump-dom"]);
+    let (dom, stderr) = chromium(&page, "", &["--dump-dom"]);
     assert!(dom.contains("data-script=\"ran\""), "the page's script did not run to its end: {stderr}");
-    // Chromium logs the page's console, errors included, as `...:CONSOLE(line)] "message", source: ...`.
-    let console: Vec<&str> = stderr.lines().filter(|line| line.contains(":CONSOLE")).collect();
-    assert!(console.is_empty(), "console messages: {console:#?}");
-    assert!(!stderr.contains("Uncaught"), "{stderr}");
     let featured = format!("<div class=\"site\">{}</div>", escape(top));
     assert!(dom.contains(&featured), "the top suspect {top} is not featured");
     let first_row = dom.find("<tr class=\"first\">").expect("a first row");
@@ -79,8 +80,17 @@ fn the_page_loads_without_errors_and_features_the_top_suspect() {
     // The shown flamegraph and the growth one are loaded; the others when chosen.
     assert_eq!(dom.matches("src=\"blob:").count(), 2, "each graph shown is loaded");
 
+    // The source switcher, from a link: the mapped flamegraph alone is shown and loaded.
+    let (dom, _) = chromium(&page, "#flamegraph-mmap", &["--dump-dom"]);
+    assert!(dom.contains("data-script=\"ran\""));
+    assert!(dom.contains("<div class=\"graph\" id=\"flamegraph-mmap\"><iframe title=\"mapped memory\" src=\"blob:"));
+    assert!(dom.contains(
+        "<div class=\"graph\" id=\"flamegraph-page-fault\" hidden=\"\"><iframe title=\"resident memory\"></iframe>"
+    ));
+    assert!(dom.contains("<button type=\"button\" data-show=\"flamegraph-mmap\" class=\"on\">"));
+
     let screenshot = out.join("report.png");
-    chromium(&page, &[&format!("--screenshot={}", screenshot.display()), "--window-size=1280,1600"]);
+    chromium(&page, "", &[&format!("--screenshot={}", screenshot.display()), "--window-size=1280,1600"]);
     let png = std::fs::read(&screenshot).expect("a screenshot");
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{} bytes", png.len());
 }

@@ -62,8 +62,9 @@ pub struct Page<'a> {
     /// Seconds since the trace began, for the suspects' series.
     pub trace_start: SystemTime,
     pub turns: Vec<TurnBar>,
-    /// (label, SVG text): one per source, the primary first; never added together.
-    pub flamegraphs: Vec<(String, String)>,
+    /// (source, SVG text): one per source, the primary first; never added together. No source: of all
+    /// memory, when the trace saw none.
+    pub flamegraphs: Vec<(Option<Source>, String)>,
     pub growth: Option<String>,
 }
 
@@ -90,11 +91,11 @@ pub fn write(
     if sources.len() > 1 {
         for (source, _) in &sources {
             if let Some(svg) = read(&format!("flamegraph-{}.svg", source.name())) {
-                flamegraphs.push((source.describe().to_string(), svg));
+                flamegraphs.push((Some(*source), svg));
             }
         }
     } else if let Some(svg) = read("flamegraph.svg") {
-        flamegraphs.push((primary.map_or("memory", Source::describe).to_string(), svg));
+        flamegraphs.push((primary, svg));
     }
     let counter = |name: &str| {
         tracer_common::counters::Counter::ALL
@@ -446,17 +447,21 @@ fn flamegraphs(html: &mut String, page: &Page) {
          allocator bytes measure different things and are never added together. Search: the Search button in the \
          top right corner of each graph, or Ctrl-F inside it.</p>\n<div class=\"switcher\">",
     );
-    for (index, (label, _)) in page.flamegraphs.iter().enumerate() {
+    // `report.html#flamegraph-mmap` opens on that source.
+    let id = |source: &Option<Source>| format!("flamegraph-{}", source.map_or("memory", Source::name));
+    let label = |source: &Option<Source>| source.map_or("memory", Source::describe);
+    for (index, (source, _)) in page.flamegraphs.iter().enumerate() {
         let _ = write!(
             html,
-            "<button type=\"button\" data-show=\"flamegraph-{index}\"{}>{}</button>",
+            "<button type=\"button\" data-show=\"{}\"{}>{}</button>",
+            id(source),
             if index == 0 { " class=\"on\"" } else { "" },
-            escape(label)
+            label(source)
         );
     }
     html.push_str("</div>\n");
-    for (index, (label, svg)) in page.flamegraphs.iter().enumerate() {
-        embed(html, &format!("flamegraph-{index}"), label, svg, index != 0);
+    for (index, (source, svg)) in page.flamegraphs.iter().enumerate() {
+        embed(html, &id(source), label(source), svg, index != 0);
     }
     if let Some(svg) = &page.growth {
         html.push_str("<h2>Growth by stack</h2>\n");
@@ -512,17 +517,22 @@ const SCRIPT: &str = r#"
     frame.src = URL.createObjectURL(new Blob([svg], { type: 'image/svg+xml' }));
   }
   const graphs = document.querySelectorAll('.graph');
-  graphs.forEach(load);
   const buttons = document.querySelectorAll('.switcher button');
+  function show(id) {
+    for (const button of buttons) {
+      button.classList.toggle('on', button.dataset.show === id);
+      document.getElementById(button.dataset.show).hidden = button.dataset.show !== id;
+    }
+  }
   for (const button of buttons) {
     button.addEventListener('click', function () {
-      for (const other of buttons) {
-        other.classList.toggle('on', other === button);
-        document.getElementById(other.dataset.show).hidden = other !== button;
-      }
+      show(button.dataset.show);
       graphs.forEach(load);
     });
   }
+  const chosen = decodeURIComponent(location.hash.slice(1));
+  if ([...buttons].some(function (button) { return button.dataset.show === chosen; })) show(chosen);
+  graphs.forEach(load);
   document.body.setAttribute('data-script', 'ran');
 })();
 "#;
@@ -560,7 +570,7 @@ mod tests {
         }
     }
 
-    fn page<'a>(suspects: &'a [Suspect], flamegraphs: Vec<(String, String)>) -> Page<'a> {
+    fn page<'a>(suspects: &'a [Suspect], flamegraphs: Vec<(Option<Source>, String)>) -> Page<'a> {
         Page {
             target: "/bin/<server> (pid 7)".to_string(),
             command: "server --name=\"x\"".to_string(),
@@ -589,7 +599,7 @@ mod tests {
         let hostile = "<img src=x onerror=alert(1)>";
         let suspects = [suspect(hostile, Verdict::Grows, 8192)];
         let svg = format!("<svg><script>var a = '</script><b>{hostile}</b>';</script></svg>");
-        let html = render(&page(&suspects, vec![(format!("src {hostile}"), svg)]));
+        let html = render(&page(&suspects, vec![(Some(Source::PageFault), svg)]));
         assert!(!html.contains(hostile), "raw markup from the trace: {html}");
         assert!(html.contains("&lt;img src=x onerror=alert(1)&gt;"));
         assert!(html.contains("&lt;t1&gt;") && html.contains("/bin/&lt;server&gt;"));
@@ -621,13 +631,11 @@ mod tests {
 
     #[test]
     fn one_flamegraph_shown_at_a_time() {
-        let graphs = vec![
-            ("resident memory".to_string(), "<svg/>".to_string()),
-            ("mapped memory".to_string(), "<svg/>".to_string()),
-        ];
+        let graphs = vec![(Some(Source::PageFault), "<svg/>".to_string()), (Some(Source::Mmap), "<svg/>".to_string())];
         let html = render(&page(&[], graphs));
-        assert!(html.contains("<div class=\"graph\" id=\"flamegraph-0\"><iframe"));
-        assert!(html.contains("<div class=\"graph\" id=\"flamegraph-1\" hidden><iframe"));
+        assert!(html.contains("<button type=\"button\" data-show=\"flamegraph-page-fault\" class=\"on\">resident memory</button><button type=\"button\" data-show=\"flamegraph-mmap\">mapped memory</button>"));
+        assert!(html.contains("<div class=\"graph\" id=\"flamegraph-page-fault\"><iframe title=\"resident memory\">"));
+        assert!(html.contains("<div class=\"graph\" id=\"flamegraph-mmap\" hidden><iframe title=\"mapped memory\">"));
         assert!(html.contains("No suspects"));
     }
 }
