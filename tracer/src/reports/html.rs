@@ -359,12 +359,14 @@ fn growth_chart(html: &mut String, page: &Page) {
     let max = charted.iter().flat_map(|s| s.series.iter().map(|(_, bytes)| *bytes)).max().unwrap_or(0).max(1) as f64;
     html.push_str("<section id=\"growth\"><h2>Growth over time</h2>\n");
     let _ = write!(html, "<svg class=\"chart\" viewBox=\"0 0 {WIDTH} {HEIGHT}\" role=\"img\">");
+    // Turns as ticks under the axis: a mark each, not a grid over the lines.
     for turn in &page.turns {
         let x = x_of(turn.start, span);
         let _ = write!(
             html,
-            "<line class=\"turn\" x1=\"{x:.1}\" y1=\"{TOP}\" x2=\"{x:.1}\" y2=\"{}\"><title>turn {}</title></line>",
+            "<line class=\"turn\" x1=\"{x:.1}\" y1=\"{}\" x2=\"{x:.1}\" y2=\"{}\"><title>turn {}</title></line>",
             HEIGHT - BOTTOM,
+            HEIGHT - BOTTOM + 8.0,
             escape(&turn.id)
         );
     }
@@ -496,10 +498,10 @@ table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:4px 8px;
 td.site{font-family:ui-monospace,monospace;min-width:16em;overflow-wrap:anywhere}
 td.evidence{font-size:12px;color:#444}td.num{white-space:nowrap}tr.first{background:#fff0f0;font-weight:600}
 .chart{width:100%;height:auto;max-height:280px}.chart text{font-size:11px;fill:#555}
-.axis{stroke:#999}.turn{stroke:#ccc;stroke-dasharray:2 3}.bar{fill:#d62728}
+.axis{stroke:#999}.turn{stroke:#888}.bar{fill:#d62728}
 .legend{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:4px 16px;font-family:ui-monospace,monospace}
 .swatch{display:inline-block;width:12px;height:12px;margin-right:5px;vertical-align:middle}
-.swatch.turn{border-left:1px dashed #999}
+.swatch.turn{width:1px;background:#888}
 .switcher button{font:inherit;padding:4px 12px;border:1px solid #999;background:#fff;cursor:pointer}
 .switcher button.on{background:#333;color:#fff}
 .graph iframe{width:100%;height:620px;border:1px solid #ddd}
