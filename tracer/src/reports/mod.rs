@@ -6,6 +6,7 @@ pub mod flamegraph;
 pub mod folded;
 pub mod frames;
 pub mod growth;
+pub mod html;
 pub mod json;
 pub mod json_lines;
 pub mod output;
@@ -42,6 +43,8 @@ pub struct ReportOptions {
 /// The files written, by what they hold.
 pub struct Written {
     pub report: PathBuf,
+    /// report.html: the page to open first.
+    pub html: PathBuf,
     pub folded: PathBuf,
     /// The primary view; then one per source when there are several.
     pub flamegraphs: Vec<PathBuf>,
@@ -111,8 +114,8 @@ pub struct Trim {
 
 /// The files a report set is made of, besides `flamegraph-<source>.svg` per source: the names an earlier
 /// run is cleared of.
-const REPORT_FILES: [&str; 6] =
-    ["report.json", "stacks.folded", "flamegraph.svg", "growth.svg", "profile.pb.gz", "timeline.svg"];
+const REPORT_FILES: [&str; 7] =
+    ["report.json", "stacks.folded", "flamegraph.svg", "growth.svg", "profile.pb.gz", "timeline.svg", "report.html"];
 
 /// What report.json may grow by when written again at the end (what failed, the peak memory): disk
 /// reserved for it beside its size.
@@ -228,6 +231,8 @@ pub fn write_set(
             flamegraphs.push(attempt(&name, flamegraph_of(&name, Some(source))));
         }
     }
+    // After the flamegraphs, which it embeds.
+    let html = attempt("report.html", html::write(trace, &stacks, &suspects, &turn_views, primary, out));
 
     // Again, last, so that it tells how much memory writing the others took, and what failed: into the
     // space reserved above. If this cannot be written, the first one stays.
@@ -252,6 +257,7 @@ pub fn write_set(
     ReportSet {
         written: Written {
             report: out.path().join("report.json"),
+            html,
             folded,
             flamegraphs,
             growth,
