@@ -472,8 +472,18 @@ fn flamegraphs(html: &mut String, page: &Page) {
     html.push_str("</section>\n");
 }
 
+/// inferno's script sizes its frames to the SVG's width less the padding, and its labels by that width; an
+/// iframe briefly 0 wide (while the page is laid out, or resized for a screenshot) made it -20 and the
+/// labels' places Infinity%, errors on the console. The sizing waits for a width: the frame's resize event
+/// brings it.
+const INFERNO_FRAMES_WIDTH: &str = "frames.attributes.width.value = svg.width.baseVal.value - xpad * 2;";
+const FRAMES_WIDTH_KEPT_POSITIVE: &str = "if (!(svg.width.baseVal.value > xpad * 2)) return; \
+                                          frames.attributes.width.value = svg.width.baseVal.value - xpad * 2;";
+
 /// An SVG in an iframe of its own, filled by the page's script from the JSON beside it.
 fn embed(html: &mut String, id: &str, label: &str, svg: &str, hidden: bool) {
+    let svg = svg.replace(INFERNO_FRAMES_WIDTH, FRAMES_WIDTH_KEPT_POSITIVE);
+    let svg = svg.as_str();
     let _ = writeln!(
         html,
         "<div class=\"graph\" id=\"{id}\"{}><iframe title=\"{}\"></iframe><script type=\"application/json\">{}</script></div>",
@@ -542,6 +552,18 @@ const SCRIPT: &str = r#"
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn infernos_frame_width_is_kept_positive_in_the_page() {
+        let mut svg = Vec::new();
+        let mut options = inferno::flamegraph::Options::default();
+        inferno::flamegraph::from_lines(&mut options, ["main;leak 4096"], &mut svg).unwrap();
+        let svg = String::from_utf8(svg).unwrap();
+        assert!(svg.contains(INFERNO_FRAMES_WIDTH), "inferno's script changed: see INFERNO_FRAMES_WIDTH");
+        let mut html = String::new();
+        embed(&mut html, "graph", "resident memory", &svg, false);
+        assert!(html.contains(FRAMES_WIDTH_KEPT_POSITIVE));
+    }
     use crate::reports::suspects::Verdict;
 
     fn suspect(site: &str, verdict: Verdict, growth: i64) -> Suspect {
