@@ -338,8 +338,13 @@ fn the_block_table_is_sized_from_the_memory_budget() {
     let kept = held.by_leaf("malloc", "keep_block");
     let left_out = held.counter("block_table_full");
     assert_eq!(held.counter("map_full"), left_out, "only the block table was full");
-    // The kernel checks a large table's fullness on per-CPU counts, so it may stop a little short.
-    assert!(kept.outstanding_allocs <= entries && kept.outstanding_allocs + left_out >= BLOCKS, "{kept:?}, {left_out}");
+    // The kernel checks a large table's fullness on per-CPU counts, so it may stop a little short. Every block
+    // is either held or counted, unless the collector began sampling before the fixture was done (a slow,
+    // busy machine): then blocks after that moment were sampled out, neither held nor counted.
+    assert!(kept.outstanding_allocs <= entries, "{kept:?}");
+    if held.0["allocator_sampled_since"].is_null() {
+        assert!(kept.outstanding_allocs + left_out >= BLOCKS, "{kept:?}, {left_out}");
+    }
     assert_eq!(kept.outstanding_bytes, 32 * kept.outstanding_allocs);
     let after = report.by_leaf("malloc", "keep_block");
     assert_eq!((after.outstanding_bytes, after.outstanding_allocs), (0, 0));
