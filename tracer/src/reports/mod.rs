@@ -195,16 +195,26 @@ pub fn write_set(
     };
     let mut flamegraphs = vec![attempt("flamegraph.svg", flamegraph_of("flamegraph.svg", primary))];
     let growth = {
-        let (before, after) = growth_view.folded_pair(primary);
         let view = primary.map_or("memory", |s| s.describe());
         let subtitle = format!(
-            "from {} to {} (red: grew, blue: shrank; width: bytes at the end of the window)",
+            "from {} to {} (colour: the function's growth, red grew, blue shrank; width: bytes at the end of the \
+             window; outlined: suspects)",
             json::rfc3339(growth_view.from),
             json::rfc3339(growth_view.to)
         );
+        let marks: Vec<flamegraph::Mark> = suspects
+            .iter()
+            .enumerate()
+            .map(|(index, suspect)| flamegraph::Mark {
+                site: suspect.site.clone(),
+                rank: index + 1,
+                verdict: suspect.verdict.name(),
+                bytes_per_turn: suspect.bytes_per_turn,
+            })
+            .collect();
         let svg = flamegraph::render_growth(
-            &before,
-            &after,
+            &growth_view.folded_stacks(primary),
+            &marks,
             &format!("Growth of {view} of {target}"),
             &subtitle,
             &format!("nothing outstanding in {view} at the end of the window: no growth to show"),
