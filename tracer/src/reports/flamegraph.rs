@@ -32,30 +32,54 @@ pub fn render(folded: &str, title: &str, subtitle: &str, nothing: &str) -> Resul
 }
 
 /// One stack of the growth view: its folded frames (`[source];root;...;leaf`), bytes at the end of the
-/// window, and what it gained over the window (negative: it shrank).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// window, what it gained over the window (negative: it shrank), and the share of all it allocated that
+/// it still held at the end of the trace (0..=1).
+#[derive(Clone, Debug, PartialEq)]
 pub struct GrowthStack {
     pub line: String,
     pub to_bytes: u64,
     pub growth: i64,
+    pub retained_fraction: f64,
+}
+
+impl GrowthStack {
+    /// The growth it keeps: growth × retained fraction, as report.json's `kept_growth_bytes`. A churner's
+    /// resident memory grows by the freed pages it touched first, which then hold other stacks' data: it
+    /// keeps a small share of all it made resident, and its growth counts by that share. The share is the
+    /// suspect's (of all its stacks) when the stack's deepest suspect frame is one of `marks`, else the
+    /// stack's own. Shrinking counts whole.
+    pub fn kept_growth(&self, marks: &[Mark]) -> i64 {
+        if self.growth <= 0 {
+            return self.growth;
+        }
+        let suspect = self.line.rsplit(';').find_map(|frame| {
+            let site = frames::site_name(frame);
+            marks.iter().find(|mark| mark.site == site)
+        });
+        let retained = suspect.map_or(self.retained_fraction, |mark| mark.retained_fraction);
+        (self.growth as f64 * retained.clamp(0.0, 1.0)).round() as i64
+    }
 }
 
 /// A suspect to point out in growth.svg: its site (`retainStreamChunk (server.ts:143)`, as
-/// [`frames::site_name`] names a frame), its rank in the report, verdict and bytes left per turn.
+/// [`frames::site_name`] names a frame), its rank in the report, verdict, bytes left per turn and the
+/// share of all it allocated that it holds. `outlined`: judged a leak (it grows), drawn outlined.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mark {
     pub site: String,
     pub rank: usize,
     pub verdict: &'static str,
+    pub outlined: bool,
     pub bytes_per_turn: Option<f64>,
+    pub retained_fraction: f64,
 }
 
 /// growth.svg. A box's width is the bytes its stacks hold at the end of the window (what was freed by
-/// then is not drawn), as in flamegraph.svg. Its colour is its own inclusive growth over the window, that
-/// of every stack under it: red by how much it grew, blue by how much it shrank, grey when neither; so a
-/// leaking function is as red as what it leaked, and the callers it shares with a churner only by what
-/// grew. The tooltip says the growth and the bytes held, and for a suspect its rank, verdict and bytes per
-/// turn; suspects are outlined.
+/// then is not drawn), as in flamegraph.svg. Its colour is its own inclusive growth over the window, the
+/// growth every stack under it kept ([`GrowthStack::kept_growth`]): red by how much, blue where they
+/// shrank, grey when neither; so a leaking function is as red as what it leaked, and the callers it shares
+/// with a churner only by what grew. The tooltip says the growth kept, the raw growth and the bytes held,
+/// and for a suspect its rank, verdict and bytes per turn; suspects that grow are outlined.
 pub fn render_growth(
     stacks: &[GrowthStack],
     marks: &[Mark],
@@ -63,7 +87,7 @@ pub fn render_growth(
     subtitle: &str,
     nothing: &str,
 ) -> Result<Vec<u8>> {
-    let boxes = inclusive_growth(stacks);
+    let boxes = inclusive_growth(stacks, marks);
     let colours = growth_colours(&boxes);
     // inferno keys colours and tooltips by function name: each box gets a name of its own, the function's
     // followed by its number among the boxes of that function in zero-width characters (nothing to see).
@@ -87,7 +111,8 @@ pub fn render_growth(
         let function = function_of(path);
         // inferno's script labels a box with its tooltip less a last `(...)`: the details go there.
         let mut tooltip = format!(
-            "{function} ({} over the window, {} at its end",
+            "{function} ({} kept over the window, of {} grown; {} at its end",
+            signed(growth.kept as f64),
             signed(growth.grown as f64),
             human_bytes(growth.to_bytes)
         );
@@ -100,7 +125,7 @@ pub fn render_growth(
         }
         tooltip.push(')');
         let _ = write!(attributes, "{name}\ttitle={}", tooltip.replace(['\t', '\n', '\r'], " "));
-        if mark.is_some() {
+        if mark.is_some_and(|mark| mark.outlined) {
             attributes.push_str("\tg_extra=class=\"suspect\" stroke=\"#000000\" stroke-width=\"1.5\"");
         }
         attributes.push('\n');
@@ -155,21 +180,25 @@ fn functions<'a>(stacks: impl Iterator<Item = &'a str>) -> HashSet<&'a str> {
     functions
 }
 
-/// What a box of the growth view stands for: the growth of the stacks under it, and their bytes at the end.
+/// What a box of the growth view stands for: the growth of the stacks under it, what of it they kept,
+/// and their bytes at the end.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BoxGrowth {
     pub grown: i64,
+    pub kept: i64,
     pub to_bytes: u64,
 }
 
 /// Every box of the growth view by its path (`[source];root;...;f`; `""` is inferno's root `all`), with
 /// the growth of all stacks through it.
-pub fn inclusive_growth(stacks: &[GrowthStack]) -> BTreeMap<String, BoxGrowth> {
+pub fn inclusive_growth(stacks: &[GrowthStack], marks: &[Mark]) -> BTreeMap<String, BoxGrowth> {
     let mut boxes: BTreeMap<String, BoxGrowth> = BTreeMap::new();
     for stack in stacks {
+        let kept = stack.kept_growth(marks);
         let mut add = |path: &str| {
             let entry = boxes.entry(path.to_string()).or_default();
             entry.grown = entry.grown.saturating_add(stack.growth);
+            entry.kept = entry.kept.saturating_add(kept);
             entry.to_bytes = entry.to_bytes.saturating_add(stack.to_bytes);
         };
         add("");
@@ -184,9 +213,9 @@ pub fn inclusive_growth(stacks: &[GrowthStack]) -> BTreeMap<String, BoxGrowth> {
 /// Red for growth, blue for shrinking, on one scale: the largest change of any box below the source's
 /// (which holds them all) is full colour.
 pub fn growth_colours(boxes: &BTreeMap<String, BoxGrowth>) -> BTreeMap<String, Color> {
-    let largest = boxes.iter().filter(|(path, _)| path.contains(';')).map(|(_, b)| b.grown.unsigned_abs()).max();
+    let largest = boxes.iter().filter(|(path, _)| path.contains(';')).map(|(_, b)| b.kept.unsigned_abs()).max();
     let largest = largest.unwrap_or(0);
-    boxes.iter().map(|(path, b)| (path.clone(), growth_colour(b.grown, largest))).collect()
+    boxes.iter().map(|(path, b)| (path.clone(), growth_colour(b.kept, largest))).collect()
 }
 
 /// Unchanged: grey. Otherwise from a pale to a full red (grew) or blue (shrank), linear in the change.
@@ -324,7 +353,7 @@ mod tests {
     }
 
     fn stack(line: &str, to_bytes: u64, growth: i64) -> GrowthStack {
-        GrowthStack { line: line.to_string(), to_bytes, growth }
+        GrowthStack { line: line.to_string(), to_bytes, growth, retained_fraction: 1.0 }
     }
 
     #[test]
@@ -349,7 +378,7 @@ mod tests {
             stack("[resident];main;run;churn", 300, -200),
             stack("[resident];main;leak;leak", 100, 100),
         ];
-        let boxes = inclusive_growth(&stacks);
+        let boxes = inclusive_growth(&stacks, &[]);
         let grown: Vec<(&str, i64, u64)> = boxes.iter().map(|(path, b)| (path.as_str(), b.grown, b.to_bytes)).collect();
         assert_eq!(
             grown,
@@ -405,36 +434,71 @@ mod tests {
     }
 
     #[test]
-    fn growth_svg_colours_functions_by_growth_and_outlines_suspects() {
+    fn growth_svg_colours_boxes_by_growth_kept_and_outlines_suspects() {
         let stacks = [
             stack("[resident];main;retainChunk (server.ts:143)", 9 << 20, 8 << 20),
-            stack("[resident];main;renderTemporary (server.ts:211)", 20 << 20, -(1 << 20)),
+            // A churner: its resident memory grew twice as much, but it holds an eighth of all it touched.
+            GrowthStack {
+                retained_fraction: 0.125,
+                ..stack("[resident];main;renderTemporary (server.ts:211)", 20 << 20, 16 << 20)
+            },
+            stack("[resident];main;trim", 1 << 20, -(2 << 20)),
         ];
-        let marks = [Mark {
-            site: "retainChunk (server.ts:143)".into(),
-            rank: 1,
-            verdict: "grows",
-            bytes_per_turn: Some(716.8 * 1024.0),
-        }];
+        let marks = [
+            Mark {
+                site: "retainChunk (server.ts:143)".into(),
+                rank: 1,
+                verdict: "grows",
+                outlined: true,
+                bytes_per_turn: Some(716.8 * 1024.0),
+                retained_fraction: 1.0,
+            },
+            Mark {
+                site: "renderTemporary (server.ts:211)".into(),
+                rank: 2,
+                verdict: "flat",
+                outlined: false,
+                bytes_per_turn: None,
+                retained_fraction: 0.125,
+            },
+        ];
         let svg = String::from_utf8(render_growth(&stacks, &marks, "t", "s", "nothing").unwrap()).unwrap();
         let (fill, group) = box_of(&svg, "retainChunk (server.ts:143)");
         assert_eq!(fill, "rgb(255,0,0)");
         assert!(group.contains("class=\"suspect\""), "{group}");
-        assert!(
-            svg.contains("<title>retainChunk (server.ts:143) (+8.0 MiB over the window, 9.0 MiB at its end; suspect 1: grows, +716.8 KiB per turn)</title>"),
-            "{svg}"
-        );
+        let tooltip = "<title>retainChunk (server.ts:143) (+8.0 MiB kept over the window, of +8.0 MiB grown; 9.0 MiB at \
+                       its end; suspect 1: grows, +716.8 KiB per turn)</title>";
+        assert!(svg.contains(tooltip), "{svg}");
         let (fill, group) = box_of(&svg, "renderTemporary (server.ts:211)");
-        assert_eq!(fill, "rgb(201,201,255)");
-        assert!(!group.contains("suspect"), "{group}");
-        assert!(
-            svg.contains(
-                "<title>renderTemporary (server.ts:211) (-1.0 MiB over the window, 20.0 MiB at its end)</title>"
-            ),
-            "{svg}"
-        );
+        assert_eq!(fill, "rgb(255,173,173)");
+        assert!(!group.contains("class"), "a suspect that does not grow is not outlined: {group}");
+        let tooltip = "<title>renderTemporary (server.ts:211) (+2.0 MiB kept over the window, of +16.0 MiB grown; 20.0 \
+                       MiB at its end; suspect 2: flat)</title>";
+        assert!(svg.contains(tooltip), "{svg}");
+        let (fill, _) = box_of(&svg, "trim");
+        assert_eq!(fill, "rgb(173,173,255)");
         // Labels are cut on the right: the function's name stays.
         assert!(svg.contains("truncate_text_right = true"), "{svg}");
+    }
+
+    #[test]
+    fn only_growth_counts_by_what_a_stack_or_its_suspect_kept() {
+        let churner = GrowthStack { retained_fraction: 0.25, ..stack("[resident];f (a.ts:1);g", 100, 400) };
+        assert_eq!(churner.kept_growth(&[]), 100);
+        assert_eq!(GrowthStack { growth: -400, ..churner.clone() }.kept_growth(&[]), -400);
+        assert_eq!(GrowthStack { retained_fraction: 7.0, ..churner.clone() }.kept_growth(&[]), 400);
+        // Its deepest suspect frame's share, of all that suspect's stacks, wins.
+        let mark = |site: &str, retained_fraction| Mark {
+            site: site.to_string(),
+            rank: 1,
+            verdict: "flat",
+            outlined: false,
+            bytes_per_turn: None,
+            retained_fraction,
+        };
+        assert_eq!(churner.kept_growth(&[mark("f (a.ts:1)", 0.5)]), 200);
+        assert_eq!(churner.kept_growth(&[mark("f (a.ts:1)", 0.5), mark("g", 0.125)]), 50);
+        assert_eq!(churner.kept_growth(&[mark("h", 0.5)]), 100);
     }
 
     #[test]

@@ -198,7 +198,7 @@ pub fn write_set(
         let view = primary.map_or("memory", |s| s.describe());
         let subtitle = format!(
             "from {} to {} (colour: the function's growth, red grew, blue shrank; width: bytes at the end of the \
-             window; outlined: suspects)",
+             window; outlined: suspects that grow)",
             json::rfc3339(growth_view.from),
             json::rfc3339(growth_view.to)
         );
@@ -209,11 +209,13 @@ pub fn write_set(
                 site: suspect.site.clone(),
                 rank: index + 1,
                 verdict: suspect.verdict.name(),
+                outlined: suspect.verdict == suspects::Verdict::Grows,
                 bytes_per_turn: suspect.bytes_per_turn,
+                retained_fraction: suspect.retained_fraction,
             })
             .collect();
         let svg = flamegraph::render_growth(
-            &growth_view.folded_stacks(primary),
+            &growth_view.folded_stacks(primary, &stacks),
             &marks,
             &format!("Growth of {view} of {target}"),
             &subtitle,
