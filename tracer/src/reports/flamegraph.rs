@@ -22,13 +22,20 @@ use super::{
 
 /// A flamegraph of folded `stack bytes` lines; `nothing`: what the picture says when no stack has bytes.
 pub fn render(folded: &str, title: &str, subtitle: &str, nothing: &str) -> Result<Vec<u8>> {
+    let folded: String = folded
+        .lines()
+        .map(|line| match line.rsplit_once(' ') {
+            Some((stack, count)) => format!("{} {count}\n", fold_unnamed(stack)),
+            None => format!("{line}\n"),
+        })
+        .collect();
     let mut palette = PaletteMap::default();
     for function in functions(folded.lines().filter_map(|line| line.rsplit_once(' ').map(|(stack, _)| stack))) {
         palette.insert(function, kind_colour(function));
     }
     let mut options = options(title, subtitle);
     options.palette_map = Some(&mut palette);
-    draw(folded, &mut options, nothing)
+    draw(&folded, &mut options, nothing)
 }
 
 /// One stack of the growth view: its folded frames (`[source];root;...;leaf`), bytes at the end of the
@@ -87,6 +94,9 @@ pub fn render_growth(
     subtitle: &str,
     nothing: &str,
 ) -> Result<Vec<u8>> {
+    let stacks: Vec<GrowthStack> =
+        stacks.iter().map(|stack| GrowthStack { line: fold_unnamed(&stack.line), ..stack.clone() }).collect();
+    let stacks = stacks.as_slice();
     let boxes = inclusive_growth(stacks, marks);
     let colours = growth_colours(&boxes);
     // inferno keys colours and tooltips by function name: each box gets a name of its own, the function's
@@ -147,6 +157,37 @@ pub fn render_growth(
     options.func_frameattrs =
         FuncFrameAttrsMap::from_reader(attributes.as_bytes()).context("cannot describe the frames")?;
     draw(&folded, &mut options, nothing)
+}
+
+/// Consecutive unnamed frames of one module (`bun+0x1;bun+0x2;bun+0x3`) as one box, `bun (3 frames)`:
+/// one by one they say nothing, and a Bun stack has a dozen of them at its root.
+pub fn fold_unnamed(line: &str) -> String {
+    let mut folded: Vec<String> = Vec::new();
+    // The run being read: its module, its first frame, and how many frames it has.
+    let mut run: Option<(&str, &str, usize)> = None;
+    let end_run = |run: Option<(&str, &str, usize)>, folded: &mut Vec<String>| match run {
+        Some((_, frame, 1)) => folded.push(frame.to_string()),
+        Some((module, _, count)) => folded.push(format!("{module} ({count} frames)")),
+        None => {}
+    };
+    for frame in line.split(';') {
+        let module = (kind(frame) == Kind::Unnamed).then(|| frame.rsplit_once("+0x").map(|(module, _)| module));
+        match (run, module.flatten()) {
+            (Some((current, first, count)), Some(module)) if current == module => {
+                run = Some((current, first, count + 1))
+            }
+            (_, Some(module)) => {
+                end_run(run, &mut folded);
+                run = Some((module, frame, 1));
+            }
+            (_, None) => {
+                end_run(run.take(), &mut folded);
+                folded.push(frame.to_string());
+            }
+        }
+    }
+    end_run(run, &mut folded);
+    folded.join(";")
 }
 
 /// The last frame of a folded path.
@@ -249,6 +290,14 @@ pub fn kind(frame: &str) -> Kind {
     let bracketed = frame.starts_with('[') && frame.ends_with(']') && !frame.contains(' ');
     if frame.is_empty() || (bracketed && !KERNEL_PAGES.contains(&frame)) {
         return Kind::Source;
+    }
+    if frame.ends_with(" frames)")
+        && frame.split_once(" (").is_some_and(|(module, count)| {
+            !module.contains(' ') && count.trim_end_matches(" frames)").bytes().all(|b| b.is_ascii_digit())
+        })
+    {
+        // A run of unnamed frames (`bun (12 frames)`, see `fold_unnamed`).
+        return Kind::Unnamed;
     }
     if frame.ends_with("_[k]")
         || frame.starts_with("[kernel")
@@ -499,6 +548,39 @@ mod tests {
         assert_eq!(churner.kept_growth(&[mark("f (a.ts:1)", 0.5)]), 200);
         assert_eq!(churner.kept_growth(&[mark("f (a.ts:1)", 0.5), mark("g", 0.125)]), 50);
         assert_eq!(churner.kept_growth(&[mark("h", 0.5)]), 100);
+    }
+
+    #[test]
+    fn runs_of_unnamed_frames_of_one_module_fold_into_one_box() {
+        assert_eq!(
+            fold_unnamed("[resident];bun+0x1;bun+0x2;bun+0x3;run (a.ts:1);bun+0x4;libc.so.6+0x5;libc.so.6+0x6"),
+            "[resident];bun (3 frames);run (a.ts:1);bun+0x4;libc.so.6 (2 frames)"
+        );
+        assert_eq!(fold_unnamed("[malloc];main;f"), "[malloc];main;f");
+        assert_eq!(fold_unnamed("bun+0x1;[unknown] 0x2;[unknown] 0x3"), "bun+0x1;[unknown] 0x2;[unknown] 0x3");
+        assert_eq!(fold_unnamed("a+0x1;b+0x2;b+0x3"), "a+0x1;b (2 frames)");
+        assert_eq!(kind("bun (12 frames)"), Kind::Unnamed);
+        assert_eq!(kind("run (a.ts:12)"), Kind::JavaScript);
+        // Stacks that fold alike are one box, as wide as both.
+        let svg =
+            render("[resident];bun+0x1;bun+0x2;f 4096\n[resident];bun+0x3;bun+0x4;f 4096\n", "t", "s", "n").unwrap();
+        let svg = String::from_utf8(svg).unwrap();
+        assert!(svg.contains("<title>bun (2 frames) (8,192 bytes, 100.00%)</title>"), "{svg}");
+        let growth = render_growth(
+            &[stack("[resident];bun+0x1;bun+0x2;f", 4096, 4096), stack("[resident];bun+0x3;bun+0x4;f", 4096, 0)],
+            &[],
+            "t",
+            "s",
+            "n",
+        )
+        .unwrap();
+        let growth = String::from_utf8(growth).unwrap();
+        assert!(
+            growth.contains(
+                "<title>bun (2 frames) (+4.0 KiB kept over the window, of +4.0 KiB grown; 8.0 KiB at its end)</title>"
+            ),
+            "{growth}"
+        );
     }
 
     #[test]

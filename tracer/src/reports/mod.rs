@@ -197,8 +197,7 @@ pub fn write_set(
     let growth = {
         let view = primary.map_or("memory", |s| s.describe());
         let subtitle = format!(
-            "from {} to {} (colour: the function's growth, red grew, blue shrank; width: bytes at the end of the \
-             window; outlined: suspects that grow)",
+            "{} to {}; colour: growth kept (red), shrinking (blue); width: bytes at the end; outlined: leaks",
             json::rfc3339(growth_view.from),
             json::rfc3339(growth_view.to)
         );
