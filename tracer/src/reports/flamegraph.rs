@@ -456,6 +456,18 @@ mod tests {
     }
 
     #[test]
+    fn one_function_in_two_places_has_two_colours() {
+        let stacks = [stack("[resident];a;leak", 4096, 4096), stack("[resident];b;leak", 4096, 1024)];
+        let svg = String::from_utf8(render_growth(&stacks, &[], "t", "s", "n").unwrap()).unwrap();
+        let fills: Vec<&str> = svg
+            .split("<title>leak (")
+            .skip(1)
+            .map(|rest| rest.split("fill=\"").nth(1).unwrap().split('"').next().unwrap())
+            .collect();
+        assert_eq!(fills, ["rgb(255,0,0)", "rgb(255,173,173)"]);
+    }
+
+    #[test]
     fn box_names_are_distinct_and_invisible() {
         let numbers: HashSet<String> = (0..64).map(invisible_number).collect();
         assert_eq!(numbers.len(), 64);
