@@ -6,7 +6,7 @@
 //! (JavaScript, runtime-internal, native, unnamed native, kernel), in growth.svg by how much the stacks
 //! under the box grew. Labels are cut on the right, so a narrow box keeps the start of its function's name.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
 use anyhow::{Context, Result};
@@ -97,28 +97,29 @@ pub fn render_growth(
     let stacks: Vec<GrowthStack> =
         stacks.iter().map(|stack| GrowthStack { line: fold_unnamed(&stack.line), ..stack.clone() }).collect();
     let stacks = stacks.as_slice();
-    let boxes = inclusive_growth(stacks, marks);
+    let (boxes, through) = growth_tree(stacks, marks);
     let colours = growth_colours(&boxes);
     // inferno keys colours and tooltips by function name: each box gets a name of its own, the function's
     // followed by its number among the boxes of that function in zero-width characters (nothing to see).
     let mut seen: HashMap<&str, usize> = HashMap::new();
-    let mut names: HashMap<&str, String> = HashMap::new();
-    for path in boxes.keys() {
-        let function = function_of(path);
-        let number = seen.entry(function).or_default();
-        names.insert(path, format!("{function}{}", invisible_number(*number)));
-        *number += 1;
-    }
+    let names: Vec<String> = boxes
+        .iter()
+        .map(|b| {
+            let number = seen.entry(b.frame).or_default();
+            *number += 1;
+            format!("{}{}", b.frame, invisible_number(*number - 1))
+        })
+        .collect();
     let mut palette = PaletteMap::default();
     let mut attributes = String::new();
-    for (path, growth) in &boxes {
-        let name = &names[path.as_str()];
-        palette.insert(name, colours[path]);
+    for ((b, name), colour) in boxes.iter().zip(&names).zip(&colours) {
+        palette.insert(name, *colour);
         // The attribute file's syntax: a name, a tab, then tab-separated `key=value`s; one box a line.
-        if path.is_empty() || name.contains(['\t', '\n', '\r']) || name.trim() != name {
+        if b.depth == 0 || name.contains(['\t', '\n', '\r']) || name.trim() != name {
             continue;
         }
-        let function = function_of(path);
+        let function = b.frame;
+        let growth = &b.growth;
         // inferno's script labels a box with its tooltip less a last `(...)`: the details go there.
         let mut tooltip = format!(
             "{function} ({} kept over the window, of {} grown; {} at its end",
@@ -141,14 +142,12 @@ pub fn render_growth(
         attributes.push('\n');
     }
     let mut folded = String::new();
-    for stack in stacks.iter().filter(|stack| stack.to_bytes > 0) {
-        let mut path_end = 0;
-        for (depth, frame) in stack.line.split(';').enumerate() {
-            path_end += frame.len() + usize::from(depth > 0);
+    for (stack, path) in stacks.iter().zip(&through).filter(|(stack, _)| stack.to_bytes > 0) {
+        for (depth, index) in path.iter().enumerate() {
             if depth > 0 {
                 folded.push(';');
             }
-            folded.push_str(&names[&stack.line[..path_end]]);
+            folded.push_str(&names[*index]);
         }
         let _ = writeln!(folded, " {}", stack.to_bytes);
     }
@@ -190,11 +189,6 @@ pub fn fold_unnamed(line: &str) -> String {
     folded.join(";")
 }
 
-/// The last frame of a folded path.
-fn function_of(path: &str) -> &str {
-    path.rsplit(';').next().unwrap_or(path)
-}
-
 /// 0: nothing; n: n in binary, a zero-width space for 0 and a zero-width non-joiner for 1 (distinct for
 /// every n, since it starts with a 1).
 fn invisible_number(number: usize) -> String {
@@ -230,33 +224,53 @@ pub struct BoxGrowth {
     pub to_bytes: u64,
 }
 
-/// Every box of the growth view by its path (`[source];root;...;f`; `""` is inferno's root `all`), with
-/// the growth of all stacks through it.
-pub fn inclusive_growth(stacks: &[GrowthStack], marks: &[Mark]) -> BTreeMap<String, BoxGrowth> {
-    let mut boxes: BTreeMap<String, BoxGrowth> = BTreeMap::new();
+/// A box of the growth view: its frame, its caller's box (the root's is itself), its depth (the root,
+/// inferno's `all`, is 0; the source is 1) and the growth of all stacks through it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrowthBox<'a> {
+    pub frame: &'a str,
+    pub parent: usize,
+    pub depth: usize,
+    pub growth: BoxGrowth,
+}
+
+/// The boxes of the growth view, the root first; and for each stack, the boxes it goes through from its
+/// first frame to its last. A tree of frames rather than a map of paths: paths would take the square of
+/// a stack's depth in memory.
+pub fn growth_tree<'a>(stacks: &'a [GrowthStack], marks: &[Mark]) -> (Vec<GrowthBox<'a>>, Vec<Vec<usize>>) {
+    let mut boxes = vec![GrowthBox { frame: "", parent: 0, depth: 0, growth: BoxGrowth::default() }];
+    let mut children: HashMap<(usize, &str), usize> = HashMap::new();
+    let mut through = Vec::with_capacity(stacks.len());
     for stack in stacks {
         let kept = stack.kept_growth(marks);
-        let mut add = |path: &str| {
-            let entry = boxes.entry(path.to_string()).or_default();
-            entry.grown = entry.grown.saturating_add(stack.growth);
-            entry.kept = entry.kept.saturating_add(kept);
-            entry.to_bytes = entry.to_bytes.saturating_add(stack.to_bytes);
+        let add = |growth: &mut BoxGrowth| {
+            growth.grown = growth.grown.saturating_add(stack.growth);
+            growth.kept = growth.kept.saturating_add(kept);
+            growth.to_bytes = growth.to_bytes.saturating_add(stack.to_bytes);
         };
-        add("");
-        for (end, _) in stack.line.match_indices(';') {
-            add(&stack.line[..end]);
+        add(&mut boxes[0].growth);
+        let mut current = 0;
+        let mut path = Vec::new();
+        for frame in stack.line.split(';') {
+            let next = boxes.len();
+            current = *children.entry((current, frame)).or_insert_with(|| {
+                let depth = boxes[current].depth + 1;
+                boxes.push(GrowthBox { frame, parent: current, depth, growth: BoxGrowth::default() });
+                next
+            });
+            add(&mut boxes[current].growth);
+            path.push(current);
         }
-        add(&stack.line);
+        through.push(path);
     }
-    boxes
+    (boxes, through)
 }
 
 /// Red for growth, blue for shrinking, on one scale: the largest change of any box below the source's
 /// (which holds them all) is full colour.
-pub fn growth_colours(boxes: &BTreeMap<String, BoxGrowth>) -> BTreeMap<String, Color> {
-    let largest = boxes.iter().filter(|(path, _)| path.contains(';')).map(|(_, b)| b.kept.unsigned_abs()).max();
-    let largest = largest.unwrap_or(0);
-    boxes.iter().map(|(path, b)| (path.clone(), growth_colour(b.kept, largest))).collect()
+pub fn growth_colours(boxes: &[GrowthBox<'_>]) -> Vec<Color> {
+    let largest = boxes.iter().filter(|b| b.depth > 1).map(|b| b.growth.kept.unsigned_abs()).max().unwrap_or(0);
+    boxes.iter().map(|b| growth_colour(b.growth.kept, largest)).collect()
 }
 
 /// Unchanged: grey. Otherwise from a pale to a full red (grew) or blue (shrank), linear in the change.
@@ -388,6 +402,8 @@ fn escape(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]
@@ -427,8 +443,23 @@ mod tests {
             stack("[resident];main;run;churn", 300, -200),
             stack("[resident];main;leak;leak", 100, 100),
         ];
-        let boxes = inclusive_growth(&stacks, &[]);
-        let grown: Vec<(&str, i64, u64)> = boxes.iter().map(|(path, b)| (path.as_str(), b.grown, b.to_bytes)).collect();
+        let (tree, through) = growth_tree(&stacks, &[]);
+        assert_eq!(through, [vec![1, 2, 3, 4], vec![1, 2, 3, 5], vec![1, 2, 6, 7]]);
+        let colours = growth_colours(&tree);
+        // Each box by its path from the root.
+        let path = |mut index: usize| {
+            let mut frames = Vec::new();
+            while index != 0 {
+                frames.push(tree[index].frame);
+                index = tree[index].parent;
+            }
+            frames.reverse();
+            frames.join(";")
+        };
+        let boxes: BTreeMap<String, (BoxGrowth, Color)> =
+            (0..tree.len()).map(|index| (path(index), (tree[index].growth, colours[index]))).collect();
+        let grown: Vec<(&str, i64, u64)> =
+            boxes.iter().map(|(path, (b, _))| (path.as_str(), b.grown, b.to_bytes)).collect();
         assert_eq!(
             grown,
             [
@@ -442,7 +473,7 @@ mod tests {
                 ("[resident];main;run;leak", 800, 900),
             ]
         );
-        let colours = growth_colours(&boxes);
+        let colours: BTreeMap<&str, Color> = boxes.iter().map(|(path, (_, colour))| (path.as_str(), *colour)).collect();
         // The largest change below the source is full colour; the same function elsewhere is coloured by
         // what grew there.
         assert_eq!(colours["[resident];main;run;leak"], Color { r: 255, g: 0, b: 0 });
