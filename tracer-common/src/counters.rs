@@ -21,10 +21,13 @@ pub enum Counter {
     /// A new block at the address of a block never freed: the earlier block's free was missed (freed
     /// through an entry point we did not find). Its bytes are taken out of its stack's figures.
     MissedFrees = 6,
+    /// Of `MapFull`: allocator blocks left out because the kernel's table of live blocks was full. The
+    /// collector then turns byte sampling on (see `collector::Collector::sample_when_blocks_overflow`).
+    BlockTableFull = 7,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 7] = [
+    pub const ALL: [Counter; 8] = [
         Counter::LostEvents,
         Counter::MapFull,
         Counter::StackErrors,
@@ -32,6 +35,7 @@ impl Counter {
         Counter::InlineStacks,
         Counter::UnmatchedFrees,
         Counter::MissedFrees,
+        Counter::BlockTableFull,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -44,6 +48,7 @@ impl Counter {
             Counter::InlineStacks => "inline_stacks",
             Counter::UnmatchedFrees => "unmatched_frees",
             Counter::MissedFrees => "missed_frees",
+            Counter::BlockTableFull => "block_table_full",
         }
     }
 
@@ -51,7 +56,8 @@ impl Counter {
     /// were recorded; an unmatched free is mostly of a block allocated before tracing began, which is
     /// expected when attaching to a running process (its free is seen, only the allocation is not ours).
     pub const fn is_loss(self) -> bool {
-        !matches!(self, Counter::InlineStacks | Counter::UnmatchedFrees)
+        // The block table's are in `MapFull` already.
+        !matches!(self, Counter::InlineStacks | Counter::UnmatchedFrees | Counter::BlockTableFull)
     }
 }
 

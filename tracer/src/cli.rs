@@ -111,7 +111,8 @@ pub struct Cli {
     pub snapshot_at_rss: Option<u64>,
 
     /// The most memory the tracer itself may use (anonymous RSS): as it nears it, stacks with nothing
-    /// outstanding are forgotten (counted in the report). At least 16M.
+    /// outstanding are forgotten (counted in the report). The kernel's table of live allocator blocks gets
+    /// room for half of it, at 128 bytes a block. At least 16M.
     #[arg(long, value_name = "SIZE", value_parser = parse_memory_budget, default_value = "512M")]
     pub max_memory: u64,
 

@@ -84,7 +84,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let output = cli.output.clone().unwrap_or_else(|| default_output(first.pid()));
     let out = OutputDir::create(&output, reports::clear_earlier_run)?;
 
-    let (mut probes, mut maps, events) = Probes::load()?;
+    let (mut probes, mut maps, events) = Probes::load(crate::probes::block_table_entries(cli.max_memory))?;
     if let Some(bytes) = cli.sample_bytes {
         maps.set_sample_bytes(bytes)?;
     }
@@ -115,7 +115,11 @@ pub fn run(cli: Cli) -> Result<()> {
         marker_sender,
         marker_receiver,
         patterns,
-        report_options: ReportOptions { compare: cli.compare.clone(), warmup: cli.warmup },
+        report_options: ReportOptions {
+            compare: cli.compare.clone(),
+            warmup: cli.warmup,
+            turn_patterns: cli.turn_start.clone().zip(cli.turn_end.clone()),
+        },
         out,
         segments: Vec::new(),
     };

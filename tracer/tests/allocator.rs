@@ -291,3 +291,59 @@ fn allocators_in_libraries_loaded_later_are_probed_and_exact() {
     }
     common::assert_detached(&report);
 }
+
+/// live_blocks.c holding `blocks` live at once, traced with `extra`: the snapshot taken while all are
+/// held, and the final report once all are freed (after the tracer said `said`, when given).
+fn trace_live_blocks(test: &str, blocks: u64, extra: &[&str], said: Option<&str>) -> (Report, Report) {
+    let out = output_dir(test);
+    let program = fixture("live_blocks");
+    let mut target = Running::spawn(Command::new(&program).args(["wait", &blocks.to_string()]));
+    let pid = target.pid().to_string();
+    let mut args = vec!["-o", out.to_str().unwrap(), "--pid", &pid];
+    args.extend_from_slice(extra);
+    let mut tracer = common::start_tracer(&args);
+    target.send_line("go");
+    target.stdout.wait_for("kept");
+    let held = Report::load(&tracer.snapshot());
+    if let Some(line) = said {
+        tracer.stderr.wait_for(line);
+    }
+    target.send_line("free");
+    target.stdout.wait_for("done");
+    tracer.snapshot();
+    target.close_stdin();
+    assert!(target.wait().success(), "the target must survive being traced");
+    assert!(tracer.wait().success());
+    (held, Report::load(&out))
+}
+
+#[test]
+fn the_block_table_is_sized_from_the_memory_budget() {
+    const BLOCKS: u64 = 100_000;
+    // Half of the default 512M budget: two million live blocks, so all of these are exact.
+    let (held, report) = trace_live_blocks("live_blocks_default", BLOCKS, &[], None);
+    assert_eq!(held.0["tracer"]["block_table_entries"], 2 << 20);
+    let kept = held.by_leaf("malloc", "keep_block");
+    assert_eq!((kept.outstanding_bytes, kept.outstanding_allocs), (32 * BLOCKS, BLOCKS));
+    assert_eq!(report.by_leaf("malloc", "keep_block").outstanding_allocs, 0);
+    assert_eq!(report.counter("map_full"), 0);
+
+    // The smallest budget, 16M: 65,536 entries. The blocks past the table are counted, never charged; the
+    // collector then samples by bytes, so that the table drains instead of frees going unmatched. Nothing
+    // goes negative or wraps.
+    let sampling = "sampling the allocator by bytes from now on";
+    let (held, report) = trace_live_blocks("live_blocks_small", BLOCKS, &["--max-memory", "16M"], Some(sampling));
+    let entries = held.0["tracer"]["block_table_entries"].as_u64().unwrap();
+    assert_eq!(entries, 65_536);
+    let kept = held.by_leaf("malloc", "keep_block");
+    let left_out = held.counter("block_table_full");
+    assert_eq!(held.counter("map_full"), left_out, "only the block table was full");
+    // The kernel checks a large table's fullness on per-CPU counts, so it may stop a little short.
+    assert!(kept.outstanding_allocs <= entries && kept.outstanding_allocs + left_out >= BLOCKS, "{kept:?}, {left_out}");
+    assert_eq!(kept.outstanding_bytes, 32 * kept.outstanding_allocs);
+    let after = report.by_leaf("malloc", "keep_block");
+    assert_eq!((after.outstanding_bytes, after.outstanding_allocs), (0, 0));
+    assert_eq!(report.0["allocator_sample_bytes"], 512 << 10);
+    assert!(report.0["allocator_sampled_since"].is_string(), "{}", report.0["allocator_sampled_since"]);
+    assert_eq!(report.counter("negative_figures"), 0);
+}

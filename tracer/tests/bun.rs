@@ -17,7 +17,7 @@ use std::{
 
 use common::{
     Report, Running,
-    bun::{bun, health, start_turn_tracer},
+    bun::{TURN_END, TURN_START, bun, health, start_turn_tracer},
     output_dir, start_tracer,
 };
 
@@ -73,6 +73,11 @@ fn the_top_suspect_is_a_leaking_javascript_function() {
     let truth = health["retainedChunkBytes"].as_f64().unwrap() / health["turns"].as_f64().unwrap();
 
     let report = Report::load(&out.join("trace"));
+    // The choices that shaped the figures are recorded, and that JIT code was named from a jitdump.
+    let options = &report.0["options"];
+    assert_eq!(options["interval_ms"], 1000, "{options}");
+    assert_eq!((options["turn_start"].as_str(), options["turn_end"].as_str()), (Some(TURN_START), Some(TURN_END)));
+    assert!(report.0["javascript"]["jit_symbols"].as_u64().unwrap() > 0, "{}", report.0["javascript"]);
     // Every turn the driver sent was seen, start and end.
     let turns = report.0["turns"].as_array().unwrap();
     assert_eq!(turns.len(), 150, "turns seen");

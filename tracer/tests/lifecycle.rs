@@ -253,7 +253,9 @@ fn checkpoints_keep_the_newest_and_survive_a_killed_tracer() {
             let folder = checkpoints.join(name);
             let report = Report::load(&folder);
             assert!(report.0["end_reason"].is_null(), "a checkpoint is taken while the trace runs");
-            for file in ["stacks.folded", "flamegraph.svg", "growth.svg", "timeline.svg", "profile.pb.gz"] {
+            for file in
+                ["stacks.folded", "report.html", "flamegraph.svg", "growth.svg", "timeline.svg", "profile.pb.gz"]
+            {
                 assert!(folder.join(file).is_file(), "round {round}: {name}/{file} missing");
             }
         }

@@ -34,6 +34,10 @@ fn assert_ground_truth(report: &Report) {
     // Calls that failed, and a brk that only shrank, record nothing.
     assert!(!report.has_frame("failed_calls"), "a failed call was recorded");
     assert_eq!(report.by_leaf("brk", "heap_shrink"), Figures::default());
+    // The whole break: the loader's and libc's heap besides the fixture's (a launched target's first brk
+    // once counted from address 0: 86 TiB).
+    let brk = report.0["totals"]["by_source"]["brk"]["outstanding_bytes"].as_u64().unwrap();
+    assert!(brk < 1 << 20, "brk outstanding {brk}");
     for counter in ["lost_events", "map_full", "stack_errors", "unpaired_syscalls"] {
         assert_eq!(report.counter(counter), 0, "{counter}");
     }

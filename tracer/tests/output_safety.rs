@@ -390,7 +390,9 @@ fn a_run_that_ends_with_nothing_outstanding_gets_every_report() {
     assert_eq!(report.0["report_errors"], serde_json::json!([]));
     assert_eq!(report.0["trimmed"], false);
     let listed = files_listed(&run.stdout);
-    for name in ["report.json", "flamegraph.svg", "growth.svg", "timeline.svg", "stacks.folded", "profile.pb.gz"] {
+    for name in
+        ["report.json", "report.html", "flamegraph.svg", "growth.svg", "timeline.svg", "stacks.folded", "profile.pb.gz"]
+    {
         assert!(listed.iter().any(|n| n == name) && out.join(name).is_file(), "no {name}");
     }
     for name in listed.iter().filter(|name| name.ends_with(".svg")) {

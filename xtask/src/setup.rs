@@ -23,12 +23,15 @@ const BUN_VERSION: &str = "1.3.13";
 pub fn all() -> Result<()> {
     ebpf_toolchain()?;
     // bpftool checks that probes are detached; tmux gives the status-line test a terminal; useradd and setpriv
-    // (passwd, util-linux) run the hostile-user tests.
+    // (passwd, util-linux) run the hostile-user tests; golang-go reads profile.pb.gz with `go tool pprof`;
+    // chromium loads report.html.
     apt_packages(&[
         ("bpftool", "/usr/sbin/bpftool"),
         ("tmux", "/usr/bin/tmux"),
         ("passwd", "/usr/sbin/useradd"),
         ("util-linux", "/usr/bin/setpriv"),
+        ("golang-go", "/usr/bin/go"),
+        ("chromium", "/usr/bin/chromium"),
     ])?;
     bun()?;
     Ok(())

@@ -60,6 +60,8 @@ const STATUS: Duration = Duration::from_secs(1);
 const EXIT_STATUS_PATIENCE: Duration = Duration::from_secs(1);
 /// How often the target's mappings and log descriptors are read again.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// The byte sampling turned on when the block table is full: --sample-bytes's default.
+const AUTO_SAMPLE_BYTES: u64 = 512 << 10;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndReason {
@@ -203,6 +205,9 @@ pub struct Trace<'a> {
     pub memory_budget: u64,
     pub peak_memory: u64,
     pub over_budget: bool,
+    /// Byte sampling the collector turned on when the kernel's block table filled up: the interval, and
+    /// from when.
+    pub blocks_sampled_since: Option<(u64, SystemTime)>,
     pub live_stacks: usize,
     /// The execs of the target, each ending an image's accounting.
     pub execs: &'a [ExecRecord],
@@ -212,6 +217,10 @@ pub struct Trace<'a> {
     pub jit_tiers: &'a BTreeMap<std::sync::Arc<str>, std::collections::BTreeSet<&'static str>>,
     /// How many JavaScript functions got a place in the sources.
     pub javascript: crate::symbolizer::jit_frames::JsCoverage,
+    /// Instruction pointers by stack index, innermost first, for reports that give addresses (pprof).
+    pub stack_ips: &'a StackTable,
+    /// The target's mappings as last read, for reports that place addresses in files (pprof).
+    pub mappings: &'a crate::procfs::maps::MemoryMap,
 }
 
 pub struct Collector {
@@ -254,6 +263,8 @@ pub struct Collector {
     next_stack_check: u64,
     /// Past the budget with nothing left to evict (said once).
     over_budget: bool,
+    /// The byte sampling turned on when the block table filled up, and since when.
+    blocks_sampled_since: Option<(u64, SystemTime)>,
     /// Runs of our programs the kernel skipped, as last read, and before this target (a followed
     /// program's earlier processes).
     skipped_runs: u64,
@@ -320,6 +331,7 @@ impl Collector {
             peak_memory: 0,
             next_stack_check: DEFAULT_MEMORY_BUDGET / 5 * 2,
             over_budget: false,
+            blocks_sampled_since: None,
             skipped_runs: 0,
             skipped_before,
             status_line: status::StatusLine::new(true),
@@ -596,11 +608,14 @@ impl Collector {
             memory_budget: self.memory_budget,
             peak_memory: self.peak_memory.max(procfs::own_anonymous_rss().unwrap_or(0)),
             over_budget: self.over_budget,
+            blocks_sampled_since: self.blocks_sampled_since,
             live_stacks: self.stacks.live(),
             execs: &self.execs,
             interval: self.interval,
             jit_tiers: self.symbolizer.jit.tiers(),
             javascript: self.symbolizer.jit.coverage(),
+            stack_ips: &self.stacks,
+            mappings: self.modules.snapshot(),
         }
     }
 
@@ -608,6 +623,7 @@ impl Collector {
     /// descriptors the target logs through.
     fn housekeeping(&mut self) {
         self.keep_within_budget();
+        self.sample_when_blocks_overflow();
         if self.allocator_traced {
             self.maps.reap_alloc_calls(self.target.pid());
         }
@@ -616,6 +632,32 @@ impl Collector {
             self.update_runtime_text();
             self.update_log_descriptors();
         }
+    }
+
+    /// The kernel's table of live blocks is full: every block past it would be left out and its free be
+    /// unmatched. Sampling by bytes from now on (the default interval of --sample-bytes) keeps the figures
+    /// unbiased estimates and lets the table drain; said once, and in report.json.
+    fn sample_when_blocks_overflow(&mut self) {
+        if self.blocks_sampled_since.is_some() || !self.allocator_traced {
+            return;
+        }
+        let left_out = self.maps.read_counters()[Counter::BlockTableFull as usize];
+        if left_out == 0 || self.maps.sample_bytes() != 0 {
+            return;
+        }
+        if let Err(error) = self.maps.set_sample_bytes(AUTO_SAMPLE_BYTES) {
+            eprintln!("dispatch-leaktrace: warning: {error:#}");
+            return;
+        }
+        self.blocks_sampled_since = Some((AUTO_SAMPLE_BYTES, SystemTime::now()));
+        self.status_line.clear();
+        eprintln!(
+            "dispatch-leaktrace: warning: the kernel's table of live allocator blocks is full ({} blocks left out); \
+             sampling the allocator by bytes from now on (as --sample-bytes {}): its figures become estimates; \
+             a larger --max-memory makes room for more blocks",
+            left_out,
+            crate::reports::summary::human_bytes(AUTO_SAMPLE_BYTES)
+        );
     }
 
     /// Keeps the tracer's own memory under `--max-memory`: past three fifths of it (the reports need room

@@ -192,14 +192,16 @@ impl Ledger {
         self.resident_weight
     }
 
-    /// Records what `tgid` had mapped before tracing began, and its break.
+    /// Records what `tgid` had mapped before tracing began, and its break. A break of 0 is none known: a
+    /// process read before its image set one (a launched target just after exec) shows 0, and taken as the
+    /// break it made the first brk look like a heap grown from address 0 (86 TiB).
     pub fn seed_preexisting(&mut self, tgid: u32, regions: impl IntoIterator<Item = (u64, u64)>, brk: Option<u64>) {
         let space = self.spaces.entry(tgid).or_default();
         for (start, end) in regions {
             space.owners.remove(start, end);
             space.owners.insert(start, end, PREEXISTING);
         }
-        space.brk = brk;
+        space.brk = brk.filter(|brk| *brk != 0);
     }
 
     /// A successful `mmap` of `len` bytes at `addr`. A mapping placed over an older one (MAP_FIXED)

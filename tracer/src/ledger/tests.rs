@@ -134,6 +134,16 @@ fn brk_shrink_below_the_traced_start_counts_preexisting_heap() {
 }
 
 #[test]
+fn a_break_of_zero_is_no_break_known() {
+    let mut ledger = Ledger::new(PAGE);
+    ledger.seed_preexisting(PID, [], Some(0));
+    ledger.brk(PID, 0x5000_0000, HEAP); // the loader's first call: where the break is
+    assert_eq!(outstanding(&ledger, HEAP), (0, 0));
+    ledger.brk(PID, 0x5000_0000 + 2 * PAGE, HEAP);
+    assert_eq!(outstanding(&ledger, HEAP), (2 * PAGE, 1));
+}
+
+#[test]
 fn address_spaces_of_two_processes_are_apart() {
     let mut ledger = Ledger::new(PAGE);
     ledger.map(1, 0x10000, PAGE, ANON, A);

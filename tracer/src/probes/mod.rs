@@ -110,6 +110,11 @@ impl KernelMaps {
         self.sampling.set(0, bytes, 0).context("cannot set the sampling interval")
     }
 
+    /// The byte sampling interval in force (0: every block recorded).
+    pub fn sample_bytes(&self) -> u64 {
+        self.sampling.get(&0, 0).unwrap_or(0)
+    }
+
     /// Page-fault sampling: one page in `pages` (a power of two; 1: every page).
     pub fn set_sample_pages(&mut self, pages: u64) -> Result<()> {
         self.page_sampling.set(0, pages.saturating_sub(1), 0).context("cannot set the page sampling")
@@ -256,6 +261,16 @@ pub struct Probes {
     links: Vec<Link>,
 }
 
+/// What one live block costs in the kernel's table (key, value and the hash element around them), as the
+/// kernel accounts it: 134,218,864 bytes for 1,048,576 entries.
+pub const BLOCK_ENTRY_BYTES: u64 = 128;
+
+/// The live allocator blocks the kernel's table holds: half of the memory budget (`--max-memory`), the
+/// other half being the collector's. The table is not preallocated: it takes memory only for live blocks.
+pub fn block_table_entries(max_memory: u64) -> u32 {
+    (max_memory / 2 / BLOCK_ENTRY_BYTES).clamp(1 << 12, u32::MAX as u64 >> 1) as u32
+}
+
 /// An attachment, kept so that detaching can be done in parallel (see [`Probes::detach`]).
 enum Link {
     TracePoint(&'static str, TracePointLinkId),
@@ -264,10 +279,12 @@ enum Link {
 }
 
 impl Probes {
-    /// Loads the kernel object and takes its maps out; the event ring buffer comes apart, for the
+    /// Loads the kernel object, with room for `block_table_entries` live allocator blocks (see
+    /// [`block_table_entries`]), and takes its maps out; the event ring buffer comes apart, for the
     /// collector to poll.
-    pub fn load() -> Result<(Self, KernelMaps, RingBuf<MapData>)> {
+    pub fn load(block_table_entries: u32) -> Result<(Self, KernelMaps, RingBuf<MapData>)> {
         let mut loader = EbpfLoader::new();
+        loader.map_max_entries(map_names::ALLOCS, block_table_entries);
         if std::env::var_os("LEAKTRACE_VERIFIER_LOG").is_some() {
             loader.verifier_log_level(VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS);
         }

@@ -35,6 +35,9 @@ struct Report<'a> {
     target: Target,
     started_at: String,
     ended_at: String,
+    /// The choices that shaped the figures: how often a point was taken, the growth window's warm-up, the
+    /// turn patterns. (The sampling rates and the memory budget are beside what they qualify.)
+    options: OptionsJson<'a>,
     /// Why the trace ended; null in a snapshot of a trace still running.
     end_reason: Option<&'static str>,
     /// How the target exited, when it exited during the trace and its exit status could be learnt (always
@@ -53,6 +56,10 @@ struct Report<'a> {
     /// With --sample-bytes N: the allocator's figures are unbiased estimates from blocks recorded with
     /// probability min(1, size / N).
     allocator_sample_bytes: Option<u64>,
+    /// When the kernel's table of live blocks filled up and the collector turned byte sampling on (the
+    /// interval is then `allocator_sample_bytes`): the allocator's figures are exact before, estimates
+    /// after. Null: it did not.
+    allocator_sampled_since: Option<String>,
     /// With --sample-pages N: the page-fault figures come from one page in N (by address), each counted N
     /// times: unbiased estimates.
     resident_sample_pages: Option<u64>,
@@ -93,6 +100,17 @@ struct Report<'a> {
 }
 
 #[derive(Serialize)]
+struct OptionsJson<'a> {
+    interval_ms: u128,
+    /// `--warmup`; null: the default, a fifth of the run (`growth.from` says when the window began).
+    warmup_ms: Option<u128>,
+    /// `--compare` was given (`growth.from` and `growth.to` are its moments).
+    compare: bool,
+    turn_start: Option<&'a str>,
+    turn_end: Option<&'a str>,
+}
+
+#[derive(Serialize)]
 struct TurnJson<'a> {
     id: &'a str,
     start: String,
@@ -127,7 +145,7 @@ struct TurnStackJson<'a> {
 }
 
 fn javascript_is_absent(coverage: &crate::symbolizer::jit_frames::JsCoverage) -> bool {
-    coverage.located + coverage.runtime + coverage.unlocated == 0
+    coverage.located + coverage.runtime + coverage.unlocated == 0 && coverage.jit_symbols == 0
 }
 
 #[derive(Serialize)]
@@ -278,6 +296,9 @@ struct SourceTotals {
 #[derive(Serialize)]
 struct TracerMemory {
     budget_bytes: u64,
+    /// Live allocator blocks the kernel's table holds (half the budget); past it, `map_full` counts the
+    /// blocks left out.
+    block_table_entries: u32,
     /// The most anonymous memory the tracer held, writing the other reports included (report.json is
     /// written last).
     peak_anonymous_rss_bytes: u64,
@@ -327,6 +348,7 @@ pub struct Views<'a> {
     pub report_errors: &'a [ReportError],
     /// Why the report is cut (to the first stacks and turns), when it must be.
     pub trimmed: Option<&'a str>,
+    pub options: &'a super::ReportOptions,
 }
 
 /// Writes report.json to `out` as it is serialized: a long run's report is never held whole in memory.
@@ -371,6 +393,13 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
         },
         started_at: rfc3339(trace.started_at),
         ended_at: rfc3339(trace.ended_at),
+        options: OptionsJson {
+            interval_ms: trace.interval.as_millis(),
+            warmup_ms: views.options.warmup.map(|warmup| warmup.as_millis()),
+            compare: views.options.compare.is_some(),
+            turn_start: views.options.turn_patterns.as_ref().map(|(start, _)| start.as_str()),
+            turn_end: views.options.turn_patterns.as_ref().map(|(_, end)| end.as_str()),
+        },
         end_reason: trace.ending.map(|ending| ending.reason.name()),
         target_exit: trace.ending.and_then(|ending| ending.death).and_then(|death| match death {
             Death::Exit(Some(ExitStatus::Code(code))) => Some(TargetExit { code: Some(code), ..TargetExit::default() }),
@@ -419,6 +448,7 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
         counters,
         tracer: TracerMemory {
             budget_bytes: trace.memory_budget,
+            block_table_entries: crate::probes::block_table_entries(trace.memory_budget),
             peak_anonymous_rss_bytes: trace.peak_memory.max(views.peak_memory),
             over_budget: trace.over_budget,
             stacks_held: trace.live_stacks,
@@ -432,7 +462,8 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
         },
         probes: &probes.records,
         allocators: probes.allocators.as_ref(),
-        allocator_sample_bytes: probes.sample_bytes,
+        allocator_sample_bytes: probes.sample_bytes.or(trace.blocks_sampled_since.map(|(bytes, _)| bytes)),
+        allocator_sampled_since: trace.blocks_sampled_since.map(|(_, since)| rfc3339(since)),
         resident_sample_pages: probes.sample_pages,
         events: trace.events,
         timeline: trace
@@ -564,7 +595,7 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
             regions
         },
     };
-    serde_json::to_writer_pretty(&mut *out, &report)?;
+    super::json_lines::to_writer(&mut *out, &report)?;
     out.write_all(b"\n")?;
     Ok(())
 }

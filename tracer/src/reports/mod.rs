@@ -6,7 +6,9 @@ pub mod flamegraph;
 pub mod folded;
 pub mod frames;
 pub mod growth;
+pub mod html;
 pub mod json;
+pub mod json_lines;
 pub mod output;
 pub mod pprof;
 pub mod redact;
@@ -34,11 +36,15 @@ pub struct ReportOptions {
     /// The window of the growth view; `None`: from the end of the default warm-up to the end.
     pub compare: Option<CompareSpec>,
     pub warmup: Option<Duration>,
+    /// `--turn-start`, `--turn-end`: recorded in report.json with the other choices that shaped it.
+    pub turn_patterns: Option<(String, String)>,
 }
 
 /// The files written, by what they hold.
 pub struct Written {
     pub report: PathBuf,
+    /// report.html: the page to open first.
+    pub html: PathBuf,
     pub folded: PathBuf,
     /// The primary view; then one per source when there are several.
     pub flamegraphs: Vec<PathBuf>,
@@ -108,8 +114,8 @@ pub struct Trim {
 
 /// The files a report set is made of, besides `flamegraph-<source>.svg` per source: the names an earlier
 /// run is cleared of.
-const REPORT_FILES: [&str; 6] =
-    ["report.json", "stacks.folded", "flamegraph.svg", "growth.svg", "profile.pb.gz", "timeline.svg"];
+const REPORT_FILES: [&str; 7] =
+    ["report.json", "stacks.folded", "flamegraph.svg", "growth.svg", "profile.pb.gz", "timeline.svg", "report.html"];
 
 /// What report.json may grow by when written again at the end (what failed, the peak memory): disk
 /// reserved for it beside its size.
@@ -163,6 +169,7 @@ pub fn write_set(
         peak_memory: crate::procfs::own_anonymous_rss().unwrap_or(0),
         report_errors: &[],
         trimmed: None,
+        options,
     };
     let mut report = write_report(out, &mut trimmed, |file, trimmed| {
         json::write(file, trace, json::Views { trimmed, ..views }, probes)
@@ -226,8 +233,7 @@ pub fn write_set(
         "timeline.svg",
         timeline::render(trace, &suspects).and_then(|svg| out.write("timeline.svg", svg.as_bytes())),
     );
-    let pprof =
-        attempt("profile.pb.gz", pprof::render(trace, &stacks).and_then(|bytes| out.write("profile.pb.gz", &bytes)));
+    let pprof = attempt("profile.pb.gz", pprof::render(trace).and_then(|bytes| out.write("profile.pb.gz", &bytes)));
     let sources: Vec<Source> =
         Source::ALL.into_iter().filter(|source| stacks.iter().any(|s| s.source == *source)).collect();
     if sources.len() > 1 {
@@ -236,6 +242,8 @@ pub fn write_set(
             flamegraphs.push(attempt(&name, flamegraph_of(&name, Some(source))));
         }
     }
+    // After the flamegraphs, which it embeds.
+    let html = attempt("report.html", html::write(trace, &stacks, &suspects, &turn_views, primary, out));
 
     // Again, last, so that it tells how much memory writing the others took, and what failed: into the
     // space reserved above. If this cannot be written, the first one stays.
@@ -260,6 +268,7 @@ pub fn write_set(
     ReportSet {
         written: Written {
             report: out.path().join("report.json"),
+            html,
             folded,
             flamegraphs,
             growth,

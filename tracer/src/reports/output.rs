@@ -10,7 +10,7 @@
 use std::{
     ffi::{OsStr, OsString},
     fs::File,
-    io::{self, BufWriter, Write},
+    io::{self, BufWriter, Read, Write},
     os::{
         fd::{AsFd, OwnedFd},
         unix::ffi::OsStrExt,
@@ -205,6 +205,17 @@ impl OutputDir {
         while left > 0 && file.write_all(&zeros[..left.min(zeros.len() as u64) as usize]).is_ok() {
             left = left.saturating_sub(zeros.len() as u64);
         }
+    }
+
+    /// The content of the regular file `name` written earlier (not following a link).
+    pub fn read(&self, name: &str) -> Result<Vec<u8>> {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let read = (|| -> io::Result<Vec<u8>> {
+            let mut bytes = Vec::new();
+            File::from(at::openat(&self.dir, name, flags, Mode::empty())?).read_to_end(&mut bytes)?;
+            Ok(bytes)
+        })();
+        read.map_err(|error| anyhow!("cannot read {}: {error}", self.path.join(name).display()))
     }
 
     /// The size of the file `name` (not following a link).

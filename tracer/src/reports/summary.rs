@@ -72,6 +72,7 @@ pub fn render(trace: &Trace, written: &Written) -> String {
         );
     }
     let _ = writeln!(out, "report:     {}", written.report.display());
+    let _ = writeln!(out, "page:       {}", written.html.display());
     for flamegraph in &written.flamegraphs {
         let _ = writeln!(out, "flamegraph: {}", flamegraph.display());
     }

@@ -58,6 +58,8 @@ pub struct JsCoverage {
     /// Where the sources came from: `compiled bundle`, `script files`, or none; and how many texts.
     pub sources: Option<&'static str>,
     pub source_files: usize,
+    /// JIT code symbols read from the target's jitdumps and perf maps: 0 when it wrote none.
+    pub jit_symbols: usize,
 }
 
 impl JitFrames {
@@ -127,7 +129,7 @@ impl JitFrames {
 
     /// How many JavaScript functions got a source location.
     pub fn coverage(&self) -> JsCoverage {
-        self.coverage
+        JsCoverage { jit_symbols: self.indexed, ..self.coverage }
     }
 
     /// The name a frame of JIT code gets in stacks: one per JavaScript function whatever tier compiled it,
