@@ -4,10 +4,10 @@
 
 use std::{collections::HashMap, time::Duration, time::SystemTime};
 
-use super::stacks::{ReportStack, merge_by_names};
+use super::stacks::{Frame, ReportStack, merge_by_names};
 use crate::{
     collector::Trace,
-    ledger::{Source, StackKey},
+    ledger::{Source, StackKey, StackStats},
 };
 
 /// A moment named on the command line (`--compare FROM..TO`).
@@ -230,22 +230,27 @@ impl Growth {
         Self { from: from_at, to: to_at, stacks, warnings }
     }
 
-    /// Folded stacks at FROM and at TO, for inferno's differential flamegraph.
-    pub fn folded_pair(&self, source: Option<Source>) -> (String, String) {
-        let (mut before, mut after) = (String::new(), String::new());
-        for (stack, from_bytes, to_bytes) in &self.stacks {
-            if source.is_some_and(|s| s != stack.source) {
-                continue;
-            }
-            let line = super::folded::line_of(stack);
-            if *from_bytes > 0 {
-                before.push_str(&format!("{line} {from_bytes}\n"));
-            }
-            if *to_bytes > 0 {
-                after.push_str(&format!("{line} {to_bytes}\n"));
-            }
-        }
-        (before, after)
+    /// The stacks of the growth view (of one source, or all), folded, with their bytes at TO, growth, and
+    /// the share of what they allocated that they held at the end of the trace (from `whole`, the report's
+    /// stacks; 1 for a stack it does not have).
+    pub fn folded_stacks(&self, source: Option<Source>, whole: &[ReportStack]) -> Vec<super::flamegraph::GrowthStack> {
+        let stats: HashMap<(Source, &[Frame]), &StackStats> =
+            whole.iter().map(|stack| ((stack.source, stack.frames.as_slice()), &stack.stats)).collect();
+        self.stacks
+            .iter()
+            .filter(|(stack, _, _)| source.is_none_or(|s| s == stack.source))
+            .map(|(stack, from_bytes, to_bytes)| super::flamegraph::GrowthStack {
+                line: super::folded::line_of(stack),
+                to_bytes: *to_bytes,
+                growth: (*to_bytes as i128 - *from_bytes as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64,
+                retained_fraction: match stats.get(&(stack.source, stack.frames.as_slice())) {
+                    Some(stats) if stats.allocated_bytes > 0 => {
+                        (stats.outstanding_bytes as f64 / stats.allocated_bytes as f64).min(1.0)
+                    }
+                    _ => 1.0,
+                },
+            })
+            .collect()
     }
 }
 

@@ -202,16 +202,27 @@ pub fn write_set(
     };
     let mut flamegraphs = vec![attempt("flamegraph.svg", flamegraph_of("flamegraph.svg", primary))];
     let growth = {
-        let (before, after) = growth_view.folded_pair(primary);
         let view = primary.map_or("memory", |s| s.describe());
         let subtitle = format!(
-            "from {} to {} (red: grew, blue: shrank; width: bytes at the end of the window)",
+            "{} to {}; colour: growth kept (red), shrinking (blue); width: bytes at the end; outlined: leaks",
             json::rfc3339(growth_view.from),
             json::rfc3339(growth_view.to)
         );
+        let marks: Vec<flamegraph::Mark> = suspects
+            .iter()
+            .enumerate()
+            .map(|(index, suspect)| flamegraph::Mark {
+                site: suspect.site.clone(),
+                rank: index + 1,
+                verdict: suspect.verdict.name(),
+                outlined: suspect.verdict == suspects::Verdict::Grows,
+                bytes_per_turn: suspect.bytes_per_turn,
+                retained_fraction: suspect.retained_fraction,
+            })
+            .collect();
         let svg = flamegraph::render_growth(
-            &before,
-            &after,
+            &growth_view.folded_stacks(primary, &stacks),
+            &marks,
             &format!("Growth of {view} of {target}"),
             &subtitle,
             &format!("nothing outstanding in {view} at the end of the window: no growth to show"),
