@@ -135,6 +135,9 @@ fn the_top_suspect_is_a_leaking_javascript_function() {
         let tiers = report.0["jit_tiers"][&frame].as_array().expect("its tiers are listed");
         assert!(!tiers.is_empty());
     }
+    // timeline.svg draws the sites that grow, the chunk leak among them, and not the churner's curve.
+    let timeline = std::fs::read_to_string(out.join("trace/timeline.svg")).unwrap();
+    assert!(timeline.contains("retainStreamChunk") && !timeline.contains("renderTemporary"));
     let growth = std::fs::read_to_string(out.join("trace/growth.svg")).unwrap();
     assert!(growth.contains("retainStreamChunk"));
     // growth.svg is coloured by each box's growth: the chunk leak's box is the reddest of all but the boxes

@@ -340,14 +340,7 @@ fn axes(html: &mut String, span: f64, max: f64) {
 }
 
 fn growth_chart(html: &mut String, page: &Page) {
-    // Sites that grow, not churners whose curves go up and down (and would draw the eye): the others only
-    // when nothing grows.
-    let growing = |s: &&Suspect| matches!(s.verdict, Verdict::Grows | Verdict::LevelsOff);
-    let drawn = |s: &&Suspect| !s.series.is_empty();
-    let mut charted: Vec<&Suspect> = page.suspects.iter().filter(growing).filter(drawn).take(CHARTED).collect();
-    if charted.is_empty() {
-        charted = page.suspects.iter().filter(drawn).take(CHARTED).collect();
-    }
+    let charted = super::suspects::charted(page.suspects, CHARTED);
     if charted.is_empty() {
         return;
     }
@@ -552,6 +545,19 @@ const SCRIPT: &str = r#"
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn charts_draw_the_sites_that_grow_and_the_rest_only_when_none_does() {
+        let ranked = [
+            suspect("leak", Verdict::Grows, 1 << 20),
+            suspect("cache", Verdict::LevelsOff, 1 << 19),
+            suspect("churner", Verdict::Flat, 1 << 22),
+        ];
+        let names = |charted: Vec<&Suspect>| charted.iter().map(|s| s.site.clone()).collect::<Vec<_>>();
+        assert_eq!(names(crate::reports::suspects::charted(&ranked, 4)), ["leak", "cache"]);
+        assert_eq!(names(crate::reports::suspects::charted(&ranked, 1)), ["leak"]);
+        assert_eq!(names(crate::reports::suspects::charted(&ranked[2..], 4)), ["churner"]);
+    }
 
     #[test]
     fn infernos_frame_width_is_kept_positive_in_the_page() {

@@ -508,6 +508,16 @@ pub fn suspects(trace: &Trace<'_>, stacks: &[ReportStack], growth: &Growth, sour
     suspects
 }
 
+/// The suspects a chart of growth over time draws, at most `count`: those that grow or level off, in rank
+/// order; the others only when none does. A churner's curve goes up and down with its temporaries and, the
+/// tallest, would draw the eye from the leak.
+pub fn charted(suspects: &[Suspect], count: usize) -> Vec<&Suspect> {
+    let growing = |s: &&Suspect| matches!(s.verdict, Verdict::Grows | Verdict::LevelsOff);
+    let drawn = |s: &&Suspect| !s.series.is_empty();
+    let charted: Vec<&Suspect> = suspects.iter().filter(growing).filter(drawn).take(count).collect();
+    if charted.is_empty() { suspects.iter().filter(drawn).take(count).collect() } else { charted }
+}
+
 /// Why a site that grows is judged to grow for others (see [`SHARED_HEAP_SHARE`], [`CHURNER_RETAINED`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Collateral {

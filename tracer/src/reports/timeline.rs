@@ -13,7 +13,7 @@ use plotters::{
 use super::suspects::Suspect;
 use crate::collector::Trace;
 
-/// Suspects drawn as series of their own.
+/// Suspects drawn as series of their own (see [`super::suspects::charted`]).
 const SITES: usize = 4;
 /// Above this many turns, turns are shaded but not labelled.
 const MAX_LABELLED_TURNS: usize = 40;
@@ -60,7 +60,7 @@ pub fn series(trace: &Trace<'_>, suspects: &[Suspect]) -> Vec<Series> {
                 .collect(),
         });
     }
-    for suspect in suspects.iter().take(SITES) {
+    for suspect in super::suspects::charted(suspects, SITES) {
         let points = suspect.series.iter().map(|(at, bytes)| (seconds(*at), *bytes as f64 / MIB)).collect();
         all.push(Series { name: format!("{} ({})", suspect.site, suspect.verdict.name()), points });
     }
