@@ -81,7 +81,8 @@ fn go_tool_pprof_reads_the_profile_without_warnings_and_with_each_sources_totals
             .iter()
             .filter(|s| s["source"] == source.as_str())
             .map(|s| s["allocated_allocs"].as_u64().unwrap())
-            .sum();
+            .sum::<u64>()
+            + report.0["freed_stacks_summarized"]["by_source"][source]["allocated_allocs"].as_u64().unwrap_or(0);
         let expected = [
             ("inuse_space", totals["outstanding_bytes"].as_u64().unwrap()),
             ("inuse_objects", totals["outstanding_allocs"].as_u64().unwrap()),
