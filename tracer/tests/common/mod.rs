@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bun;
+pub mod svg;
 pub mod user;
 
 use std::{
