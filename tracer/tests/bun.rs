@@ -144,12 +144,19 @@ fn the_top_suspect_is_a_leaking_javascript_function() {
         .collect();
     assert!(frames.iter().all(|f| !f.contains("[JS:")), "a tier in a frame's name");
     let source = std::fs::read_to_string(demo("server.ts")).unwrap();
+    let (pprof_lines, _) = common::go_pprof(&["-top", "-lines", "-nodecount=1000"], &out.join("trace/profile.pb.gz"));
     for function in LEAKS {
         let line = source.lines().position(|l| l.starts_with(&format!("function {function}("))).unwrap() + 1;
         let frame = format!("{function} (server.ts:{line})");
         assert!(frames.contains(&frame.as_str()), "no JIT frame {frame}");
         let tiers = report.0["jit_tiers"][&frame].as_array().expect("its tiers are listed");
         assert!(!tiers.is_empty());
+        // pprof has its file and line too.
+        let place = format!("server.ts:{line}");
+        assert!(
+            pprof_lines.lines().any(|l| l.contains(&format!("{function} ")) && l.trim_end().ends_with(&place)),
+            "no {function} at {place} in pprof -top -lines:\n{pprof_lines}"
+        );
     }
     // timeline.svg draws the sites that grow, the chunk leak among them, and not the churner's curve.
     let timeline = std::fs::read_to_string(out.join("trace/timeline.svg")).unwrap();

@@ -6,24 +6,7 @@ mod common;
 
 use std::{path::Path, process::Command};
 
-use common::{fixture, output_dir};
-
-/// `go tool pprof ARGS PROFILE`: (stdout, stderr).
-fn pprof(args: &[&str], profile: &Path) -> (String, String) {
-    let output = Command::new("go")
-        .args(["tool", "pprof"])
-        .args(args)
-        .arg(profile)
-        // Nowhere to look for binaries but the mappings' own paths, and no settings from a home folder.
-        .env("PPROF_BINARY_PATH", "/nonexistent")
-        .env("HOME", env!("CARGO_TARGET_TMPDIR"))
-        .output()
-        .expect("go tool pprof runs (apt install golang-go)");
-    let (stdout, stderr) =
-        (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned());
-    assert!(output.status.success(), "go tool pprof {args:?} failed: {stderr}");
-    (stdout, stderr)
-}
+use common::{fixture, go_pprof as pprof, output_dir};
 
 /// The figure after "Total samples = " in `-top`'s header (bytes with `-unit=B`).
 fn total_samples(top: &str) -> u64 {
