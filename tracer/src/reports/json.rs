@@ -376,6 +376,9 @@ struct Stack<'a> {
     freed_bytes: u64,
     /// Change of outstanding bytes over the run: the trace starts with nothing outstanding.
     growth_bytes: i64,
+    /// The names of the threads that ran it (not for the allocator's stacks, summed in the kernel).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    threads: Vec<&'a str>,
 }
 
 /// The views of the trace that report.json shows besides the trace itself.
@@ -483,6 +486,7 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
                 allocated_allocs: stack.stats.allocated_allocs,
                 freed_bytes: stack.stats.freed_bytes,
                 growth_bytes: stack.stats.outstanding_bytes as i64,
+                threads: trace.threads.names(stack.threads),
             })
             .collect(),
         freed_stacks_summarized,
@@ -656,6 +660,7 @@ mod tests {
             frames: vec![Frame::from(name)],
             runtime_frames: Vec::new(),
             stats: StackStats { outstanding_bytes, allocated_bytes, allocated_allocs: 1, ..StackStats::default() },
+            threads: 0,
         }
     }
 
