@@ -133,3 +133,65 @@ impl CpuSample {
         (others.max(0.0) / capacity, (later.steal - self.steal).max(0.0) / capacity)
     }
 }
+
+/// A process's memory from /proc/PID/status, in bytes.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct ProcessMemory {
+    /// VmRSS: all its resident memory, file pages of its binary included.
+    pub(super) rss: u64,
+    /// RssAnon: what --max-memory budgets.
+    pub(super) anonymous: u64,
+    /// VmHWM: the kernel's own record of the highest VmRSS.
+    pub(super) high_water: u64,
+}
+
+impl ProcessMemory {
+    pub(super) fn of(pid: u32) -> Option<Self> {
+        let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kib = |key: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(key)?.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        };
+        Some(Self { rss: kib("VmRSS:")? * 1024, anonymous: kib("RssAnon:")? * 1024, high_water: kib("VmHWM:")? * 1024 })
+    }
+
+    fn max(self, other: Self) -> Self {
+        Self {
+            rss: self.rss.max(other.rss),
+            anonymous: self.anonymous.max(other.anonymous),
+            high_water: self.high_water.max(other.high_water),
+        }
+    }
+}
+
+/// Polls a process's memory on a thread of its own, so that the peaks are seen while the caller waits on
+/// something else (a snapshot, the process's exit).
+pub(super) struct MemoryWatch {
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<ProcessMemory>,
+}
+
+impl MemoryWatch {
+    pub(super) fn start(pid: u32, every: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            let mut peak = ProcessMemory::default();
+            while !stopped.load(Ordering::SeqCst) {
+                match ProcessMemory::of(pid) {
+                    Some(now) => peak = peak.max(now),
+                    None => break, // gone
+                }
+                thread::sleep(every);
+            }
+            peak
+        });
+        Self { stop, thread }
+    }
+
+    /// The peaks seen until now.
+    pub(super) fn stop(self) -> ProcessMemory {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap_or_default()
+    }
+}

@@ -23,6 +23,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, ExitStatus, Stdio},
     sync::{
+        Arc,
         atomic::{AtomicBool, AtomicI32, Ordering},
         mpsc::{self, RecvTimeoutError},
     },
@@ -42,18 +43,35 @@ mod malloc;
 mod report;
 mod report_json;
 mod runner;
+mod soak;
+mod stacks;
 
-use self::{bun::*, floor::*, long_run::*, machine::*, malloc::*, report::*, report_json::ReportJson, runner::*};
+use self::{
+    bun::*,
+    floor::*,
+    long_run::*,
+    machine::*,
+    malloc::*,
+    report::*,
+    report_json::{ReportJson, counters_text, nonzero_counters},
+    runner::*,
+    soak::*,
+    stacks::*,
+};
 
-const USAGE: &str = "usage: cargo xtask bench [--runs N] [--quick] [--pairs N] [--long-turns N] [--long-run-only]
+const USAGE: &str = "usage: cargo xtask bench [--runs N] [--quick] [--pairs N] [--long-turns N] [--soak-seconds N]
+                         [--only WORKLOADS] [--long-run-only]
 
   --runs N          repetitions of every configuration (default 5); figures are medians
   --quick           one run of each with a smaller workload, to try the harness out
   --pairs N         malloc/free pairs per malloc_bench run (default 1000000; 200000 with --quick)
   --long-turns N    turns of the long-run memory benchmark under the default budget (default 7200, two hours
                     of production at a turn a second; 720 with --quick); the small budget gets half
-  --long-run-only   only the long-run memory benchmark: printed and written to target/bench/long-run.md,
-                    BENCHMARKS.md is left alone
+  --soak-seconds N  wall time of the soak (default 600: 100 minutes of trace, time compressed 10x; 120 with
+                    --quick); it runs about a minute longer (the snapshots at its end, the final reports)
+  --only WORKLOADS  only these, comma-separated among malloc, bun, long-run, soak, stacks: printed and
+                    written to target/bench/<WORKLOADS>.md, BENCHMARKS.md is left alone
+  --long-run-only   the same as --only long-run
 
 Run as root. Rewrites BENCHMARKS.md at the repository root.";
 
@@ -78,8 +96,51 @@ struct Options {
     rounds: usize,
     /// Turns of bench/long_run under the default memory budget (the small budget gets half).
     long_turns: u64,
-    /// Only the long-run memory benchmark.
-    long_run_only: bool,
+    /// Wall seconds of the soak.
+    soak_seconds: u64,
+    /// The workloads to run (--only); empty: all of them.
+    only: Vec<Workload>,
+}
+
+/// The parts of the benchmark that --only can choose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Workload {
+    Malloc,
+    Bun,
+    LongRun,
+    Soak,
+    Stacks,
+}
+
+impl Workload {
+    const ALL: [Self; 5] = [Self::Malloc, Self::Bun, Self::LongRun, Self::Soak, Self::Stacks];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Malloc => "malloc",
+            Self::Bun => "bun",
+            Self::LongRun => "long-run",
+            Self::Soak => "soak",
+            Self::Stacks => "stacks",
+        }
+    }
+
+    fn parse_list(text: &str) -> Result<Vec<Self>> {
+        let mut list = Vec::new();
+        for name in text.split(',').map(str::trim).filter(|name| !name.is_empty()) {
+            let workload = Self::ALL.into_iter().find(|w| w.name() == name).ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|w| w.name()).collect();
+                anyhow!("--only {name}: not a workload (one of {})", names.join(", "))
+            })?;
+            if !list.contains(&workload) {
+                list.push(workload);
+            }
+        }
+        if list.is_empty() {
+            bail!("--only needs at least one workload");
+        }
+        Ok(list)
+    }
 }
 
 impl Options {
@@ -87,8 +148,9 @@ impl Options {
         let mut runs = None;
         let mut pairs = None;
         let mut long_turns = None;
+        let mut soak_seconds = None;
         let mut quick = false;
-        let mut long_run_only = false;
+        let mut only = Vec::new();
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             let mut value = |name: &str| -> Result<u64> {
@@ -100,7 +162,20 @@ impl Options {
                 "--pairs" => pairs = Some(value("--pairs")?),
                 "--long-turns" => long_turns = Some(value("--long-turns")?),
                 "--quick" => quick = true,
-                "--long-run-only" => long_run_only = true,
+                "--soak-seconds" => soak_seconds = Some(value("--soak-seconds")?),
+                "--only" => {
+                    let text = args.next().ok_or_else(|| anyhow!("--only needs a value\n\n{USAGE}"))?;
+                    for workload in Workload::parse_list(text)? {
+                        if !only.contains(&workload) {
+                            only.push(workload);
+                        }
+                    }
+                }
+                "--long-run-only" => {
+                    if !only.contains(&Workload::LongRun) {
+                        only.push(Workload::LongRun);
+                    }
+                }
                 "-h" | "--help" => {
                     println!("{USAGE}");
                     std::process::exit(0);
@@ -109,6 +184,7 @@ impl Options {
             }
         }
         let (default_runs, default_pairs, default_long_turns) = Self::defaults(quick);
+        let default_soak_seconds = Self::default_soak_seconds(quick);
         Ok(Self {
             runs: runs.unwrap_or(default_runs),
             quick,
@@ -116,8 +192,28 @@ impl Options {
             turns: if quick { 40 } else { 100 },
             rounds: if quick { 1 } else { 2 },
             long_turns: long_turns.unwrap_or(default_long_turns),
-            long_run_only,
+            soak_seconds: soak_seconds.unwrap_or(default_soak_seconds),
+            only,
         })
+    }
+
+    fn default_soak_seconds(quick: bool) -> u64 {
+        if quick { 120 } else { 600 }
+    }
+
+    /// Whether this run measures `workload`.
+    fn runs(&self, workload: Workload) -> bool {
+        self.only.is_empty() || self.only.contains(&workload)
+    }
+
+    /// Only some workloads (--only): BENCHMARKS.md is left alone.
+    fn partial(&self) -> bool {
+        !self.only.is_empty()
+    }
+
+    /// `long-run`, `soak-stacks`: the name of a partial run's Markdown file.
+    fn only_names(&self, separator: &str) -> String {
+        self.only.iter().map(|w| w.name()).collect::<Vec<_>>().join(separator)
     }
 
     /// (runs, pairs, long-run turns) unless told otherwise.
@@ -141,8 +237,11 @@ impl Options {
         if self.long_turns != default_long_turns {
             let _ = write!(line, " --long-turns {}", self.long_turns);
         }
-        if self.long_run_only {
-            line.push_str(" --long-run-only");
+        if self.soak_seconds != Self::default_soak_seconds(self.quick) {
+            let _ = write!(line, " --soak-seconds {}", self.soak_seconds);
+        }
+        if self.partial() {
+            let _ = write!(line, " --only {}", self.only_names(","));
         }
         line
     }
@@ -158,7 +257,9 @@ struct Bench {
     tracer: PathBuf,
     malloc_bench: PathBuf,
     long_run: PathBuf,
-    /// None with --long-run-only (not needed, so not installed).
+    soak: PathBuf,
+    stacks: PathBuf,
+    /// None when the Bun demo is not measured (not needed, so not installed).
     bun: Option<PathBuf>,
     bpftrace: Option<PathBuf>,
     heaptrack: Option<PathBuf>,
@@ -185,20 +286,24 @@ pub fn run(args: &[String]) -> Result<()> {
 
     let mut malloc = MallocSeries::new(&bench);
     let mut bun = BunSeries::new();
-    let runs = if bench.options.long_run_only { 0 } else { bench.options.runs };
+    let (with_malloc, with_bun) = (bench.options.runs(Workload::Malloc), bench.options.runs(Workload::Bun));
+    let runs = if with_malloc || with_bun { bench.options.runs } else { 0 };
     for rep in 0..runs {
-        for config in rotated(&MallocConfig::ALL, rep) {
+        for config in rotated(&MallocConfig::ALL, rep).into_iter().filter(|_| with_malloc) {
             eprintln!("xtask bench: [{}/{runs}] malloc_bench, {}", rep + 1, config.name());
             malloc.run(config, &bench, rep)?;
         }
-        for config in rotated(&BunConfig::ALL, rep) {
+        for config in rotated(&BunConfig::ALL, rep).into_iter().filter(|_| with_bun) {
             eprintln!("xtask bench: [{}/{runs}] Bun demo, {}", rep + 1, config.name());
             bun.run(config, &bench, rep)?;
         }
         load.push(load_average());
         cpu.push(CpuSample::now());
     }
-    let long_run = LongRunSeries::measure(&bench);
+    let options = &bench.options;
+    let long_run = options.runs(Workload::LongRun).then(|| LongRunSeries::measure(&bench));
+    let soak = options.runs(Workload::Soak).then(|| SoakSeries::measure(&bench));
+    let stacks = options.runs(Workload::Stacks).then(|| StacksSeries::measure(&bench));
 
     let report = Report {
         options: &bench.options,
@@ -209,12 +314,18 @@ pub fn run(args: &[String]) -> Result<()> {
         malloc,
         bun,
         long_run,
+        soak,
+        stacks,
         placements: &bench.placements,
     };
-    let path = if bench.options.long_run_only { bench.work.join("long-run.md") } else { root().join("BENCHMARKS.md") };
+    let path = if bench.options.partial() {
+        bench.work.join(format!("{}.md", bench.options.only_names("-")))
+    } else {
+        root().join("BENCHMARKS.md")
+    };
     let markdown = report.render();
     fs::write(&path, &markdown).with_context(|| format!("cannot write {}", path.display()))?;
-    if bench.options.long_run_only {
+    if bench.options.partial() {
         print!("{markdown}");
     }
     eprintln!("xtask bench: done in {:.0} s; wrote {}", started.elapsed().as_secs_f64(), path.display());
@@ -236,18 +347,21 @@ fn prepare(options: Options) -> Result<Bench> {
     fs::create_dir_all(&work)?;
     let malloc_bench = compile(&work, "malloc_bench")?;
     let long_run = compile(&work, "long_run")?;
+    let soak = compile(&work, "soak")?;
+    let stacks = compile(&work, "stacks")?;
     let tracer = root().join("target/release/dispatch-leaktrace");
-    let long_run_only = options.long_run_only;
-    if !long_run_only {
+    // bpftrace, perf, heaptrack, tracefs and the floor are for malloc_bench alone.
+    let without_malloc = !options.runs(Workload::Malloc);
+    if !without_malloc {
         // Without them the comparison rows say "not available"; the rest is still measured.
         if let Err(error) = setup::bench_tools() {
             eprintln!("xtask bench: warning: cannot install bpftrace and perf: {error:#}");
         }
     }
-    let (bpftrace, perf) = if long_run_only { (None, None) } else { (on_path("bpftrace"), on_path("perf")) };
-    let tracefs = if long_run_only { Ok(()) } else { ensure_tracefs() };
-    let placements = match (&tracefs, long_run_only) {
-        (_, true) => Err("not measured with --long-run-only".to_string()),
+    let (bpftrace, perf) = if without_malloc { (None, None) } else { (on_path("bpftrace"), on_path("perf")) };
+    let tracefs = if without_malloc { Ok(()) } else { ensure_tracefs() };
+    let placements = match (&tracefs, without_malloc) {
+        (_, true) => Err("malloc_bench not measured in this run".to_string()),
         (Err(error), _) => Err(format!("no tracefs: {error:#}")),
         (Ok(()), false) => {
             remove_stale_floor_events();
@@ -257,12 +371,15 @@ fn prepare(options: Options) -> Result<Bench> {
     if let Err(why) = &placements {
         eprintln!("xtask bench: no floor at the tracer's placement: {why}");
     }
+    let bun = if options.runs(Workload::Bun) { Some(setup::bun()?) } else { None };
     Ok(Bench {
         options,
         tracer,
         malloc_bench,
         long_run,
-        bun: if long_run_only { None } else { Some(setup::bun()?) },
+        soak,
+        stacks,
+        bun,
         bpftrace: bpftrace.filter(|_| tracefs.is_ok()),
         heaptrack: on_path("heaptrack"),
         perf,
@@ -273,7 +390,7 @@ fn prepare(options: Options) -> Result<Bench> {
 
 impl Bench {
     fn bun(&self) -> &Path {
-        self.bun.as_deref().expect("installed unless --long-run-only, which runs no Bun demo")
+        self.bun.as_deref().expect("installed when the Bun demo is measured")
     }
 }
 

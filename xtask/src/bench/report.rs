@@ -12,7 +12,10 @@ pub(super) struct Report<'a> {
     pub(super) elapsed: Duration,
     pub(super) malloc: MallocSeries,
     pub(super) bun: BunSeries,
-    pub(super) long_run: LongRunSeries,
+    /// None: not measured in this run (--only).
+    pub(super) long_run: Option<LongRunSeries>,
+    pub(super) soak: Option<SoakSeries>,
+    pub(super) stacks: Option<StacksSeries>,
     pub(super) placements: &'a Result<Placements, String>,
 }
 
@@ -28,11 +31,21 @@ impl Report<'_> {
         let mut md = String::new();
         self.render_header(&mut md);
         self.render_goals(&mut md);
-        if !self.options.long_run_only {
+        if self.options.runs(Workload::Malloc) {
             self.render_malloc(&mut md);
+        }
+        if self.options.runs(Workload::Bun) {
             self.render_bun(&mut md);
         }
-        self.render_long_run(&mut md);
+        if let Some(long_run) = &self.long_run {
+            self.render_long_run(&mut md, long_run);
+        }
+        if let Some(soak) = &self.soak {
+            soak.render(&mut md);
+        }
+        if let Some(stacks) = &self.stacks {
+            stacks.render(&mut md);
+        }
         self.render_method(&mut md);
         md
     }
@@ -61,8 +74,13 @@ impl Report<'_> {
         let m = &self.machine;
         let loads: Vec<String> = self.load.iter().map(|l| format!("{l:.2}")).collect();
         let _ = writeln!(md, "# Benchmarks\n");
-        if self.options.long_run_only {
-            let _ = writeln!(md, "The long-run memory benchmark alone, from `cargo xtask bench --long-run-only`.\n");
+        if self.options.partial() {
+            let _ = writeln!(
+                md,
+                "Only some workloads ({}), from `cargo xtask bench --only {}`.\n",
+                self.options.only_names(", "),
+                self.options.only_names(",")
+            );
         } else {
             let _ = writeln!(
                 md,
@@ -76,7 +94,7 @@ impl Report<'_> {
         let _ = writeln!(md, "| CPU | {}, {} CPUs (nproc) |", m.cpu, m.cpus);
         let _ = writeln!(md, "| memory | {} |", m.memory);
         let _ = writeln!(md, "| kernel | {} |", m.kernel);
-        if self.options.long_run_only {
+        if !self.options.runs(Workload::Malloc) && !self.options.runs(Workload::Bun) {
             let _ = writeln!(md, "| run time | {:.0} s |\n", self.elapsed.as_secs_f64());
             return;
         }
@@ -103,7 +121,9 @@ impl Report<'_> {
         );
         let long_others: Vec<String> = LongRunConfig::ALL
             .iter()
-            .filter_map(|&c| self.long_run.get(c).samples.first().map(|s| format!("{}: {}", c.budget(), pct(s.others))))
+            .filter_map(|&c| {
+                self.long_run.as_ref()?.get(c).samples.first().map(|s| format!("{}: {}", c.budget(), pct(s.others)))
+            })
             .collect();
         if !long_others.is_empty() {
             let _ = writeln!(md, "| CPU used by other processes during the long runs | {} |", long_others.join(", "));
@@ -151,10 +171,12 @@ impl Report<'_> {
             }
             note
         };
-        if self.options.long_run_only {
-            return vec![self.memory_goal()];
-        }
         let mut goals = Vec::new();
+        if !self.options.runs(Workload::Malloc) || !self.options.runs(Workload::Bun) {
+            // The overhead goals compare malloc_bench and the Bun demo: with either left out, only the rest.
+            self.other_goals(&mut goals);
+            return goals;
+        }
 
         const FLOOR_GOAL: &str = "full allocator tracing within 10% of the count-only probe floor on the same \
                                   functions (malloc_bench loop time; the floor: count-only uprobes where the tracer \
@@ -233,16 +255,29 @@ impl Report<'_> {
             "(ours) sampled allocator mode sampling one page in 16 too, on the Bun demo: at most 10% fewer turns/s",
             0.10,
         ));
-        goals.push(self.memory_goal());
+        self.other_goals(&mut goals);
         goals
     }
 
     /// The tracer's own memory in the long run under the default budget.
-    pub(super) fn memory_goal(&self) -> Goal {
+    /// The goals of the long run, the soak and the stacks, those measured.
+    fn other_goals(&self, goals: &mut Vec<Goal>) {
+        if let Some(long_run) = &self.long_run {
+            goals.push(Self::memory_goal(long_run));
+        }
+        if let Some(soak) = &self.soak {
+            goals.extend(soak.goals());
+        }
+        if let Some(stacks) = &self.stacks {
+            goals.push(stacks.goal());
+        }
+    }
+
+    pub(super) fn memory_goal(long_run: &LongRunSeries) -> Goal {
         const GOAL: &str = "the tracer's own memory stays under --max-memory (default 512M) however long it runs \
                             (peak anonymous RSS over hours of a server's page faults, replayed)";
         let config = LongRunConfig::DefaultBudget;
-        let series = self.long_run.get(config);
+        let series = long_run.get(config);
         let Some(sample) = series.samples.first() else {
             let why = match &series.stopped {
                 Some(Stopped::Unavailable(why) | Stopped::Failed(why)) => first_line(why).to_string(),
@@ -581,7 +616,7 @@ impl Report<'_> {
     pub(super) fn render_method(&self, md: &mut String) {
         let _ = writeln!(md, "## How it is measured\n");
         let mut notes: Vec<String> = Vec::new();
-        if !self.options.long_run_only {
+        if self.options.runs(Workload::Malloc) {
             let per_pair: Vec<f64> = [
                 MallocConfig::Full,
                 MallocConfig::Sampled,
@@ -636,16 +671,17 @@ impl Report<'_> {
                     .to_string(),
             ]);
         }
-        notes.push(format!(
-            "The long run: `bench/long_run.c` (its header says what it stands for) under the tracer in page-fault \
-             mode, once per budget, after the repetitions. The tracer's `--interval {LONG_RUN_INTERVAL}` stands in \
-             for the default 10 s at the replay's speed: otherwise a run of a minute or two would take a handful of \
-             timeline points and per-stack snapshots, where hours of production take hundreds, past the cap of 64 \
-             snapshots that each hold every stack with outstanding memory. Its memory is polled from \
-             /proc/PID/status every 100 ms: RssAnon (what --max-memory limits) while the target runs and then \
-             while the reports are written, and VmHWM (all resident memory, the file pages of its binary too). \
-             report.json's `tracer` object is the tracer's own account: it samples its RSS about once a second."
-        ));
+        if self.long_run.is_some() {
+            notes.push(Self::long_run_note());
+        }
+        if self.soak.is_some() || self.stacks.is_some() {
+            notes.push(
+                "The soak and the 262,144 stacks: one run each, after the long run; their sections say what is \
+                 measured and how. Snapshot times, CPU shares and the reports' time depend on the machine's load \
+                 (the CPU other processes used is given), the memory figures on what the tracer holds."
+                    .to_string(),
+            );
+        }
         notes.push(
             "A configuration whose tool is missing is marked not available; a tracer mode the build rejects \
              (exit code 2, unknown option) likewise. A run that fails is tried once more and listed under its \
@@ -658,7 +694,20 @@ impl Report<'_> {
         }
     }
 
-    pub(super) fn render_long_run(&self, md: &mut String) {
+    fn long_run_note() -> String {
+        format!(
+            "The long run: `bench/long_run.c` (its header says what it stands for) under the tracer in page-fault \
+             mode, once per budget, after the repetitions. The tracer's `--interval {LONG_RUN_INTERVAL}` stands in \
+             for the default 10 s at the replay's speed: otherwise a run of a minute or two would take a handful of \
+             timeline points and per-stack snapshots, where hours of production take hundreds, past the cap of 64 \
+             snapshots that each hold every stack with outstanding memory. Its memory is polled from \
+             /proc/PID/status every 100 ms: RssAnon (what --max-memory limits) while the target runs and then \
+             while the reports are written, and VmHWM (all resident memory, the file pages of its binary too). \
+             report.json's `tracer` object is the tracer's own account: it samples its RSS about once a second."
+        )
+    }
+
+    pub(super) fn render_long_run(&self, md: &mut String, long_run: &LongRunSeries) {
         let _ = writeln!(md, "## Long run: the tracer's own memory\n");
         let _ = writeln!(
             md,
@@ -678,7 +727,7 @@ impl Report<'_> {
         );
         let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
         let number = |value: Option<u64>| value.map_or("?".into(), thousands);
-        for (config, series) in &self.long_run.series {
+        for (config, series) in &long_run.series {
             let turns = config.turns(self.options);
             let command = format!("`{}`", config.command_text(turns));
             let Some(s) = series.samples.first() else {
@@ -714,7 +763,7 @@ impl Report<'_> {
              evicted_allocated_bytes | peak under the budget? |"
         );
         let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-        for (config, series) in &self.long_run.series {
+        for (config, series) in &long_run.series {
             let Some(s) = series.samples.first() else { continue };
             let r = &s.reported;
             let under = if s.peak_anon <= config.budget_bytes() { "**yes**" } else { "**no**" };
@@ -733,8 +782,8 @@ impl Report<'_> {
             );
         }
         let _ = writeln!(md);
-        render_retried(md, self.long_run.series.iter().map(|(c, s)| (c.budget(), &s.retried)));
-        for (config, series) in &self.long_run.series {
+        render_retried(md, long_run.series.iter().map(|(c, s)| (c.budget(), &s.retried)));
+        for (config, series) in &long_run.series {
             let Some(s) = series.samples.first() else { continue };
             let budget = config.budget_bytes();
             let mut text = if s.peak_anon <= budget {
@@ -785,7 +834,7 @@ impl Report<'_> {
             let _ = writeln!(md, "{text}\n");
         }
         if let Some(s) =
-            self.long_run.series.iter().find_map(|(_, series)| series.samples.first()).filter(|s| s.others > 0.10)
+            long_run.series.iter().find_map(|(_, series)| series.samples.first()).filter(|s| s.others > 0.10)
         {
             let _ = writeln!(
                 md,
@@ -801,11 +850,13 @@ impl Report<'_> {
         let failed = |stopped: &Option<Stopped>| matches!(stopped, Some(Stopped::Failed(_)));
         let malloc = self.malloc.series.iter().filter(|(_, s)| failed(&s.stopped));
         let bun = self.bun.series.iter().filter(|(_, s)| failed(&s.stopped));
-        let long = self.long_run.series.iter().filter(|(_, s)| failed(&s.stopped));
+        let long = self.long_run.iter().flat_map(|l| &l.series).filter(|(_, s)| failed(&s.stopped));
         malloc
             .map(|(c, _)| format!("malloc_bench {}", c.name()))
             .chain(bun.map(|(c, _)| format!("Bun demo {}", c.name())))
             .chain(long.map(|(c, _)| format!("long run {}", c.name())))
+            .chain(self.soak.iter().filter(|s| failed(&s.series.stopped)).map(|_| "soak".to_string()))
+            .chain(self.stacks.iter().filter(|s| failed(&s.series.stopped)).map(|_| "stacks".to_string()))
             .collect()
     }
 }

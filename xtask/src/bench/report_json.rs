@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, fs::File, io::BufReader, path::Path};
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, de::IgnoredAny};
+use serde::Deserialize;
 
 /// Every member optional: an older tracer's report may lack one, and the figure is then "not reported".
 #[derive(Debug, Default, Deserialize)]
@@ -15,8 +15,14 @@ pub(super) struct ReportJson {
     pub(super) events: Option<u64>,
     pub(super) tracer: Option<Tracer>,
     pub(super) probes: Vec<Probe>,
-    /// Only counted.
-    pub(super) stacks: Vec<IgnoredAny>,
+    pub(super) stacks: Vec<Stack>,
+}
+
+/// Of a stack, only its source: the benchmark counts them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct Stack {
+    pub(super) source: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -78,4 +84,19 @@ impl ReportJson {
     pub(super) fn counter(&self, name: &str) -> Option<u64> {
         self.counters.get(name).copied()
     }
+}
+
+/// The counters that are not zero: what was not recorded, and why.
+pub(super) fn nonzero_counters(report: &ReportJson) -> Vec<(String, u64)> {
+    report.counters.iter().filter(|(_, v)| **v > 0).map(|(k, v)| (k.clone(), *v)).collect()
+}
+
+/// `map_full 1,466, stack_errors 1`, or `none`.
+pub(super) fn counters_text(counters: &[(String, u64)]) -> String {
+    if counters.is_empty() {
+        return "none".to_string();
+    }
+    let each: Vec<String> =
+        counters.iter().map(|(name, value)| format!("{name} {}", super::thousands(*value))).collect();
+    each.join(", ")
 }
