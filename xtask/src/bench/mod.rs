@@ -368,7 +368,7 @@ fn prepare(options: Options) -> Result<Bench> {
             find_placements(&tracer, &malloc_bench, &work).map_err(|error| format!("{error:#}"))
         }
     };
-    if let Err(why) = &placements {
+    if let (Err(why), false) = (&placements, without_malloc) {
         eprintln!("xtask bench: no floor at the tracer's placement: {why}");
     }
     let bun = if options.runs(Workload::Bun) { Some(setup::bun()?) } else { None };
@@ -595,6 +595,25 @@ mod tests {
         assert_eq!(text.text(), b"-:g/leaktrace_4096_free_entry\n");
         let mut zero = CText::new();
         assert_eq!(zero.push_number(0).text(), b"0");
+    }
+
+    #[test]
+    fn only_chooses_workloads_and_the_command_line_says_so() {
+        let args = |text: &str| text.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+        let all = Options::parse(&[]).unwrap();
+        assert!(!all.partial() && Workload::ALL.iter().all(|&w| all.runs(w)));
+        assert_eq!((all.soak_seconds, all.command_line().as_str()), (600, "sudo cargo xtask bench"));
+        let some = Options::parse(&args("--only soak,stacks,soak --soak-seconds 90")).unwrap();
+        assert_eq!(some.only, vec![Workload::Soak, Workload::Stacks]);
+        assert!(some.partial() && some.runs(Workload::Stacks) && !some.runs(Workload::Malloc));
+        assert_eq!(some.command_line(), "sudo cargo xtask bench --soak-seconds 90 --only soak,stacks");
+        assert_eq!(some.only_names("-"), "soak-stacks");
+        let long = Options::parse(&args("--quick --long-run-only")).unwrap();
+        assert_eq!((long.only.as_slice(), long.soak_seconds), ([Workload::LongRun].as_slice(), 120));
+        assert_eq!(long.command_line(), "sudo cargo xtask bench --quick --only long-run");
+        let unknown = Options::parse(&args("--only soak,bogus")).unwrap_err().to_string();
+        assert!(unknown.contains("bogus: not a workload (one of malloc, bun, long-run, soak, stacks)"), "{unknown}");
+        assert!(Options::parse(&args("--only ,")).is_err());
     }
 
     #[test]

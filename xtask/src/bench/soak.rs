@@ -62,7 +62,8 @@ pub(super) struct SoakSample {
     /// report.json's counters that are not zero.
     pub(super) nonzero_counters: Vec<(String, u64)>,
     pub(super) checkpoints: usize,
-    /// Other processes' share of the machine's CPU time during the run (the tracer and the leaker excluded).
+    /// Other processes' share of the machine's CPU time during the run. The tracer, reaped by then, and the
+    /// leaker, reaped by the tracer, count as ours.
     pub(super) others: f64,
 }
 
@@ -115,13 +116,12 @@ fn soak(bench: &Bench, attempt: usize) -> Result<SoakSample> {
         .map_err(|error| failure(&format!("the tracer did not start: {error:#}"), &dir.join("stderr")))?;
     let started = Instant::now();
     let watch = MemoryWatch::start(process.pid, Duration::from_millis(100));
-    let target = target_pid(&dir.join("stdout"), Duration::from_secs(10))?;
+    // Its line also says the leaker started.
+    target_pid(&dir.join("stdout"), Duration::from_secs(10))?;
 
     let early_at = EARLY_MINUTE * 60.0 / SOAK_COMPRESSION;
     let early = measure_point(&mut process, &lines, started, early_at, &dir)?;
     let end = measure_point(&mut process, &lines, started, seconds as f64, &dir)?;
-    let target_cpu = ProcessCpu::of(target).total();
-    let tracer_cpu = ProcessCpu::of(process.pid).total();
 
     process.signal(Signal::SIGINT)?;
     let stopped = Instant::now();
@@ -132,7 +132,6 @@ fn soak(bench: &Bench, attempt: usize) -> Result<SoakSample> {
     }
     let cpus = thread::available_parallelism().map_or(1, |n| n.get());
     let (others, _) = cpu_before.others_between(&CpuSample::now(), cpus);
-    let capacity = started.elapsed().as_secs_f64() * cpus as f64;
     let report = ReportJson::read(&dir.join("report/report.json"))?;
     let checkpoints = fs::read_dir(dir.join("report/checkpoints")).map_or(0, |entries| entries.count());
     Ok(SoakSample {
@@ -146,7 +145,7 @@ fn soak(bench: &Bench, attempt: usize) -> Result<SoakSample> {
         stacks_in_report: report.stacks.len(),
         nonzero_counters: nonzero_counters(&report),
         checkpoints,
-        others: (others - (tracer_cpu + target_cpu) / capacity).max(0.0),
+        others,
     })
 }
 
@@ -308,7 +307,7 @@ impl SoakSeries {
             mib(s.peak.rss),
             mib(s.peak.anonymous),
             mib(SOAK_BUDGET_BYTES),
-            s.malloc.allocated_bytes.map_or("?".into(), mib),
+            s.malloc.allocated_bytes.map_or("?".into(), gib),
             s.malloc.outstanding_bytes.map_or("?".into(), mib),
             number(s.malloc.outstanding_allocs),
             number(s.stacks_held),

@@ -182,7 +182,7 @@ impl StacksSeries {
             s.malloc_bytes.map_or("?".into(), mib),
             thousands(s.stacks_in_report as u64),
             thousands(s.malloc_stacks_in_report as u64),
-            mib(s.report_json_bytes),
+            kib(s.report_json_bytes),
             s.tracer.peak_anonymous_rss_bytes.map_or("?".into(), mib),
             s.tracer.over_budget.map_or("?".into(), |b| b.to_string()),
             number(s.tracer.stacks_held),
@@ -191,7 +191,9 @@ impl StacksSeries {
         let _ = writeln!(
             md,
             "\nThe fixture keeps {} blocks ({}); the malloc totals also hold what the C library keeps for \
-             itself (stdout's buffer). Counters of report.json that are not zero: {}.\n",
+             itself (stdout's buffer). Counters of report.json that are not zero: {} (`map_full`: inserts into \
+             a kernel map that failed, the map being full; such a block's bytes are still counted, under \
+             `[stack unavailable]` when its stack could not be kept).\n",
             thousands(STACKS),
             mib(STACKS * BLOCK_BYTES),
             counters_text(&s.nonzero_counters),
