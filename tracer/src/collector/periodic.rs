@@ -131,6 +131,7 @@ impl Collector {
             if let Some(names) = self.frames.get_mut(ix as usize) {
                 *names = Vec::new();
             }
+            self.threads.forget(ix);
         }
         self.symbolizer.forget_names();
         // What is left is in use: evict again only once the table has grown by a quarter.
