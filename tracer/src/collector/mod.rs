@@ -642,8 +642,7 @@ impl Collector {
             return;
         }
         let mut by_stack: HashMap<StackKey, StackStats> = HashMap::new();
-        let kernel_stats: Vec<(AllocSite, StackAllocStats)> =
-            self.maps.alloc_stats.iter().filter_map(Result::ok).collect();
+        let kernel_stats = self.maps.read_alloc_stats();
         let old_enough = self.min_age.map(|min_age| self.outstanding_blocks_older_than(min_age));
         for (site, mut figures) in kernel_stats {
             if saturate_negative(&mut figures) {

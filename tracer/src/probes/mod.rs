@@ -2,6 +2,7 @@
 //! detaches every program; nothing is pinned, so the kernel also detaches them if this process dies.
 
 pub mod allocators;
+mod batch;
 pub mod libraries;
 pub mod misses;
 pub mod placement;
@@ -93,6 +94,11 @@ pub struct KernelMaps {
 }
 
 impl KernelMaps {
+    /// The allocator's figures of every site, read in batches (they are read every tick).
+    pub fn read_alloc_stats(&self) -> Vec<(AllocSite, StackAllocStats)> {
+        batch::read_all(&self.alloc_stats)
+    }
+
     pub fn add_target(&mut self, tgid: u32) -> Result<()> {
         self.targets.insert(tgid, 1, 0).context("cannot add the target to the kernel's target map")
     }
