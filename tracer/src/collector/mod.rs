@@ -266,6 +266,9 @@ pub struct Collector {
     /// `--max-memory`, and the most the tracer's own anonymous memory has reached.
     memory_budget: u64,
     peak_memory: u64,
+    /// What of the budget is taken by mapped pages (the event ring buffer, the executable), as last read:
+    /// the rest is room for the tracer's own data.
+    mapped_memory: u64,
     /// The stack table's size (held_bytes) that triggers the next eviction.
     next_stack_check: u64,
     /// Past the budget with nothing left to evict (said once).
@@ -337,6 +340,7 @@ impl Collector {
             next_rss_threshold: u64::MAX,
             memory_budget: DEFAULT_MEMORY_BUDGET,
             peak_memory: 0,
+            mapped_memory: 0,
             next_stack_check: DEFAULT_MEMORY_BUDGET / 5 * 2,
             over_budget: false,
             blocks_sampled_since: None,

@@ -83,35 +83,53 @@ impl Collector {
         Some(crossed)
     }
 
-    /// Keeps the tracer's own memory under `--max-memory`: past three fifths of it (the reports need room
-    /// at the end), stacks with nothing outstanding (and in no snapshot) are forgotten with their names,
-    /// and the name caches emptied. What was evicted is counted in the report.
+    /// Keeps the tracer's memory under `--max-memory`, all of its RSS: the mapped part (the kernel's event
+    /// ring buffer, the executable) is about fixed, so the tracer's own data gets the rest, its "room". Past
+    /// three fifths of the room (the reports need some at the end), stacks with nothing outstanding (and in
+    /// no snapshot) are forgotten with their names, and the name caches emptied. What was evicted is
+    /// counted in the report.
     pub(super) fn keep_within_budget(&mut self) {
-        let Some(anonymous) = procfs::own_anonymous_rss() else { return };
-        self.peak_memory = self.peak_memory.max(anonymous);
-        if anonymous < self.memory_budget / 5 * 3 {
+        let Some(memory) = procfs::own_memory() else { return };
+        self.peak_memory = self.peak_memory.max(memory.anonymous);
+        let first_look = self.mapped_memory == 0;
+        self.mapped_memory = memory.mapped;
+        if first_look {
+            // The stack table's check was set before the mapped part was known.
+            self.next_stack_check = self.next_stack_check.min(self.stack_budget());
+        }
+        if memory.anonymous < self.room() / 5 * 3 {
             return;
         }
         self.evict(true);
-        let after = procfs::own_anonymous_rss().unwrap_or(0);
-        if after >= self.memory_budget && !self.over_budget {
+        let after = procfs::own_memory().unwrap_or(memory);
+        if after.total() >= self.memory_budget && !self.over_budget {
             // What is left is outstanding memory, which is the evidence: keep it, and say so.
             self.over_budget = true;
             self.status_line.clear();
+            let human = crate::reports::summary::human_bytes;
             eprintln!(
-                "dispatch-leaktrace: warning: over --max-memory ({}) with {} stacks that all hold outstanding memory; \
-                 raise --max-memory or sample (--sample-pages, --sample-bytes)",
-                crate::reports::summary::human_bytes(self.memory_budget),
-                self.stacks.live()
+                "dispatch-leaktrace: warning: over --max-memory ({}) with {} stacks that all hold outstanding memory \
+                 ({} mapped: the kernel's event buffer and the tracer's code); raise --max-memory or sample \
+                 (--sample-pages, --sample-bytes)",
+                human(self.memory_budget),
+                self.stacks.live(),
+                human(after.mapped),
             );
         }
     }
 
-    /// The stacks' share of the budget: a flood of new stacks grows memory faster than a once-a-second
+    /// The budget's room for the tracer's own data: what the mapped pages leave, and never less than a
+    /// quarter of the budget (a budget smaller than the mapped part alone cannot be kept: the tracer then
+    /// keeps its data small, says it is over, and does not evict at every event).
+    pub(super) fn room(&self) -> u64 {
+        room_left(self.memory_budget, self.mapped_memory)
+    }
+
+    /// The stacks' share of the room: a flood of new stacks grows memory faster than a once-a-second
     /// look at the RSS sees, so the stack table is also checked against this as events come. The rest is
     /// for the ledger, the snapshots and the reports written at the end (about as much again as the table).
     pub(super) fn stack_budget(&self) -> u64 {
-        self.memory_budget / 5 * 2
+        self.room() / 5 * 2
     }
 
     /// Forgets the stacks with nothing outstanding (and in no snapshot), with their names; `thin`: also
@@ -153,5 +171,25 @@ impl Collector {
             .map(|(key, stats)| (*key, stats.outstanding_bytes))
             .collect();
         self.timeline.push_snapshot(StackSnapshot { at, outstanding: stacks });
+    }
+}
+
+/// What `budget` leaves for the tracer's own data once `mapped` bytes are resident: at least a quarter.
+fn room_left(budget: u64, mapped: u64) -> u64 {
+    budget.saturating_sub(mapped).max(budget / 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::room_left;
+
+    #[test]
+    fn the_mapped_part_comes_out_of_the_budget() {
+        const MIB: u64 = 1 << 20;
+        // 128M with the 64 MiB ring buffer mapping and 14 MiB of code: 50 MiB for the tracer's data.
+        assert_eq!(room_left(128 * MIB, 78 * MIB), 50 * MIB);
+        assert_eq!(room_left(512 * MIB, 0), 512 * MIB);
+        // The mapped part alone over the budget: a quarter still, not zero (evicting at every event).
+        assert_eq!(room_left(64 * MIB, 78 * MIB), 16 * MIB);
     }
 }

@@ -307,6 +307,9 @@ struct TracerMemory {
     /// The most anonymous memory the tracer held, writing the other reports included (report.json is
     /// written last).
     peak_anonymous_rss_bytes: u64,
+    /// The most resident memory the tracer had, all of it (VmHWM): its own data, its code, and the kernel's
+    /// event ring buffer mapped into it. What `--max-memory` limits.
+    peak_rss_bytes: u64,
     /// It went past the budget with nothing left to evict (every stack held outstanding memory).
     over_budget: bool,
     stacks_held: usize,
@@ -392,6 +395,8 @@ pub struct Views<'a> {
     pub segments: &'a [Segment],
     /// The tracer's anonymous memory at its highest while the other reports were written.
     pub peak_memory: u64,
+    /// All of its resident memory at its highest (VmHWM), so far.
+    pub peak_rss: u64,
     pub report_errors: &'a [ReportError],
     /// Why the report is cut (to the first stacks and turns), when it must be.
     pub trimmed: Option<&'a str>,
@@ -495,6 +500,7 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
             budget_bytes: trace.memory_budget,
             block_table_entries: crate::probes::block_table_entries(trace.memory_budget),
             peak_anonymous_rss_bytes: trace.peak_memory.max(views.peak_memory),
+            peak_rss_bytes: views.peak_rss,
             over_budget: trace.over_budget,
             stacks_held: trace.live_stacks,
             evicted_stacks: ledger_counters.evicted_stacks,
