@@ -4,7 +4,7 @@
 //! draining of events (mod.rs) so that what each interval costs can be read in one place.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::HashSet,
     time::{Instant, SystemTime},
 };
 
@@ -12,7 +12,7 @@ use tracer_common::counters::Counter;
 
 use super::{
     Collector, SnapshotReason, Trace, release_freed_memory, status,
-    timeline::{StackSnapshot, TimelinePoint},
+    timeline::{self, StackSnapshot, TimelinePoint},
 };
 use crate::{
     ledger::{Source, StackIx, StackKey},
@@ -138,8 +138,12 @@ impl Collector {
         if thin {
             self.timeline.thin_snapshots();
         }
-        let mut keep: HashSet<StackKey> =
-            self.timeline.snapshots().iter().flat_map(|snapshot| snapshot.outstanding.keys().copied()).collect();
+        let mut keep: HashSet<StackKey> = self
+            .timeline
+            .snapshots()
+            .iter()
+            .flat_map(|snapshot| snapshot.outstanding.iter().map(|(key, _)| *key))
+            .collect();
         keep.extend(self.site_keys.values().copied());
         keep.extend(self.last_fault.values().map(|(_, key)| *key));
         self.ledger.evict_idle(&keep);
@@ -158,18 +162,9 @@ impl Collector {
     }
 
     pub(super) fn add_timeline_point(&mut self) {
-        let mut outstanding = BTreeMap::new();
-        for (key, stats) in self.ledger.stats() {
-            *outstanding.entry(key.source).or_default() += stats.outstanding_bytes;
-        }
+        let (outstanding, stacks) = timeline::outstanding_now(self.ledger.stats());
         let at = SystemTime::now();
         self.timeline.push(TimelinePoint { at, rss_bytes: self.rss_bytes, outstanding });
-        let stacks = self
-            .ledger
-            .stats()
-            .filter(|(_, stats)| stats.outstanding_bytes > 0)
-            .map(|(key, stats)| (*key, stats.outstanding_bytes))
-            .collect();
         self.timeline.push_snapshot(StackSnapshot { at, outstanding: stacks });
     }
 }

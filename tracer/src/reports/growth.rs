@@ -200,7 +200,7 @@ impl Growth {
                 Moment::Start => (trace.started_at, HashMap::new()),
                 Moment::Snapshot(index) => {
                     let snapshot = &trace.timeline.snapshots()[index];
-                    (snapshot.at, snapshot.outstanding.clone())
+                    (snapshot.at, snapshot.outstanding.iter().copied().collect())
                 }
                 Moment::End => {
                     (trace.ended_at, trace.ledger.stats().map(|(key, stats)| (*key, stats.outstanding_bytes)).collect())
