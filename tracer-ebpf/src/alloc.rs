@@ -30,9 +30,8 @@ use aya_ebpf::{
 use tracer_common::{
     BPF_F_USER_STACK, MAX_STACK_DEPTH,
     alloc::{
-        AllocCall, AllocCookie, AllocShape, AllocSite, Block, BlockKey, NO_STACK, SAMPLE_BYTES_WHEN_FULL, SITES_PAST_THE_TABLE,
-        SPILLED_STACK,
-        StackAllocStats,
+        AllocCall, AllocCookie, AllocShape, AllocSite, Block, BlockKey, NO_STACK, SAMPLE_BYTES_WHEN_FULL,
+        SITES_PAST_THE_TABLE, SPILLED_STACK, StackAllocStats,
     },
     counters::Counter,
     events::InlineStack,
