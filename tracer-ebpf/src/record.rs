@@ -25,9 +25,15 @@ use crate::{
 
 #[inline(always)]
 pub fn count(counter: Counter) {
+    count_by(counter, 1);
+}
+
+/// Adds `amount` to a counter.
+#[inline(always)]
+pub fn count_by(counter: Counter, amount: u64) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // Per-CPU slot: no other CPU writes it, and programs do not nest on one CPU for these hooks.
-        unsafe { *slot += 1 };
+        unsafe { *slot += amount };
     }
 }
 
