@@ -313,7 +313,8 @@ struct TracerMemory {
     /// The most resident memory the tracer had, all of it (VmHWM): its own data, its code, and the kernel's
     /// event ring buffer mapped into it. What `--max-memory` limits.
     peak_rss_bytes: u64,
-    /// It went past the budget with nothing left to evict (every stack held outstanding memory).
+    /// It went past the budget: with nothing left to evict (every stack held outstanding memory), or its
+    /// peak RSS did (writing the reports, which need room of their own).
     over_budget: bool,
     stacks_held: usize,
     /// Stacks with nothing outstanding, forgotten; the bytes they had allocated are in no stack's figures.
@@ -505,7 +506,7 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
             site_table_entries: crate::probes::site_table_entries(trace.memory_budget),
             peak_anonymous_rss_bytes: trace.peak_memory.max(views.peak_memory),
             peak_rss_bytes: views.peak_rss,
-            over_budget: trace.over_budget,
+            over_budget: trace.over_budget || went_over(trace.memory_budget, views.peak_rss),
             stacks_held: trace.live_stacks,
             evicted_stacks: ledger_counters.evicted_stacks,
             evicted_allocated_bytes: ledger_counters.evicted_allocated_bytes,
@@ -659,6 +660,11 @@ pub fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 
+/// Whether a peak RSS went past `--max-memory` (a budget of 0: none given, in tests).
+pub fn went_over(budget: u64, peak_rss: u64) -> bool {
+    budget > 0 && peak_rss > budget
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -672,6 +678,15 @@ mod tests {
             stats: StackStats { outstanding_bytes, allocated_bytes, allocated_allocs: 1, ..StackStats::default() },
             threads: 0,
         }
+    }
+
+    #[test]
+    fn a_peak_rss_past_the_budget_is_over_it() {
+        const MIB: u64 = 1 << 20;
+        // The 262,144-stack bench under 128M: 132.5 MiB at its peak, writing the reports.
+        assert!(went_over(128 * MIB, 132 * MIB + MIB / 2));
+        assert!(!went_over(128 * MIB, 128 * MIB), "at the budget is within it");
+        assert!(!went_over(0, 500 * MIB), "no budget given");
     }
 
     #[test]
