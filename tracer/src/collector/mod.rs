@@ -631,6 +631,7 @@ impl Collector {
     /// Keeps the mappings fresh for naming and for splitting memory by region, and follows the
     /// descriptors the target logs through.
     fn housekeeping(&mut self) {
+        self.maps.flush_kernel_log();
         self.keep_within_budget();
         self.sample_when_blocks_overflow();
         if self.allocator_traced {
