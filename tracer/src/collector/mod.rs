@@ -957,6 +957,12 @@ impl Collector {
                     self.ledger.zero_page_read();
                     return;
                 }
+                // The kernel maps this page for our probes at the first hit of one, on whatever stack the
+                // target was then: it is ours, not the target's.
+                if stacks::is_uprobes_page(event.addr, &self.modules) {
+                    self.ledger.uprobe_page_fault();
+                    return;
+                }
                 let key = self.stack_key(event, inline, top, Source::PageFault);
                 self.ledger.fault(event.tgid, event.addr, self.page_size, key);
                 self.last_fault.insert(event.tid, (event.addr, key));
