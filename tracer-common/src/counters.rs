@@ -49,6 +49,11 @@ impl Counter {
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
+    /// The counter in slot `index`.
+    pub const fn from_index(index: u32) -> Option<Counter> {
+        if index < Self::COUNT { Some(Self::ALL[index as usize]) } else { None }
+    }
+
     pub const fn name(self) -> &'static str {
         match self {
             Counter::LostEvents => "lost_events",
@@ -62,6 +67,12 @@ impl Counter {
             Counter::SiteTableFull => "site_table_full",
             Counter::BlockTableFullBytes => "block_table_full_bytes",
         }
+    }
+
+    /// Whether the kernel programs say so through aya-log (with `-v`) as the counter grows: the losses, and
+    /// the block table's, which are counted in `MapFull` without being said there.
+    pub const fn is_said(self) -> bool {
+        self.is_loss() || matches!(self, Counter::BlockTableFull)
     }
 
     /// Whether the counter counts something that happened while tracing and was not recorded. Inline stacks
@@ -79,6 +90,14 @@ impl Counter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_are_found_by_their_slot() {
+        for counter in Counter::ALL {
+            assert_eq!(Counter::from_index(counter as u32), Some(counter));
+        }
+        assert_eq!(Counter::from_index(Counter::COUNT), None);
+    }
 
     #[test]
     fn only_what_happened_unrecorded_is_a_loss() {

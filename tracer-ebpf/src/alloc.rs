@@ -39,7 +39,7 @@ use tracer_common::{
 
 use crate::{
     maps::STACKS,
-    record::{count, count_by, take_user_stack, traced_tgid},
+    record::{count, count_by, count_quietly, take_user_stack, traced_tgid},
 };
 
 /// A thread's allocator call under way, in the slot of its tid (see [`CALL_SLOTS`]).
@@ -618,7 +618,7 @@ fn take_block(key: &BlockKey) -> Option<Block> {
 /// some is in force already (the collector says so to the user).
 #[inline(always)]
 fn count_block_table_full(charged_bytes: u64) {
-    count(Counter::MapFull);
+    count_quietly(Counter::MapFull);
     count(Counter::BlockTableFull);
     count_by(Counter::BlockTableFullBytes, charged_bytes);
     if let Some(interval) = SAMPLING.get_ptr_mut(0) {

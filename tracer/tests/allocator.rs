@@ -321,7 +321,7 @@ fn allocators_in_libraries_loaded_later_are_probed_and_exact() {
 
 /// live_blocks.c holding `blocks` live at once, traced with `extra`: the snapshot taken while all are
 /// held, and the final report once all are freed (after the tracer said `said`, when given).
-fn trace_live_blocks(test: &str, blocks: u64, extra: &[&str], said: Option<&str>) -> (Report, Report) {
+fn trace_live_blocks(test: &str, blocks: u64, extra: &[&str], said: &[&str]) -> (Report, Report) {
     let out = output_dir(test);
     let program = fixture("live_blocks");
     let mut target = Running::spawn(Command::new(&program).args(["wait", &blocks.to_string()]));
@@ -332,7 +332,7 @@ fn trace_live_blocks(test: &str, blocks: u64, extra: &[&str], said: Option<&str>
     target.send_line("go");
     target.stdout.wait_for("kept");
     let held = Report::load(&tracer.snapshot());
-    if let Some(line) = said {
+    for line in said {
         tracer.stderr.wait_for(line);
     }
     target.send_line("free");
@@ -348,7 +348,7 @@ fn trace_live_blocks(test: &str, blocks: u64, extra: &[&str], said: Option<&str>
 fn the_block_table_is_sized_from_the_memory_budget() {
     const BLOCKS: u64 = 100_000;
     // Half of the default 512M budget: two million live blocks, so all of these are exact.
-    let (held, report) = trace_live_blocks("live_blocks_default", BLOCKS, &[], None);
+    let (held, report) = trace_live_blocks("live_blocks_default", BLOCKS, &[], &[]);
     assert_eq!(held.0["tracer"]["block_table_entries"], 2 << 20);
     let kept = held.by_leaf("malloc", "keep_block");
     assert_eq!((kept.outstanding_bytes, kept.outstanding_allocs), (32 * BLOCKS, BLOCKS));
@@ -357,9 +357,10 @@ fn the_block_table_is_sized_from_the_memory_budget() {
 
     // The smallest budget, 16M: 65,536 entries. The blocks past the table are counted, never charged; the
     // kernel turns byte sampling on at the first of them, so that the table drains instead of frees going
-    // unmatched. Nothing goes negative or wraps.
-    let sampling = "sampling the allocator by bytes from now on";
-    let (held, report) = trace_live_blocks("live_blocks_small", BLOCKS, &["--max-memory", "16M"], Some(sampling));
+    // unmatched. Nothing goes negative or wraps. With -v the kernel programs say so as it begins (aya-log).
+    let said =
+        ["kernel programs: block_table_full reached 1 on one CPU", "sampling the allocator by bytes from now on"];
+    let (held, report) = trace_live_blocks("live_blocks_small", BLOCKS, &["--max-memory", "16M", "-v"], &said);
     let entries = held.0["tracer"]["block_table_entries"].as_u64().unwrap();
     assert_eq!(entries, 65_536);
     let kept = held.by_leaf("malloc", "keep_block");

@@ -577,6 +577,7 @@ impl Collector {
     /// Keeps the mappings fresh for naming and for splitting memory by region, and follows the
     /// descriptors the target logs through.
     fn housekeeping(&mut self) {
+        self.maps.flush_kernel_log();
         self.keep_within_budget();
         self.sample_when_blocks_overflow();
         if self.allocator_traced {
@@ -827,6 +828,12 @@ impl Collector {
             EventKind::PageFault => {
                 if self.maps_zero_page(event) {
                     self.ledger.zero_page_read();
+                    return;
+                }
+                // The kernel maps this page for our probes at the first hit of one, on whatever stack the
+                // target was then: it is ours, not the target's.
+                if stacks::is_uprobes_page(event.addr, &self.modules) {
+                    self.ledger.uprobe_page_fault();
                     return;
                 }
                 let key = self.stack_key(event, inline, top, Source::PageFault);

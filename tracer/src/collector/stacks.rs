@@ -230,7 +230,12 @@ impl StackTable {
 pub const TRAMPOLINE_PAGE: std::ops::Range<u64> = 0x7fff_ffff_e000..0x7fff_ffff_f000;
 
 fn is_uretprobe_trampoline(ip: u64, modules: &ModuleMap) -> bool {
-    TRAMPOLINE_PAGE.contains(&ip) || modules.in_uprobes_page(ip)
+    is_uprobes_page(ip, modules)
+}
+
+/// Whether `addr` is in the page the kernel maps for uprobes (see [`TRAMPOLINE_PAGE`]).
+pub fn is_uprobes_page(addr: u64, modules: &ModuleMap) -> bool {
+    TRAMPOLINE_PAGE.contains(&addr) || modules.in_uprobes_page(addr)
 }
 
 /// Frames in the kernel's uretprobe trampoline stand where hooked allocator calls will return: the

@@ -22,6 +22,7 @@ use aya::{
 use placement::Placement;
 use serde::Serialize;
 use std::{
+    io::IsTerminal,
     num::NonZeroU32,
     path::{Path, PathBuf},
 };
@@ -91,12 +92,41 @@ pub struct KernelMaps {
     pub spilled_stacks: HashMap<MapData, u32, InlineStack>,
     /// The attached programs, whose skipped runs count as losses (see [`misses`]).
     pub program_ids: Vec<u32>,
+    /// The kernel programs' log, with `-v`.
+    pub kernel_log: Option<aya_log::EbpfLogger<KernelLog>>,
+}
+
+/// aya-log's level for the kernel programs' messages with `-v`: warnings (losses as they begin).
+const KERNEL_LOG_LEVEL: u8 = 2;
+
+/// Writes the kernel programs' messages to stderr, as the tracer's other messages.
+pub struct KernelLog;
+
+impl log::Log for KernelLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        // Over the status line, if one is shown; it is drawn again at its next update.
+        let erase = if std::io::stderr().is_terminal() { "\r\x1b[2K" } else { "" };
+        eprintln!("{erase}dispatch-leaktrace: {}", record.args());
+    }
+
+    fn flush(&self) {}
 }
 
 impl KernelMaps {
     /// The allocator's figures of every site, read in batches (they are read every tick).
     pub fn read_alloc_stats(&self) -> Vec<(AllocSite, StackAllocStats)> {
         batch::read_all(&self.alloc_stats)
+    }
+
+    /// Writes what the kernel programs logged since the last call (nothing without `-v`).
+    pub fn flush_kernel_log(&mut self) {
+        if let Some(logger) = &mut self.kernel_log {
+            logger.flush();
+        }
     }
 
     pub fn add_target(&mut self, tgid: u32) -> Result<()> {
@@ -314,21 +344,19 @@ enum Link {
 }
 
 impl Probes {
-    /// Loads the kernel object, with room for `block_table_entries` live allocator blocks (see
-    /// [`block_table_entries`]), `site_table_entries` allocation sites and `stack_table_entries` stacks (see
-    /// [`stack_table_entries`]), and takes its maps out; the event
-    /// ring buffer comes apart, for the collector to poll.
-    pub fn load(
-        block_table_entries: u32,
-        site_table_entries: u32,
-        stack_table_entries: (u32, u32),
-    ) -> Result<(Self, KernelMaps, RingBuf<MapData>)> {
+    /// Loads the kernel object with its tables sized from the memory budget (see [`block_table_entries`],
+    /// [`site_table_entries`] and [`stack_table_entries`]), and takes its maps out; the event ring buffer
+    /// comes apart, for the collector to poll. With `kernel_log`, the programs' rare conditions (losses as
+    /// they begin) come through aya-log; without, the programs do not even write them.
+    pub fn load(max_memory: u64, kernel_log: bool) -> Result<(Self, KernelMaps, RingBuf<MapData>)> {
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(map_names::ALLOCS, block_table_entries);
-        loader.map_max_entries(map_names::ALLOC_STATS, site_table_entries);
-        let (stack_buckets, spilled_stacks) = stack_table_entries;
+        loader.map_max_entries(map_names::ALLOCS, block_table_entries(max_memory));
+        loader.map_max_entries(map_names::ALLOC_STATS, site_table_entries(max_memory));
+        let (stack_buckets, spilled_stacks) = stack_table_entries(max_memory);
         loader.map_max_entries(map_names::STACKS, stack_buckets);
         loader.map_max_entries(map_names::SPILLED_STACKS, spilled_stacks);
+        let log_level: u8 = if kernel_log { KERNEL_LOG_LEVEL } else { 0 };
+        loader.override_global(aya_log::LEVEL, &log_level, true);
         if std::env::var_os("LEAKTRACE_VERIFIER_LOG").is_some() {
             loader.verifier_log_level(VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS);
         }
@@ -357,8 +385,14 @@ impl Probes {
             page_sampling: Array::try_from(take(map_names::PAGE_SAMPLING)?)?,
             spilled_stacks: HashMap::try_from(take(map_names::SPILLED_STACKS)?)?,
             program_ids: Vec::new(),
+            kernel_log: None,
         };
         let events = RingBuf::try_from(take(map_names::EVENTS)?)?;
+        if kernel_log {
+            let logger = aya_log::EbpfLogger::init_with_logger(&mut ebpf, KernelLog)
+                .context("cannot read the kernel programs' log")?;
+            maps.kernel_log = Some(logger);
+        }
         // Always in the table, so that a block charged to it is charged out of it again.
         maps.alloc_stats
             .insert(SITES_PAST_THE_TABLE, StackAllocStats::default(), 0)

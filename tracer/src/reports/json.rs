@@ -369,6 +369,8 @@ struct PageFaults {
     zero_page_reads: u64,
     /// Faults that brought in a huge page (or a multi-size THP block) at once.
     huge_pages: u64,
+    /// Faults on the page the kernel maps for our uprobes: the tracer's, not counted as resident.
+    uprobe_page: u64,
 }
 
 #[derive(Serialize)]
@@ -515,6 +517,7 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
             on_resident_pages: ledger_counters.faults_on_resident_pages,
             zero_page_reads: ledger_counters.zero_page_reads,
             huge_pages: ledger_counters.huge_page_faults,
+            uprobe_page: ledger_counters.uprobe_page_faults,
         },
         probes: &probes.records,
         allocators: probes.allocators.as_ref(),
