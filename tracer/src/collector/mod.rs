@@ -185,6 +185,8 @@ pub struct Trace<'a> {
     pub ledger: &'a Ledger,
     /// Frame names by stack index, innermost first.
     pub frames: &'a [Vec<FrameName>],
+    /// The same as the reports show them, made on first use and shared by every report of the set.
+    pub names: std::cell::OnceCell<crate::reports::stacks::StackNames>,
     /// The names of the threads that ran each stack (events only: the allocator's figures are summed in
     /// the kernel, by site).
     pub threads: &'a threads::ThreadNames,
@@ -224,6 +226,13 @@ pub struct Trace<'a> {
     pub stack_ips: &'a StackTable,
     /// The target's mappings as last read, for reports that place addresses in files (pprof).
     pub mappings: &'a crate::procfs::maps::MemoryMap,
+}
+
+impl Trace<'_> {
+    /// Every stack's frames as the reports show them, interned once for this trace's report set.
+    pub fn names(&self) -> &crate::reports::stacks::StackNames {
+        self.names.get_or_init(|| crate::reports::stacks::StackNames::of(self.frames))
+    }
 }
 
 pub struct Collector {
@@ -546,6 +555,7 @@ impl Collector {
             ending,
             ledger: &self.ledger,
             frames: &self.frames,
+            names: std::cell::OnceCell::new(),
             threads: &self.threads,
             kernel_counters: self.maps.read_counters(),
             skipped_program_runs: self.skipped_runs.max(self.maps.skipped_runs()).saturating_sub(self.skipped_before),

@@ -327,7 +327,7 @@ pub fn suspects(trace: &Trace<'_>, stacks: &[ReportStack], growth: &Growth, sour
     let mut stack_of_ix: Vec<Option<usize>> = Vec::new();
     for (key, _) in trace.ledger.stats().filter(|(key, _)| key.source == source) {
         let names = super::stacks::names_of(trace, key.stack);
-        if let Some(&index) = by_frames.get(names.as_slice()) {
+        if let Some(&index) = by_frames.get(names) {
             let ix = key.stack as usize;
             if stack_of_ix.len() <= ix {
                 stack_of_ix.resize(ix + 1, None);
