@@ -296,7 +296,7 @@ mod tests {
     fn stacks_end_where_the_walk_leaves_code() {
         // Our own process: this function is code, a heap block and text read as an address are not.
         let mut modules = ModuleMap::new(std::process::id());
-        let code = stacks_end_where_the_walk_leaves_code as usize as u64;
+        let code = stacks_end_where_the_walk_leaves_code as fn() as usize as u64;
         let block = Box::new(0u64);
         let heap = &*block as *const u64 as u64;
         let mut spaces = vec![code, code + 1, 0x2020_2020_2020_2028, code + 2];
