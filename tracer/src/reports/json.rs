@@ -437,6 +437,7 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
     counters.insert("negative_figures", trace.negative_figures);
     counters.insert("skipped_program_runs", trace.skipped_program_runs);
     counters.insert("cut_marker_lines", crate::inputs::cut_lines());
+    counters.insert("stacks_cut_at_non_code", trace.stack_ips.cut_at_non_code());
 
     let report = Report {
         version: VERSION,
