@@ -307,6 +307,9 @@ struct TracerMemory {
     /// Allocation sites the kernel's table holds (a sixteenth of the budget); past it, `site_table_full`
     /// counts the blocks charged to the one site that stands for the rest.
     site_table_entries: u32,
+    /// The kernel's event ring buffer (a sixteenth of the budget, 4 to 32 MiB); a burst past it is
+    /// `lost_events`.
+    ring_buffer_bytes: u32,
     /// The most anonymous memory the tracer held, writing the other reports included (report.json is
     /// written last).
     peak_anonymous_rss_bytes: u64,
@@ -507,6 +510,7 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
             budget_bytes: trace.memory_budget,
             block_table_entries: crate::probes::block_table_entries(trace.memory_budget),
             site_table_entries: crate::probes::site_table_entries(trace.memory_budget),
+            ring_buffer_bytes: crate::probes::ring_buffer_bytes(trace.memory_budget),
             peak_anonymous_rss_bytes: trace.peak_memory.max(views.peak_memory),
             peak_rss_bytes: views.peak_rss,
             over_budget: trace.over_budget || went_over(trace.memory_budget, views.peak_rss),
