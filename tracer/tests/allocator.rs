@@ -205,6 +205,38 @@ fn operator_new_and_delete_are_exact_and_a_throwing_new_survives() {
     assert_truth(&report, CPP_TRUTH);
 }
 
+/// Two callers through one library path (std::map's and std::vector's template code, then operator new):
+/// every allocation has the same innermost frames, and each caller's figures are exact, to the truth the
+/// fixture prints from the compiler's sizes. Built with -O2, as programs are.
+#[test]
+fn two_callers_through_one_cpp_library_path_are_exact_per_caller() {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/two_callers.cpp");
+    let program = compile_with("two_callers", &source, "g++", &["-O2", "-std=c++17"]);
+    let out = output_dir("two_callers");
+    let mut target = Running::spawn(Command::new(&program).arg("wait"));
+    let pid = target.pid().to_string();
+    let tracer = common::start_tracer(&["-o", out.to_str().unwrap(), "--pid", &pid]);
+    target.send_line("go");
+    let truth: Vec<(String, u64, u64)> = ["truth fill_log", "truth fill_map"]
+        .iter()
+        .map(|prefix| {
+            let line = target.stdout.wait_for(prefix);
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields[1].to_string(), fields[2].parse().unwrap(), fields[3].parse().unwrap())
+        })
+        .collect();
+    let report = common::finish_waiting_fixture(target, tracer, &out);
+    let sites = ["fill_log", "fill_map"];
+    for (site, bytes, blocks) in truth {
+        let figures = report.by_site("malloc", &site, &sites);
+        assert_eq!((figures.outstanding_bytes, figures.outstanding_allocs), (bytes, blocks), "{site}");
+        assert_eq!(figures.allocated_bytes, bytes, "{site}: nothing freed");
+    }
+    for counter in ["lost_events", "map_full", "stack_errors", "missed_frees"] {
+        assert_eq!(report.counter(counter), 0, "{counter}");
+    }
+}
+
 /// The Rust fixture with mimalloc, built once (its own target folder, frame pointers on).
 fn rust_mimalloc() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
