@@ -258,7 +258,8 @@ impl SoakSeries {
             md,
             "`bench/soak.c` mallocs and frees 2,000 blocks a second and keeps 100 (25.6 KB a second), each at the \
              end of a call path drawn at random among 16,384 (up to 32,768 distinct allocator stacks): about \
-             4,100 events a second. The tracer launches it with a point every {SOAK_INTERVAL} and a checkpoint \
+             4,100 events a second. In its first 10 s it also keeps a block on every path in turn, so that from \
+             minute 2 of the trace on its stacks are all there and only the trace's age grows. The tracer launches it with a point every {SOAK_INTERVAL} and a checkpoint \
              every {SOAK_CHECKPOINT}. Time is compressed {SOAK_COMPRESSION:.0}x: a minute of trace is {:.0} s \
              here. That is conservative for an hour of a real trace: the Bun streaming server of issue 16 made \
              1.9k events a second, and at the default `-i 10s` an hour takes 360 points where a {:.0}-minute \
