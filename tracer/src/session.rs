@@ -260,8 +260,7 @@ impl Session<'_> {
             .with_interval(cli.interval)
             .with_memory_budget(cli.max_memory)
             .with_snapshots(cli.checkpoint, cli.snapshot_at_rss)
-            .with_status(cli.quiet)
-            .with_page_sampling(cli.sample_pages);
+            .with_status(cli.quiet);
         eprintln!("dispatch-leaktrace: tracing pid {pid} ({}); Ctrl-C to stop", exe.display());
         let _control = {
             let _context = self.runtime.enter();

@@ -234,7 +234,7 @@ pub struct Collector {
     started_at: SystemTime,
     page_size: u64,
     /// The last page fault of each thread, which a [`EventKind::LargePage`] event may widen.
-    last_fault: HashMap<u32, (u64, StackKey)>,
+    last_fault: HashMap<u32, (u64, StackKey, u64)>,
     rss_bytes: u64,
     events: u64,
     timeline: Timeline,
@@ -365,12 +365,6 @@ impl Collector {
         self.checkpoint = checkpoint;
         self.rss_threshold = rss_threshold;
         self.next_rss_threshold = rss_threshold.unwrap_or(u64::MAX);
-        self
-    }
-
-    /// `--sample-pages N`: resident figures from one page in N.
-    pub fn with_page_sampling(mut self, pages: Option<u64>) -> Self {
-        self.ledger.set_resident_weight(pages.unwrap_or(1));
         self
     }
 
@@ -597,10 +591,11 @@ impl Collector {
             rss_bytes: self.rss_bytes,
             events: self.events,
             timeline: &self.timeline,
-            regions: bytes_by_region(self.ledger.resident_segments(self.target.pid()), self.modules.snapshot())
-                .into_iter()
-                .map(|(kind, bytes)| (kind, bytes * self.ledger.resident_weight()))
-                .collect(),
+            regions: bytes_by_region(
+                self.ledger.resident_segments(self.target.pid()),
+                self.modules.snapshot(),
+                |owner| owner.weight,
+            ),
             turns: &self.turns.records,
             markers: &self.turns.markers,
             unmatched_turn_ends: self.turns.unmatched_ends,
@@ -700,7 +695,7 @@ impl Collector {
         let mut keep: HashSet<StackKey> =
             self.timeline.snapshots().iter().flat_map(|snapshot| snapshot.outstanding.keys().copied()).collect();
         keep.extend(self.site_keys.values().copied());
-        keep.extend(self.last_fault.values().map(|(_, key)| *key));
+        keep.extend(self.last_fault.values().map(|(_, key, _)| *key));
         self.ledger.evict_idle(&keep);
         let held: HashSet<StackIx> =
             self.ledger.stats().map(|(key, _)| key.stack).chain(keep.iter().map(|key| key.stack)).collect();
@@ -932,8 +927,9 @@ impl Collector {
                     return;
                 }
                 let key = self.stack_key(event, inline, top, Source::PageFault);
-                self.ledger.fault(event.tgid, event.addr, self.page_size, key);
-                self.last_fault.insert(event.tid, (event.addr, key));
+                // `len`: the pages this one stands for, the sampling rate the kernel chose it at.
+                self.ledger.fault(event.tgid, event.addr, self.page_size, key, event.len);
+                self.last_fault.insert(event.tid, (event.addr, key, event.len));
             }
             EventKind::Signal => self.death.signal(event.addr as i32, event.flags, self.clock.wall(event.timestamp_ns)),
             EventKind::OomVictim => {
@@ -947,8 +943,10 @@ impl Collector {
             EventKind::Exec => self.on_exec(event),
             EventKind::LargePage => {
                 // Follows the fault it belongs to: widen that fault to the block the kernel allocated.
-                if let Some((addr, key)) = self.last_fault.remove(&event.tid).filter(|(addr, _)| *addr == event.addr) {
-                    self.ledger.fault(event.tgid, addr, event.len, key);
+                if let Some((addr, key, weight)) =
+                    self.last_fault.remove(&event.tid).filter(|(addr, _, _)| *addr == event.addr)
+                {
+                    self.ledger.fault(event.tgid, addr, event.len, key, weight);
                 }
             }
         }
