@@ -5,6 +5,7 @@ pub mod clock;
 pub mod death;
 pub mod exec;
 pub mod markers;
+pub mod overhead;
 pub mod stacks;
 pub mod status;
 pub mod timeline;
@@ -208,6 +209,8 @@ pub struct Trace<'a> {
     /// Byte sampling the collector turned on when the kernel's block table filled up: the interval, and
     /// from when.
     pub blocks_sampled_since: Option<(u64, SystemTime)>,
+    /// `--overhead`: the budget and the rates it set.
+    pub overhead: Option<&'a overhead::Budget>,
     pub live_stacks: usize,
     /// The execs of the target, each ending an image's accounting.
     pub execs: &'a [ExecRecord],
@@ -273,6 +276,8 @@ pub struct Collector {
     /// checkpoint is due.
     status_line: status::StatusLine,
     status_events: (u64, Instant),
+    /// `--overhead`: the budget the programs' run time is kept within.
+    overhead: Option<overhead::Budget>,
     next_checkpoint: Option<Instant>,
     /// The target's execs so far, and the allocator blocks of old images they released.
     execs: Vec<ExecRecord>,
@@ -336,6 +341,7 @@ impl Collector {
             skipped_before,
             status_line: status::StatusLine::new(true),
             status_events: (0, Instant::now()),
+            overhead: None,
             next_checkpoint: None,
             execs: Vec::new(),
             released_blocks: ReleasedBlocks::default(),
@@ -365,6 +371,12 @@ impl Collector {
         self.checkpoint = checkpoint;
         self.rss_threshold = rss_threshold;
         self.next_rss_threshold = rss_threshold.unwrap_or(u64::MAX);
+        self
+    }
+
+    /// `--overhead`: sampling rates kept so that the programs' run time stays within a budget.
+    pub fn with_overhead(mut self, budget: Option<overhead::Budget>) -> Self {
+        self.overhead = budget;
         self
     }
 
@@ -562,6 +574,7 @@ impl Collector {
             skipped_runs: self.maps.skipped_runs().saturating_sub(self.skipped_before),
             unmatched_frees,
             next_checkpoint: self.next_checkpoint.map(|at| at.saturating_duration_since(Instant::now())),
+            overhead: self.overhead.as_ref().map(overhead::Budget::status),
         };
         self.status_line.show(&status);
     }
@@ -604,6 +617,7 @@ impl Collector {
             peak_memory: self.peak_memory.max(procfs::own_anonymous_rss().unwrap_or(0)),
             over_budget: self.over_budget,
             blocks_sampled_since: self.blocks_sampled_since,
+            overhead: self.overhead.as_ref(),
             live_stacks: self.stacks.live(),
             execs: &self.execs,
             interval: self.interval,
@@ -619,6 +633,7 @@ impl Collector {
     fn housekeeping(&mut self) {
         self.keep_within_budget();
         self.sample_when_blocks_overflow();
+        self.keep_within_overhead();
         if self.allocator_traced {
             self.maps.reap_alloc_calls(self.target.pid());
         }

@@ -35,6 +35,8 @@ pub struct Status {
     /// before, so not a loss.
     pub unmatched_frees: u64,
     pub next_checkpoint: Option<Duration>,
+    /// `--overhead`: the programs' measured share of the target's CPU and the rates in force, rendered.
+    pub overhead: Option<String>,
 }
 
 /// The parts a narrow terminal goes without, in the order they are dropped: least important first.
@@ -42,6 +44,7 @@ pub struct Status {
 enum Part {
     NextCheckpoint,
     EventRate,
+    Overhead,
     /// The outstanding bytes of every source but the leading one.
     OtherSources,
     Prefix,
@@ -50,9 +53,10 @@ enum Part {
     Outstanding,
 }
 
-const DROPPED_IN_ORDER: [Part; 7] = [
+const DROPPED_IN_ORDER: [Part; 8] = [
     Part::NextCheckpoint,
     Part::EventRate,
+    Part::Overhead,
     Part::OtherSources,
     Part::Prefix,
     Part::Pid,
@@ -93,6 +97,9 @@ impl Status {
         }
         if shown(Part::EventRate) {
             parts.push(format!("{} events/s", short_count(self.events_per_second)));
+        }
+        if let Some(overhead) = self.overhead.as_ref().filter(|_| shown(Part::Overhead)) {
+            parts.push(overhead.clone());
         }
         if self.lost > 0 {
             parts.push(format!("lost {}", self.lost));
@@ -214,7 +221,18 @@ mod tests {
             skipped_runs: 14,
             unmatched_frees: 3,
             next_checkpoint: Some(Duration::from_secs(252)),
+            overhead: None,
         }
+    }
+
+    #[test]
+    fn the_overhead_shows_after_the_event_rate_and_goes_before_the_other_sources() {
+        let status = Status { overhead: Some("bpf 1.9% of 2%, pages 1/16".into()), ..busy() };
+        assert!(status.render().contains("| 12.3k events/s | bpf 1.9% of 2%, pages 1/16 | lost 7 |"));
+        let without_rate = status.fit(status.render().chars().count() - 30);
+        assert!(without_rate.contains("bpf 1.9%") && !without_rate.contains("events/s"), "{without_rate}");
+        let narrower = status.fit(without_rate.chars().count() - 1);
+        assert!(!narrower.contains("bpf") && narrower.contains("mmap"), "{narrower}");
     }
 
     #[test]

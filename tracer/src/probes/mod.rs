@@ -279,6 +279,10 @@ enum Link {
 }
 
 impl Probes {
+    /// The ids of every program loaded, attached or not (an unattached one has not run).
+    pub fn all_program_ids(&self) -> Vec<u32> {
+        self.ebpf.programs().filter_map(|(_, program)| program.info().ok()).map(|info| info.id()).collect()
+    }
     /// Loads the kernel object, with room for `block_table_entries` live allocator blocks (see
     /// [`block_table_entries`]), and takes its maps out; the event ring buffer comes apart, for the
     /// collector to poll.

@@ -519,6 +519,7 @@ mod tests {
             peak_memory: 0,
             over_budget: false,
             blocks_sampled_since: None,
+            overhead: None,
             live_stacks: 0,
             execs: &[],
             interval: std::time::Duration::from_secs(10),
