@@ -18,7 +18,7 @@ use std::{
 use common::{
     Report, Running,
     bun::{TURN_END, TURN_START, bun, health, start_turn_tracer},
-    output_dir, start_tracer,
+    output_dir, start_tracer, svg,
 };
 
 const LEAKS: [&str; 2] = ["retainStreamChunk", "buildMessage"];
@@ -119,6 +119,22 @@ fn the_top_suspect_is_a_leaking_javascript_function() {
     let retained: u64 = turns.iter().map(|t| t["retained_bytes"].as_u64().unwrap()).sum();
     let turn_allocated: u64 = turns.iter().map(|t| t["allocated_bytes"].as_u64().unwrap()).sum();
     assert!(retained <= allocated && turn_allocated <= allocated, "{retained} / {turn_allocated} of {allocated}");
+    // Freed stacks beyond the 100 that allocated most are summed, not listed, and nothing is lost by it:
+    // each source's allocated bytes are those of its listed stacks plus its summarized ones.
+    let freed_listed = report.stacks().iter().filter(|s| s["outstanding_bytes"] == 0).count();
+    assert!(freed_listed <= 100, "{freed_listed} freed stacks listed");
+    let summarized = &report.0["freed_stacks_summarized"];
+    assert!(summarized["stacks"].as_u64().unwrap() > 0, "a Bun server frees many stacks: {summarized}");
+    for (source, totals) in report.0["totals"]["by_source"].as_object().unwrap() {
+        let listed: u64 = report
+            .stacks()
+            .iter()
+            .filter(|s| s["source"] == source.as_str())
+            .map(|s| s["allocated_bytes"].as_u64().unwrap())
+            .sum();
+        let rest = summarized["by_source"][source]["allocated_bytes"].as_u64().unwrap_or(0);
+        assert_eq!(listed + rest, totals["allocated_bytes"].as_u64().unwrap(), "{source}");
+    }
     // JIT frames carry their function's name and its line in server.ts (run as `bun server.ts`: matched in
     // the script's own text), one frame per function whatever tier ran it; the tiers are a detail beside.
     let frames: Vec<&str> = report
@@ -128,74 +144,31 @@ fn the_top_suspect_is_a_leaking_javascript_function() {
         .collect();
     assert!(frames.iter().all(|f| !f.contains("[JS:")), "a tier in a frame's name");
     let source = std::fs::read_to_string(demo("server.ts")).unwrap();
+    let (pprof_lines, _) = common::go_pprof(&["-top", "-lines", "-nodecount=1000"], &out.join("trace/profile.pb.gz"));
     for function in LEAKS {
         let line = source.lines().position(|l| l.starts_with(&format!("function {function}("))).unwrap() + 1;
         let frame = format!("{function} (server.ts:{line})");
         assert!(frames.contains(&frame.as_str()), "no JIT frame {frame}");
         let tiers = report.0["jit_tiers"][&frame].as_array().expect("its tiers are listed");
         assert!(!tiers.is_empty());
+        // pprof has its file and line too.
+        let place = format!("server.ts:{line}");
+        assert!(
+            pprof_lines.lines().any(|l| l.contains(&format!("{function} ")) && l.trim_end().ends_with(&place)),
+            "no {function} at {place} in pprof -top -lines:\n{pprof_lines}"
+        );
     }
     // timeline.svg draws the sites that grow, the chunk leak among them, and not the churner's curve.
     let timeline = std::fs::read_to_string(out.join("trace/timeline.svg")).unwrap();
     assert!(timeline.contains("retainStreamChunk") && !timeline.contains("renderTemporary"));
+    // Its most prominent line is report.json's top suspect's; in growth.svg, the reddest box but for its
+    // callers', the churner's far less red.
+    let top_site = report.0["suspects"][0]["site"].as_str().unwrap();
+    assert!(top_site.starts_with("retainStreamChunk ("), "{top_site}");
+    svg::assert_the_widest_line_is(&timeline, top_site);
     let growth = std::fs::read_to_string(out.join("trace/growth.svg")).unwrap();
-    assert!(growth.contains("retainStreamChunk"));
-    // growth.svg is coloured by each box's growth: the chunk leak's box is the reddest of all but the boxes
-    // it sits on (they hold its growth), and outlined as a suspect; the churner's is far less red.
-    let boxes = growth_boxes(&growth);
-    let chunks: Vec<&GrowthBox> = boxes.iter().filter(|b| b.function.starts_with("retainStreamChunk (")).collect();
-    let top = chunks.iter().max_by_key(|b| b.redness).expect("a retainStreamChunk box in growth.svg");
-    assert!(top.redness > 0 && top.suspect, "{top:?}");
-    assert!(top.title.contains("suspect 1: grows") && top.title.contains("per turn"), "{top:?}");
-    let sits_on = |below: &GrowthBox| {
-        chunks.iter().any(|c| below.y > c.y && below.x <= c.x && below.x + below.width >= c.x + c.width)
-    };
-    let redder: Vec<&GrowthBox> = boxes.iter().filter(|b| b.redness > top.redness && !sits_on(b)).collect();
-    assert!(redder.is_empty(), "redder than the top suspect {top:?}: {redder:?}");
-    let churner = boxes.iter().filter(|b| b.function.starts_with("renderTemporary (")).max_by_key(|b| b.redness);
-    let churner = churner.expect("a renderTemporary box in growth.svg");
-    assert!(churner.redness * 2 < top.redness && !churner.suspect, "{churner:?} against {top:?}");
-}
-
-/// A box of growth.svg as inferno draws it: `<g [class="suspect" ...]><title>function (details)</title><rect
-/// ... y=".." fill="rgb(r,g,b)" fg:x=".." fg:w=".."/>`.
-#[derive(Debug)]
-struct GrowthBox {
-    function: String,
-    title: String,
-    suspect: bool,
-    /// How far from white toward pure red: 255 - green for a red box, 0 for any other.
-    redness: u32,
-    y: u64,
-    x: u64,
-    width: u64,
-}
-
-fn growth_boxes(svg: &str) -> Vec<GrowthBox> {
-    let attribute = |text: &str, name: &str| -> Option<String> {
-        Some(text.split(&format!(" {name}=\"")).nth(1)?.split('"').next()?.to_string())
-    };
-    let frames = &svg[svg.find("<svg id=\"frames\"").expect("inferno's frames")..];
-    frames
-        .split("<g")
-        .skip(1)
-        .filter_map(|group| {
-            let title = group.split("<title>").nth(1)?.split("</title>").next()?.to_string();
-            let rect = group.split("<rect").nth(1)?;
-            let fill = attribute(rect, "fill")?;
-            let rgb: Vec<u32> =
-                fill.strip_prefix("rgb(")?.strip_suffix(')')?.split(',').map(|c| c.parse().unwrap()).collect();
-            Some(GrowthBox {
-                function: title.rsplit_once(" (").map_or(title.as_str(), |(function, _)| function).to_string(),
-                suspect: group.split('>').next()?.contains("class=\"suspect\""),
-                redness: if rgb[0] == 255 && rgb[1] == rgb[2] { 255 - rgb[1] } else { 0 },
-                y: attribute(rect, "y")?.parse().ok()?,
-                x: attribute(rect, "fg:x")?.parse().ok()?,
-                width: attribute(rect, "fg:w")?.parse().ok()?,
-                title,
-            })
-        })
-        .collect()
+    assert!(growth.contains("renderTemporary ("), "the churner is drawn");
+    svg::assert_the_reddest_box_is(&growth, top_site, "renderTemporary (");
 }
 
 #[test]

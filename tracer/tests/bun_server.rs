@@ -17,7 +17,7 @@ use std::{
 use common::{
     Report, Running,
     bun::{bun, rss_per_turn, start_turn_tracer},
-    output_dir,
+    output_dir, svg,
 };
 use serde_json::Value;
 
@@ -140,6 +140,14 @@ fn the_compiled_streaming_server_is_judged_right() {
     assert!(top["frames"].to_string().contains("#pull"), "the top suspect is the body stream's chunks: {top:#}");
     let per_turn = top["bytes_per_turn"].as_f64().unwrap();
     assert!((per_turn / truth - 1.0).abs() <= 0.25, "{per_turn:.0} B per turn against {truth:.0} measured untraced");
+    // The pictures a person opens first point at it too: the widest line of timeline.svg, the reddest box
+    // of growth.svg (but for its callers'), not the temporaries'.
+    let site = top["site"].as_str().unwrap();
+    let picture = |name: &str| std::fs::read_to_string(out.join("trace").join(name)).unwrap();
+    svg::assert_the_widest_line_is(&picture("timeline.svg"), site);
+    // A runtime job stands in growth.svg as its function's frame.
+    let frame = format!("{} [JS runtime]", site.strip_prefix("runtime job ").unwrap_or(site));
+    svg::assert_the_reddest_box_is(&picture("growth.svg"), &frame, "renderPreview (");
 
     let (history, history_suspect) = suspect(&report, "appendToHistory");
     assert!(history < 3, "the history leak is in the top three: {summary:#?}");

@@ -6,24 +6,7 @@ mod common;
 
 use std::{path::Path, process::Command};
 
-use common::{fixture, output_dir};
-
-/// `go tool pprof ARGS PROFILE`: (stdout, stderr).
-fn pprof(args: &[&str], profile: &Path) -> (String, String) {
-    let output = Command::new("go")
-        .args(["tool", "pprof"])
-        .args(args)
-        .arg(profile)
-        // Nowhere to look for binaries but the mappings' own paths, and no settings from a home folder.
-        .env("PPROF_BINARY_PATH", "/nonexistent")
-        .env("HOME", env!("CARGO_TARGET_TMPDIR"))
-        .output()
-        .expect("go tool pprof runs (apt install golang-go)");
-    let (stdout, stderr) =
-        (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned());
-    assert!(output.status.success(), "go tool pprof {args:?} failed: {stderr}");
-    (stdout, stderr)
-}
+use common::{fixture, go_pprof as pprof, output_dir};
 
 /// The figure after "Total samples = " in `-top`'s header (bytes with `-unit=B`).
 fn total_samples(top: &str) -> u64 {
@@ -81,7 +64,8 @@ fn go_tool_pprof_reads_the_profile_without_warnings_and_with_each_sources_totals
             .iter()
             .filter(|s| s["source"] == source.as_str())
             .map(|s| s["allocated_allocs"].as_u64().unwrap())
-            .sum();
+            .sum::<u64>()
+            + report.0["freed_stacks_summarized"]["by_source"][source]["allocated_allocs"].as_u64().unwrap_or(0);
         let expected = [
             ("inuse_space", totals["outstanding_bytes"].as_u64().unwrap()),
             ("inuse_objects", totals["outstanding_allocs"].as_u64().unwrap()),

@@ -41,3 +41,30 @@ fn blocks_handed_between_threads_are_exact_in_every_run() {
     }
     assert!(failures.is_empty(), "{failed_runs} of {RUNS} runs wrong:\n{}", failures.join("\n"));
 }
+
+/// Each stack says which threads ran it, by name: named_threads.c's writers share touch_shared's stack and
+/// the main thread alone ran touch_main's.
+#[test]
+fn stacks_name_the_threads_that_ran_them() {
+    let report = common::trace_waiting_fixture("named_threads", &fixture("named_threads"), &[]);
+    let threads_of = |leaf: &str| -> Vec<String> {
+        let mut names: Vec<String> = report
+            .stacks()
+            .iter()
+            .filter(|s| s["source"] == "page-fault" && s["frames"].as_array().unwrap().iter().any(|f| f == leaf))
+            .flat_map(|s| s["threads"].as_array().expect("a resident stack names its threads").clone())
+            .map(|name| name.as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    };
+    assert_eq!(threads_of("touch_shared"), ["writer-a", "writer-b"]);
+    assert_eq!(threads_of("touch_main"), ["named_threads"]);
+    let resident = |caller: &str| -> u64 {
+        let stacks = report.stacks().iter().filter(|s| s["source"] == "page-fault");
+        let through = stacks.filter(|s| s["frames"].as_array().unwrap().iter().any(|f| f == caller));
+        through.map(|s| s["outstanding_bytes"].as_u64().unwrap()).sum()
+    };
+    assert_eq!((resident("touch_shared"), resident("touch_main")), (8 * 4096, 2 * 4096));
+}

@@ -21,7 +21,8 @@ tasks:
   demo         build, then trace the bundled Bun demo server over some turns and write its reports
   demo-native  the same with the small C program in demo/native
   test         build-ebpf, then run every test (needs root: the tests load eBPF programs)
-  bench        build, then measure the tracing overhead and rewrite BENCHMARKS.md ([--runs N] [--quick]; as root)";
+  bench        build, then measure the tracing overhead, the tracer's memory, a soak and 262,144 stacks, and
+               rewrite BENCHMARKS.md ([--runs N] [--quick] [--only WORKLOADS]; --help for all; as root)";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

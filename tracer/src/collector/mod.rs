@@ -8,6 +8,7 @@ pub mod markers;
 pub mod overhead;
 pub mod stacks;
 pub mod status;
+pub mod threads;
 pub mod timeline;
 pub mod turns;
 pub mod unwind;
@@ -186,6 +187,9 @@ pub struct Trace<'a> {
     pub ledger: &'a Ledger,
     /// Frame names by stack index, innermost first.
     pub frames: &'a [Vec<FrameName>],
+    /// The names of the threads that ran each stack (events only: the allocator's figures are summed in
+    /// the kernel, by site).
+    pub threads: &'a threads::ThreadNames,
     /// Kernel counters, in `Counter::ALL` order.
     pub kernel_counters: Vec<u64>,
     /// Runs of our programs the kernel skipped, for any process: an upper bound of the target's events lost
@@ -234,6 +238,8 @@ pub struct Collector {
     modules: ModuleMap,
     symbolizer: Symbolizer,
     frames: Vec<Vec<FrameName>>,
+    /// The names of the threads that ran each stack.
+    threads: threads::ThreadNames,
     started_at: SystemTime,
     page_size: u64,
     /// The last page fault of each thread, which a [`EventKind::LargePage`] event may widen.
@@ -315,6 +321,7 @@ impl Collector {
             ledger,
             stacks: StackTable::default(),
             frames: vec![Vec::new()],
+            threads: threads::ThreadNames::default(),
             started_at: SystemTime::now(),
             page_size,
             last_fault: HashMap::new(),
@@ -599,6 +606,7 @@ impl Collector {
             ending,
             ledger: &self.ledger,
             frames: &self.frames,
+            threads: &self.threads,
             kernel_counters: self.maps.read_counters(),
             skipped_program_runs: self.skipped_runs.max(self.maps.skipped_runs()).saturating_sub(self.skipped_before),
             rss_bytes: self.rss_bytes,
@@ -718,6 +726,7 @@ impl Collector {
             if let Some(names) = self.frames.get_mut(ix as usize) {
                 *names = Vec::new();
             }
+            self.threads.forget(ix);
         }
         self.symbolizer.forget_names();
         // What is left is in use: evict again only once the table has grown by a quarter.
@@ -1004,6 +1013,7 @@ impl Collector {
             &mut self.modules,
             &mut self.symbolizer.jit,
         );
+        self.threads.note(stack, event.tgid, event.tid);
         StackKey { source, stack }
     }
 }

@@ -158,26 +158,28 @@ pub fn render_growth(
     draw(&folded, &mut options, nothing)
 }
 
-/// Consecutive unnamed frames of one module (`bun+0x1;bun+0x2;bun+0x3`) as one box, `bun (3 frames)`:
-/// one by one they say nothing, and a Bun stack has a dozen of them at its root.
+/// Consecutive unnamed frames of one module (`bun+0x1;bun+0x2;bun+0x3`) as one box, `bun (3 frames: 0x1 0x2
+/// 0x3)`: one by one they say nothing, and a Bun stack has a dozen of them at its root. The offsets stay in
+/// the name, root first, so the tooltip expands the box (and search finds an address); the label, cut on
+/// the right, starts `bun (3 frames`. Runs that differ in any frame stay different boxes, as they were.
 pub fn fold_unnamed(line: &str) -> String {
     let mut folded: Vec<String> = Vec::new();
-    // The run being read: its module, its first frame, and how many frames it has.
-    let mut run: Option<(&str, &str, usize)> = None;
-    let end_run = |run: Option<(&str, &str, usize)>, folded: &mut Vec<String>| match run {
-        Some((_, frame, 1)) => folded.push(frame.to_string()),
-        Some((module, _, count)) => folded.push(format!("{module} ({count} frames)")),
+    // The run being read: its module and its frames' offsets.
+    let mut run: Option<(&str, Vec<&str>)> = None;
+    let end_run = |run: Option<(&str, Vec<&str>)>, folded: &mut Vec<String>| match run {
+        Some((module, offsets)) if offsets.len() == 1 => folded.push(format!("{module}+{}", offsets[0])),
+        Some((module, offsets)) => folded.push(format!("{module} ({} frames: {})", offsets.len(), offsets.join(" "))),
         None => {}
     };
     for frame in line.split(';') {
-        let module = (kind(frame) == Kind::Unnamed).then(|| frame.rsplit_once("+0x").map(|(module, _)| module));
-        match (run, module.flatten()) {
-            (Some((current, first, count)), Some(module)) if current == module => {
-                run = Some((current, first, count + 1))
+        let unnamed = (kind(frame) == Kind::Unnamed).then(|| frame.rsplit_once("+0x")).flatten();
+        match (&mut run, unnamed) {
+            (Some((current, offsets)), Some((module, _))) if *current == module => {
+                offsets.push(&frame[module.len() + 1..]);
             }
-            (_, Some(module)) => {
-                end_run(run, &mut folded);
-                run = Some((module, frame, 1));
+            (_, Some((module, _))) => {
+                end_run(run.take(), &mut folded);
+                run = Some((module, vec![&frame[module.len() + 1..]]));
             }
             (_, None) => {
                 end_run(run.take(), &mut folded);
@@ -305,12 +307,16 @@ pub fn kind(frame: &str) -> Kind {
     if frame.is_empty() || (bracketed && !KERNEL_PAGES.contains(&frame)) {
         return Kind::Source;
     }
-    if frame.ends_with(" frames)")
-        && frame.split_once(" (").is_some_and(|(module, count)| {
-            !module.contains(' ') && count.trim_end_matches(" frames)").bytes().all(|b| b.is_ascii_digit())
+    if frame.ends_with(')')
+        && frame.split_once(" (").is_some_and(|(module, run)| {
+            let (count, offsets) = run.split_once(" frames: ").unwrap_or(("", ""));
+            !module.contains(' ')
+                && !count.is_empty()
+                && count.bytes().all(|b| b.is_ascii_digit())
+                && offsets.trim_end_matches(')').split(' ').all(|offset| offset.starts_with("0x"))
         })
     {
-        // A run of unnamed frames (`bun (12 frames)`, see `fold_unnamed`).
+        // A run of unnamed frames (`bun (12 frames: 0x1 ...)`, see `fold_unnamed`).
         return Kind::Unnamed;
     }
     if frame.ends_with("_[k]")
@@ -597,20 +603,28 @@ mod tests {
     fn runs_of_unnamed_frames_of_one_module_fold_into_one_box() {
         assert_eq!(
             fold_unnamed("[resident];bun+0x1;bun+0x2;bun+0x3;run (a.ts:1);bun+0x4;libc.so.6+0x5;libc.so.6+0x6"),
-            "[resident];bun (3 frames);run (a.ts:1);bun+0x4;libc.so.6 (2 frames)"
+            "[resident];bun (3 frames: 0x1 0x2 0x3);run (a.ts:1);bun+0x4;libc.so.6 (2 frames: 0x5 0x6)"
         );
         assert_eq!(fold_unnamed("[malloc];main;f"), "[malloc];main;f");
         assert_eq!(fold_unnamed("bun+0x1;[unknown] 0x2;[unknown] 0x3"), "bun+0x1;[unknown] 0x2;[unknown] 0x3");
-        assert_eq!(fold_unnamed("a+0x1;b+0x2;b+0x3"), "a+0x1;b (2 frames)");
-        assert_eq!(kind("bun (12 frames)"), Kind::Unnamed);
+        assert_eq!(fold_unnamed("a+0x1;b+0x2;b+0x3"), "a+0x1;b (2 frames: 0x2 0x3)");
+        assert_eq!(kind("bun (12 frames: 0x1 0x2)"), Kind::Unnamed);
         assert_eq!(kind("run (a.ts:12)"), Kind::JavaScript);
-        // Stacks that fold alike are one box, as wide as both.
-        let svg =
-            render("[resident];bun+0x1;bun+0x2;f 4096\n[resident];bun+0x3;bun+0x4;f 4096\n", "t", "s", "n").unwrap();
+        assert_eq!(kind("f (2 frames: of text)"), Kind::Native, "only offsets make a run");
+        // The tooltip expands the box; the same run twice is one box, as wide as both; another run is
+        // another box.
+        let svg = render(
+            "[resident];bun+0x1;bun+0x2;f 4096\n[resident];bun+0x1;bun+0x2;g 4096\n[resident];bun+0x3;bun+0x4;f 4096\n",
+            "t",
+            "s",
+            "n",
+        )
+        .unwrap();
         let svg = String::from_utf8(svg).unwrap();
-        assert!(svg.contains("<title>bun (2 frames) (8,192 bytes, 100.00%)</title>"), "{svg}");
+        assert!(svg.contains("<title>bun (2 frames: 0x1 0x2) (8,192 bytes, 66.67%)</title>"), "{svg}");
+        assert!(svg.contains("<title>bun (2 frames: 0x3 0x4) (4,096 bytes, 33.33%)</title>"), "{svg}");
         let growth = render_growth(
-            &[stack("[resident];bun+0x1;bun+0x2;f", 4096, 4096), stack("[resident];bun+0x3;bun+0x4;f", 4096, 0)],
+            &[stack("[resident];bun+0x1;bun+0x2;f", 4096, 4096), stack("[resident];bun+0x1;bun+0x2;g", 4096, 0)],
             &[],
             "t",
             "s",
@@ -620,7 +634,7 @@ mod tests {
         let growth = String::from_utf8(growth).unwrap();
         assert!(
             growth.contains(
-                "<title>bun (2 frames) (+4.0 KiB kept over the window, of +4.0 KiB grown; 8.0 KiB at its end)</title>"
+                "<title>bun (2 frames: 0x1 0x2) (+4.0 KiB kept over the window, of +4.0 KiB grown; 8.0 KiB at its end)</title>"
             ),
             "{growth}"
         );

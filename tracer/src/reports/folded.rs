@@ -40,6 +40,7 @@ mod tests {
             frames: frames.iter().map(|f| (*f).into()).collect(),
             runtime_frames: vec![],
             stats: StackStats { outstanding_bytes: outstanding, allocated_bytes: outstanding, ..Default::default() },
+            threads: 0,
         }
     }
 

@@ -26,7 +26,9 @@ use crate::{
 /// suspects from the call tree with `fit_r2` and `retained_fraction` (were `fit`, `retention`), verdict
 /// `churns` gone and `too-short` added; a turn's `top_stacks` point into `stacks` by index (`stack`) instead of
 /// repeating their frames.
-pub const VERSION: u32 = 2;
+/// 3: `stacks` lists the stacks holding memory and the freed stacks that allocated most; the other freed
+/// stacks are summed in `freed_stacks_summarized`.
+pub const VERSION: u32 = 3;
 
 #[derive(Serialize)]
 struct Report<'a> {
@@ -45,6 +47,9 @@ struct Report<'a> {
     target_exit: Option<TargetExit>,
     totals: Totals,
     stacks: Vec<Stack<'a>>,
+    /// The stacks left out of `stacks`: nothing outstanding, and not among the [`LISTED_FREED_STACKS`]
+    /// that allocated most.
+    freed_stacks_summarized: FreedSummary,
     counters: BTreeMap<&'static str, u64>,
     /// What the page-fault model saw besides first touches. Not losses.
     page_faults: PageFaults,
@@ -313,6 +318,45 @@ struct TracerMemory {
     evicted_allocated_bytes: u64,
 }
 
+/// How many stacks with nothing outstanding are listed in full: the ones that allocated most, which show
+/// where memory churns. The rest grew nothing and hold nothing, so their frames would only take room (a
+/// quarter of the demo's report); their figures are summed here, so that totals still add up.
+const LISTED_FREED_STACKS: usize = 100;
+
+#[derive(Serialize, Default, Debug, PartialEq, Eq)]
+struct FreedSummary {
+    stacks: u64,
+    /// By source: what they allocated (and freed, all of it).
+    by_source: BTreeMap<&'static str, FreedSourceSummary>,
+}
+
+#[derive(Serialize, Default, Debug, PartialEq, Eq, Clone, Copy)]
+struct FreedSourceSummary {
+    allocated_bytes: u64,
+    allocated_allocs: u64,
+}
+
+/// The stacks report.json lists, in their order: every stack holding memory, and the freed stacks that
+/// allocated most; the other freed stacks summed.
+fn listed_stacks(stacks: &[ReportStack], at_most: usize) -> (Vec<&ReportStack>, FreedSummary) {
+    let mut freed: Vec<usize> = (0..stacks.len()).filter(|&i| stacks[i].stats.outstanding_bytes == 0).collect();
+    freed.sort_by_key(|&i| std::cmp::Reverse(stacks[i].stats.allocated_bytes));
+    let summarized: std::collections::HashSet<usize> = freed.into_iter().skip(LISTED_FREED_STACKS).collect();
+    let mut summary = FreedSummary::default();
+    let mut listed = Vec::new();
+    for (index, stack) in stacks.iter().enumerate() {
+        if summarized.contains(&index) {
+            summary.stacks += 1;
+            let source = summary.by_source.entry(stack.source.name()).or_default();
+            source.allocated_bytes += stack.stats.allocated_bytes;
+            source.allocated_allocs += stack.stats.allocated_allocs;
+        } else if listed.len() < at_most {
+            listed.push(stack);
+        }
+    }
+    (listed, summary)
+}
+
 #[derive(Serialize)]
 struct OverheadView<'a> {
     budget_pct: f64,
@@ -346,6 +390,9 @@ struct Stack<'a> {
     freed_bytes: u64,
     /// Change of outstanding bytes over the run: the trace starts with nothing outstanding.
     growth_bytes: i64,
+    /// The names of the threads that ran it (not for the allocator's stacks, summed in the kernel).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    threads: Vec<&'a str>,
 }
 
 /// The views of the trace that report.json shows besides the trace itself.
@@ -379,13 +426,10 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
         totals.freed_bytes += stack.stats.freed_bytes;
     }
     let headline = primary.and_then(|p| by_source.get(p.name())).copied().unwrap_or_default();
+    let (listed, freed_stacks_summarized) = listed_stacks(stacks, shown_stacks);
     // A turn's stacks point into `stacks` rather than repeating their frames.
-    let index_of: std::collections::HashMap<(Source, &[Frame]), usize> = stacks
-        .iter()
-        .take(shown_stacks)
-        .enumerate()
-        .map(|(index, stack)| ((stack.source, stack.frames.as_slice()), index))
-        .collect();
+    let index_of: std::collections::HashMap<(Source, &[Frame]), usize> =
+        listed.iter().enumerate().map(|(index, stack)| ((stack.source, stack.frames.as_slice()), index)).collect();
     let mut counters: BTreeMap<&'static str, u64> =
         Counter::ALL.iter().zip(&trace.kernel_counters).map(|(counter, value)| (counter.name(), *value)).collect();
     let ledger_counters = trace.ledger.counters();
@@ -444,9 +488,8 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
             rss_bytes: trace.rss_bytes,
             by_source,
         },
-        stacks: stacks
+        stacks: listed
             .iter()
-            .take(shown_stacks)
             .map(|stack| Stack {
                 source: stack.source.name(),
                 frames: &stack.frames,
@@ -457,8 +500,10 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
                 allocated_allocs: stack.stats.allocated_allocs,
                 freed_bytes: stack.stats.freed_bytes,
                 growth_bytes: stack.stats.outstanding_bytes as i64,
+                threads: trace.threads.names(stack.threads),
             })
             .collect(),
+        freed_stacks_summarized,
         counters,
         tracer: TracerMemory {
             budget_bytes: trace.memory_budget,
@@ -623,4 +668,42 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
 
 pub fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_millis(time).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::StackStats;
+
+    fn stack(name: &str, outstanding_bytes: u64, allocated_bytes: u64) -> ReportStack {
+        ReportStack {
+            source: Source::Mmap,
+            frames: vec![Frame::from(name)],
+            runtime_frames: Vec::new(),
+            stats: StackStats { outstanding_bytes, allocated_bytes, allocated_allocs: 1, ..StackStats::default() },
+            threads: 0,
+        }
+    }
+
+    #[test]
+    fn freed_stacks_beyond_the_churniest_are_summed_not_listed() {
+        // Holding stacks first (as report_stacks sorts them), then freed ones in no particular order.
+        let mut stacks = vec![stack("holds", 10, 10)];
+        stacks.extend((0..LISTED_FREED_STACKS as u64 + 3).map(|i| stack(&format!("freed{i}"), 0, 1000 + i)));
+        let (listed, summary) = listed_stacks(&stacks, usize::MAX);
+        assert_eq!(listed.len(), 1 + LISTED_FREED_STACKS);
+        assert_eq!(listed[0].frames, stacks[0].frames, "the order of `stacks` is kept");
+        // The three that allocated least (freed0..freed2) are the summarized ones.
+        assert_eq!(summary.stacks, 3);
+        assert_eq!(summary.by_source["mmap"], FreedSourceSummary { allocated_bytes: 3003, allocated_allocs: 3 });
+        assert!(listed.iter().all(|s| !["freed0", "freed1", "freed2"].contains(&&*s.frames[0])));
+    }
+
+    #[test]
+    fn a_trimmed_report_lists_at_most_its_share() {
+        let stacks: Vec<ReportStack> = (0..5).map(|i| stack(&format!("s{i}"), 5 - i, 1)).collect();
+        let (listed, summary) = listed_stacks(&stacks, 2);
+        assert_eq!(listed.len(), 2);
+        assert_eq!(summary, FreedSummary::default());
+    }
 }

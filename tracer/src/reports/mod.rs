@@ -212,7 +212,7 @@ pub fn write_set(
             .iter()
             .enumerate()
             .map(|(index, suspect)| flamegraph::Mark {
-                site: suspect.site.clone(),
+                site: suspects::frame_site(&suspect.site).to_string(),
                 rank: index + 1,
                 verdict: suspect.verdict.name(),
                 outlined: suspect.verdict == suspects::Verdict::Grows,

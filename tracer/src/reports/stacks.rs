@@ -23,6 +23,8 @@ pub struct ReportStack {
     /// C-runtime frames above the reported leaf (the allocator or syscall wrapper), root first.
     pub runtime_frames: Vec<Frame>,
     pub stats: StackStats,
+    /// The names of the threads that ran it, as bits (see `collector::threads`); 0 for the allocator's.
+    pub threads: u64,
 }
 
 /// Stacks merged by source and frame names (two call sites in one function are one frame to a reader),
@@ -37,8 +39,10 @@ pub fn report_stacks(trace: &Trace) -> Vec<ReportStack> {
             frames,
             runtime_frames,
             stats: StackStats::default(),
+            threads: 0,
         });
         entry.stats.add(stats);
+        entry.threads |= trace.threads.of_stack(key.stack);
     }
     let mut stacks: Vec<ReportStack> = merged.into_values().collect();
     stacks.sort_by(|a, b| {
@@ -69,7 +73,7 @@ pub fn merge_by_names(
         let names = trace.frames.get(key.stack as usize).map(Vec::as_slice).unwrap_or(&[]);
         let (runtime_frames, frames) = split_runtime_frames(names);
         let entry = merged.entry((key.source, frames.clone())).or_insert_with(|| {
-            (ReportStack { source: key.source, frames, runtime_frames, stats: StackStats::default() }, 0)
+            (ReportStack { source: key.source, frames, runtime_frames, stats: StackStats::default(), threads: 0 }, 0)
         });
         entry.1 += value;
     }

@@ -264,6 +264,13 @@ fn user_path(frames: &[Frame], javascript_process: bool) -> UserPath {
     })
 }
 
+/// The site name of the frame that stands for a suspect in a flamegraph (as [`site_name`] names frames):
+/// its own for a user site; the job's function for `runtime job pullAlgorithm`, the native frame for
+/// `runtime native code start_thread`.
+pub fn frame_site(site: &str) -> &str {
+    site.strip_prefix("runtime job ").or_else(|| site.strip_prefix("runtime native code ")).unwrap_or(site)
+}
+
 /// The innermost named runtime code below the last user frame of a stack: what allocated for it.
 fn allocated_by(frames: &[Frame], javascript_process: bool) -> Option<String> {
     let below_user = match frames.iter().rposition(|frame| match classify(frame) {
@@ -757,6 +764,9 @@ mod tests {
             "bun+0x2",
         ]);
         assert_eq!(user_path(&job, true), UserPath::RuntimeJob("job pullAlgorithm".to_string()));
+        assert_eq!(frame_site("runtime job pullAlgorithm"), site_name("pullAlgorithm [JS runtime]"));
+        assert_eq!(frame_site("runtime native code start_thread"), "start_thread");
+        assert_eq!(frame_site("retainStreamChunk (server.ts:143)"), "retainStreamChunk (server.ts:143)");
         let threads = frames(&["start_thread", "bun+0x1", "bun+0x2"]);
         assert_eq!(user_path(&threads, true), UserPath::RuntimeJob("native code start_thread".to_string()));
         assert_eq!(allocated_by(&job, true), Some("#getInternalBuffer".to_string()));

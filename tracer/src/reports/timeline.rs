@@ -35,6 +35,26 @@ const MIB: f64 = 1024.0 * 1024.0;
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
+    pub weight: Weight,
+}
+
+/// How strongly a line is drawn: the RSS and the sources are the context, the suspects the point, and the
+/// top suspect the first thing the eye should meet (it is rarely the tallest line: RSS is).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Weight {
+    Context,
+    Suspect,
+    TopSuspect,
+}
+
+impl Weight {
+    fn stroke_width(self) -> u32 {
+        match self {
+            Weight::Context => 1,
+            Weight::Suspect => 2,
+            Weight::TopSuspect => 5,
+        }
+    }
 }
 
 /// Every series the timeline draws: RSS, outstanding bytes per source, the top suspects.
@@ -44,6 +64,7 @@ pub fn series(trace: &Trace<'_>, suspects: &[Suspect]) -> Vec<Series> {
     let mut all = vec![Series {
         name: "RSS".to_string(),
         points: points.iter().map(|p| (seconds(p.at), p.rss_bytes as f64 / MIB)).collect(),
+        weight: Weight::Context,
     }];
     let sources: Vec<_> = points
         .iter()
@@ -58,11 +79,15 @@ pub fn series(trace: &Trace<'_>, suspects: &[Suspect]) -> Vec<Series> {
                 .iter()
                 .map(|p| (seconds(p.at), *p.outstanding.get(&source).unwrap_or(&0) as f64 / MIB))
                 .collect(),
+            weight: Weight::Context,
         });
     }
     for suspect in super::suspects::charted(suspects, SITES) {
         let points = suspect.series.iter().map(|(at, bytes)| (seconds(*at), *bytes as f64 / MIB)).collect();
-        all.push(Series { name: format!("{} ({})", suspect.site, suspect.verdict.name()), points });
+        let rank = suspects.iter().position(|s| std::ptr::eq(s, suspect)).unwrap_or(0) + 1;
+        let weight = if rank == 1 { Weight::TopSuspect } else { Weight::Suspect };
+        let name = format!("suspect {rank}: {} ({})", suspect.site, suspect.verdict.name());
+        all.push(Series { name, points, weight });
     }
     all
 }
@@ -122,13 +147,18 @@ pub fn render(trace: &Trace<'_>, suspects: &[Suspect]) -> Result<String> {
                 .draw_series(std::iter::once(Text::new(marker.label.clone(), (at, y_max * 0.93), ("sans-serif", 11))))
                 .map_err(|e| anyhow!("{e}"))?;
         }
-        for (index, line) in lines.iter().enumerate() {
+        // The top suspect last, on top of the others.
+        let mut order: Vec<usize> = (0..lines.len()).collect();
+        order.sort_by_key(|&index| lines[index].weight == Weight::TopSuspect);
+        for index in order {
+            let line = &lines[index];
             let color = if index == 0 { BLACK } else { PALETTE[(index - 1) % PALETTE.len()] };
+            let width = line.weight.stroke_width();
             chart
-                .draw_series(LineSeries::new(line.points.iter().copied(), color.stroke_width(2)))
+                .draw_series(LineSeries::new(line.points.iter().copied(), color.stroke_width(width)))
                 .map_err(|e| anyhow!("{e}"))?
                 .label(line.name.clone())
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(width)));
         }
         chart
             .configure_series_labels()

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bun;
+pub mod svg;
 pub mod user;
 
 use std::{
@@ -304,4 +305,21 @@ pub fn assert_detached(report: &Report) {
         let out = Command::new("bpftool").args(["prog", "show", "id", &id.to_string()]).output().expect("bpftool runs");
         assert!(!out.status.success(), "program {id} is still loaded: {}", String::from_utf8_lossy(&out.stdout));
     }
+}
+
+/// `go tool pprof ARGS PROFILE`: (stdout, stderr).
+pub fn go_pprof(args: &[&str], profile: &Path) -> (String, String) {
+    let output = std::process::Command::new("go")
+        .args(["tool", "pprof"])
+        .args(args)
+        .arg(profile)
+        // Nowhere to look for binaries but the mappings' own paths, and no settings from a home folder.
+        .env("PPROF_BINARY_PATH", "/nonexistent")
+        .env("HOME", env!("CARGO_TARGET_TMPDIR"))
+        .output()
+        .expect("go tool pprof runs (apt install golang-go)");
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned());
+    assert!(output.status.success(), "go tool pprof {args:?} failed: {stderr}");
+    (stdout, stderr)
 }
