@@ -218,6 +218,96 @@ pub struct RateRecord {
     pub overhead_pct: f64,
 }
 
+/// Ticks summed into one entry of the measured series at first; the window doubles each time the series is
+/// full, so that an hours-long trace keeps a few hundred entries.
+const SERIES_WINDOW_TICKS: u32 = 10;
+const SERIES_MAX: usize = 256;
+
+/// The programs' run time against the target's CPU time over one stretch of the trace, for report.json.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct MeasuredInterval {
+    /// Seconds since tracing began, at the stretch's start and end.
+    pub from: f64,
+    pub to: f64,
+    pub bpf_seconds: f64,
+    pub target_cpu_seconds: f64,
+    /// `bpf_seconds` as a percentage of `target_cpu_seconds`; null when the target used no CPU.
+    pub overhead_pct: Option<f64>,
+}
+
+impl MeasuredInterval {
+    fn merged(self, later: Self) -> Self {
+        Self {
+            from: self.from,
+            to: later.to,
+            bpf_seconds: self.bpf_seconds + later.bpf_seconds,
+            target_cpu_seconds: self.target_cpu_seconds + later.target_cpu_seconds,
+            overhead_pct: None,
+        }
+        .with_pct()
+    }
+
+    fn with_pct(mut self) -> Self {
+        self.overhead_pct = (self.target_cpu_seconds > 0.0).then(|| self.bpf_seconds / self.target_cpu_seconds * 100.0);
+        self
+    }
+}
+
+/// The measured share over time in a bounded number of entries: when full, neighbours merge in pairs and
+/// the window doubles.
+#[derive(Debug)]
+pub struct MeasuredSeries {
+    window_ticks: u32,
+    closed: Vec<MeasuredInterval>,
+    open: Option<(MeasuredInterval, u32)>,
+}
+
+impl Default for MeasuredSeries {
+    fn default() -> Self {
+        Self { window_ticks: SERIES_WINDOW_TICKS, closed: Vec::new(), open: None }
+    }
+}
+
+impl MeasuredSeries {
+    /// One tick's costs, measured from `from` to `to` seconds since tracing began.
+    fn add(&mut self, costs: TickCosts, from: f64, to: f64) {
+        let tick = MeasuredInterval {
+            from,
+            to,
+            bpf_seconds: costs.total().as_secs_f64(),
+            target_cpu_seconds: costs.target_cpu.as_secs_f64(),
+            overhead_pct: None,
+        };
+        let (open, ticks) = match self.open.take() {
+            Some((open, ticks)) => (open.merged(tick), ticks + 1),
+            None => (tick.with_pct(), 1),
+        };
+        if ticks < self.window_ticks {
+            self.open = Some((open, ticks));
+            return;
+        }
+        self.closed.push(open);
+        if self.closed.len() >= SERIES_MAX {
+            self.closed = self
+                .closed
+                .chunks(2)
+                .map(|pair| pair.iter().copied().reduce(MeasuredInterval::merged).unwrap())
+                .collect();
+            self.window_ticks *= 2;
+        }
+    }
+
+    /// Every entry, the one still open included.
+    pub fn intervals(&self) -> Vec<MeasuredInterval> {
+        self.closed.iter().copied().chain(self.open.map(|(open, _)| open)).collect()
+    }
+
+    /// The share over the whole trace, in percent.
+    pub fn overall_pct(&self) -> Option<f64> {
+        self.intervals().into_iter().reduce(MeasuredInterval::merged).and_then(|whole| whole.overhead_pct)
+    }
+}
+
 /// The budget at work: reads the programs' run time and the target's CPU time once a second, and sets the
 /// rates the controller asks for in the kernel.
 pub struct Budget {
@@ -226,9 +316,11 @@ pub struct Budget {
     program_ids: Vec<u32>,
     /// BPF statistics stay on while this is open.
     _stats: std::os::fd::OwnedFd,
-    last: Option<TickCosts>,
+    /// The costs read last, and when (seconds since tracing began).
+    last: Option<(TickCosts, f64)>,
     started: std::time::Instant,
     pub changes: Vec<RateRecord>,
+    pub measured: MeasuredSeries,
 }
 
 impl Budget {
@@ -245,6 +337,7 @@ impl Budget {
             last: None,
             started: std::time::Instant::now(),
             changes: Vec::new(),
+            measured: MeasuredSeries::default(),
         })
     }
 
@@ -278,22 +371,22 @@ impl Budget {
     pub fn tick(&mut self, pid: u32, bytes_floor: Option<u64>) -> Option<RateChange> {
         let floor_change = bytes_floor.and_then(|floor| self.controller.hold_bytes_at_least(floor));
         let now = read_costs(&self.program_ids, pid)?;
-        let change = match self.last.replace(now) {
-            Some(before) => self.controller.tick(TickCosts {
-                pages: now.pages.saturating_sub(before.pages),
-                bytes: now.bytes.saturating_sub(before.bytes),
-                fixed: now.fixed.saturating_sub(before.fixed),
-                target_cpu: now.target_cpu.saturating_sub(before.target_cpu),
-            }),
+        let at = self.started.elapsed().as_secs_f64();
+        let change = match self.last.replace((now, at)) {
+            Some((before, before_at)) => {
+                let costs = TickCosts {
+                    pages: now.pages.saturating_sub(before.pages),
+                    bytes: now.bytes.saturating_sub(before.bytes),
+                    fixed: now.fixed.saturating_sub(before.fixed),
+                    target_cpu: now.target_cpu.saturating_sub(before.target_cpu),
+                };
+                self.measured.add(costs, before_at, at);
+                self.controller.tick(costs)
+            }
             None => None,
         };
         let change = change.or(floor_change)?;
-        self.changes.push(RateRecord {
-            at: self.started.elapsed().as_secs_f64(),
-            source: change.knob,
-            rate: change.rate,
-            overhead_pct: change.overhead_pct,
-        });
+        self.changes.push(RateRecord { at, source: change.knob, rate: change.rate, overhead_pct: change.overhead_pct });
         Some(change)
     }
 }
@@ -445,6 +538,32 @@ mod tests {
             controller.tick(costs(0, 0, 1000));
         }
         assert_eq!(controller.byte_rate(), Some(512 << 10));
+    }
+
+    #[test]
+    fn the_measured_series_stays_bounded_and_keeps_every_second() {
+        let mut series = MeasuredSeries::default();
+        assert_eq!(series.overall_pct(), None);
+        // 10 hours of ticks, the target busy half the time; 1% of its CPU in the programs.
+        let ticks = 36_000;
+        for tick in 0..ticks {
+            let cpu = if tick % 2 == 0 { 200 } else { 0 };
+            series.add(
+                TickCosts { fixed: ms(cpu / 100), target_cpu: ms(cpu), ..TickCosts::default() },
+                tick as f64,
+                tick as f64 + 1.0,
+            );
+        }
+        let intervals = series.intervals();
+        assert!(intervals.len() <= SERIES_MAX, "{} entries", intervals.len());
+        assert!(intervals.len() > SERIES_MAX / 4, "{} entries", intervals.len());
+        assert_eq!(intervals[0].from, 0.0);
+        assert_eq!(intervals.last().unwrap().to, ticks as f64);
+        assert!(intervals.windows(2).all(|pair| pair[0].to == pair[1].from), "contiguous");
+        let cpu: f64 = intervals.iter().map(|i| i.target_cpu_seconds).sum();
+        assert!((cpu - 0.2 * ticks as f64 / 2.0).abs() < 1e-6, "{cpu}");
+        assert!((series.overall_pct().unwrap() - 1.0).abs() < 1e-9);
+        assert!(intervals.iter().all(|i| (i.overhead_pct.unwrap() - 1.0).abs() < 1e-9));
     }
 
     #[test]

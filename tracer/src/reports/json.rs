@@ -362,10 +362,14 @@ struct OverheadView<'a> {
     budget_pct: f64,
     /// The programs' run time as a percentage of the target's CPU time over the last second measured.
     last_overhead_pct: Option<f64>,
+    /// The same over the whole trace.
+    overall_overhead_pct: Option<f64>,
     /// The rates in force at the end; null for a source the budget left alone (fixed on the command line).
     sample_pages: Option<u64>,
     sample_bytes: Option<u64>,
     changes: &'a [crate::collector::overhead::RateRecord],
+    /// The measured share over time, in stretches of ten seconds or more (bounded in number).
+    measured: Vec<crate::collector::overhead::MeasuredInterval>,
 }
 
 #[derive(Serialize)]
@@ -530,6 +534,8 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
             sample_pages: budget.page_rate(),
             sample_bytes: budget.byte_rate(),
             changes: &budget.changes,
+            overall_overhead_pct: budget.measured.overall_pct(),
+            measured: budget.measured.intervals(),
         }),
         events: trace.events,
         timeline: trace
