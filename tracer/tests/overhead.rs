@@ -1,0 +1,104 @@
+//! `--overhead`: the tracer keeps its kernel programs' run time within a share of the target's CPU time by
+//! raising page sampling, and the figures stay unbiased estimates of the fixture's ground truth.
+
+mod common;
+
+use std::process::Command;
+
+use common::{PAGE, Report, Running, assert_detached, fixture, output_dir, start_tracer};
+use serde_json::Value;
+
+/// What `fault_storm` did, from its "done rounds=N kept_pages=M" line.
+struct Storm {
+    rounds: u64,
+    kept_pages: u64,
+}
+
+/// Pages `fault_storm` touches and unmaps in each round (its CHURN).
+const CHURN_PAGES: u64 = 64;
+
+/// Traces `fault_storm` faulting for `seconds` with `extra` options; its ground truth and the report.
+fn trace_storm(test: &str, seconds: &str, extra: &[&str]) -> (Storm, Report) {
+    let out = output_dir(test);
+    let mut target = Running::spawn(Command::new(fixture("fault_storm")).args(["wait", seconds]));
+    let pid = target.pid().to_string();
+    let mut args = vec!["-o", out.to_str().unwrap(), "--pid", &pid];
+    args.extend_from_slice(extra);
+    let mut tracer = start_tracer(&args);
+    target.send_line("go");
+    let done = target.stdout.wait_for("done");
+    let field = |name: &str| -> u64 {
+        let value = done.split_whitespace().find_map(|word| word.strip_prefix(name)?.strip_prefix('='));
+        value.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {name} in {done:?}"))
+    };
+    let storm = Storm { rounds: field("rounds"), kept_pages: field("kept_pages") };
+    // A snapshot while the target lives: the tracer has caught up with every fault.
+    tracer.snapshot();
+    target.close_stdin();
+    assert!(target.wait().success(), "the target must survive being traced");
+    assert!(tracer.wait().success());
+    let report = Report::load(&out);
+    for counter in ["lost_events", "map_full", "stack_errors"] {
+        assert_eq!(report.counter(counter), 0, "{counter}");
+    }
+    assert_detached(&report);
+    (storm, report)
+}
+
+#[test]
+fn a_tiny_budget_samples_pages_and_the_estimates_stay_unbiased() {
+    // 0.01% of the target's CPU: every second the page programs are over it, so the rate doubles each
+    // second from the second one on, while keep_pages keeps 8 pages a round: its pages are counted at
+    // rates from 1 to 16 or more.
+    let (storm, report) = trace_storm("tiny_budget", "5", &["--overhead", "0.01"]);
+    let overhead = &report.0["overhead"];
+    assert_eq!(overhead["budget_pct"], 0.01);
+    let page_rate = overhead["sample_pages"].as_u64().unwrap();
+    assert!(page_rate > 1, "the page rate stayed at {page_rate}: {overhead:#}");
+    let changes = overhead["changes"].as_array().unwrap();
+    assert!(changes.iter().any(|change| change["source"] == "pages"), "{overhead:#}");
+    assert!(changes.iter().all(|change| change["overhead_pct"].as_f64().unwrap() > 0.01), "{overhead:#}");
+    // Every second is in the measured series, and the programs took more than the budget.
+    let measured = overhead["measured"].as_array().unwrap();
+    assert!(!measured.is_empty(), "{overhead:#}");
+    assert!(overhead["overall_overhead_pct"].as_f64().unwrap() > 0.01, "{overhead:#}");
+    assert!(measured.iter().map(|m| m["target_cpu_seconds"].as_f64().unwrap()).sum::<f64>() > 0.05);
+
+    // Pages are chosen by a multiplicative hash of their address, each counted at the rate that chose it:
+    // about 3,600 kept pages a second at rates 1, 1, 2, 4, 8 (16 at most by the fifth second) give a
+    // standard error near 2% of the kept total; 10% is more than four of them.
+    let kept = report.by_leaf("page-fault", "keep_pages");
+    let truth = storm.kept_pages * PAGE;
+    let error = kept.outstanding_bytes as f64 / truth as f64 - 1.0;
+    assert!(error.abs() < 0.10, "keep_pages estimated at {kept:?}, truly {truth} bytes ({:+.1}%)", error * 100.0);
+    // A release finds exactly the pages its faults counted, at their own weights: nothing stays.
+    let churn = report.by_leaf("page-fault", "churn_pages");
+    assert_eq!(churn.outstanding_bytes, 0, "{churn:?}");
+    let churned = storm.rounds * CHURN_PAGES * PAGE;
+    let error = churn.allocated_bytes as f64 / churned as f64 - 1.0;
+    assert!(error.abs() < 0.10, "churn_pages estimated at {churn:?}, truly {churned} bytes");
+}
+
+#[test]
+fn overhead_off_traces_every_page_exactly() {
+    let (storm, report) = trace_storm("overhead_off", "2", &["--overhead", "off"]);
+    assert_eq!(report.0["overhead"], Value::Null);
+    assert_eq!(report.0["resident_sample_pages"], Value::Null);
+    let kept = report.by_leaf("page-fault", "keep_pages");
+    assert_eq!(kept.outstanding_bytes, storm.kept_pages * PAGE, "{kept:?}");
+    let churn = report.by_leaf("page-fault", "churn_pages");
+    assert_eq!((churn.outstanding_bytes, churn.allocated_bytes), (0, storm.rounds * CHURN_PAGES * PAGE));
+}
+
+#[test]
+fn a_pinned_page_rate_is_left_alone() {
+    let (storm, report) = trace_storm("pinned_pages", "3", &["--overhead", "0.01", "--sample-pages", "4"]);
+    let overhead = &report.0["overhead"];
+    assert_eq!(overhead["sample_pages"], Value::Null, "{overhead:#}");
+    assert!(overhead["changes"].as_array().unwrap().iter().all(|change| change["source"] != "pages"), "{overhead:#}");
+    assert_eq!(report.0["resident_sample_pages"], 4);
+    let kept = report.by_leaf("page-fault", "keep_pages");
+    assert_eq!(kept.outstanding_bytes % (4 * PAGE), 0, "each sampled page counts for 4: {kept:?}");
+    let error = kept.outstanding_bytes as f64 / (storm.kept_pages * PAGE) as f64 - 1.0;
+    assert!(error.abs() < 0.10, "keep_pages estimated at {kept:?}, truly {} pages", storm.kept_pages);
+}
