@@ -208,7 +208,8 @@ impl Session<'_> {
     fn overhead_budget(&self, maps: &mut KernelMaps) -> Option<collector::overhead::Budget> {
         let pct = self.cli.overhead.0?;
         let pages = (!self.cli.no_faults && self.cli.sample_pages.is_none()).then_some(1);
-        let bytes = self.cli.sample_bytes.is_none().then(|| maps.sample_bytes());
+        // Without allocator tracing there is no byte rate to choose (the budget would report one it set).
+        let bytes = (!self.cli.no_alloc && self.cli.sample_bytes.is_none()).then(|| maps.sample_bytes());
         let budget = pages
             .map_or(Ok(()), |rate| maps.set_sample_pages(rate))
             .and_then(|()| collector::overhead::Budget::new(pct, self.probes.all_program_ids(), pages, bytes));

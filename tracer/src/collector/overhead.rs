@@ -43,6 +43,11 @@ const MAX_CALM_TICKS: u32 = 320;
 /// A lowering is undone "soon" when the budget is exceeded within this many ticks.
 const REGRET_TICKS: u32 = 10;
 
+/// Doublings of a rate in one tick at most: a program still runs on every fault or call it does not record,
+/// so the cost falls more slowly than the rate rises, and a bigger jump could overshoot far (and sample the
+/// figures more coarsely than needed).
+const MAX_RAISE_STEPS: f64 = 2.0;
+
 /// A rate comes down only when the share predicted at the lower rate stays under this part of the budget.
 const LOWER_MARGIN: f64 = 0.8;
 
@@ -152,7 +157,7 @@ impl OverheadController {
                 self.calm_needed = (self.calm_needed * 2).min(MAX_CALM_TICKS);
             }
             self.ticks_since_lowering = None;
-            return self.raise(costs);
+            return self.raise(costs, cpu);
         }
         self.calm += 1;
         if self.calm < self.calm_needed {
@@ -166,16 +171,22 @@ impl OverheadController {
         change
     }
 
-    fn raise(&mut self, costs: TickCosts) -> Option<RateChange> {
+    /// Raises the costlier knob as far as its cost, taken as proportional to 1/rate, says it must go for the
+    /// share to come under [`LOWER_MARGIN`] of the budget, but [`MAX_RAISE_STEPS`] doublings at most.
+    fn raise(&mut self, costs: TickCosts, cpu: f64) -> Option<RateChange> {
         let pages_can = self.pages.is_some_and(|i| i + 1 < PAGE_RATES.len());
         let bytes_can = self.bytes.is_some_and(|i| i + 1 < BYTE_RATES.len());
-        let knob = match (pages_can, bytes_can) {
-            (true, true) if costs.bytes > costs.pages => Knob::Bytes,
-            (true, _) => Knob::Pages,
-            (false, true) => Knob::Bytes,
+        let (knob, knob_cost) = match (pages_can, bytes_can) {
+            (true, true) if costs.bytes > costs.pages => (Knob::Bytes, costs.bytes),
+            (true, _) => (Knob::Pages, costs.pages),
+            (false, true) => (Knob::Bytes, costs.bytes),
             (false, false) => return None,
         };
-        self.step(knob, 1)
+        let knob_cost = knob_cost.as_secs_f64();
+        let room = self.budget * LOWER_MARGIN * cpu - (costs.total().as_secs_f64() - knob_cost);
+        let steps =
+            if room > 0.0 { (knob_cost / room).log2().ceil().clamp(1.0, MAX_RAISE_STEPS) } else { MAX_RAISE_STEPS };
+        self.step(knob, steps as isize)
     }
 
     fn lower(&mut self, costs: TickCosts, cpu: f64) -> Option<RateChange> {
@@ -459,12 +470,15 @@ mod tests {
     }
 
     #[test]
-    fn over_budget_the_page_rate_doubles_each_tick_until_within() {
+    fn over_budget_the_page_rate_rises_at_most_fourfold_a_tick_until_within() {
         let mut controller = OverheadController::new(2.0, Some(1), None);
-        // 16% at rate 1: 2% needs rate 8.
-        let rates = simulate(&mut controller, 160.0, 1000, 6);
-        assert_eq!(rates, [2, 4, 8, 8, 8, 8]);
-        assert_eq!(controller.last_overhead_pct(), Some(2.0));
+        // 16% at rate 1: under 80% of 2% needs rate 16 (1%), reached in two ticks of two doublings.
+        let rates = simulate(&mut controller, 160.0, 1000, 12);
+        assert_eq!(rates, [4, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16]);
+        assert_eq!(controller.last_overhead_pct(), Some(1.0));
+        // 2.5% at rate 1: one doubling is enough (1.25%).
+        let mut controller = OverheadController::new(2.0, Some(1), None);
+        assert_eq!(simulate(&mut controller, 25.0, 1000, 3), [2, 2, 2]);
     }
 
     #[test]
@@ -508,8 +522,9 @@ mod tests {
     #[test]
     fn fixed_knobs_are_left_alone_and_the_costlier_one_goes_first() {
         let mut pages_fixed = OverheadController::new(2.0, None, Some(0));
+        // The pages' cost alone is over the budget: the bytes go up as far as a tick allows.
         let change = pages_fixed.tick(costs(100, 1, 1000)).unwrap();
-        assert_eq!((change.knob, change.rate), (Knob::Bytes, 4096));
+        assert_eq!((change.knob, change.rate), (Knob::Bytes, 8192));
         assert_eq!(pages_fixed.page_rate(), None);
 
         let mut both = OverheadController::new(2.0, Some(1), Some(0));
