@@ -43,6 +43,16 @@ const MAX_CALM_TICKS: u32 = 320;
 /// A lowering is undone "soon" when the budget is exceeded within this many ticks.
 const REGRET_TICKS: u32 = 10;
 
+/// A raise must lower its knob's cost by at least this part of what a cost proportional to 1/rate would
+/// have saved, or the knob is left at that rate while it stays over budget.
+const RETURN_NEEDED: f64 = 0.5;
+
+/// Ticks after which knobs found at their floor are tried again (one raise, undone if it does not pay).
+const FLOOR_TICKS: u32 = 60;
+
+/// A rate goes up only while its programs take at least this part of all the programs' run time.
+const MIN_SHARE_OF_COST: f64 = 0.25;
+
 /// Doublings of a rate in one tick at most: a program still runs on every fault or call it does not record,
 /// so the cost falls more slowly than the rate rises, and a bigger jump could overshoot far (and sample the
 /// figures more coarsely than needed).
@@ -55,9 +65,18 @@ const LOWER_MARGIN: f64 = 0.8;
 #[serde(rename_all = "snake_case")]
 pub enum Knob {
     /// `--sample-pages`: one page in N.
-    Pages,
+    Pages = 0,
     /// `--sample-bytes`: a mean of N bytes between recorded blocks (0: every block).
-    Bytes,
+    Bytes = 1,
+}
+
+impl Knob {
+    fn cost(self, costs: &TickCosts) -> Duration {
+        match self {
+            Knob::Pages => costs.pages,
+            Knob::Bytes => costs.bytes,
+        }
+    }
 }
 
 /// What the kernel programs cost over one tick, and the target's CPU time over the same tick.
@@ -85,6 +104,14 @@ pub struct RateChange {
     pub overhead_pct: f64,
 }
 
+#[derive(Clone, Copy, Debug)]
+struct PendingRaise {
+    knob: Knob,
+    factor: f64,
+    from_index: usize,
+    share_before: f64,
+}
+
 #[derive(Debug)]
 pub struct OverheadController {
     /// The budget as a fraction of the target's CPU time.
@@ -100,6 +127,15 @@ pub struct OverheadController {
     ticks_since_lowering: Option<u32>,
     /// The share measured at the last tick with enough target CPU, in percent.
     last_overhead_pct: Option<f64>,
+    /// The knob raised at the last tick, by what factor, from what index, and its cost per target CPU then:
+    /// judged at the next tick with enough target CPU.
+    pending_raise: Option<PendingRaise>,
+    /// Per knob (pages, bytes): its cost per target CPU when a raise was found to barely lower it. What is
+    /// left is its programs' runs on what they do not record (for every process: a fault's tracepoint fires
+    /// for all): it is not raised again while that holds, unless its cost doubles (the workload changed).
+    at_floor: [Option<f64>; 2],
+    /// Ticks since a floor was last found.
+    floor_ticks: u32,
 }
 
 impl OverheadController {
@@ -114,6 +150,9 @@ impl OverheadController {
             calm_needed: CALM_TICKS,
             ticks_since_lowering: None,
             last_overhead_pct: None,
+            pending_raise: None,
+            at_floor: [None; 2],
+            floor_ticks: 0,
         }
     }
 
@@ -151,6 +190,29 @@ impl OverheadController {
         let share = costs.total().as_secs_f64() / cpu;
         self.last_overhead_pct = Some(share * 100.0);
         self.ticks_since_lowering = self.ticks_since_lowering.map(|t| t.saturating_add(1));
+        if let Some(raise) = self.pending_raise.take() {
+            let now = raise.knob.cost(&costs).as_secs_f64() / cpu;
+            let before = raise.share_before;
+            // Proportional to 1/rate, the cost would have fallen by (1 - 1/factor); less than half of that
+            // and the rest is a floor no rate reduces: the coarser rate buys nothing, so it is undone.
+            if before - now < RETURN_NEEDED * before * (1.0 - 1.0 / raise.factor) {
+                self.at_floor[raise.knob as usize] = Some(now);
+                self.floor_ticks = 0;
+                let index = self.index(raise.knob)?;
+                return self.step(raise.knob, raise.from_index as isize - index as isize);
+            }
+        }
+        // A floor is judged again now and then: the workload may have changed.
+        self.floor_ticks += 1;
+        if self.floor_ticks >= FLOOR_TICKS {
+            self.at_floor = [None; 2];
+        }
+        for knob in [Knob::Pages, Knob::Bytes] {
+            let now = knob.cost(&costs).as_secs_f64() / cpu;
+            if self.at_floor[knob as usize].is_some_and(|floor| now > 2.0 * floor) {
+                self.at_floor[knob as usize] = None;
+            }
+        }
         if share > self.budget {
             self.calm = 0;
             if self.ticks_since_lowering.is_some_and(|t| t <= REGRET_TICKS) {
@@ -176,6 +238,12 @@ impl OverheadController {
     fn raise(&mut self, costs: TickCosts, cpu: f64) -> Option<RateChange> {
         let pages_can = self.pages.is_some_and(|i| i + 1 < PAGE_RATES.len());
         let bytes_can = self.bytes.is_some_and(|i| i + 1 < BYTE_RATES.len());
+        // A knob is worth raising only while it is a good part of the cost: past that the rest (the programs
+        // no rate reduces, every program's runs on what it does not record, other processes' runs) keeps the
+        // share where it is, and a coarser rate would cost the figures' accuracy for little.
+        let worth = |cost: Duration| cost.as_secs_f64() >= MIN_SHARE_OF_COST * costs.total().as_secs_f64();
+        let pages_can = pages_can && worth(costs.pages) && self.at_floor[Knob::Pages as usize].is_none();
+        let bytes_can = bytes_can && worth(costs.bytes) && self.at_floor[Knob::Bytes as usize].is_none();
         let (knob, knob_cost) = match (pages_can, bytes_can) {
             (true, true) if costs.bytes > costs.pages => (Knob::Bytes, costs.bytes),
             (true, _) => (Knob::Pages, costs.pages),
@@ -186,7 +254,27 @@ impl OverheadController {
         let room = self.budget * LOWER_MARGIN * cpu - (costs.total().as_secs_f64() - knob_cost);
         let steps =
             if room > 0.0 { (knob_cost / room).log2().ceil().clamp(1.0, MAX_RAISE_STEPS) } else { MAX_RAISE_STEPS };
-        self.step(knob, steps as isize)
+        let from_index = self.index(knob)?;
+        let before = self.rate(knob)?;
+        let change = self.step(knob, steps as isize)?;
+        // From every block (0) to an interval is no factor of a rate: judged as a fourfold one.
+        let factor = if before == 0 { 4.0 } else { change.rate as f64 / before as f64 };
+        self.pending_raise = Some(PendingRaise { knob, factor, from_index, share_before: knob_cost / cpu });
+        Some(change)
+    }
+
+    fn index(&self, knob: Knob) -> Option<usize> {
+        match knob {
+            Knob::Pages => self.pages,
+            Knob::Bytes => self.bytes,
+        }
+    }
+
+    fn rate(&self, knob: Knob) -> Option<u64> {
+        match knob {
+            Knob::Pages => self.page_rate(),
+            Knob::Bytes => self.byte_rate(),
+        }
     }
 
     fn lower(&mut self, costs: TickCosts, cpu: f64) -> Option<RateChange> {
@@ -196,11 +284,14 @@ impl OverheadController {
         let bytes_can = self.bytes.is_some_and(|i| i > self.bytes_floor)
             && if self.bytes == Some(1) { costs.bytes.is_zero() } else { under(costs.bytes) };
         let pages_can = self.pages.is_some_and(|i| i > 0) && under(costs.pages);
-        match (pages_can, bytes_can) {
-            (true, _) => self.step(Knob::Pages, -1),
-            (false, true) => self.step(Knob::Bytes, -1),
-            (false, false) => None,
-        }
+        let knob = match (pages_can, bytes_can) {
+            (true, _) => Knob::Pages,
+            (false, true) => Knob::Bytes,
+            (false, false) => return None,
+        };
+        // Lowered, the knob is judged afresh the next time it must go up.
+        self.at_floor[knob as usize] = None;
+        self.step(knob, -1)
     }
 
     fn step(&mut self, knob: Knob, by: isize) -> Option<RateChange> {
@@ -482,6 +573,43 @@ mod tests {
     }
 
     #[test]
+    fn a_rate_stops_rising_when_the_rest_of_the_cost_keeps_the_share_over_budget() {
+        // As on the Bun demo: the page programs cost 24 ms at every page (of 1 s of target CPU), a floor of
+        // 2 ms (their runs on faults they do not record) plus 22 ms / rate; the other programs 25 ms. Over
+        // 2% at any rate: the rate rises while the pages are a quarter of the cost, then stays.
+        let mut controller = OverheadController::new(2.0, Some(1), None);
+        let mut rates = Vec::new();
+        for _ in 0..20 {
+            let rate = controller.page_rate().unwrap() as f64;
+            let pages = Duration::from_secs_f64((2.0 + 22.0 / rate) / 1000.0);
+            controller.tick(TickCosts { pages, fixed: ms(25), target_cpu: ms(1000), ..TickCosts::default() });
+            rates.push(controller.page_rate().unwrap());
+        }
+        assert_eq!(rates[..3], [4, 4, 4], "{rates:?}");
+        assert!(rates.iter().all(|rate| *rate == 4), "{rates:?}");
+    }
+
+    #[test]
+    fn a_raise_that_barely_lowers_the_cost_is_undone_and_not_tried_again_for_a_while() {
+        // The page programs cost 20 ms a second at any rate (their runs on every fault of the machine) plus
+        // 200 ms / rate; the floor alone is over 2%. From 16 to 64 saves 9 ms where 24 were due: back to 16.
+        let mut controller = OverheadController::new(2.0, Some(1), None);
+        let mut rates = Vec::new();
+        for _ in 0..FLOOR_TICKS as usize + 10 {
+            let rate = controller.page_rate().unwrap() as f64;
+            let pages = Duration::from_secs_f64((20.0 + 200.0 / rate) / 1000.0);
+            controller.tick(TickCosts { pages, fixed: ms(5), target_cpu: ms(1000), ..TickCosts::default() });
+            rates.push(controller.page_rate().unwrap());
+        }
+        assert_eq!(rates[..5], [4, 16, 64, 16, 16], "{rates:?}");
+        let coarser = rates.iter().filter(|rate| **rate > 16).count();
+        assert_eq!(coarser, 2, "tried once more after {FLOOR_TICKS} ticks: {rates:?}");
+        // A busier workload (the pages' cost more than doubled): raised again at once.
+        let change = controller.tick(TickCosts { pages: ms(80), target_cpu: ms(1000), ..TickCosts::default() });
+        assert_eq!(change.map(|c| c.rate), Some(64));
+    }
+
+    #[test]
     fn under_budget_a_rate_comes_down_only_after_calm_ticks_and_when_the_prediction_fits() {
         let mut controller = OverheadController::new(2.0, Some(64), None);
         // 0.5% at rate 64: 1% at 32 (predicted 2% there for 16, over 0.8 * 2%): it stops at 32.
@@ -494,19 +622,19 @@ mod tests {
     #[test]
     fn a_rate_on_the_edge_settles_instead_of_flapping() {
         let mut controller = OverheadController::new(2.0, Some(1), None);
-        // The prediction says halving fits, but the real cost at the lower rate is over budget (the cost is
-        // not proportional to the rate): each regretted lowering makes the next wait twice as long.
+        // The prediction says halving 16 fits (6.25 ms doubled), but at 8 and below the cost is 10 ms more
+        // than proportional (over budget at 8): each regretted lowering makes the next wait twice as long.
         let mut changes = 0;
         for _ in 0..600 {
             let rate = controller.page_rate().unwrap();
-            let pages = if rate >= 8 { ms(5) } else { ms(30) };
+            let pages = Duration::from_secs_f64((100.0 / rate as f64 + if rate <= 8 { 10.0 } else { 0.0 }) / 1000.0);
             if controller.tick(TickCosts { pages, target_cpu: ms(1000), ..TickCosts::default() }).is_some() {
                 changes += 1;
             }
         }
-        // 3 raises to 8, then one lowering and raise per back-off period (5, 10, 20, ... 320 ticks).
+        // 2 raises to 16, then one lowering and raise per back-off period (5, 10, 20, ... 320 ticks).
         assert!(changes < 20, "{changes} changes in 600 ticks");
-        assert!(controller.page_rate().unwrap() >= 4);
+        assert!(controller.page_rate().unwrap() >= 8);
     }
 
     #[test]
@@ -523,9 +651,12 @@ mod tests {
     fn fixed_knobs_are_left_alone_and_the_costlier_one_goes_first() {
         let mut pages_fixed = OverheadController::new(2.0, None, Some(0));
         // The pages' cost alone is over the budget: the bytes go up as far as a tick allows.
-        let change = pages_fixed.tick(costs(100, 1, 1000)).unwrap();
+        let change = pages_fixed.tick(costs(100, 40, 1000)).unwrap();
         assert_eq!((change.knob, change.rate), (Knob::Bytes, 8192));
         assert_eq!(pages_fixed.page_rate(), None);
+        // Bytes a small part of the cost: a coarser interval would not bring the share in.
+        let mut small_bytes = OverheadController::new(2.0, None, Some(0));
+        assert_eq!(small_bytes.tick(costs(100, 1, 1000)), None);
 
         let mut both = OverheadController::new(2.0, Some(1), Some(0));
         assert_eq!(both.tick(costs(10, 50, 1000)).unwrap().knob, Knob::Bytes);
@@ -583,12 +714,16 @@ mod tests {
 
     #[test]
     fn rates_stay_on_their_ladders() {
-        let mut controller = OverheadController::new(2.0, Some(3), Some(100_000));
+        let controller = OverheadController::new(2.0, Some(3), Some(100_000));
         assert_eq!((controller.page_rate(), controller.byte_rate()), (Some(4), Some(128 << 10)));
-        for _ in 0..100 {
-            controller.tick(costs(900, 900, 1000));
-        }
-        assert_eq!((controller.page_rate(), controller.byte_rate()), (Some(65536), Some(16 << 20)));
-        assert_eq!(controller.tick(costs(900, 900, 1000)), None, "nothing left to raise");
+        let mut near_top = OverheadController::new(2.0, Some(32768), Some(8 << 20));
+        // Two doublings asked, one left: the top of each ladder, pages first (they cost as much).
+        near_top.tick(costs(900, 900, 1000));
+        assert_eq!(near_top.page_rate(), Some(65536));
+        // The pages' cost did not fall: the raise is undone (back to 32768), and the bytes are raised next.
+        near_top.tick(costs(900, 900, 1000));
+        assert_eq!(near_top.page_rate(), Some(32768));
+        near_top.tick(costs(900, 900, 1000));
+        assert_eq!(near_top.byte_rate(), Some(16 << 20));
     }
 }
