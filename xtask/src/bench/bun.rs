@@ -93,6 +93,9 @@ pub(super) struct BudgetFigures {
     pub(super) measured_pct: Option<f64>,
     pub(super) page_rate: Option<u64>,
     pub(super) byte_rate: Option<u64>,
+    /// The same share as `measured_pct` (BPF run time over the server's CPU time), over the timed rounds
+    /// alone: the budget's steady state, without the seconds it took to settle.
+    pub(super) timed_share_pct: Option<f64>,
 }
 
 impl BunSample {
@@ -148,6 +151,8 @@ pub(super) fn bun_session(config: BunConfig, bench: &Bench, rep: usize, attempt:
     }
     let cpu_of = |process: &Process| ProcessCpu::of(process.pid);
     let (server_before, tracer_before) = (cpu_of(&server.process), tracer.as_ref().map(cpu_of));
+    // The budget keeps the BPF statistics on: its programs' run time over the timed rounds is readable.
+    let budget_bpf_before = tracer.as_ref().filter(|_| config == BunConfig::Default).map(|t| bpf_run_time_ns(t.pid));
     let (mut turns, mut seconds) = (0u64, 0.0f64);
     for round in 0..bench.options.rounds {
         let (round_turns, round_seconds) = drive(bench, &server, &dir, &format!("round{}", round + 1))?;
@@ -155,6 +160,7 @@ pub(super) fn bun_session(config: BunConfig, bench: &Bench, rep: usize, attempt:
         seconds += round_seconds;
     }
     let (server_after, tracer_after) = (cpu_of(&server.process), tracer.as_ref().map(cpu_of));
+    let budget_bpf_ns = budget_bpf_before.zip(tracer.as_ref()).map(|(before, t)| bpf_run_time_ns(t.pid) - before);
     // One more round, untimed, with the kernel's BPF run-time statistics on: what our programs cost per
     // turn, free of the machine's noise. (The statistics cost time themselves: not in the timed rounds.)
     let bpf_ms = match &tracer {
@@ -169,11 +175,16 @@ pub(super) fn bun_session(config: BunConfig, bench: &Bench, rep: usize, attempt:
             measured_pct: overhead.overall_overhead_pct,
             page_rate: overhead.sample_pages,
             byte_rate: overhead.sample_bytes,
+            timed_share_pct: None,
         });
         suspects = top_suspects(&report);
     }
     drop(server);
 
+    let server_cpu = (server_after.user - server_before.user) + (server_after.kernel - server_before.kernel);
+    if let (Some(budget), Some(ns)) = (budget.as_mut(), budget_bpf_ns) {
+        budget.timed_share_pct = Some(ns as f64 / 1e9 / server_cpu * 100.0);
+    }
     let per_turn_ms = |seconds: f64| seconds * 1000.0 / turns as f64;
     Ok(Some(BunSample {
         bpf_ms,
