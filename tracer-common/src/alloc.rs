@@ -149,6 +149,17 @@ pub struct Block {
 /// The stack id of blocks whose stack could not be stored (counted in `stack_errors`).
 pub const NO_STACK: u32 = u32::MAX;
 
+/// The site that stands for every site the kernel's table of sites (`ALLOC_STATS`) had no room for: put in
+/// the table by userspace before the probes attach, so that it is always there and a block charged to it is
+/// charged out of it again. Its blocks count in the totals, under an unknown stack (`site_table_full`).
+pub const SITES_PAST_THE_TABLE: AllocSite = AllocSite { stack_id: NO_STACK, pad: 1, caller: 0 };
+
+/// The byte sampling interval the kernel turns on by itself when the table of live blocks is full (the
+/// default of `--sample-bytes`): the table drains as blocks are freed, and the figures stay unbiased
+/// estimates. Set from the first block left out, not a collector's poll later: a program making a million
+/// blocks a second would leave tens of thousands out in between.
+pub const SAMPLE_BYTES_WHEN_FULL: u64 = 512 << 10;
+
 /// Set in an [`AllocSite::stack_id`] that is not a `STACKS` id but a key of `SPILLED_STACKS`: the stack
 /// map's bucket for that stack held another one, so its frames were kept beside it, under a hash of them.
 pub const SPILLED_STACK: u32 = 1 << 30;

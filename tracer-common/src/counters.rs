@@ -24,10 +24,18 @@ pub enum Counter {
     /// Of `MapFull`: allocator blocks left out because the kernel's table of live blocks was full. The
     /// collector then turns byte sampling on (see `collector::Collector::sample_when_blocks_overflow`).
     BlockTableFull = 7,
+    /// Allocator blocks whose site had no room in the kernel's table of sites: charged to one site that
+    /// stands for them all (`SITES_PAST_THE_TABLE`), so the totals stay exact and only where they were
+    /// allocated is lost.
+    SiteTableFull = 8,
+    /// Of `BlockTableFull`: the bytes those blocks would have counted for (their size, or the sampling
+    /// interval for a sampled small block), so the report can say how much the figures miss. Bytes, not
+    /// events: not a loss of its own.
+    BlockTableFullBytes = 9,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 8] = [
+    pub const ALL: [Counter; 10] = [
         Counter::LostEvents,
         Counter::MapFull,
         Counter::StackErrors,
@@ -36,8 +44,15 @@ impl Counter {
         Counter::UnmatchedFrees,
         Counter::MissedFrees,
         Counter::BlockTableFull,
+        Counter::SiteTableFull,
+        Counter::BlockTableFullBytes,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    /// The counter in slot `index`.
+    pub const fn from_index(index: u32) -> Option<Counter> {
+        if index < Self::COUNT { Some(Self::ALL[index as usize]) } else { None }
+    }
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -49,7 +64,15 @@ impl Counter {
             Counter::UnmatchedFrees => "unmatched_frees",
             Counter::MissedFrees => "missed_frees",
             Counter::BlockTableFull => "block_table_full",
+            Counter::SiteTableFull => "site_table_full",
+            Counter::BlockTableFullBytes => "block_table_full_bytes",
         }
+    }
+
+    /// Whether the kernel programs say so through aya-log (with `-v`) as the counter grows: the losses, and
+    /// the block table's, which are counted in `MapFull` without being said there.
+    pub const fn is_said(self) -> bool {
+        self.is_loss() || matches!(self, Counter::BlockTableFull)
     }
 
     /// Whether the counter counts something that happened while tracing and was not recorded. Inline stacks
@@ -57,7 +80,10 @@ impl Counter {
     /// expected when attaching to a running process (its free is seen, only the allocation is not ours).
     pub const fn is_loss(self) -> bool {
         // The block table's are in `MapFull` already.
-        !matches!(self, Counter::InlineStacks | Counter::UnmatchedFrees | Counter::BlockTableFull)
+        !matches!(
+            self,
+            Counter::InlineStacks | Counter::UnmatchedFrees | Counter::BlockTableFull | Counter::BlockTableFullBytes
+        )
     }
 }
 
@@ -66,9 +92,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn counters_are_found_by_their_slot() {
+        for counter in Counter::ALL {
+            assert_eq!(Counter::from_index(counter as u32), Some(counter));
+        }
+        assert_eq!(Counter::from_index(Counter::COUNT), None);
+    }
+
+    #[test]
     fn only_what_happened_unrecorded_is_a_loss() {
         let losses = Counter::ALL.into_iter().filter(|counter| counter.is_loss()).map(Counter::name);
         // Inline stacks were recorded; unmatched frees are mostly of blocks from before the trace.
-        assert!(losses.eq(["lost_events", "map_full", "stack_errors", "unpaired_syscalls", "missed_frees"]));
+        assert!(losses.eq([
+            "lost_events",
+            "map_full",
+            "stack_errors",
+            "unpaired_syscalls",
+            "missed_frees",
+            "site_table_full"
+        ]));
     }
 }

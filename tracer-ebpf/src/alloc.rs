@@ -29,14 +29,17 @@ use aya_ebpf::{
 };
 use tracer_common::{
     BPF_F_USER_STACK, MAX_STACK_DEPTH,
-    alloc::{AllocCall, AllocCookie, AllocShape, AllocSite, Block, BlockKey, NO_STACK, SPILLED_STACK, StackAllocStats},
+    alloc::{
+        AllocCall, AllocCookie, AllocShape, AllocSite, Block, BlockKey, NO_STACK, SAMPLE_BYTES_WHEN_FULL,
+        SITES_PAST_THE_TABLE, SPILLED_STACK, StackAllocStats,
+    },
     counters::Counter,
     events::InlineStack,
 };
 
 use crate::{
     maps::STACKS,
-    record::{count, take_user_stack, traced_tgid},
+    record::{count, count_by, count_quietly, take_user_stack, traced_tgid},
 };
 
 /// A thread's allocator call under way, in the slot of its tid (see [`CALL_SLOTS`]).
@@ -189,9 +192,10 @@ fn freeing_slot(pid_tgid: u64) -> Option<*mut Freeing> {
 #[map]
 static ALLOCS: HashMap<BlockKey, Block> = HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
 
-/// Figures per allocation site.
+/// Figures per allocation site. Userspace sizes it from `--max-memory` and puts `SITES_PAST_THE_TABLE` in
+/// it; a site with no room is charged to that one. Not preallocated, as `ALLOCS`.
 #[map]
-static ALLOC_STATS: HashMap<AllocSite, StackAllocStats> = HashMap::with_max_entries(1 << 16, 0);
+static ALLOC_STATS: HashMap<AllocSite, StackAllocStats> = HashMap::with_max_entries(1 << 16, BPF_F_NO_PREALLOC);
 
 /// `--sample-bytes N` in slot 0 (0: every allocation is recorded).
 #[map]
@@ -391,9 +395,10 @@ static SPILL_SCRATCH: PerCpuArray<InlineStack> = PerCpuArray::with_max_entries(1
 
 /// Stacks whose bucket in `STACKS` held another stack, by a hash of their frames with [`SPILLED_STACK`]
 /// set: the stack map has one stack per bucket, so with a few hundred stacks two share a bucket now and
-/// then, and the second would lose its stack.
+/// then, and the second would lose its stack. Userspace sizes it from `--max-memory`; not preallocated (a
+/// stack is a kilobyte).
 #[map]
-static SPILLED_STACKS: HashMap<u32, InlineStack> = HashMap::with_max_entries(4096, 0);
+static SPILLED_STACKS: HashMap<u32, InlineStack> = HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
 
 /// Keeps the current user stack in [`SPILLED_STACKS`] and returns its id there; [`NO_STACK`] (counted)
 /// when it cannot.
@@ -542,6 +547,15 @@ fn record(tgid: u32, addr: u64, size: u64, site: AllocSite, entered_ns: u64) {
         // Recorded with probability size / N: counts for N bytes and (rounded) N / size blocks.
         (interval, (interval + size / 2) / size.max(1))
     };
+    // The site's figures, found (or made) before the block goes in, so that the block keeps the site it is
+    // charged to: its own, or, with no room for it in the table, the one that stands for all such sites.
+    let (site, stats) = match stats_of(&site) {
+        Some(stats) => (site, Some(stats)),
+        None => {
+            count(Counter::SiteTableFull);
+            (SITES_PAST_THE_TABLE, stats_of(&SITES_PAST_THE_TABLE))
+        }
+    };
     // Stamped with the call's entry: the time the block was asked for.
     let block = Block { size, timestamp_ns: entered_ns, site, charged_bytes, charged_blocks };
     // Inserted as new first, so that the usual case costs one map operation, not a lookup too.
@@ -555,16 +569,19 @@ fn record(tgid: u32, addr: u64, size: u64, site: AllocSite, entered_ns: u64) {
             }
             // Replaced whole (the map swaps in a new element), never written over while userspace reads it.
             if ALLOCS.insert(&key, &block, 0).is_err() {
-                count_block_table_full();
+                count_block_table_full(charged_bytes);
                 return;
             }
         }
         Err(_) => {
-            count_block_table_full();
+            count_block_table_full(charged_bytes);
             return;
         }
     }
-    charge(&site, charged_bytes, charged_blocks, true);
+    match stats {
+        Some(stats) => add_to(stats, charged_bytes, charged_blocks, true),
+        None => count(Counter::MapFull),
+    }
 }
 
 /// Puts back a block taken out by [`take_old_block`], whose realloc failed. Its site's figures still count
@@ -575,7 +592,7 @@ fn put_back(tgid: u32, addr: u64, block: &Block) {
     if ALLOCS.insert(&key, block, BPF_NOEXIST).is_err() {
         // Nothing can be at a live block's address; a full map leaves it out of the table (counted), and so
         // out of the figures too.
-        count_block_table_full();
+        count_block_table_full(block.charged_bytes);
         charge(&block.site, block.charged_bytes, block.charged_blocks, false);
     }
 }
@@ -597,11 +614,21 @@ fn take_block(key: &BlockKey) -> Option<Block> {
     ALLOCS.remove(key).ok().map(|()| block)
 }
 
-/// A block the full table left out: a map insert that failed, and the collector's cue to sample.
+/// A block the full table left out: a map insert that failed. Byte sampling starts here and now, unless
+/// some is in force already (the collector says so to the user).
 #[inline(always)]
-fn count_block_table_full() {
-    count(Counter::MapFull);
+fn count_block_table_full(charged_bytes: u64) {
+    count_quietly(Counter::MapFull);
     count(Counter::BlockTableFull);
+    count_by(Counter::BlockTableFullBytes, charged_bytes);
+    if let Some(interval) = SAMPLING.get_ptr_mut(0) {
+        // SAFETY: an array slot lives as long as the map; a racing CPU writes the same value.
+        unsafe {
+            if *interval == 0 {
+                *interval = SAMPLE_BYTES_WHEN_FULL;
+            }
+        }
+    }
 }
 
 #[inline(always)]
@@ -615,15 +642,23 @@ fn count_unmatched_free() {
 /// Adds a block to its site's figures, or takes it out.
 #[inline(always)]
 fn charge(site: &AllocSite, bytes: u64, blocks: u64, allocated: bool) {
-    let mut stats = ALLOC_STATS.get_ptr_mut(site);
-    if stats.is_none() {
-        let _ = ALLOC_STATS.insert(site, &StackAllocStats::default(), BPF_NOEXIST);
-        stats = ALLOC_STATS.get_ptr_mut(site);
+    match stats_of(site) {
+        Some(stats) => add_to(stats, bytes, blocks, allocated),
+        None => count(Counter::MapFull),
     }
-    let Some(stats) = stats else {
-        count(Counter::MapFull);
-        return;
-    };
+}
+
+/// A site's figures in the table, made when new; `None` when the table has no room for it.
+#[inline(always)]
+fn stats_of(site: &AllocSite) -> Option<*mut StackAllocStats> {
+    ALLOC_STATS.get_ptr_mut(site).or_else(|| {
+        let _ = ALLOC_STATS.insert(site, &StackAllocStats::default(), BPF_NOEXIST);
+        ALLOC_STATS.get_ptr_mut(site)
+    })
+}
+
+#[inline(always)]
+fn add_to(stats: *mut StackAllocStats, bytes: u64, blocks: u64, allocated: bool) {
     // SAFETY: map values live as long as the map; every CPU updates them with atomic adds only.
     unsafe {
         if allocated {

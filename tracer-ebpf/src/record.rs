@@ -25,10 +25,46 @@ use crate::{
 
 #[inline(always)]
 pub fn count(counter: Counter) {
+    count_by(counter, 1);
+}
+
+/// Adds one to a counter without saying so (a more telling counter says it).
+#[inline(always)]
+pub fn count_quietly(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
-        // Per-CPU slot: no other CPU writes it, and programs do not nest on one CPU for these hooks.
         unsafe { *slot += 1 };
     }
+}
+
+/// Adds `amount` to a counter. A loss is also said through aya-log (seen with `-v`) the first time and then
+/// each time this CPU's count passes a power of two: rare by construction, so nothing is logged on a hot
+/// path, and a flood of losses makes a handful of lines.
+#[inline(always)]
+pub fn count_by(counter: Counter, amount: u64) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // Per-CPU slot: no other CPU writes it, and programs do not nest on one CPU for these hooks.
+        let (before, after) = unsafe {
+            let before = *slot;
+            *slot = before + amount;
+            (before, before + amount)
+        };
+        // Losses are counted one by one: `after` is a power of two when it shares no bit with `before`.
+        if counter.is_said() && after & before == 0 {
+            say_loss(counter as u32, after);
+        }
+    }
+}
+
+/// Logs a loss counter's new value. Kept out of line, so that its code is in the object once rather than in
+/// every program that counts; with the user's level below warnings the loader turns it off
+/// (`AYA_LOG_LEVEL`), and it writes nothing.
+#[inline(never)]
+fn say_loss(counter: u32, value: u64) {
+    let name = match Counter::from_index(counter) {
+        Some(counter) => counter.name(),
+        None => "?",
+    };
+    aya_log_ebpf::warn!(&(), "kernel programs: {} reached {} on one CPU (report.json counts them all)", name, value);
 }
 
 /// The calling thread's tgid when its process is traced.

@@ -141,6 +141,11 @@ pub struct Cli {
     #[arg(short, long)]
     pub quiet: bool,
 
+    /// Say what the kernel programs could not record as it begins (a table full, a stack lost, events
+    /// dropped), each kind again when its count doubles. Off, the programs do not write these at all.
+    #[arg(short, long)]
+    pub verbose: bool,
+
     /// Launch this command and trace it from its first instruction.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,

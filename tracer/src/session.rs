@@ -84,7 +84,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let output = cli.output.clone().unwrap_or_else(|| default_output(first.pid()));
     let out = OutputDir::create(&output, reports::clear_earlier_run)?;
 
-    let (mut probes, mut maps, events) = Probes::load(crate::probes::block_table_entries(cli.max_memory))?;
+    let (mut probes, mut maps, events) = Probes::load(cli.max_memory, cli.verbose)?;
     if let Some(bytes) = cli.sample_bytes {
         maps.set_sample_bytes(bytes)?;
     }

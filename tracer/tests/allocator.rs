@@ -145,6 +145,33 @@ fn glibc_malloc_family_is_exact_when_stacks_share_buckets() {
     allocs_exact_with_env("glibc_malloc_family_tiny_stack_map", ("LEAKTRACE_STACK_MAP_ENTRIES", "4"));
 }
 
+/// A table of four allocation sites, one of them the stand-in for the sites past it: most sites find no
+/// room, their blocks are charged to the stand-in (an unknown stack), and the totals stay exact to the byte:
+/// equal to those of a run with room for every site, whose figures are exact per site.
+#[test]
+fn allocator_totals_are_exact_when_sites_overflow_their_table() {
+    let roomy =
+        common::trace_waiting_fixture_with_env("glibc_malloc_family_roomy_site_table", &fixture("allocs"), &[], &[]);
+    assert_truth(&roomy, C_TRUTH);
+    assert_eq!(roomy.counter("site_table_full"), 0);
+    let tiny = common::trace_waiting_fixture_with_env(
+        "glibc_malloc_family_tiny_site_table",
+        &fixture("allocs"),
+        &[],
+        &[("LEAKTRACE_SITE_TABLE_ENTRIES", "4")],
+    );
+    assert_eq!(tiny.0["tracer"]["site_table_entries"], 4);
+    assert!(tiny.counter("site_table_full") > 0, "the sites overflowed");
+    let malloc = |report: &Report| report.0["totals"]["by_source"]["malloc"].clone();
+    assert_eq!(malloc(&tiny), malloc(&roomy));
+    // The fixture's call sites past the table are gone, their bytes under the stand-in's unknown stack.
+    let named = C_TRUTH.iter().filter(|(site, ..)| {
+        tiny.stacks().iter().any(|stack| stack["source"] == "malloc" && stack["frames"].to_string().contains(site))
+    });
+    assert!(named.count() < C_TRUTH.len() / 2, "most sites found no room");
+    assert_eq!((tiny.counter("map_full"), tiny.counter("unmatched_frees")), (0, 0));
+}
+
 /// Every allocator call under way in the hash map, as a thread does whose slot another thread holds.
 #[test]
 fn glibc_malloc_family_is_exact_with_every_call_in_the_hash_map() {
@@ -296,7 +323,7 @@ fn allocators_in_libraries_loaded_later_are_probed_and_exact() {
 /// live_blocks.c holding `blocks` live at once, traced with `extra`: the snapshot taken while all are
 /// held, and the final report once all are freed (after the tracer said `said`, when given). Every block
 /// is traced (`--overhead off`): the figures are checked exactly.
-fn trace_live_blocks(test: &str, blocks: u64, extra: &[&str], said: Option<&str>) -> (Report, Report) {
+fn trace_live_blocks(test: &str, blocks: u64, extra: &[&str], said: &[&str]) -> (Report, Report) {
     let out = output_dir(test);
     let program = fixture("live_blocks");
     let mut target = Running::spawn(Command::new(&program).args(["wait", &blocks.to_string()]));
@@ -307,7 +334,7 @@ fn trace_live_blocks(test: &str, blocks: u64, extra: &[&str], said: Option<&str>
     target.send_line("go");
     target.stdout.wait_for("kept");
     let held = Report::load(&tracer.snapshot());
-    if let Some(line) = said {
+    for line in said {
         tracer.stderr.wait_for(line);
     }
     target.send_line("free");
@@ -323,7 +350,7 @@ fn trace_live_blocks(test: &str, blocks: u64, extra: &[&str], said: Option<&str>
 fn the_block_table_is_sized_from_the_memory_budget() {
     const BLOCKS: u64 = 100_000;
     // Half of the default 512M budget: two million live blocks, so all of these are exact.
-    let (held, report) = trace_live_blocks("live_blocks_default", BLOCKS, &[], None);
+    let (held, report) = trace_live_blocks("live_blocks_default", BLOCKS, &[], &[]);
     assert_eq!(held.0["tracer"]["block_table_entries"], 2 << 20);
     let kept = held.by_leaf("malloc", "keep_block");
     assert_eq!((kept.outstanding_bytes, kept.outstanding_allocs), (32 * BLOCKS, BLOCKS));
@@ -331,22 +358,22 @@ fn the_block_table_is_sized_from_the_memory_budget() {
     assert_eq!(report.counter("map_full"), 0);
 
     // The smallest budget, 16M: 65,536 entries. The blocks past the table are counted, never charged; the
-    // collector then samples by bytes, so that the table drains instead of frees going unmatched. Nothing
-    // goes negative or wraps.
-    let sampling = "sampling the allocator by bytes from now on";
-    let (held, report) = trace_live_blocks("live_blocks_small", BLOCKS, &["--max-memory", "16M"], Some(sampling));
+    // kernel turns byte sampling on at the first of them, so that the table drains instead of frees going
+    // unmatched. Nothing goes negative or wraps. With -v the kernel programs say so as it begins (aya-log).
+    let said =
+        ["kernel programs: block_table_full reached 1 on one CPU", "sampling the allocator by bytes from now on"];
+    let (held, report) = trace_live_blocks("live_blocks_small", BLOCKS, &["--max-memory", "16M", "-v"], &said);
     let entries = held.0["tracer"]["block_table_entries"].as_u64().unwrap();
     assert_eq!(entries, 65_536);
     let kept = held.by_leaf("malloc", "keep_block");
-    let left_out = held.counter("block_table_full");
-    assert_eq!(held.counter("map_full"), left_out, "only the block table was full");
-    // The kernel checks a large table's fullness on per-CPU counts, so it may stop a little short. Every block
-    // is either held or counted, unless the collector began sampling before the fixture was done (a slow,
-    // busy machine): then blocks after that moment were sampled out, neither held nor counted.
-    assert!(kept.outstanding_allocs <= entries, "{kept:?}");
-    if held.0["allocator_sampled_since"].is_null() {
-        assert!(kept.outstanding_allocs + left_out >= BLOCKS, "{kept:?}, {left_out}");
-    }
+    let left_out = report.counter("block_table_full");
+    assert_eq!(report.counter("map_full"), left_out, "only the block table was full");
+    // The kernel checks a large table's fullness on per-CPU counts, so it may stop a little short.
+    assert!(kept.outstanding_allocs <= entries && kept.outstanding_allocs + left_out < BLOCKS, "{kept:?}");
+    // What is missing is said to the byte: the first block left out counts for its 32 bytes (sampling was
+    // off), every later one was sampled and counts for the interval.
+    assert!(left_out >= 1);
+    assert_eq!(report.counter("block_table_full_bytes"), 32 + (left_out - 1) * (512 << 10));
     assert_eq!(kept.outstanding_bytes, 32 * kept.outstanding_allocs);
     let after = report.by_leaf("malloc", "keep_block");
     assert_eq!((after.outstanding_bytes, after.outstanding_allocs), (0, 0));

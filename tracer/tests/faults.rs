@@ -74,6 +74,10 @@ fn trace_touches(test: &str, env: &[(&str, &str)]) -> Report {
     }
     assert!(!report.has_frame("only_reader"), "a read of the zero page made nothing resident");
     assert!(report.0["page_faults"]["zero_page_reads"].as_u64().unwrap() >= 3);
+    // The page the kernel maps for our uprobes (touches.c calls malloc, through printf) is the tracer's.
+    let regions = report.0["regions"].as_array().unwrap();
+    assert!(regions.iter().all(|region| region["kind"] != "uprobes"), "{regions:?}");
+    assert!(report.0["page_faults"]["uprobe_page"].as_u64().unwrap() <= 1);
     // map_region only maps; the pages belong to whoever touched them.
     assert_eq!(report.by_leaf("page-fault", "map_region"), Figures::default());
     // The memset faults happened in libc; the caller is the reported leaf, memset a runtime frame.

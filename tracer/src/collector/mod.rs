@@ -26,7 +26,7 @@ use tokio::{
     signal::unix::{Signal, SignalKind, signal},
 };
 use tracer_common::{
-    alloc::{AllocSite, NO_STACK, SPILLED_STACK, StackAllocStats},
+    alloc::{AllocSite, NO_STACK, SAMPLE_BYTES_WHEN_FULL, SPILLED_STACK, StackAllocStats},
     counters::Counter,
     events::{EventKind, InlineStack, LOG_WRITE_MAGIC, LogWrite, MemEvent, StackTop, parts},
 };
@@ -62,8 +62,6 @@ const STATUS: Duration = Duration::from_secs(1);
 const EXIT_STATUS_PATIENCE: Duration = Duration::from_secs(1);
 /// How often the target's mappings and log descriptors are read again.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
-/// The byte sampling turned on when the block table is full: --sample-bytes's default.
-const AUTO_SAMPLE_BYTES: u64 = 512 << 10;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndReason {
@@ -274,6 +272,8 @@ pub struct Collector {
     over_budget: bool,
     /// The byte sampling turned on when the block table filled up, and since when.
     blocks_sampled_since: Option<(u64, SystemTime)>,
+    /// The block table filled while sampling was on already, and the user was told.
+    block_table_full_said: bool,
     /// Runs of our programs the kernel skipped, as last read, and before this target (a followed
     /// program's earlier processes).
     skipped_runs: u64,
@@ -344,6 +344,7 @@ impl Collector {
             next_stack_check: DEFAULT_MEMORY_BUDGET / 5 * 2,
             over_budget: false,
             blocks_sampled_since: None,
+            block_table_full_said: false,
             skipped_runs: 0,
             skipped_before,
             status_line: status::StatusLine::new(true),
@@ -639,6 +640,7 @@ impl Collector {
     /// Keeps the mappings fresh for naming and for splitting memory by region, and follows the
     /// descriptors the target logs through.
     fn housekeeping(&mut self) {
+        self.maps.flush_kernel_log();
         self.keep_within_budget();
         self.sample_when_blocks_overflow();
         self.keep_within_overhead();
@@ -653,28 +655,43 @@ impl Collector {
     }
 
     /// The kernel's table of live blocks is full: every block past it would be left out and its free be
-    /// unmatched. Sampling by bytes from now on (the default interval of --sample-bytes) keeps the figures
-    /// unbiased estimates and lets the table drain; said once, and in report.json.
+    /// unmatched. The kernel turns byte sampling on at the first block left out (the default interval of
+    /// --sample-bytes), which keeps the figures unbiased estimates and lets the table drain; this says so,
+    /// once, and in report.json.
     fn sample_when_blocks_overflow(&mut self) {
-        if self.blocks_sampled_since.is_some() || !self.allocator_traced {
+        if self.blocks_sampled_since.is_some() || self.block_table_full_said || !self.allocator_traced {
             return;
         }
         let left_out = self.maps.read_counters()[Counter::BlockTableFull as usize];
-        if left_out == 0 || self.maps.sample_bytes() != 0 {
+        if left_out == 0 {
             return;
         }
-        if let Err(error) = self.maps.set_sample_bytes(AUTO_SAMPLE_BYTES) {
-            eprintln!("dispatch-leaktrace: warning: {error:#}");
+        let mut interval = self.maps.sample_bytes();
+        if interval != 0 && interval != SAMPLE_BYTES_WHEN_FULL {
+            // Sampling was on before the table filled (--sample-bytes): only the counters can say more.
+            self.block_table_full_said = true;
+            eprintln!(
+                "dispatch-leaktrace: warning: the kernel's table of live allocator blocks is full even with \
+                 sampling ({left_out} blocks left out, counted in report.json); a larger --max-memory or \
+                 --sample-bytes makes room"
+            );
             return;
         }
-        self.blocks_sampled_since = Some((AUTO_SAMPLE_BYTES, SystemTime::now()));
+        if interval == 0 {
+            // The kernel could not (its write raced a reset of the rate): set it here.
+            if let Err(error) = self.maps.set_sample_bytes(SAMPLE_BYTES_WHEN_FULL) {
+                eprintln!("dispatch-leaktrace: warning: {error:#}");
+                return;
+            }
+            interval = SAMPLE_BYTES_WHEN_FULL;
+        }
+        self.blocks_sampled_since = Some((interval, SystemTime::now()));
         self.status_line.clear();
         eprintln!(
-            "dispatch-leaktrace: warning: the kernel's table of live allocator blocks is full ({} blocks left out); \
-             sampling the allocator by bytes from now on (as --sample-bytes {}): its figures become estimates; \
-             a larger --max-memory makes room for more blocks",
-            left_out,
-            crate::reports::summary::human_bytes(AUTO_SAMPLE_BYTES)
+            "dispatch-leaktrace: warning: the kernel's table of live allocator blocks is full ({left_out} blocks \
+             left out); sampling the allocator by bytes from now on (as --sample-bytes {}): its figures become \
+             estimates; a larger --max-memory makes room for more blocks",
+            crate::reports::summary::human_bytes(interval)
         );
     }
 
@@ -948,6 +965,12 @@ impl Collector {
             EventKind::PageFault => {
                 if self.maps_zero_page(event) {
                     self.ledger.zero_page_read();
+                    return;
+                }
+                // The kernel maps this page for our probes at the first hit of one, on whatever stack the
+                // target was then: it is ours, not the target's.
+                if stacks::is_uprobes_page(event.addr, &self.modules) {
+                    self.ledger.uprobe_page_fault();
                     return;
                 }
                 let key = self.stack_key(event, inline, top, Source::PageFault);

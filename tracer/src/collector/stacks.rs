@@ -59,6 +59,8 @@ pub struct StackTable {
     /// Frames in the held stacks, and how many stacks are held (the index holds only the current image's).
     frames_held: usize,
     stacks_held: usize,
+    /// Stacks cut at a frame outside executable code (see [`cut_at_non_code`]).
+    cut_at_non_code: u64,
 }
 
 impl Default for StackTable {
@@ -72,6 +74,7 @@ impl Default for StackTable {
             free: Vec::new(),
             unnamed: Vec::new(),
             frames_held: 0,
+            cut_at_non_code: 0,
             stacks_held: 0,
         }
     }
@@ -147,6 +150,11 @@ impl StackTable {
     }
 
     /// Stacks held now (evicted ones not counted).
+    /// Distinct stacks the frame-pointer walk took into data, cut at the first such frame.
+    pub fn cut_at_non_code(&self) -> u64 {
+        self.cut_at_non_code
+    }
+
     pub fn live(&self) -> usize {
         self.stacks_held
     }
@@ -219,6 +227,9 @@ impl StackTable {
             ips.insert(1, caller);
         }
         replace_trampolines(&mut ips, event.alloc_caller, modules);
+        if cut_at_non_code(&mut ips, modules) {
+            self.cut_at_non_code += 1;
+        }
         jit.tag(&mut ips, event.time_ns, modules);
         self.intern(ips)
     }
@@ -230,7 +241,29 @@ impl StackTable {
 pub const TRAMPOLINE_PAGE: std::ops::Range<u64> = 0x7fff_ffff_e000..0x7fff_ffff_f000;
 
 fn is_uretprobe_trampoline(ip: u64, modules: &ModuleMap) -> bool {
-    TRAMPOLINE_PAGE.contains(&ip) || modules.in_uprobes_page(ip)
+    is_uprobes_page(ip, modules)
+}
+
+/// Whether `addr` is in the page the kernel maps for uprobes (see [`TRAMPOLINE_PAGE`]).
+pub fn is_uprobes_page(addr: u64, modules: &ModuleMap) -> bool {
+    TRAMPOLINE_PAGE.contains(&addr) || modules.in_uprobes_page(addr)
+}
+
+/// Where frame-pointer walking goes through code that keeps no frame pointer, it reads data as frames: text
+/// (`0x2020202020202028`, spaces), pointers to the heap or the stack. Such a return address is nowhere in
+/// executable code: the stack ends before it, since nothing after it can be trusted. Returns whether it cut.
+fn cut_at_non_code(ips: &mut Vec<u64>, modules: &mut ModuleMap) -> bool {
+    // Frame 0 is where the event happened; JIT code lies in executable anonymous mappings, so it stays.
+    let Some(at) = ips.iter().skip(1).position(|&ip| !is_code(ip, modules)) else { return false };
+    ips.truncate(at + 1);
+    true
+}
+
+/// Whether `ip` is in an executable mapping of the target (re-reading the maps once on a miss).
+fn is_code(ip: u64, modules: &mut ModuleMap) -> bool {
+    // x86-64 user space ends at 2^47; the first page is never mapped.
+    const USER_END: u64 = 1 << 47;
+    (4096..USER_END).contains(&ip) && modules.lookup(ip).is_some_and(|mapping| mapping.executable)
 }
 
 /// Frames in the kernel's uretprobe trampoline stand where hooked allocator calls will return: the
@@ -258,6 +291,24 @@ fn replace_trampolines(ips: &mut Vec<u64>, alloc_caller: Option<u64>, modules: &
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stacks_end_where_the_walk_leaves_code() {
+        // Our own process: this function is code, a heap block and text read as an address are not.
+        let mut modules = ModuleMap::new(std::process::id());
+        let code = stacks_end_where_the_walk_leaves_code as fn() as usize as u64;
+        let block = Box::new(0u64);
+        let heap = &*block as *const u64 as u64;
+        let mut spaces = vec![code, code + 1, 0x2020_2020_2020_2028, code + 2];
+        assert!(cut_at_non_code(&mut spaces, &mut modules));
+        assert_eq!(spaces, [code, code + 1]);
+        let mut into_heap = vec![code, heap, code];
+        assert!(cut_at_non_code(&mut into_heap, &mut modules));
+        assert_eq!(into_heap, [code]);
+        let mut whole = vec![code, code + 1];
+        assert!(!cut_at_non_code(&mut whole, &mut modules));
+        assert_eq!(whole, [code, code + 1]);
+    }
 
     #[test]
     fn interning_gives_one_index_per_distinct_stack() {

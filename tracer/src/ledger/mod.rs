@@ -99,6 +99,9 @@ pub struct LedgerCounters {
     pub zero_page_reads: u64,
     /// Faults that brought in a huge page at once.
     pub huge_page_faults: u64,
+    /// Faults on the page the kernel maps into the target for our uprobes (`[uprobes]`): the tracer's own
+    /// footprint, not the target's memory, so not counted as resident.
+    pub uprobe_page_faults: u64,
     /// Stacks forgotten to keep the tracer within its memory budget (they had nothing outstanding), and
     /// the bytes they had allocated (still in no other stack's figures).
     pub evicted_stacks: u64,
@@ -444,6 +447,10 @@ impl Ledger {
 
     pub fn zero_page_read(&mut self) {
         self.counters.zero_page_reads += 1;
+    }
+
+    pub fn uprobe_page_fault(&mut self) {
+        self.counters.uprobe_page_faults += 1;
     }
 
     /// A successful madvise that lets the kernel drop the pages (DONTNEED, FREE, REMOVE): they are no longer

@@ -21,12 +21,13 @@ use aya::{
 use placement::Placement;
 use serde::Serialize;
 use std::{
+    io::IsTerminal,
     num::NonZeroU32,
     path::{Path, PathBuf},
 };
 
 use tracer_common::{
-    alloc::{AllocCall, AllocCookie, AllocShape, AllocSite, Block, BlockKey, StackAllocStats},
+    alloc::{AllocCall, AllocCookie, AllocShape, AllocSite, Block, BlockKey, SITES_PAST_THE_TABLE, StackAllocStats},
     events::{InlineStack, RuntimeText},
     map_names,
 };
@@ -90,9 +91,38 @@ pub struct KernelMaps {
     pub spilled_stacks: HashMap<MapData, u32, InlineStack>,
     /// The attached programs, whose skipped runs count as losses (see [`misses`]).
     pub program_ids: Vec<u32>,
+    /// The kernel programs' log, with `-v`.
+    pub kernel_log: Option<aya_log::EbpfLogger<KernelLog>>,
+}
+
+/// aya-log's level for the kernel programs' messages with `-v`: warnings (losses as they begin).
+const KERNEL_LOG_LEVEL: u8 = 2;
+
+/// Writes the kernel programs' messages to stderr, as the tracer's other messages.
+pub struct KernelLog;
+
+impl log::Log for KernelLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        // Over the status line, if one is shown; it is drawn again at its next update.
+        let erase = if std::io::stderr().is_terminal() { "\r\x1b[2K" } else { "" };
+        eprintln!("{erase}dispatch-leaktrace: {}", record.args());
+    }
+
+    fn flush(&self) {}
 }
 
 impl KernelMaps {
+    /// Writes what the kernel programs logged since the last call (nothing without `-v`).
+    pub fn flush_kernel_log(&mut self) {
+        if let Some(logger) = &mut self.kernel_log {
+            logger.flush();
+        }
+    }
+
     pub fn add_target(&mut self, tgid: u32) -> Result<()> {
         self.targets.insert(tgid, 1, 0).context("cannot add the target to the kernel's target map")
     }
@@ -271,6 +301,35 @@ pub fn block_table_entries(max_memory: u64) -> u32 {
     (max_memory / 2 / BLOCK_ENTRY_BYTES).clamp(1 << 12, u32::MAX as u64 >> 1) as u32
 }
 
+/// What one allocation site costs in the kernel's table of sites (key, figures and the hash element).
+pub const SITE_ENTRY_BYTES: u64 = 128;
+
+/// The allocation sites (distinct stack and caller) the kernel's table holds: a sixteenth of the memory
+/// budget (262,144 by default; jq on a 20 MB file makes about 40,000). Past it, blocks are charged to one
+/// site that stands for the rest (`site_table_full`). Not preallocated either.
+pub fn site_table_entries(max_memory: u64) -> u32 {
+    // For the tests: a table of a few sites, so that it fills.
+    if let Some(entries) = std::env::var("LEAKTRACE_SITE_TABLE_ENTRIES").ok().and_then(|text| text.parse().ok()) {
+        return entries;
+    }
+    (max_memory / 16 / SITE_ENTRY_BYTES).clamp(1 << 14, 1 << 22) as u32
+}
+
+/// What one stack costs in the kernel's stack maps: its 127 frames and the element around them.
+pub const STACK_ENTRY_BYTES: u64 = 1024;
+
+/// The stacks the kernel's stack map holds (`bpf_get_stackid`'s buckets, preallocated, a power of two), and
+/// the stacks its spill table holds beside it (a stack whose bucket another took, made as they come): each
+/// a sixteenth of the memory budget, 32,768 and 32,768 by default. jq reading a 20 MB file makes about
+/// 40,000 distinct allocation stacks; past both, a stack is unknown (`map_full`).
+pub fn stack_table_entries(max_memory: u64) -> (u32, u32) {
+    let share = max_memory / 16 / STACK_ENTRY_BYTES;
+    let buckets = share.clamp(1 << 12, 1 << 18);
+    // A power of two at most the share: the kernel rounds the stack map's size up to one.
+    let buckets = 1u64 << (u64::BITS - 1 - buckets.leading_zeros());
+    (buckets as u32, share.clamp(1 << 12, 1 << 20) as u32)
+}
+
 /// An attachment, kept so that detaching can be done in parallel (see [`Probes::detach`]).
 enum Link {
     TracePoint(&'static str, TracePointLinkId),
@@ -283,12 +342,20 @@ impl Probes {
     pub fn all_program_ids(&self) -> Vec<u32> {
         self.ebpf.programs().filter_map(|(_, program)| program.info().ok()).map(|info| info.id()).collect()
     }
-    /// Loads the kernel object, with room for `block_table_entries` live allocator blocks (see
-    /// [`block_table_entries`]), and takes its maps out; the event ring buffer comes apart, for the
-    /// collector to poll.
-    pub fn load(block_table_entries: u32) -> Result<(Self, KernelMaps, RingBuf<MapData>)> {
+
+    /// Loads the kernel object with its tables sized from the memory budget (see [`block_table_entries`],
+    /// [`site_table_entries`] and [`stack_table_entries`]), and takes its maps out; the event ring buffer
+    /// comes apart, for the collector to poll. With `kernel_log`, the programs' rare conditions (losses as
+    /// they begin) come through aya-log; without, the programs do not even write them.
+    pub fn load(max_memory: u64, kernel_log: bool) -> Result<(Self, KernelMaps, RingBuf<MapData>)> {
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(map_names::ALLOCS, block_table_entries);
+        loader.map_max_entries(map_names::ALLOCS, block_table_entries(max_memory));
+        loader.map_max_entries(map_names::ALLOC_STATS, site_table_entries(max_memory));
+        let (stack_buckets, spilled_stacks) = stack_table_entries(max_memory);
+        loader.map_max_entries(map_names::STACKS, stack_buckets);
+        loader.map_max_entries(map_names::SPILLED_STACKS, spilled_stacks);
+        let log_level: u8 = if kernel_log { KERNEL_LOG_LEVEL } else { 0 };
+        loader.override_global(aya_log::LEVEL, &log_level, true);
         if std::env::var_os("LEAKTRACE_VERIFIER_LOG").is_some() {
             loader.verifier_log_level(VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS);
         }
@@ -304,7 +371,7 @@ impl Probes {
         }
         let mut ebpf = loader.load(KERNEL_OBJECT).map_err(explain_load_error)?;
         let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| anyhow!("the kernel object has no map {name}"));
-        let maps = KernelMaps {
+        let mut maps = KernelMaps {
             targets: HashMap::try_from(take(map_names::TARGETS)?)?,
             stacks: StackTraceMap::try_from(take(map_names::STACKS)?)?,
             counters: PerCpuArray::try_from(take(map_names::COUNTERS)?)?,
@@ -317,8 +384,18 @@ impl Probes {
             page_sampling: Array::try_from(take(map_names::PAGE_SAMPLING)?)?,
             spilled_stacks: HashMap::try_from(take(map_names::SPILLED_STACKS)?)?,
             program_ids: Vec::new(),
+            kernel_log: None,
         };
         let events = RingBuf::try_from(take(map_names::EVENTS)?)?;
+        if kernel_log {
+            let logger = aya_log::EbpfLogger::init_with_logger(&mut ebpf, KernelLog)
+                .context("cannot read the kernel programs' log")?;
+            maps.kernel_log = Some(logger);
+        }
+        // Always in the table, so that a block charged to it is charged out of it again.
+        maps.alloc_stats
+            .insert(SITES_PAST_THE_TABLE, StackAllocStats::default(), 0)
+            .context("cannot prepare the kernel's table of allocation sites")?;
         Ok((Self { ebpf, records: Vec::new(), links: Vec::new() }, maps, events))
     }
 
@@ -537,5 +614,23 @@ fn explain_program_error(program: &str, error: ProgramError) -> anyhow::Error {
             anyhow!("the kernel refused program {program} ({io_error}); the verifier said: {last}")
         }
         _ => anyhow!("cannot attach program {program}: {error}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_tables_are_sized_from_the_memory_budget() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(block_table_entries(512 * MIB), 2_097_152);
+        assert_eq!(site_table_entries(512 * MIB), 262_144);
+        assert_eq!(stack_table_entries(512 * MIB), (32_768, 32_768));
+        // A budget that is no power of two gets the stack map's buckets below its share, never above.
+        assert_eq!(stack_table_entries(3 * 512 * MIB), (65_536, 98_304));
+        // Small budgets keep a floor, large ones a ceiling.
+        assert_eq!((site_table_entries(MIB), stack_table_entries(MIB)), (16_384, (4_096, 4_096)));
+        assert_eq!(stack_table_entries(1 << 50).0, 1 << 18);
     }
 }

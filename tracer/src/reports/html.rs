@@ -38,6 +38,7 @@ pub struct Coverage {
     /// Stacks that could not be taken: their bytes are counted under an unknown stack.
     pub stack_errors: u64,
     pub evicted_stacks: u64,
+    pub stacks_cut_at_non_code: u64,
 }
 
 /// A turn: when it started (seconds since the trace began) and what it retains at the end.
@@ -119,6 +120,7 @@ pub fn write(
             map_full: counter("map_full"),
             stack_errors: counter("stack_errors"),
             evicted_stacks: trace.ledger.counters().evicted_stacks,
+            stacks_cut_at_non_code: trace.stack_ips.cut_at_non_code(),
         },
         suspects,
         trace_start: trace.started_at,
@@ -236,10 +238,11 @@ fn header(html: &mut String, page: &Page) {
     fact(
         "stacks cut short",
         format!(
-            "<span{}>{} events without a user stack</span> (counted under an unknown stack); {} stacks forgotten to \
-             stay within memory",
+            "<span{}>{} events without a user stack</span> (counted under an unknown stack); {} stacks ended where \
+             the frame-pointer walk left code (code without frame pointers); {} stacks forgotten to stay within memory",
             warn(c.stack_errors),
             c.stack_errors,
+            c.stacks_cut_at_non_code,
             c.evicted_stacks
         ),
     );

@@ -307,6 +307,9 @@ struct TracerMemory {
     /// Live allocator blocks the kernel's table holds (half the budget); past it, `map_full` counts the
     /// blocks left out.
     block_table_entries: u32,
+    /// Allocation sites the kernel's table holds (a sixteenth of the budget); past it, `site_table_full`
+    /// counts the blocks charged to the one site that stands for the rest.
+    site_table_entries: u32,
     /// The most anonymous memory the tracer held, writing the other reports included (report.json is
     /// written last).
     peak_anonymous_rss_bytes: u64,
@@ -380,6 +383,8 @@ struct PageFaults {
     zero_page_reads: u64,
     /// Faults that brought in a huge page (or a multi-size THP block) at once.
     huge_pages: u64,
+    /// Faults on the page the kernel maps for our uprobes: the tracer's, not counted as resident.
+    uprobe_page: u64,
 }
 
 #[derive(Serialize)]
@@ -444,6 +449,7 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
     counters.insert("negative_figures", trace.negative_figures);
     counters.insert("skipped_program_runs", trace.skipped_program_runs);
     counters.insert("cut_marker_lines", crate::inputs::cut_lines());
+    counters.insert("stacks_cut_at_non_code", trace.stack_ips.cut_at_non_code());
 
     let report = Report {
         version: VERSION,
@@ -512,6 +518,7 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
         tracer: TracerMemory {
             budget_bytes: trace.memory_budget,
             block_table_entries: crate::probes::block_table_entries(trace.memory_budget),
+            site_table_entries: crate::probes::site_table_entries(trace.memory_budget),
             peak_anonymous_rss_bytes: trace.peak_memory.max(views.peak_memory),
             over_budget: trace.over_budget,
             stacks_held: trace.live_stacks,
@@ -522,6 +529,7 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
             on_resident_pages: ledger_counters.faults_on_resident_pages,
             zero_page_reads: ledger_counters.zero_page_reads,
             huge_pages: ledger_counters.huge_page_faults,
+            uprobe_page: ledger_counters.uprobe_page_faults,
         },
         probes: &probes.records,
         allocators: probes.allocators.as_ref(),

@@ -63,6 +63,16 @@ pub fn render(trace: &Trace, written: &Written) -> String {
     if lost > 0 {
         let _ = writeln!(out, "warning: {lost} events or stacks were not recorded: see counters in report.json");
     }
+    let left_out_bytes = trace.kernel_counters[Counter::BlockTableFullBytes as usize];
+    if left_out_bytes > 0 {
+        let _ = writeln!(
+            out,
+            "warning: the kernel's table of live allocator blocks was full: {} allocator blocks ({}) are missing \
+             from the figures; a larger --max-memory makes room",
+            trace.kernel_counters[Counter::BlockTableFull as usize],
+            human_bytes(left_out_bytes)
+        );
+    }
     if trace.skipped_program_runs > 0 {
         let _ = writeln!(
             out,
