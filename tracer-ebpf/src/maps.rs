@@ -10,7 +10,7 @@ use tracer_common::counters::Counter;
 #[map]
 pub static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
 
-/// Memory events for userspace. Userspace sizes it (`--ring-buffer`).
+/// Memory events for userspace. Userspace sizes it from `--max-memory` (`ring_buffer_bytes`).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(32 << 20, 0);
 

@@ -474,8 +474,15 @@ fn write_snapshot(
     out: &OutputDir,
     keep: usize,
 ) {
+    let started = std::time::Instant::now();
     match snapshots::write(trace, reason, probes, options, out, keep) {
-        Ok(dir) => eprintln!("dispatch-leaktrace: {} written to {}", reason.describe(), dir.display()),
+        // The time taken, so that a long run shows whether its snapshots slow down.
+        Ok(dir) => eprintln!(
+            "dispatch-leaktrace: {} written to {} in {:.2} s",
+            reason.describe(),
+            dir.display(),
+            started.elapsed().as_secs_f64()
+        ),
         Err(error) => eprintln!("dispatch-leaktrace: warning: cannot write a {}: {error:#}", reason.describe()),
     }
 }

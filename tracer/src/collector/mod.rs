@@ -6,6 +6,7 @@ pub mod death;
 pub mod exec;
 pub mod markers;
 pub mod overhead;
+mod periodic;
 pub mod stacks;
 pub mod status;
 pub mod threads;
@@ -32,7 +33,7 @@ use tracer_common::{
 };
 
 use crate::{
-    ledger::{Backing, Ledger, Source, StackIx, StackKey, StackStats, regions::bytes_by_region},
+    ledger::{Backing, Ledger, Source, StackKey, StackStats, regions::bytes_by_region},
     probes::KernelMaps,
     procfs::{self, ProcessInfo, maps::MemoryMap},
     symbolizer::{
@@ -45,7 +46,7 @@ use death::{Death, DeathWatch};
 use exec::{ExecRecord, ReleasedBlocks};
 use markers::TurnPatterns;
 use stacks::{EventStack, StackTable};
-use timeline::{StackSnapshot, Timeline, TimelinePoint};
+use timeline::Timeline;
 use turns::{PlainMarker, TurnRecord, TurnTracker};
 
 const PROT_EXEC: u32 = 4;
@@ -185,6 +186,8 @@ pub struct Trace<'a> {
     pub ledger: &'a Ledger,
     /// Frame names by stack index, innermost first.
     pub frames: &'a [Vec<FrameName>],
+    /// The same as the reports show them, made on first use and shared by every report of the set.
+    pub names: std::cell::OnceCell<crate::reports::stacks::StackNames>,
     /// The names of the threads that ran each stack (events only: the allocator's figures are summed in
     /// the kernel, by site).
     pub threads: &'a threads::ThreadNames,
@@ -228,6 +231,13 @@ pub struct Trace<'a> {
     pub mappings: &'a crate::procfs::maps::MemoryMap,
 }
 
+impl Trace<'_> {
+    /// Every stack's frames as the reports show them, interned once for this trace's report set.
+    pub fn names(&self) -> &crate::reports::stacks::StackNames {
+        self.names.get_or_init(|| crate::reports::stacks::StackNames::of(self.frames))
+    }
+}
+
 pub struct Collector {
     maps: KernelMaps,
     target: Target,
@@ -266,6 +276,9 @@ pub struct Collector {
     /// `--max-memory`, and the most the tracer's own anonymous memory has reached.
     memory_budget: u64,
     peak_memory: u64,
+    /// What of the budget is taken by mapped pages (the event ring buffer, the executable), as last read:
+    /// the rest is room for the tracer's own data.
+    mapped_memory: u64,
     /// The stack table's size (held_bytes) that triggers the next eviction.
     next_stack_check: u64,
     /// Past the budget with nothing left to evict (said once).
@@ -341,6 +354,7 @@ impl Collector {
             next_rss_threshold: u64::MAX,
             memory_budget: DEFAULT_MEMORY_BUDGET,
             peak_memory: 0,
+            mapped_memory: 0,
             next_stack_check: DEFAULT_MEMORY_BUDGET / 5 * 2,
             over_budget: false,
             blocks_sampled_since: None,
@@ -538,66 +552,6 @@ impl Collector {
         Ok(Ending { reason, death, at: SystemTime::now() })
     }
 
-    /// Brings everything up to now and hands the trace to `on_snapshot`.
-    fn snapshot(&mut self, reason: SnapshotReason, on_snapshot: &mut impl FnMut(&Trace<'_>, SnapshotReason)) {
-        self.modules.refresh();
-        self.sample_rss();
-        self.sync_allocator_figures();
-        self.name_new_stacks();
-        self.add_timeline_point();
-        self.status_line.clear();
-        on_snapshot(&self.trace(None), reason);
-    }
-
-    /// Updates the status line, when one is due.
-    fn show_status(&mut self) {
-        if !self.status_line.due() {
-            return;
-        }
-        let totals = self.ledger.by_source();
-        // The source a reader looks at first leads: it is the one a narrow terminal keeps.
-        let leading = crate::reports::stacks::primary_source_of_totals(&totals);
-        let mut outstanding: Vec<(&'static str, u64)> =
-            totals.iter().map(|(source, stats)| (source.name(), stats.outstanding_bytes)).collect();
-        outstanding.sort_by_key(|(name, _)| Some(*name) != leading.map(Source::name));
-        let (last_events, last_at) = self.status_events;
-        let seconds = last_at.elapsed().as_secs_f64();
-        let events_per_second = if seconds > 0.0 { (self.events - last_events) as f64 / seconds } else { 0.0 };
-        self.status_events = (self.events, Instant::now());
-        let counters = self.maps.read_counters();
-        let lost: u64 =
-            Counter::ALL.iter().zip(&counters).filter(|(counter, _)| counter.is_loss()).map(|(_, value)| value).sum();
-        // As report.json counts them: the allocator's (kernel) and munmaps of memory never seen (ledger).
-        let unmatched_in_kernel =
-            Counter::ALL.iter().zip(&counters).find(|(counter, _)| **counter == Counter::UnmatchedFrees);
-        let unmatched_frees =
-            unmatched_in_kernel.map_or(0, |(_, value)| *value) + self.ledger.counters().unmatched_frees;
-        let status = status::Status {
-            elapsed: self.started_at.elapsed().unwrap_or_default(),
-            pid: self.target.pid(),
-            rss_bytes: self.rss_bytes,
-            outstanding,
-            events_per_second,
-            lost,
-            skipped_runs: self.maps.skipped_runs().saturating_sub(self.skipped_before),
-            unmatched_frees,
-            next_checkpoint: self.next_checkpoint.map(|at| at.saturating_duration_since(Instant::now())),
-            overhead: self.overhead.as_ref().map(overhead::Budget::status),
-        };
-        self.status_line.show(&status);
-    }
-
-    /// The `--snapshot-at-rss` multiple the target's RSS has just crossed, if any: SIZE, then 2 x SIZE...
-    fn crossed_rss_threshold(&mut self) -> Option<u64> {
-        let step = self.rss_threshold?;
-        if self.rss_bytes < self.next_rss_threshold {
-            return None;
-        }
-        let crossed = self.rss_bytes.checked_div(step)? * step;
-        self.next_rss_threshold = crossed.saturating_add(step);
-        Some(crossed)
-    }
-
     /// The reports' view of the trace: at its end, or now for a snapshot (`ending` None).
     pub fn trace(&self, ending: Option<Ending>) -> Trace<'_> {
         Trace {
@@ -607,6 +561,7 @@ impl Collector {
             ending,
             ledger: &self.ledger,
             frames: &self.frames,
+            names: std::cell::OnceCell::new(),
             threads: &self.threads,
             kernel_counters: self.maps.read_counters(),
             skipped_program_runs: self.skipped_runs.max(self.maps.skipped_runs()).saturating_sub(self.skipped_before),
@@ -695,62 +650,6 @@ impl Collector {
         );
     }
 
-    /// Keeps the tracer's own memory under `--max-memory`: past three fifths of it (the reports need room
-    /// at the end), stacks with nothing outstanding (and in no snapshot) are forgotten with their names,
-    /// and the name caches emptied. What was evicted is counted in the report.
-    fn keep_within_budget(&mut self) {
-        let Some(anonymous) = procfs::own_anonymous_rss() else { return };
-        self.peak_memory = self.peak_memory.max(anonymous);
-        if anonymous < self.memory_budget / 5 * 3 {
-            return;
-        }
-        self.evict(true);
-        let after = procfs::own_anonymous_rss().unwrap_or(0);
-        if after >= self.memory_budget && !self.over_budget {
-            // What is left is outstanding memory, which is the evidence: keep it, and say so.
-            self.over_budget = true;
-            self.status_line.clear();
-            eprintln!(
-                "dispatch-leaktrace: warning: over --max-memory ({}) with {} stacks that all hold outstanding memory; \
-                 raise --max-memory or sample (--sample-pages, --sample-bytes)",
-                crate::reports::summary::human_bytes(self.memory_budget),
-                self.stacks.live()
-            );
-        }
-    }
-
-    /// The stacks' share of the budget: a flood of new stacks grows memory faster than a once-a-second
-    /// look at the RSS sees, so the stack table is also checked against this as events come. The rest is
-    /// for the ledger, the snapshots and the reports written at the end (about as much again as the table).
-    fn stack_budget(&self) -> u64 {
-        self.memory_budget / 5 * 2
-    }
-
-    /// Forgets the stacks with nothing outstanding (and in no snapshot), with their names; `thin`: also
-    /// halves the per-stack snapshots (when the RSS itself is high: they hold a figure per stack).
-    fn evict(&mut self, thin: bool) {
-        if thin {
-            self.timeline.thin_snapshots();
-        }
-        let mut keep: HashSet<StackKey> =
-            self.timeline.snapshots().iter().flat_map(|snapshot| snapshot.outstanding.keys().copied()).collect();
-        keep.extend(self.site_keys.values().copied());
-        keep.extend(self.last_fault.values().map(|(_, key, _)| *key));
-        self.ledger.evict_idle(&keep);
-        let held: HashSet<StackIx> =
-            self.ledger.stats().map(|(key, _)| key.stack).chain(keep.iter().map(|key| key.stack)).collect();
-        for ix in self.stacks.evict_except(&held) {
-            if let Some(names) = self.frames.get_mut(ix as usize) {
-                *names = Vec::new();
-            }
-            self.threads.forget(ix);
-        }
-        self.symbolizer.forget_names();
-        // What is left is in use: evict again only once the table has grown by a quarter.
-        self.next_stack_check = self.stack_budget().max(self.stacks.held_bytes() / 4 * 5);
-        release_freed_memory();
-    }
-
     /// Tells the kernel where the C runtime's code lies in the target, so that it copies the top of the
     /// user stack for events there (and only there).
     fn update_runtime_text(&mut self) {
@@ -769,22 +668,6 @@ impl Collector {
         let _ = self.maps.set_runtime_text(self.target.pid(), &ranges);
     }
 
-    fn add_timeline_point(&mut self) {
-        let mut outstanding = BTreeMap::new();
-        for (key, stats) in self.ledger.stats() {
-            *outstanding.entry(key.source).or_default() += stats.outstanding_bytes;
-        }
-        let at = SystemTime::now();
-        self.timeline.push(TimelinePoint { at, rss_bytes: self.rss_bytes, outstanding });
-        let stacks = self
-            .ledger
-            .stats()
-            .filter(|(_, stats)| stats.outstanding_bytes > 0)
-            .map(|(key, stats)| (*key, stats.outstanding_bytes))
-            .collect();
-        self.timeline.push_snapshot(StackSnapshot { at, outstanding: stacks });
-    }
-
     fn on_tick(&mut self) {
         self.sample_rss();
         self.symbolizer.jit.refresh(&self.modules);
@@ -799,8 +682,7 @@ impl Collector {
             return;
         }
         let mut by_stack: HashMap<StackKey, StackStats> = HashMap::new();
-        let kernel_stats: Vec<(AllocSite, StackAllocStats)> =
-            self.maps.alloc_stats.iter().filter_map(Result::ok).collect();
+        let kernel_stats = self.maps.read_alloc_stats();
         let old_enough = self.min_age.map(|min_age| self.outstanding_blocks_older_than(min_age));
         for (site, mut figures) in kernel_stats {
             if saturate_negative(&mut figures) {

@@ -3,12 +3,9 @@
 //! thinned (every other one dropped) when a series reaches its cap, so a run of any length keeps bounded
 //! series that still span the whole run.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    time::SystemTime,
-};
+use std::{collections::BTreeMap, time::SystemTime};
 
-use crate::ledger::{Source, StackKey};
+use crate::ledger::{Source, StackKey, StackStats};
 
 /// Points kept at most; on reaching it, the older half is thinned to every other point.
 pub const MAX_POINTS: usize = 512;
@@ -22,11 +19,29 @@ pub struct TimelinePoint {
     pub outstanding: BTreeMap<Source, u64>,
 }
 
-/// Outstanding bytes of every stack that had any, at one moment.
+/// Outstanding bytes of every stack that had any, at one moment. A list, not a map: one is taken every
+/// interval and only read whole (for growth and the suspects' series), so a list is cheaper to build and
+/// half the size.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StackSnapshot {
     pub at: SystemTime,
-    pub outstanding: HashMap<StackKey, u64>,
+    pub outstanding: Vec<(StackKey, u64)>,
+}
+
+/// One look at every stack's figures: the outstanding bytes per source (for the timeline) and per stack
+/// that holds any (for its snapshot), in a single pass over the stacks.
+pub fn outstanding_now<'a>(
+    stats: impl Iterator<Item = (&'a StackKey, &'a StackStats)>,
+) -> (BTreeMap<Source, u64>, Vec<(StackKey, u64)>) {
+    let mut by_source = BTreeMap::new();
+    let mut by_stack = Vec::new();
+    for (key, stats) in stats {
+        *by_source.entry(key.source).or_default() += stats.outstanding_bytes;
+        if stats.outstanding_bytes > 0 {
+            by_stack.push((*key, stats.outstanding_bytes));
+        }
+    }
+    (by_source, by_stack)
 }
 
 #[derive(Debug, Default)]
@@ -97,12 +112,36 @@ mod tests {
         let mut timeline = Timeline::default();
         for second in 0..1_000 {
             let at = SystemTime::UNIX_EPOCH + Duration::from_secs(second);
-            timeline.push_snapshot(StackSnapshot { at, outstanding: HashMap::new() });
+            timeline.push_snapshot(StackSnapshot { at, outstanding: Vec::new() });
         }
         let snapshots = timeline.snapshots();
         assert!(snapshots.len() <= MAX_STACK_SNAPSHOTS);
         assert_eq!(snapshots[0].at, SystemTime::UNIX_EPOCH);
         assert_eq!(snapshots.last().unwrap().at, SystemTime::UNIX_EPOCH + Duration::from_secs(999));
+    }
+
+    #[test]
+    fn one_pass_gives_exact_totals_and_only_stacks_that_hold_memory() {
+        let stats = |outstanding_bytes| StackStats { outstanding_bytes, ..StackStats::default() };
+        let figures = [
+            (StackKey { source: Source::Malloc, stack: 1 }, stats(100)),
+            (StackKey { source: Source::Malloc, stack: 2 }, stats(0)),
+            (StackKey { source: Source::Malloc, stack: 3 }, stats(23)),
+            (StackKey { source: Source::Mmap, stack: 1 }, stats(4096)),
+        ];
+        let (by_source, by_stack) = outstanding_now(figures.iter().map(|(key, stats)| (key, stats)));
+        assert_eq!(by_source, BTreeMap::from([(Source::Malloc, 123), (Source::Mmap, 4096)]));
+        let (mut by_stack, mut expected) = (
+            by_stack,
+            vec![
+                (StackKey { source: Source::Malloc, stack: 1 }, 100),
+                (StackKey { source: Source::Malloc, stack: 3 }, 23),
+                (StackKey { source: Source::Mmap, stack: 1 }, 4096),
+            ],
+        );
+        by_stack.sort_by_key(|(key, _)| (key.source, key.stack));
+        expected.sort_by_key(|(key, _)| (key.source, key.stack));
+        assert_eq!(by_stack, expected, "a stack that holds nothing takes no room in a snapshot");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! detaches every program; nothing is pinned, so the kernel also detaches them if this process dies.
 
 pub mod allocators;
+mod batch;
 pub mod libraries;
 pub mod misses;
 pub mod placement;
@@ -116,6 +117,11 @@ impl log::Log for KernelLog {
 }
 
 impl KernelMaps {
+    /// The allocator's figures of every site, read in batches (they are read every tick).
+    pub fn read_alloc_stats(&self) -> Vec<(AllocSite, StackAllocStats)> {
+        batch::read_all(&self.alloc_stats)
+    }
+
     /// Writes what the kernel programs logged since the last call (nothing without `-v`).
     pub fn flush_kernel_log(&mut self) {
         if let Some(logger) = &mut self.kernel_log {
@@ -315,6 +321,16 @@ pub fn site_table_entries(max_memory: u64) -> u32 {
     (max_memory / 16 / SITE_ENTRY_BYTES).clamp(1 << 14, 1 << 22) as u32
 }
 
+/// The kernel's event ring buffer, in bytes: a sixteenth of the memory budget, a power of two from 4 MiB to
+/// 32 MiB (32 MiB by default, 8 MiB at 128M). The tracer maps it twice over (the kernel's trick for records
+/// that wrap), so it weighs twice its size in the tracer's RSS once events have gone round it. A burst it
+/// cannot hold is counted (`lost_events`).
+pub fn ring_buffer_bytes(max_memory: u64) -> u32 {
+    let share = (max_memory / 16).clamp(4 << 20, 32 << 20);
+    // A power of two at most the share, as the kernel requires.
+    (1u64 << (u64::BITS - 1 - share.leading_zeros())) as u32
+}
+
 /// What one stack costs in the kernel's stack maps: its 127 frames and the element around them.
 pub const STACK_ENTRY_BYTES: u64 = 1024;
 
@@ -354,6 +370,7 @@ impl Probes {
         let (stack_buckets, spilled_stacks) = stack_table_entries(max_memory);
         loader.map_max_entries(map_names::STACKS, stack_buckets);
         loader.map_max_entries(map_names::SPILLED_STACKS, spilled_stacks);
+        loader.map_max_entries(map_names::EVENTS, ring_buffer_bytes(max_memory));
         let log_level: u8 = if kernel_log { KERNEL_LOG_LEVEL } else { 0 };
         loader.override_global(aya_log::LEVEL, &log_level, true);
         if std::env::var_os("LEAKTRACE_VERIFIER_LOG").is_some() {
@@ -632,5 +649,10 @@ mod tests {
         // Small budgets keep a floor, large ones a ceiling.
         assert_eq!((site_table_entries(MIB), stack_table_entries(MIB)), (16_384, (4_096, 4_096)));
         assert_eq!(stack_table_entries(1 << 50).0, 1 << 18);
+        assert_eq!(ring_buffer_bytes(512 * MIB), 32 << 20);
+        assert_eq!(ring_buffer_bytes(128 * MIB), 8 << 20);
+        assert_eq!(ring_buffer_bytes(100 * MIB), 4 << 20);
+        assert_eq!(ring_buffer_bytes(16 * MIB), 4 << 20);
+        assert_eq!(ring_buffer_bytes(1 << 40), 32 << 20);
     }
 }

@@ -94,6 +94,41 @@ pub fn own_anonymous_rss() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// This process's resident memory, as --max-memory counts it: all of it, in two parts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwnMemory {
+    /// RssAnon: what the tracer allocated (stacks, ledger, snapshots, reports being built).
+    pub anonymous: u64,
+    /// RssFile + RssShmem: its executable's and libraries' pages, and the kernel's event ring buffer, which
+    /// is mapped into the tracer (twice over, for reads across its end): about a fixed amount.
+    pub mapped: u64,
+    /// VmHWM: the most resident memory it ever had, all parts.
+    pub peak: u64,
+}
+
+impl OwnMemory {
+    pub fn total(&self) -> u64 {
+        self.anonymous + self.mapped
+    }
+}
+
+pub fn own_memory() -> Option<OwnMemory> {
+    parse_own_memory(&fs::read_to_string("/proc/self/status").ok()?)
+}
+
+fn parse_own_memory(status: &str) -> Option<OwnMemory> {
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with(':')))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    };
+    Some(OwnMemory {
+        anonymous: field("RssAnon")?,
+        mapped: field("RssFile")? + field("RssShmem").unwrap_or(0),
+        peak: field("VmHWM").unwrap_or(0),
+    })
+}
+
 pub fn page_size() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -103,6 +138,18 @@ pub fn page_size() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_memory_counts_every_resident_part() {
+        let status = "Name:\tdispatch-leakt\nVmHWM:\t  180292 kB\nVmRSS:\t  166464 kB\nRssAnon:\t   87708 kB\n\
+                      RssFile:\t   78692 kB\nRssShmem:\t      64 kB\n";
+        let memory = parse_own_memory(status).unwrap();
+        assert_eq!(memory.anonymous, 87_708 * 1024);
+        assert_eq!(memory.mapped, (78_692 + 64) * 1024);
+        assert_eq!(memory.total(), 166_464 * 1024, "the parts add up to VmRSS");
+        assert_eq!(memory.peak, 180_292 * 1024);
+        assert_eq!(parse_own_memory("VmRSS:\t 1 kB\n"), None, "no RssAnon: unknown, not zero");
+    }
 
     #[test]
     fn cmdline_splits_on_nul_and_drops_the_trailing_one() {

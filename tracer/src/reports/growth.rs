@@ -200,7 +200,7 @@ impl Growth {
                 Moment::Start => (trace.started_at, HashMap::new()),
                 Moment::Snapshot(index) => {
                     let snapshot = &trace.timeline.snapshots()[index];
-                    (snapshot.at, snapshot.outstanding.clone())
+                    (snapshot.at, snapshot.outstanding.iter().copied().collect())
                 }
                 Moment::End => {
                     (trace.ended_at, trace.ledger.stats().map(|(key, stats)| (*key, stats.outstanding_bytes)).collect())
@@ -210,6 +210,13 @@ impl Growth {
         let ((from_at, before), (to_at, after)) = (bytes_at(from), bytes_at(to));
         let before = merge_by_names(trace, before);
         let after = merge_by_names(trace, after);
+        // Stacks gone by TO shrank to nothing. Looked up by key, not by a scan of the list: a trace of
+        // many stacks would otherwise spend its snapshots comparing frames (quadratic in the stacks).
+        let gone: Vec<(ReportStack, u64, u64)> = before
+            .iter()
+            .filter(|(key, _)| !after.contains_key(*key))
+            .map(|(_, (stack, from_bytes))| (stack.clone(), *from_bytes, 0))
+            .collect();
         let mut stacks: Vec<(ReportStack, u64, u64)> = after
             .into_iter()
             .map(|(key, (stack, to_bytes))| {
@@ -217,12 +224,7 @@ impl Growth {
                 (stack, from_bytes, to_bytes)
             })
             .collect();
-        // Stacks gone by TO shrank to nothing.
-        for (key, (stack, from_bytes)) in &before {
-            if !stacks.iter().any(|(s, _, _)| s.source == key.0 && s.frames == key.1) {
-                stacks.push((stack.clone(), *from_bytes, 0));
-            }
-        }
+        stacks.extend(gone);
         stacks.sort_by(|a, b| {
             let growth = |s: &(ReportStack, u64, u64)| s.2 as i128 - s.1 as i128;
             growth(b).cmp(&growth(a)).then_with(|| a.0.frames.cmp(&b.0.frames))

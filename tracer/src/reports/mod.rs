@@ -167,6 +167,7 @@ pub fn write_set(
         primary,
         segments,
         peak_memory: crate::procfs::own_anonymous_rss().unwrap_or(0),
+        peak_rss: crate::procfs::own_memory().map_or(0, |memory| memory.peak),
         report_errors: &[],
         trimmed: None,
         options,
@@ -248,9 +249,11 @@ pub fn write_set(
     // Again, last, so that it tells how much memory writing the others took, and what failed: into the
     // space reserved above. If this cannot be written, the first one stays.
     let peak_memory = crate::procfs::own_anonymous_rss().unwrap_or(0);
+    let peak_rss = crate::procfs::own_memory().map_or(0, |memory| memory.peak);
     let errors_so_far = errors.clone();
     let again = write_report(out, &mut trimmed, |file, trimmed| {
-        json::write(file, trace, json::Views { report_errors: &errors_so_far, trimmed, peak_memory, ..views }, probes)
+        let views = json::Views { report_errors: &errors_so_far, trimmed, peak_memory, peak_rss, ..views };
+        json::write(file, trace, views, probes)
     });
     match (&report, again) {
         (_, Ok(path)) => report = Ok(path),

@@ -505,6 +505,7 @@ mod tests {
             ending: None,
             ledger: &ledger,
             frames: &frames,
+            names: Default::default(),
             threads: &Default::default(),
             kernel_counters: vec![],
             skipped_program_runs: 0,

@@ -27,20 +27,72 @@ pub struct ReportStack {
     pub threads: u64,
 }
 
+/// Every stack's frames as the reports show them, split off the runtime frames and interned once per
+/// report set (see [`Trace::names`]): every view (stacks, growth, suspects, turns) merges stacks by their
+/// frame names, and splitting and hashing each stack's names again in each was about a fifth of a
+/// snapshot's time in the soak. Stacks with the same frames share a class.
+pub struct StackNames {
+    /// By stack index: its class, an index into `classes`.
+    class_of: Vec<u32>,
+    /// (runtime frames, frames), both root first. Class 0: a stack without names.
+    classes: Vec<(Vec<Frame>, Vec<Frame>)>,
+}
+
+/// A class of stacks with the same frame names (see [`StackNames`]).
+pub type NameClass = u32;
+
+impl StackNames {
+    /// From the frame names by stack index, innermost first.
+    pub fn of(frames: &[Vec<FrameName>]) -> Self {
+        let mut classes = vec![split_runtime_frames(&[])];
+        let mut index: HashMap<Vec<Frame>, NameClass> = HashMap::from([(classes[0].1.clone(), 0)]);
+        let class_of = frames
+            .iter()
+            .map(|names| {
+                let (runtime_frames, frames) = split_runtime_frames(names);
+                *index.entry(frames).or_insert_with_key(|frames| {
+                    classes.push((runtime_frames, frames.clone()));
+                    (classes.len() - 1) as NameClass
+                })
+            })
+            .collect();
+        Self { class_of, classes }
+    }
+
+    /// The class of a stack; a stack not named (yet) is in class 0 with the unknown ones.
+    pub fn class(&self, stack: crate::ledger::StackIx) -> NameClass {
+        self.class_of.get(stack as usize).copied().unwrap_or(0)
+    }
+
+    /// A class's frames, root first.
+    pub fn frames(&self, class: NameClass) -> &[Frame] {
+        &self.classes[class as usize].1
+    }
+
+    /// A class's runtime frames (of the first stack seen with its frames), root first.
+    pub fn runtime_frames(&self, class: NameClass) -> &[Frame] {
+        &self.classes[class as usize].0
+    }
+
+    fn report_stack(&self, source: Source, class: NameClass) -> ReportStack {
+        ReportStack {
+            source,
+            frames: self.frames(class).to_vec(),
+            runtime_frames: self.runtime_frames(class).to_vec(),
+            stats: StackStats::default(),
+            threads: 0,
+        }
+    }
+}
+
 /// Stacks merged by source and frame names (two call sites in one function are one frame to a reader),
 /// sorted by outstanding bytes, largest first (ties: allocated bytes, then frames).
 pub fn report_stacks(trace: &Trace) -> Vec<ReportStack> {
-    let mut merged: HashMap<(Source, Vec<Frame>), ReportStack> = HashMap::new();
+    let names = trace.names();
+    let mut merged: HashMap<(Source, NameClass), ReportStack> = HashMap::new();
     for (key, stats) in trace.ledger.stats() {
-        let names = trace.frames.get(key.stack as usize).map(Vec::as_slice).unwrap_or(&[]);
-        let (runtime_frames, frames) = split_runtime_frames(names);
-        let entry = merged.entry((key.source, frames.clone())).or_insert_with(|| ReportStack {
-            source: key.source,
-            frames,
-            runtime_frames,
-            stats: StackStats::default(),
-            threads: 0,
-        });
+        let class = names.class(key.stack);
+        let entry = merged.entry((key.source, class)).or_insert_with(|| names.report_stack(key.source, class));
         entry.stats.add(stats);
         entry.threads |= trace.threads.of_stack(key.stack);
     }
@@ -57,24 +109,22 @@ pub fn report_stacks(trace: &Trace) -> Vec<ReportStack> {
 }
 
 /// A stack's frames as the report shows them (root first, runtime frames split off).
-pub fn names_of(trace: &Trace, stack: crate::ledger::StackIx) -> Vec<Frame> {
-    let names = trace.frames.get(stack as usize).map(Vec::as_slice).unwrap_or(&[]);
-    split_runtime_frames(names).1
+pub fn names_of<'t>(trace: &'t Trace, stack: crate::ledger::StackIx) -> &'t [Frame] {
+    let names = trace.names();
+    names.frames(names.class(stack))
 }
 
 /// Sums per-stack values by what a reader sees: the source and the frame names. Returns, per
-/// (source, frames), a report stack (figures left empty) and the summed value.
+/// (source, name class), a report stack (figures left empty) and the summed value.
 pub fn merge_by_names(
     trace: &Trace,
     values: impl IntoIterator<Item = (StackKey, u64)>,
-) -> HashMap<(Source, Vec<Frame>), (ReportStack, u64)> {
-    let mut merged: HashMap<(Source, Vec<Frame>), (ReportStack, u64)> = HashMap::new();
+) -> HashMap<(Source, NameClass), (ReportStack, u64)> {
+    let names = trace.names();
+    let mut merged: HashMap<(Source, NameClass), (ReportStack, u64)> = HashMap::new();
     for (key, value) in values {
-        let names = trace.frames.get(key.stack as usize).map(Vec::as_slice).unwrap_or(&[]);
-        let (runtime_frames, frames) = split_runtime_frames(names);
-        let entry = merged.entry((key.source, frames.clone())).or_insert_with(|| {
-            (ReportStack { source: key.source, frames, runtime_frames, stats: StackStats::default(), threads: 0 }, 0)
-        });
+        let class = names.class(key.stack);
+        let entry = merged.entry((key.source, class)).or_insert_with(|| (names.report_stack(key.source, class), 0));
         entry.1 += value;
     }
     merged
@@ -141,6 +191,31 @@ mod tests {
         let (runtime, frames) = split_runtime_frames(&names);
         assert!(runtime.is_empty());
         assert_eq!(frames, [Frame::from("_dl_map_object"), Frame::from("__mmap")]);
+    }
+
+    #[test]
+    fn stacks_with_the_same_frames_share_a_class_and_unnamed_ones_are_unknown() {
+        let frames = vec![
+            vec![],
+            vec![frame("malloc", true), frame("leak", false), frame("main", false)],
+            // Another call site in the same functions: the same frames to a reader.
+            vec![frame("malloc", true), frame("leak", false), frame("main", false)],
+            vec![frame("__mmap", true), frame("other", false), frame("main", false)],
+        ];
+        let names = StackNames::of(&frames);
+        assert_eq!(names.class(1), names.class(2));
+        assert_ne!(names.class(1), names.class(3));
+        assert_eq!(names.class(0), 0, "an evicted or unknown stack");
+        assert_eq!(names.class(99), 0, "a stack not named yet");
+        assert_eq!(names.frames(0), [Frame::from("[stack unavailable]")]);
+        assert_eq!(names.frames(names.class(2)), [Frame::from("main"), Frame::from("leak")]);
+        assert_eq!(names.runtime_frames(names.class(3)), [Frame::from("__mmap")]);
+        // The same as splitting each stack's names on its own.
+        for (stack, innermost_first) in frames.iter().enumerate() {
+            let (runtime, rooted) = split_runtime_frames(innermost_first);
+            let class = names.class(stack as u32);
+            assert_eq!((names.runtime_frames(class), names.frames(class)), (runtime.as_slice(), rooted.as_slice()));
+        }
     }
 
     #[test]

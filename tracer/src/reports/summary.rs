@@ -36,7 +36,8 @@ pub fn render(trace: &Trace, written: &Written) -> String {
             exec.to.display()
         );
     }
-    if trace.over_budget {
+    let peak_rss = crate::procfs::own_memory().map_or(0, |memory| memory.peak);
+    if trace.over_budget || super::json::went_over(trace.memory_budget, peak_rss) {
         let _ = writeln!(out, "warning: the tracer went over --max-memory: see tracer in report.json");
     }
     if let Some(first) = written.suspects.first() {

@@ -323,13 +323,21 @@ pub fn suspects(trace: &Trace<'_>, stacks: &[ReportStack], growth: &Growth, sour
     let by_frames: HashMap<&[Frame], usize> =
         stacks.iter().enumerate().map(|(i, s)| (s.frames.as_slice(), i)).collect();
     // Ledger keys of the source to report stacks (several keys may share one stack's names).
-    let mut stack_of_key: HashMap<StackKey, usize> = HashMap::new();
+    // By stack index, not hashed: it is looked up for every stack of every snapshot.
+    let mut stack_of_ix: Vec<Option<usize>> = Vec::new();
     for (key, _) in trace.ledger.stats().filter(|(key, _)| key.source == source) {
         let names = super::stacks::names_of(trace, key.stack);
-        if let Some(&index) = by_frames.get(names.as_slice()) {
-            stack_of_key.insert(*key, index);
+        if let Some(&index) = by_frames.get(names) {
+            let ix = key.stack as usize;
+            if stack_of_ix.len() <= ix {
+                stack_of_ix.resize(ix + 1, None);
+            }
+            stack_of_ix[ix] = Some(index);
         }
     }
+    let stack_of_key = |key: &StackKey| -> Option<usize> {
+        (key.source == source).then(|| stack_of_ix.get(key.stack as usize).copied().flatten()).flatten()
+    };
 
     // Every point of the run, each stack's outstanding bytes at it; the last point is the end.
     let snapshots = trace.timeline.snapshots();
@@ -338,7 +346,7 @@ pub fn suspects(trace: &Trace<'_>, stacks: &[ReportStack], growth: &Growth, sour
     let mut per_stack: Vec<Vec<u64>> = vec![vec![0; times.len()]; stacks.len()];
     for (point, snapshot) in snapshots.iter().take(times.len() - 1).enumerate() {
         for (key, bytes) in &snapshot.outstanding {
-            if let Some(&stack) = stack_of_key.get(key) {
+            if let Some(stack) = stack_of_key(key) {
                 per_stack[stack][point] += bytes;
             }
         }
@@ -434,7 +442,7 @@ pub fn suspects(trace: &Trace<'_>, stacks: &[ReportStack], growth: &Growth, sour
             let runtime_job = members.iter().all(|s| is_job[*s]);
             let label = &tree.labels[node];
             let site = site_name(label);
-            let member_keys = |key: &StackKey| stack_of_key.get(key).is_some_and(|s| members.contains(s));
+            let member_keys = |key: &StackKey| stack_of_key(key).is_some_and(|s| members.contains(&s));
             let per_turn: Vec<u64> = ended_turns
                 .iter()
                 .map(|turn| {

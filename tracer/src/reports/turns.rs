@@ -48,7 +48,7 @@ pub fn turn_views(trace: &Trace<'_>, primary: Option<Source>) -> Vec<TurnView> {
             let mut top: Vec<(Source, Vec<Frame>, u64)> =
                 merge_by_names(trace, held.into_iter().filter(|(key, _)| primary.is_none_or(|p| key.source == p)))
                     .into_iter()
-                    .map(|((source, frames), (_, bytes))| (source, frames, bytes))
+                    .map(|(_, (stack, bytes))| (stack.source, stack.frames, bytes))
                     .filter(|(_, _, bytes)| *bytes > 0)
                     .collect();
             top.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.1.cmp(&b.1)));

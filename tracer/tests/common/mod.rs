@@ -164,7 +164,9 @@ impl Running {
         self.signal(libc::SIGUSR1);
         let line = self.stderr.wait_for("snapshot written to ");
         self.stderr.seen.retain(|l| l != &line);
-        PathBuf::from(line.split("snapshot written to ").nth(1).unwrap())
+        // The line ends with the time taken: "... written to DIR in 0.13 s".
+        let folder = line.split("snapshot written to ").nth(1).unwrap();
+        PathBuf::from(folder.rsplit_once(" in ").map_or(folder, |(folder, _)| folder))
     }
 
     pub fn wait(&mut self) -> ExitStatus {
