@@ -194,8 +194,11 @@ pub struct AllocCall {
     pub entered_ns: u64,
     /// A call without a return probe whose inner call has taken over.
     pub delegated: u32,
-    /// Chosen by byte sampling (always, without `--sample-bytes`): record its block.
-    pub sampled: u32,
+    /// 0: not chosen by byte sampling, its block is not recorded. Otherwise the sampling interval in force
+    /// when the call was chosen, plus one (0 + 1 without sampling): its block is charged at that interval at
+    /// the return, even if the interval has changed since (`--overhead` moves it), so that the charge
+    /// matches the probability it was chosen with.
+    pub sampled_at: u32,
     /// A realloc's old block, taken out of the live blocks at the entry (`has_old_block` 1): once realloc
     /// frees it inside, another thread may get its address from malloc before this call returns. Charged
     /// out of its site when realloc succeeds, put back when it fails.

@@ -16,7 +16,9 @@ pub enum EventKind {
     /// REMOVE, DONTNEED_LOCKED).
     Madvise = 5,
     /// A user page fault at `addr`; `flags` is the x86 error code (bit 0: the page was present, bit 1:
-    /// write).
+    /// write). `len` is the pages it stands for: the page sampling rate in force when it was taken (1: every
+    /// page), carried in the event so that a rate changed while events wait in the ring buffer weighs each
+    /// page by the rate that chose it.
     PageFault = 6,
     /// The page fault in progress on `tid` at `addr` brought in a block of `len` bytes (a transparent huge
     /// page, or a multi-size THP), not a base page.

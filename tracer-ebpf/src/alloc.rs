@@ -309,7 +309,7 @@ pub fn alloc_entry(ctx: ProbeContext) -> u32 {
                 site: outer.site,
                 entered_ns: now,
                 delegated,
-                sampled: outer.sampled,
+                sampled_at: outer.sampled_at,
                 old_block,
                 has_old_block,
             };
@@ -330,7 +330,8 @@ pub fn alloc_entry(ctx: ProbeContext) -> u32 {
 #[allow(clippy::too_many_arguments)]
 fn enter(ctx: &ProbeContext, tgid: u32, pid_tgid: u64, cookie: AllocCookie, size: u64, ptr: u64, sp: u64, now: u64) {
     // An unsampled call still enters (its nested calls must not count), without the cost of a stack.
-    let sampled = is_sampled(cookie, size);
+    let interval = sample_bytes();
+    let sampled = is_sampled(interval, cookie, size);
     let site = if sampled {
         let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK) {
             Ok(id) => id as u32,
@@ -354,7 +355,8 @@ fn enter(ctx: &ProbeContext, tgid: u32, pid_tgid: u64, cookie: AllocCookie, size
         site,
         entered_ns: now,
         delegated: 0,
-        sampled: u32::from(sampled),
+        // Intervals are at most 1 GiB (--sample-bytes' limit): the sum fits.
+        sampled_at: if sampled { interval.min(u32::MAX as u64 - 1) as u32 + 1 } else { 0 },
         old_block,
         has_old_block,
     };
@@ -452,8 +454,7 @@ fn sample_bytes() -> u64 {
 /// (E[counted] = size). A block of N bytes or more is always recorded, at its size. Calls whose size is
 /// only known at their return (xallocx) are always recorded.
 #[inline(always)]
-fn is_sampled(cookie: AllocCookie, size: u64) -> bool {
-    let interval = sample_bytes();
+fn is_sampled(interval: u64, cookie: AllocCookie, size: u64) -> bool {
     if interval == 0 || size >= interval || cookie.shape == AllocShape::ResizeInPlace {
         return true;
     }
@@ -477,10 +478,9 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let Some(cookie) = AllocCookie::decode(call.cookie) else { return 0 };
     let result: u64 = ctx.ret();
     let site = call.site;
-    let sampled = call.sampled != 0;
     let record = |tgid: u32, addr: u64, size: u64, site: AllocSite| {
-        if sampled {
-            record(tgid, addr, size, site, call.entered_ns);
+        if call.sampled_at != 0 {
+            record(tgid, addr, size, site, call.entered_ns, u64::from(call.sampled_at - 1));
         }
     };
     match cookie.shape {
@@ -538,9 +538,9 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
 }
 
 #[inline(always)]
-fn record(tgid: u32, addr: u64, size: u64, site: AllocSite, entered_ns: u64) {
+/// Records a block chosen at byte sampling `interval` (0: every block), charged accordingly.
+fn record(tgid: u32, addr: u64, size: u64, site: AllocSite, entered_ns: u64, interval: u64) {
     let key = BlockKey { tgid, pad: 0, addr };
-    let interval = sample_bytes();
     let (charged_bytes, charged_blocks) = if interval == 0 || size >= interval {
         (size, 1)
     } else {

@@ -63,10 +63,12 @@ static PAGE_SAMPLING: Array<u64> = Array::with_max_entries(1, 0);
 /// Whether the page at `addr` is one of those traced: one page in N, chosen by a hash of its number, so
 /// that every fault of a page and every release of it agree, and the choice is spread over the address
 /// space (Fibonacci hashing).
+/// Returns the pages it stands for (the rate in force), or None when it is not traced.
 #[inline(always)]
-fn page_is_sampled(addr: u64) -> bool {
+fn page_sampling_weight(addr: u64) -> Option<u64> {
     let mask = PAGE_SAMPLING.get(0).copied().unwrap_or(0);
-    mask == 0 || ((addr >> PAGE_SHIFT).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) & mask == 0
+    let sampled = mask == 0 || ((addr >> PAGE_SHIFT).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) & mask == 0;
+    sampled.then_some(mask + 1)
 }
 
 /// `exceptions/page_fault_user(unsigned long address, struct pt_regs *regs, unsigned long error_code)`
@@ -74,29 +76,32 @@ fn page_is_sampled(addr: u64) -> bool {
 pub fn page_fault_user_btf(ctx: BtfTracePointContext) -> u32 {
     // The sampling test first: it is cheaper than the target lookup and rejects most faults when sampling.
     let address: u64 = ctx.arg(0);
-    if !page_is_sampled(address) {
-        return 0;
-    }
+    let Some(weight) = page_sampling_weight(address) else { return 0 };
     let Some(tgid) = traced_tgid() else { return 0 };
     let regs: *const pt_regs = ctx.arg(1);
     let ip = unsafe { bpf_probe_read_kernel(&(*regs).rip) }.unwrap_or(0);
-    record_fault(&ctx, tgid, address, ip, ctx.arg(2));
+    record_fault(&ctx, tgid, address, ip, ctx.arg(2), weight);
     0
 }
 
 #[tracepoint(category = "exceptions", name = "page_fault_user")]
 pub fn page_fault_user(ctx: TracePointContext) -> u32 {
     let Ok(fault) = (unsafe { ctx.read_at::<PageFaultUser>(0) }) else { return 0 };
-    if !page_is_sampled(fault.address) {
-        return 0;
-    }
+    let Some(weight) = page_sampling_weight(fault.address) else { return 0 };
     let Some(tgid) = traced_tgid() else { return 0 };
-    record_fault(&ctx, tgid, fault.address, fault.ip, fault.error_code);
+    record_fault(&ctx, tgid, fault.address, fault.ip, fault.error_code, weight);
     0
 }
 
 #[inline(always)]
-fn record_fault<C: StackIdContext + EbpfContext>(ctx: &C, tgid: u32, address: u64, ip: u64, error_code: u64) {
+fn record_fault<C: StackIdContext + EbpfContext>(
+    ctx: &C,
+    tgid: u32,
+    address: u64,
+    ip: u64,
+    error_code: u64,
+    weight: u64,
+) {
     let tid = bpf_get_current_pid_tgid() as u32;
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(slot) = fault_slot(tid) {
@@ -108,7 +113,7 @@ fn record_fault<C: StackIdContext + EbpfContext>(ctx: &C, tgid: u32, address: u6
         event.tgid = tgid;
         event.tid = tid;
         event.addr = address;
-        event.len = 0;
+        event.len = weight;
         event.new_addr = ip;
         event.new_len = 0;
         event.flags = error_code;

@@ -92,6 +92,13 @@ pub struct Cli {
     #[arg(long, value_name = "N", value_parser = parse_page_sampling)]
     pub sample_pages: Option<u64>,
 
+    /// Keep the kernel programs' run time within PCT percent of the target's CPU time, measured every
+    /// second, by raising and lowering page and allocator sampling (figures stay unbiased estimates: each
+    /// sample counts with the rate it was taken at). `off`: trace every page and block. --sample-pages or
+    /// --sample-bytes fix that source's rate.
+    #[arg(long, value_name = "PCT|off", default_value = "2", value_parser = parse_overhead)]
+    pub overhead: Overhead,
+
     /// Count as outstanding only allocator blocks older than this (recent ones are rarely leaks).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub min_age: Option<Duration>,
@@ -194,6 +201,22 @@ pub const MIN_RSS_STEP: u64 = 1 << 20;
 
 /// `--max-memory` at least: the tracer itself needs about this much before it has seen anything.
 pub const MIN_MEMORY_BUDGET: u64 = 16 << 20;
+
+/// `--overhead`: a budget in percent of the target's CPU time, or none.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Overhead(pub Option<f64>);
+
+/// `--overhead`: `off`, or a percentage above 0 and at most 100 (`2` or `2%`).
+fn parse_overhead(text: &str) -> Result<Overhead, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(Overhead(None));
+    }
+    match text.strip_suffix('%').unwrap_or(text).trim().parse::<f64>() {
+        Ok(pct) if pct > 0.0 && pct <= 100.0 => Ok(Overhead(Some(pct))),
+        _ => Err(format!("`{text}` is not a percentage above 0 and at most 100, nor `off` (for example 2)")),
+    }
+}
 
 /// `--sample-pages`: a power of two from 2 to 65536.
 fn parse_page_sampling(text: &str) -> Result<u64, String> {
@@ -422,6 +445,17 @@ pub fn one_line_error(error: &clap::Error) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_overhead_budget_is_a_percentage_or_off() {
+        assert_eq!(parse_overhead("2"), Ok(Overhead(Some(2.0))));
+        assert_eq!(parse_overhead("0.5%"), Ok(Overhead(Some(0.5))));
+        assert_eq!(parse_overhead("OFF"), Ok(Overhead(None)));
+        for bad in ["0", "-1", "101", "two", "nan"] {
+            assert!(parse_overhead(bad).unwrap_err().contains("not a percentage"), "{bad}");
+        }
+        assert_eq!(Cli::try_parse_from(["t", "--pid", "1"]).unwrap().overhead, Overhead(Some(2.0)));
+    }
 
     #[test]
     fn durations_read_like_people_write_them() {

@@ -203,6 +203,19 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
+    /// `--overhead PCT`: the budget for this process, managing the sources whose rate the command line left
+    /// free. Pages start traced in full (a followed program's next process starts over); bytes where they are.
+    fn overhead_budget(&self, maps: &mut KernelMaps) -> Option<collector::overhead::Budget> {
+        let pct = self.cli.overhead.0?;
+        let pages = (!self.cli.no_faults && self.cli.sample_pages.is_none()).then_some(1);
+        // Without allocator tracing there is no byte rate to choose (the budget would report one it set).
+        let bytes = (!self.cli.no_alloc && self.cli.sample_bytes.is_none()).then(|| maps.sample_bytes());
+        let budget = pages
+            .map_or(Ok(()), |rate| maps.set_sample_pages(rate))
+            .and_then(|()| collector::overhead::Budget::new(pct, self.probes.all_program_ids(), pages, bytes));
+        budget.map_err(|error| eprintln!("dispatch-leaktrace: warning: {error:#}; tracing at full rates")).ok()
+    }
+
     /// Traces one process until it ends or the trace must; writes its reports. Returns why it ended, and
     /// the kernel maps, cleaned of this process when it is gone.
     fn trace(
@@ -246,6 +259,7 @@ impl Session<'_> {
         maps.program_ids = self.probes.records.iter().map(|record| record.program_id).collect();
         maps.program_ids.sort_unstable();
         maps.program_ids.dedup();
+        let overhead = self.overhead_budget(&mut maps);
         let probe_info = std::cell::RefCell::new(ProbeInfo {
             records: self.probes.records.clone(),
             allocators: allocator_summary,
@@ -261,7 +275,7 @@ impl Session<'_> {
             .with_memory_budget(cli.max_memory)
             .with_snapshots(cli.checkpoint, cli.snapshot_at_rss)
             .with_status(cli.quiet)
-            .with_page_sampling(cli.sample_pages);
+            .with_overhead(overhead);
         eprintln!("dispatch-leaktrace: tracing pid {pid} ({}); Ctrl-C to stop", exe.display());
         let _control = {
             let _context = self.runtime.enter();

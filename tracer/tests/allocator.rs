@@ -325,7 +325,8 @@ fn allocators_in_libraries_loaded_later_are_probed_and_exact() {
     let out = output_dir("late_allocator");
     let mut target = Running::spawn(Command::new(&program).arg("wait").arg(&first).arg(&second));
     let pid = target.pid().to_string();
-    let mut tracer = common::start_tracer(&["-o", out.to_str().unwrap(), "--pid", &pid]);
+    // Every block traced: the figures are checked exactly.
+    let mut tracer = common::start_tracer(&["-o", out.to_str().unwrap(), "--pid", &pid, "--overhead", "off"]);
     target.send_line("go");
     target.stdout.wait_for("loaded");
     let said = tracer.stderr.wait_for("loaded since");
@@ -352,13 +353,14 @@ fn allocators_in_libraries_loaded_later_are_probed_and_exact() {
 }
 
 /// live_blocks.c holding `blocks` live at once, traced with `extra`: the snapshot taken while all are
-/// held, and the final report once all are freed (after the tracer said `said`, when given).
+/// held, and the final report once all are freed (after the tracer said `said`, when given). Every block
+/// is traced (`--overhead off`): the figures are checked exactly.
 fn trace_live_blocks(test: &str, blocks: u64, extra: &[&str], said: &[&str]) -> (Report, Report) {
     let out = output_dir(test);
     let program = fixture("live_blocks");
     let mut target = Running::spawn(Command::new(&program).args(["wait", &blocks.to_string()]));
     let pid = target.pid().to_string();
-    let mut args = vec!["-o", out.to_str().unwrap(), "--pid", &pid];
+    let mut args = vec!["-o", out.to_str().unwrap(), "--pid", &pid, "--overhead", "off"];
     args.extend_from_slice(extra);
     let mut tracer = common::start_tracer(&args);
     target.send_line("go");

@@ -59,16 +59,28 @@ impl Drop for Tmux {
     }
 }
 
-/// What an 80-column terminal showed while the tracer ran with `args` until it ended by itself.
+/// What a terminal showed while the tracer ran with `args` until it ended by itself.
 struct Screen {
     /// Every distinct line seen, in the pane or its history, over the whole run.
     seen: BTreeSet<String>,
+    columns: usize,
 }
 
 impl Screen {
     /// Runs the tracer with `args` in an 80-column tmux pane, reading the pane every 100 ms; `meanwhile` is
     /// called with the time since the start at each reading.
-    fn trace(test: &str, socket_name: &str, args: &[&str], mut meanwhile: impl FnMut(Duration)) -> Self {
+    fn trace(test: &str, socket_name: &str, args: &[&str], meanwhile: impl FnMut(Duration)) -> Self {
+        Self::trace_on(COLUMNS, test, socket_name, args, meanwhile)
+    }
+
+    /// [`Self::trace`] on a terminal `columns` wide.
+    fn trace_on(
+        columns: usize,
+        test: &str,
+        socket_name: &str,
+        args: &[&str],
+        mut meanwhile: impl FnMut(Duration),
+    ) -> Self {
         let summary = output_dir(test).with_extension("summary");
         let mut command = quoted(TRACER);
         for arg in args {
@@ -77,7 +89,7 @@ impl Screen {
         }
         // The summary goes to a file: only stderr, where the status line is, is the terminal.
         let command = format!("{command} >{}; echo {EXITED} $?; sleep 600", quoted(&summary.to_string_lossy()));
-        let tmux = Tmux::start(socket_name, COLUMNS, &command);
+        let tmux = Tmux::start(socket_name, columns, &command);
         let mut seen = BTreeSet::new();
         let started = Instant::now();
         loop {
@@ -94,7 +106,7 @@ impl Screen {
         let _ = std::fs::remove_file(&summary);
         let exit_line = seen.iter().find(|line| line.contains(EXITED)).unwrap();
         assert!(exit_line.ends_with(&format!("{EXITED} 0")), "{exit_line}; the screen: {seen:#?}");
-        Self { seen }
+        Self { seen, columns }
     }
 
     /// The status line's updates and whatever they left behind: they all say RSS. (The tracer's other
@@ -109,7 +121,7 @@ impl Screen {
     /// some terminals wrap).
     fn assert_fits(&self) {
         for line in self.status_lines() {
-            assert!(line.chars().count() < COLUMNS, "{} characters: {line:?}", line.chars().count());
+            assert!(line.chars().count() < self.columns, "{} characters: {line:?}", line.chars().count());
         }
     }
 
@@ -168,4 +180,31 @@ fn frees_of_blocks_from_before_the_trace_are_unmatched_not_lost() {
     screen.assert_lost_only_for_losses(&report);
     let status_lines = screen.status_lines();
     assert!(status_lines.iter().any(|line| line.contains("unmatched 1")), "{status_lines:#?}");
+}
+
+/// Under a tiny overhead budget the line shows the programs' measured share and the page rate the budget
+/// set, as report.json does (a 120-column terminal: on 80 columns the sources go first).
+#[test]
+fn the_status_line_shows_the_measured_overhead_and_the_page_rate() {
+    let test = "the_status_line_shows_the_measured_overhead_and_the_page_rate";
+    let out = output_dir(test);
+    // Faults for 8 s (the tracer stops after 6 s), then waits for stdin to close.
+    let mut target = Running::spawn(Command::new(fixture("fault_storm")).args(["run", "8"]));
+    let pid = target.pid().to_string();
+    let args = ["-o", out.to_str().unwrap(), "-d", "6s", "--overhead", "0.01", "--pid", &pid];
+    let screen = Screen::trace_on(120, test, "overhead", &args, |_| {});
+    target.close_stdin();
+    assert!(target.wait().success(), "the target must survive being traced");
+    screen.assert_fits();
+    let report = Report::load(&out);
+    let final_rate = report.0["overhead"]["sample_pages"].as_u64().unwrap();
+    assert!(final_rate > 1, "{}", report.0["overhead"]);
+    // Each rate the budget set shows in the line for a second at least.
+    let status_lines = screen.status_lines();
+    let rates: BTreeSet<u64> = status_lines
+        .iter()
+        .filter(|line| line.contains("bpf ") && line.contains("% of 0.01%"))
+        .filter_map(|line| line.split("pages 1/").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .collect();
+    assert!(rates.iter().any(|rate| *rate > 1), "no page rate above 1 shown: {status_lines:#?}");
 }

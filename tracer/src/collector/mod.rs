@@ -5,6 +5,7 @@ pub mod clock;
 pub mod death;
 pub mod exec;
 pub mod markers;
+pub mod overhead;
 mod periodic;
 pub mod stacks;
 pub mod status;
@@ -213,6 +214,8 @@ pub struct Trace<'a> {
     /// Byte sampling the collector turned on when the kernel's block table filled up: the interval, and
     /// from when.
     pub blocks_sampled_since: Option<(u64, SystemTime)>,
+    /// `--overhead`: the budget and the rates it set.
+    pub overhead: Option<&'a overhead::Budget>,
     pub live_stacks: usize,
     /// The execs of the target, each ending an image's accounting.
     pub execs: &'a [ExecRecord],
@@ -248,7 +251,7 @@ pub struct Collector {
     started_at: SystemTime,
     page_size: u64,
     /// The last page fault of each thread, which a [`EventKind::LargePage`] event may widen.
-    last_fault: HashMap<u32, (u64, StackKey)>,
+    last_fault: HashMap<u32, (u64, StackKey, u64)>,
     rss_bytes: u64,
     events: u64,
     timeline: Timeline,
@@ -292,6 +295,8 @@ pub struct Collector {
     /// checkpoint is due.
     status_line: status::StatusLine,
     status_events: (u64, Instant),
+    /// `--overhead`: the budget the programs' run time is kept within.
+    overhead: Option<overhead::Budget>,
     next_checkpoint: Option<Instant>,
     /// The target's execs so far, and the allocator blocks of old images they released.
     execs: Vec<ExecRecord>,
@@ -358,6 +363,7 @@ impl Collector {
             skipped_before,
             status_line: status::StatusLine::new(true),
             status_events: (0, Instant::now()),
+            overhead: None,
             next_checkpoint: None,
             execs: Vec::new(),
             released_blocks: ReleasedBlocks::default(),
@@ -390,9 +396,9 @@ impl Collector {
         self
     }
 
-    /// `--sample-pages N`: resident figures from one page in N.
-    pub fn with_page_sampling(mut self, pages: Option<u64>) -> Self {
-        self.ledger.set_resident_weight(pages.unwrap_or(1));
+    /// `--overhead`: sampling rates kept so that the programs' run time stays within a budget.
+    pub fn with_overhead(mut self, budget: Option<overhead::Budget>) -> Self {
+        self.overhead = budget;
         self
     }
 
@@ -562,10 +568,11 @@ impl Collector {
             rss_bytes: self.rss_bytes,
             events: self.events,
             timeline: &self.timeline,
-            regions: bytes_by_region(self.ledger.resident_segments(self.target.pid()), self.modules.snapshot())
-                .into_iter()
-                .map(|(kind, bytes)| (kind, bytes * self.ledger.resident_weight()))
-                .collect(),
+            regions: bytes_by_region(
+                self.ledger.resident_segments(self.target.pid()),
+                self.modules.snapshot(),
+                |owner| owner.weight,
+            ),
             turns: &self.turns.records,
             markers: &self.turns.markers,
             unmatched_turn_ends: self.turns.unmatched_ends,
@@ -574,6 +581,7 @@ impl Collector {
             peak_memory: self.peak_memory.max(procfs::own_anonymous_rss().unwrap_or(0)),
             over_budget: self.over_budget,
             blocks_sampled_since: self.blocks_sampled_since,
+            overhead: self.overhead.as_ref(),
             live_stacks: self.stacks.live(),
             execs: &self.execs,
             interval: self.interval,
@@ -590,6 +598,7 @@ impl Collector {
         self.maps.flush_kernel_log();
         self.keep_within_budget();
         self.sample_when_blocks_overflow();
+        self.keep_within_overhead();
         if self.allocator_traced {
             self.maps.reap_alloc_calls(self.target.pid());
         }
@@ -847,8 +856,9 @@ impl Collector {
                     return;
                 }
                 let key = self.stack_key(event, inline, top, Source::PageFault);
-                self.ledger.fault(event.tgid, event.addr, self.page_size, key);
-                self.last_fault.insert(event.tid, (event.addr, key));
+                // `len`: the pages this one stands for, the sampling rate the kernel chose it at.
+                self.ledger.fault(event.tgid, event.addr, self.page_size, key, event.len);
+                self.last_fault.insert(event.tid, (event.addr, key, event.len));
             }
             EventKind::Signal => self.death.signal(event.addr as i32, event.flags, self.clock.wall(event.timestamp_ns)),
             EventKind::OomVictim => {
@@ -862,8 +872,10 @@ impl Collector {
             EventKind::Exec => self.on_exec(event),
             EventKind::LargePage => {
                 // Follows the fault it belongs to: widen that fault to the block the kernel allocated.
-                if let Some((addr, key)) = self.last_fault.remove(&event.tid).filter(|(addr, _)| *addr == event.addr) {
-                    self.ledger.fault(event.tgid, addr, event.len, key);
+                if let Some((addr, key, weight)) =
+                    self.last_fault.remove(&event.tid).filter(|(addr, _, _)| *addr == event.addr)
+                {
+                    self.ledger.fault(event.tgid, addr, event.len, key, weight);
                 }
             }
         }

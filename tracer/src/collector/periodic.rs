@@ -68,6 +68,7 @@ impl Collector {
             skipped_runs: self.maps.skipped_runs().saturating_sub(self.skipped_before),
             unmatched_frees,
             next_checkpoint: self.next_checkpoint.map(|at| at.saturating_duration_since(Instant::now())),
+            overhead: self.overhead.as_ref().map(super::overhead::Budget::status),
         };
         self.status_line.show(&status);
     }
@@ -145,7 +146,7 @@ impl Collector {
             .flat_map(|snapshot| snapshot.outstanding.iter().map(|(key, _)| *key))
             .collect();
         keep.extend(self.site_keys.values().copied());
-        keep.extend(self.last_fault.values().map(|(_, key)| *key));
+        keep.extend(self.last_fault.values().map(|(_, key, _)| *key));
         self.ledger.evict_idle(&keep);
         let held: HashSet<StackIx> =
             self.ledger.stats().map(|(key, _)| key.stack).chain(keep.iter().map(|key| key.stack)).collect();

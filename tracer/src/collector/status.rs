@@ -35,6 +35,8 @@ pub struct Status {
     /// before, so not a loss.
     pub unmatched_frees: u64,
     pub next_checkpoint: Option<Duration>,
+    /// `--overhead`: the programs' measured share of the target's CPU and the rates in force, rendered.
+    pub overhead: Option<String>,
 }
 
 /// The parts a narrow terminal goes without, in the order they are dropped: least important first.
@@ -45,16 +47,19 @@ enum Part {
     /// The outstanding bytes of every source but the leading one.
     OtherSources,
     Prefix,
+    /// What the tracer costs the target, against its budget: kept longer than the line's decorations.
+    Overhead,
     Pid,
     Unmatched,
     Outstanding,
 }
 
-const DROPPED_IN_ORDER: [Part; 7] = [
+const DROPPED_IN_ORDER: [Part; 8] = [
     Part::NextCheckpoint,
     Part::EventRate,
     Part::OtherSources,
     Part::Prefix,
+    Part::Overhead,
     Part::Pid,
     Part::Unmatched,
     Part::Outstanding,
@@ -93,6 +98,9 @@ impl Status {
         }
         if shown(Part::EventRate) {
             parts.push(format!("{} events/s", short_count(self.events_per_second)));
+        }
+        if let Some(overhead) = self.overhead.as_ref().filter(|_| shown(Part::Overhead)) {
+            parts.push(overhead.clone());
         }
         if self.lost > 0 {
             parts.push(format!("lost {}", self.lost));
@@ -214,7 +222,19 @@ mod tests {
             skipped_runs: 14,
             unmatched_frees: 3,
             next_checkpoint: Some(Duration::from_secs(252)),
+            overhead: None,
         }
+    }
+
+    #[test]
+    fn the_overhead_shows_after_the_event_rate_and_outlasts_the_other_sources_and_the_prefix() {
+        let status = Status { overhead: Some("bpf 1.9% of 2%, pages 1/16".into()), ..busy() };
+        assert!(status.render().contains("| 12.3k events/s | bpf 1.9% of 2%, pages 1/16 | lost 7 |"));
+        let without_prefix = "02:05:09 pid 4242 RSS 3.0 GiB | outstanding page-fault 2.0 GiB | bpf 1.9% of 2%, pages 1/16 \
+                              | lost 7 | skipped runs 14 | unmatched 3";
+        assert_eq!(status.fit(without_prefix.chars().count() + 1), without_prefix);
+        let narrower = status.fit(without_prefix.chars().count());
+        assert!(!narrower.contains("bpf") && narrower.contains("pid 4242"), "{narrower}");
     }
 
     #[test]

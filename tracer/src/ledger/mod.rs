@@ -122,6 +122,12 @@ struct Allocation {
 pub struct ResidentOwner {
     pub key: StackKey,
     pub born: TurnSetId,
+    /// The pages each of its pages stands for: the page sampling rate when it was faulted in. Kept per
+    /// segment so that a release, whatever the rate then, gives back exactly what the fault counted: with
+    /// one page in N chosen by address, each page is counted N times with probability 1/N, an unbiased
+    /// estimate whatever N was at each fault, and releases (munmap, madvise, exit) are ranges the kernel
+    /// always sends, so they find every counted page at its own weight.
+    pub weight: u64,
 }
 
 /// What backs a mapping.
@@ -161,8 +167,6 @@ pub const MREMAP_DONTUNMAP: u64 = 4;
 #[derive(Debug)]
 pub struct Ledger {
     page_size: u64,
-    /// The pages each resident page the ledger holds stands for (`--sample-pages`; 1: every page).
-    resident_weight: u64,
     stats: HashMap<StackKey, StackStats>,
     spaces: HashMap<u32, AddressSpace>,
     allocations: HashMap<AllocId, Allocation>,
@@ -175,7 +179,6 @@ impl Ledger {
     pub fn new(page_size: u64) -> Self {
         Self {
             page_size,
-            resident_weight: 1,
             stats: HashMap::new(),
             spaces: HashMap::new(),
             allocations: HashMap::new(),
@@ -183,16 +186,6 @@ impl Ledger {
             counters: LedgerCounters::default(),
             turns: TurnLedger::default(),
         }
-    }
-
-    /// `--sample-pages N`: the kernel sends the faults of one page in N (chosen by address), so each resident
-    /// page the ledger holds stands for N. Releases find only sampled pages held, so they scale alike.
-    pub fn set_resident_weight(&mut self, weight: u64) {
-        self.resident_weight = weight.max(1);
-    }
-
-    pub fn resident_weight(&self) -> u64 {
-        self.resident_weight
     }
 
     /// Records what `tgid` had mapped before tracing began, and its break. A break of 0 is none known: a
@@ -339,7 +332,7 @@ impl Ledger {
     pub fn live_by_birth(&self) -> impl Iterator<Item = (StackKey, TurnSetId, u64, u64)> + '_ {
         let mapped = self.allocations.values().map(|a| (a.key, a.born, a.remaining, 1));
         let resident = self.spaces.values().flat_map(|space| space.resident.segments()).map(|segment| {
-            let bytes = segment.len() * self.resident_weight;
+            let bytes = segment.len() * segment.owner.weight;
             (segment.owner.key, segment.owner.born, bytes, bytes / self.page_size)
         });
         mapped.chain(resident)
@@ -423,8 +416,10 @@ impl Ledger {
     }
 
     /// A user page fault at `addr` that made a page of `page_bytes` (a base page, or a huge page) resident,
-    /// unless the ledger holds it resident already (a write to a zero page, a copy-on-write).
-    pub fn fault(&mut self, tgid: u32, addr: u64, page_bytes: u64, key: StackKey) {
+    /// unless the ledger holds it resident already (a write to a zero page, a copy-on-write). `weight`: the
+    /// pages it stands for (`--sample-pages` or the overhead budget's rate when the kernel chose it; 1: all).
+    pub fn fault(&mut self, tgid: u32, addr: u64, page_bytes: u64, key: StackKey, weight: u64) {
+        let weight = weight.max(1);
         if page_bytes > self.page_size {
             self.counters.huge_page_faults += 1;
         }
@@ -437,8 +432,8 @@ impl Ledger {
             self.counters.faults_on_resident_pages += 1;
             return;
         }
-        let added = held * self.resident_weight;
-        let owner = ResidentOwner { key, born: self.turns.allocated(key.source, added) };
+        let added = held * weight;
+        let owner = ResidentOwner { key, born: self.turns.allocated(key.source, added), weight };
         for (gap_start, gap_end) in gaps {
             space.resident.insert_merging(gap_start, gap_end, owner);
         }
@@ -468,7 +463,7 @@ impl Ledger {
     fn release_resident(&mut self, tgid: u32, start: u64, end: u64) {
         let Some(space) = self.spaces.get_mut(&tgid) else { return };
         for segment in space.resident.remove(start, end) {
-            let bytes = segment.len() * self.resident_weight;
+            let bytes = segment.len() * segment.owner.weight;
             self.turns.released(segment.owner.key.source, bytes, segment.owner.born);
             // cannot fail: a stack owning resident pages has outstanding bytes, so `evict_idle` keeps its stats
             // (and `replace_source_stats` replaces only the allocator's, which own no pages)

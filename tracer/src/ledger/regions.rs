@@ -28,7 +28,11 @@ pub fn region_kind(mapping: Option<&Mapping>) -> String {
 }
 
 /// Bytes of `segments` per region kind, cutting segments at mapping boundaries.
-pub fn bytes_by_region<O>(segments: impl Iterator<Item = Segment<O>>, map: &MemoryMap) -> BTreeMap<String, u64> {
+pub fn bytes_by_region<O>(
+    segments: impl Iterator<Item = Segment<O>>,
+    map: &MemoryMap,
+    weight: impl Fn(&O) -> u64,
+) -> BTreeMap<String, u64> {
     let mut regions = BTreeMap::new();
     for segment in segments {
         let mut cursor = segment.start;
@@ -41,7 +45,7 @@ pub fn bytes_by_region<O>(segments: impl Iterator<Item = Segment<O>>, map: &Memo
                     map.iter().map(|m| m.start).find(|&start| start > cursor).unwrap_or(segment.end).min(segment.end)
                 }
             };
-            *regions.entry(region_kind(mapping)).or_default() += piece_end - cursor;
+            *regions.entry(region_kind(mapping)).or_default() += (piece_end - cursor) * weight(&segment.owner);
             cursor = piece_end;
         }
     }
@@ -77,6 +81,7 @@ mod tests {
             ]
             .into_iter(),
             &map,
+            |_| 1,
         );
         let expected: BTreeMap<String, u64> =
             [("heap", 0x2000), ("anon:mimalloc", 0x2000), ("anonymous", 0x2000), ("file", 0x1000), ("stack", 0x1000)]
@@ -89,7 +94,7 @@ mod tests {
     #[test]
     fn memory_outside_the_snapshot_is_unmapped() {
         let map = MemoryMap::parse(MAPS);
-        let regions = bytes_by_region([segment(0x1000, 0x3000)].into_iter(), &map);
+        let regions = bytes_by_region([segment(0x1000, 0x3000)].into_iter(), &map, |_| 1);
         assert_eq!(regions.get("unmapped"), Some(&0x2000));
     }
 }

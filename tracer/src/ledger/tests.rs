@@ -160,9 +160,9 @@ const OTHER_TOUCH: StackKey = StackKey { source: Source::PageFault, stack: 5 };
 fn first_touch_makes_a_page_resident_once() {
     let mut ledger = Ledger::new(PAGE);
     ledger.map(PID, 0x10000, 4 * PAGE, ANON, A);
-    ledger.fault(PID, 0x10010, PAGE, TOUCH);
-    ledger.fault(PID, 0x10ff0, PAGE, OTHER_TOUCH); // the same page again: a copy-on-write or similar
-    ledger.fault(PID, 0x11000, PAGE, TOUCH);
+    ledger.fault(PID, 0x10010, PAGE, TOUCH, 1);
+    ledger.fault(PID, 0x10ff0, PAGE, OTHER_TOUCH, 1); // the same page again: a copy-on-write or similar
+    ledger.fault(PID, 0x11000, PAGE, TOUCH, 1);
     assert_eq!(outstanding(&ledger, TOUCH), (2 * PAGE, 2));
     assert_eq!(outstanding(&ledger, OTHER_TOUCH), (0, 0));
     assert_eq!(ledger.counters().faults_on_resident_pages, 1);
@@ -173,7 +173,7 @@ fn madvise_munmap_and_mremap_shrink_release_resident_pages() {
     let mut ledger = Ledger::new(PAGE);
     ledger.map(PID, 0x10000, 8 * PAGE, ANON, A);
     for page in 0..8 {
-        ledger.fault(PID, 0x10000 + page * PAGE, PAGE, TOUCH);
+        ledger.fault(PID, 0x10000 + page * PAGE, PAGE, TOUCH, 1);
     }
     ledger.drop_pages(PID, 0x10000, 2 * PAGE);
     assert_eq!(outstanding(&ledger, TOUCH), (6 * PAGE, 6));
@@ -182,7 +182,7 @@ fn madvise_munmap_and_mremap_shrink_release_resident_pages() {
     ledger.remap(PID, 0x10000, 8 * PAGE, 0x10000, 6 * PAGE, 0, B);
     assert_eq!(outstanding(&ledger, TOUCH), (3 * PAGE, 3));
     // A dropped page touched again is resident again.
-    ledger.fault(PID, 0x10000, PAGE, OTHER_TOUCH);
+    ledger.fault(PID, 0x10000, PAGE, OTHER_TOUCH, 1);
     assert_eq!(outstanding(&ledger, OTHER_TOUCH), (PAGE, 1));
 }
 
@@ -190,20 +190,40 @@ fn madvise_munmap_and_mremap_shrink_release_resident_pages() {
 fn resident_pages_move_with_mremap() {
     let mut ledger = Ledger::new(PAGE);
     ledger.map(PID, 0x10000, 2 * PAGE, ANON, A);
-    ledger.fault(PID, 0x10000, PAGE, TOUCH);
+    ledger.fault(PID, 0x10000, PAGE, TOUCH, 1);
     ledger.remap(PID, 0x10000, 2 * PAGE, 0x80000, 2 * PAGE, 1, B);
-    ledger.fault(PID, 0x80000, PAGE, OTHER_TOUCH);
+    ledger.fault(PID, 0x80000, PAGE, OTHER_TOUCH, 1);
     assert_eq!(outstanding(&ledger, OTHER_TOUCH), (0, 0), "the moved page is still resident");
     ledger.unmap(PID, 0x80000, 2 * PAGE);
     assert_eq!(outstanding(&ledger, TOUCH), (0, 0));
 }
 
 #[test]
+fn a_page_is_released_with_the_weight_it_was_counted_with_whatever_the_rate_since() {
+    let mut ledger = Ledger::new(PAGE);
+    ledger.map(PID, 0x10000, 8 * PAGE, ANON, A);
+    // Two neighbours counted at different sampling rates (16 then 4) stay apart, each at its own weight.
+    ledger.fault(PID, 0x10000, PAGE, TOUCH, 16);
+    ledger.fault(PID, 0x11000, PAGE, TOUCH, 4);
+    ledger.fault(PID, 0x12000, PAGE, TOUCH, 4);
+    assert_eq!(outstanding(&ledger, TOUCH), (24 * PAGE, 24));
+    let live: u64 = ledger.live_by_birth().filter(|(key, ..)| *key == TOUCH).map(|(_, _, bytes, _)| bytes).sum();
+    assert_eq!(live, 24 * PAGE);
+    // Released (now at rate 1, say) one at a time, then the rest.
+    ledger.drop_pages(PID, 0x10000, PAGE);
+    assert_eq!(outstanding(&ledger, TOUCH), (8 * PAGE, 8));
+    assert_eq!(ledger.stats_of(&TOUCH).unwrap().freed_bytes, 16 * PAGE);
+    ledger.unmap(PID, 0x10000, 8 * PAGE);
+    assert_eq!(outstanding(&ledger, TOUCH), (0, 0));
+    assert_eq!(ledger.stats_of(&TOUCH).unwrap().freed_bytes, 24 * PAGE);
+}
+
+#[test]
 fn a_huge_page_fault_counts_the_huge_page_minus_what_was_resident() {
     const HUGE: u64 = 2 << 20;
     let mut ledger = Ledger::new(PAGE);
-    ledger.fault(PID, 0x20_0000 + 5 * PAGE, PAGE, OTHER_TOUCH);
-    ledger.fault(PID, 0x20_0000 + 0x1234, HUGE, TOUCH);
+    ledger.fault(PID, 0x20_0000 + 5 * PAGE, PAGE, OTHER_TOUCH, 1);
+    ledger.fault(PID, 0x20_0000 + 0x1234, HUGE, TOUCH, 1);
     assert_eq!(outstanding(&ledger, TOUCH), (HUGE - PAGE, 511));
     ledger.drop_pages(PID, 0x20_0000, HUGE);
     assert_eq!(ledger.outstanding(), (0, 0));

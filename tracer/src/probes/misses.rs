@@ -31,7 +31,37 @@ pub fn skipped_runs(program_ids: &[u32]) -> u64 {
     program_ids.iter().filter_map(|id| recursion_misses(*id)).sum()
 }
 
+/// One program's run time so far (counted only while BPF statistics are on: see
+/// [`aya::sys::enable_stats`]).
+pub struct RunTime {
+    /// A uprobe or uretprobe (the allocator's programs).
+    pub is_uprobe: bool,
+    /// The program's name as the kernel keeps it (at most 15 bytes).
+    pub name: String,
+    pub run_time_ns: u64,
+}
+
+/// The run time of each of our programs with these ids (ids that are gone are left out).
+pub fn run_times(program_ids: &[u32]) -> Vec<RunTime> {
+    program_ids
+        .iter()
+        .filter_map(|id| program_info(*id))
+        .map(|info| {
+            let name: Vec<u8> = info.name.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+            RunTime {
+                is_uprobe: info.type_ == aya_obj::generated::bpf_prog_type::BPF_PROG_TYPE_KPROBE as u32,
+                name: String::from_utf8_lossy(&name).into_owned(),
+                run_time_ns: info.run_time_ns,
+            }
+        })
+        .collect()
+}
+
 fn recursion_misses(id: u32) -> Option<u64> {
+    program_info(id).map(|info| info.recursion_misses)
+}
+
+fn program_info(id: u32) -> Option<bpf_prog_info> {
     let by_id = ProgramById { prog_id: id, next_id: 0, open_flags: 0 };
     // SAFETY: the attribute is a valid, initialized struct of the size given; the kernel only reads it.
     let fd = unsafe {
@@ -63,5 +93,5 @@ fn recursion_misses(id: u32) -> Option<u64> {
             size_of::<InfoByFd>(),
         )
     };
-    (result == 0).then_some(info.recursion_misses)
+    (result == 0).then_some(info)
 }

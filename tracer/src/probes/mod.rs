@@ -354,6 +354,11 @@ enum Link {
 }
 
 impl Probes {
+    /// The ids of every program loaded, attached or not (an unattached one has not run).
+    pub fn all_program_ids(&self) -> Vec<u32> {
+        self.ebpf.programs().filter_map(|(_, program)| program.info().ok()).map(|info| info.id()).collect()
+    }
+
     /// Loads the kernel object with its tables sized from the memory budget (see [`block_table_entries`],
     /// [`site_table_entries`] and [`stack_table_entries`]), and takes its maps out; the event ring buffer
     /// comes apart, for the collector to poll. With `kernel_log`, the programs' rare conditions (losses as

@@ -45,6 +45,16 @@ pub fn start_brk(pid: u32) -> io::Result<u64> {
     parse_stat_field(&stat, 47).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc/PID/stat"))
 }
 
+/// CPU time the whole process has used, user and system (`/proc/PID/stat` fields 14 and 15, in clock ticks).
+pub fn cpu_time(pid: u32) -> io::Result<std::time::Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let ticks = parse_stat_field(&stat, 14).zip(parse_stat_field(&stat, 15)).map(|(user, system)| user + system);
+    let ticks = ticks.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc/PID/stat"))?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(std::time::Duration::from_nanos(ticks.saturating_mul(1_000_000_000 / per_second)))
+}
+
 /// Field `n` (1-based, as in proc(5)) of a `/proc/PID/stat` line. The command name (field 2) may hold
 /// spaces and parentheses, so counting starts after its last ')'.
 fn parse_stat_field(stat: &str, n: usize) -> Option<u64> {

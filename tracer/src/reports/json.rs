@@ -68,6 +68,9 @@ struct Report<'a> {
     /// With --sample-pages N: the page-fault figures come from one page in N (by address), each counted N
     /// times: unbiased estimates.
     resident_sample_pages: Option<u64>,
+    /// `--overhead PCT`: the budget, the programs' share last measured, the rates in force at the end and
+    /// every rate it set (null: `--overhead off`).
+    overhead: Option<OverheadView<'a>>,
     events: u64,
     /// The target's RSS and the outstanding bytes per source over the run.
     timeline: Vec<TimelinePoint>,
@@ -365,6 +368,21 @@ fn listed_stacks(stacks: &[ReportStack], at_most: usize) -> (Vec<&ReportStack>, 
 }
 
 #[derive(Serialize)]
+struct OverheadView<'a> {
+    budget_pct: f64,
+    /// The programs' run time as a percentage of the target's CPU time over the last second measured.
+    last_overhead_pct: Option<f64>,
+    /// The same over the whole trace.
+    overall_overhead_pct: Option<f64>,
+    /// The rates in force at the end; null for a source the budget left alone (fixed on the command line).
+    sample_pages: Option<u64>,
+    sample_bytes: Option<u64>,
+    changes: &'a [crate::collector::overhead::RateRecord],
+    /// The measured share over time, in stretches of ten seconds or more (bounded in number).
+    measured: Vec<crate::collector::overhead::MeasuredInterval>,
+}
+
+#[derive(Serialize)]
 struct PageFaults {
     /// Faults on pages already resident: copy-on-write, a write after a zero-page read.
     on_resident_pages: u64,
@@ -529,6 +547,15 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
         allocator_sample_bytes: probes.sample_bytes.or(trace.blocks_sampled_since.map(|(bytes, _)| bytes)),
         allocator_sampled_since: trace.blocks_sampled_since.map(|(_, since)| rfc3339(since)),
         resident_sample_pages: probes.sample_pages,
+        overhead: trace.overhead.map(|budget| OverheadView {
+            budget_pct: budget.budget_pct,
+            last_overhead_pct: budget.last_overhead_pct(),
+            sample_pages: budget.page_rate(),
+            sample_bytes: budget.byte_rate(),
+            changes: &budget.changes,
+            overall_overhead_pct: budget.measured.overall_pct(),
+            measured: budget.measured.intervals(),
+        }),
         events: trace.events,
         timeline: trace
             .timeline

@@ -478,7 +478,7 @@ mod tests {
         ledger.map(1, 0x10000, 2 * page, Backing::Anonymous, mapped);
         let turn = ledger.turns.begin();
         ledger.map(1, 0x40000, 3 * page, Backing::Anonymous, mapped);
-        ledger.fault(1, 0x40000, page, touched);
+        ledger.fault(1, 0x40000, page, touched, 1);
         ledger.turns.end(turn);
         ledger.map(1, 0x80000, page, Backing::Anonymous, mapped);
         ledger.unmap(1, 0x80000, page);
@@ -521,6 +521,7 @@ mod tests {
             peak_memory: 0,
             over_budget: false,
             blocks_sampled_since: None,
+            overhead: None,
             live_stacks: 0,
             execs: &[],
             interval: std::time::Duration::from_secs(10),

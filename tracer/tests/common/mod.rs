@@ -195,7 +195,8 @@ pub fn start_tracer_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
 }
 
 /// Traces `program wait` by pid with `extra` options: lets it run to its "done", takes a snapshot while it
-/// still lives (so that the tracer has caught up), lets it exit, and returns the report.
+/// still lives (so that the tracer has caught up), lets it exit, and returns the report. Every page and
+/// block is traced (`--overhead off`) unless `extra` says `--overhead`: the fixtures' ground truth is exact.
 pub fn trace_waiting_fixture(test: &str, program: &Path, extra: &[&str]) -> Report {
     trace_waiting_fixture_with_env(test, program, extra, &[])
 }
@@ -207,6 +208,9 @@ pub fn trace_waiting_fixture_with_env(test: &str, program: &Path, extra: &[&str]
     let pid = target.pid().to_string();
     let mut args = vec!["-o", out.to_str().unwrap(), "--pid", &pid];
     args.extend_from_slice(extra);
+    if !extra.contains(&"--overhead") {
+        args.extend_from_slice(&["--overhead", "off"]);
+    }
     let tracer = start_tracer_with_env(&args, env);
     target.send_line("go");
     finish_waiting_fixture(target, tracer, &out)

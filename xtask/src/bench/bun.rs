@@ -5,25 +5,29 @@ use super::*;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum BunConfig {
     Untraced,
+    /// No option but the pid: the overhead budget (`--overhead 2`) chooses the sampling rates.
+    Default,
+    /// Every page and every glibc block (`--overhead off`).
+    Full,
     Faults,
     /// Page-fault mode tracing one page in 16 (`--sample-pages 16`).
     SampledPages,
-    Allocator,
     Sampled,
     /// Sampled allocator mode that also samples pages: `--sample-bytes` and `--sample-pages 16`.
     SampledBoth,
 }
 
 impl BunConfig {
-    pub(super) const ALL: [Self; 6] =
-        [Self::Untraced, Self::Faults, Self::SampledPages, Self::Allocator, Self::Sampled, Self::SampledBoth];
+    pub(super) const ALL: [Self; 7] =
+        [Self::Untraced, Self::Default, Self::Full, Self::Faults, Self::SampledPages, Self::Sampled, Self::SampledBoth];
 
     pub(super) fn name(self) -> &'static str {
         match self {
             Self::Untraced => "untraced",
+            Self::Default => "default mode (overhead budget 2%)",
+            Self::Full => "allocator mode, every page",
             Self::Faults => "page-fault mode",
             Self::SampledPages => "page-fault mode, one page in 16",
-            Self::Allocator => "allocator mode",
             Self::Sampled => "sampled allocator mode",
             Self::SampledBoth => "sampled allocator mode, one page in 16",
         }
@@ -32,22 +36,25 @@ impl BunConfig {
     pub(super) fn slug(self) -> &'static str {
         match self {
             Self::Untraced => "untraced",
+            Self::Default => "default",
+            Self::Full => "full",
             Self::Faults => "faults",
             Self::SampledPages => "faults-sampled",
-            Self::Allocator => "allocator",
             Self::Sampled => "sampled",
             Self::SampledBoth => "sampled-both",
         }
     }
 
-    /// The tracer's options; `None`: not traced.
+    /// The tracer's options; `None`: not traced. The modes that fix a rate say `--overhead off` where the
+    /// budget would otherwise choose the other source's rate.
     pub(super) fn tracer_args(self) -> Option<&'static [&'static str]> {
         match self {
             Self::Untraced => None,
-            Self::Faults => Some(&["--no-alloc"]),
+            Self::Default => Some(&[]),
+            Self::Full => Some(&["--overhead", "off"]),
+            Self::Faults => Some(&["--no-alloc", "--overhead", "off"]),
             Self::SampledPages => Some(&["--no-alloc", "--sample-pages", "16"]),
-            Self::Allocator => Some(&[]),
-            Self::Sampled => Some(&["--sample-bytes", SAMPLE_BYTES]),
+            Self::Sampled => Some(&["--sample-bytes", SAMPLE_BYTES, "--overhead", "off"]),
             Self::SampledBoth => Some(&["--sample-bytes", SAMPLE_BYTES, "--sample-pages", "16"]),
         }
     }
@@ -60,7 +67,7 @@ impl BunConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(super) struct BunSample {
     pub(super) turns_per_second: f64,
     /// The run time of the tracer's BPF programs per turn (kernel.bpf_stats_enabled), in a round of its
@@ -73,6 +80,22 @@ pub(super) struct BunSample {
     pub(super) tracer_ms: Option<f64>,
     /// The tracer's voluntary context switches per measured turn: how often its collector is woken.
     pub(super) tracer_wakeups: Option<f64>,
+    /// What the tracer's report.json says of its overhead budget (`--overhead`), when it kept one.
+    pub(super) budget: Option<BudgetFigures>,
+    /// Its top suspects, `site: verdict`: what sampling may change in the findings.
+    pub(super) suspects: Vec<String>,
+}
+
+/// From report.json's `overhead`: the share of the server's CPU the tracer measured for its programs over
+/// the whole trace, and the rates in force at the end.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct BudgetFigures {
+    pub(super) measured_pct: Option<f64>,
+    pub(super) page_rate: Option<u64>,
+    pub(super) byte_rate: Option<u64>,
+    /// The same share as `measured_pct` (BPF run time over the server's CPU time), over the timed rounds
+    /// alone: the budget's steady state, without the seconds it took to settle.
+    pub(super) timed_share_pct: Option<f64>,
 }
 
 impl BunSample {
@@ -121,8 +144,15 @@ pub(super) fn bun_session(config: BunConfig, bench: &Bench, rep: usize, attempt:
             None => bail!("the tracer rejected its options: see {}", dir.join("tracer.stderr").display()),
         }
     }
+    if config == BunConfig::Default {
+        // The budget starts at every page and takes a few seconds to find its rates: one untimed round for
+        // that, so that the timed ones measure what hours of production would see.
+        drive(bench, &server, &dir, "settle")?;
+    }
     let cpu_of = |process: &Process| ProcessCpu::of(process.pid);
     let (server_before, tracer_before) = (cpu_of(&server.process), tracer.as_ref().map(cpu_of));
+    // The budget keeps the BPF statistics on: its programs' run time over the timed rounds is readable.
+    let budget_bpf_before = tracer.as_ref().filter(|_| config == BunConfig::Default).map(|t| bpf_run_time_ns(t.pid));
     let (mut turns, mut seconds) = (0u64, 0.0f64);
     for round in 0..bench.options.rounds {
         let (round_turns, round_seconds) = drive(bench, &server, &dir, &format!("round{}", round + 1))?;
@@ -130,17 +160,31 @@ pub(super) fn bun_session(config: BunConfig, bench: &Bench, rep: usize, attempt:
         seconds += round_seconds;
     }
     let (server_after, tracer_after) = (cpu_of(&server.process), tracer.as_ref().map(cpu_of));
+    let budget_bpf_ns = budget_bpf_before.zip(tracer.as_ref()).map(|(before, t)| bpf_run_time_ns(t.pid) - before);
     // One more round, untimed, with the kernel's BPF run-time statistics on: what our programs cost per
     // turn, free of the machine's noise. (The statistics cost time themselves: not in the timed rounds.)
     let bpf_ms = match &tracer {
         Some(tracer) => bpf_ms_per_turn(bench, &server, &dir, tracer.pid)?,
         None => None,
     };
+    let (mut budget, mut suspects) = (None, Vec::new());
     if let Some(tracer) = tracer {
         stop_tracer(tracer, &dir)?;
+        let report = ReportJson::read(&dir.join("report/report.json"))?;
+        budget = report.overhead.map(|overhead| BudgetFigures {
+            measured_pct: overhead.overall_overhead_pct,
+            page_rate: overhead.sample_pages,
+            byte_rate: overhead.sample_bytes,
+            timed_share_pct: None,
+        });
+        suspects = top_suspects(&report);
     }
     drop(server);
 
+    let server_cpu = (server_after.user - server_before.user) + (server_after.kernel - server_before.kernel);
+    if let (Some(budget), Some(ns)) = (budget.as_mut(), budget_bpf_ns) {
+        budget.timed_share_pct = Some(ns as f64 / 1e9 / server_cpu * 100.0);
+    }
     let per_turn_ms = |seconds: f64| seconds * 1000.0 / turns as f64;
     Ok(Some(BunSample {
         bpf_ms,
@@ -151,7 +195,18 @@ pub(super) fn bun_session(config: BunConfig, bench: &Bench, rep: usize, attempt:
         tracer_wakeups: tracer_before
             .zip(tracer_after)
             .map(|(before, after)| (after.wakeups - before.wakeups) / turns as f64),
+        budget,
+        suspects,
     }))
+}
+
+/// How many suspects of a run the benchmark shows.
+const SUSPECTS_SHOWN: usize = 5;
+
+/// The top suspects of a report, `site: verdict`.
+fn top_suspects(report: &ReportJson) -> Vec<String> {
+    let name = |text: &Option<String>| text.clone().unwrap_or_else(|| "?".into());
+    report.suspects.iter().take(SUSPECTS_SHOWN).map(|s| format!("{}: {}", name(&s.site), name(&s.verdict))).collect()
 }
 
 /// The demo server, JIT dump on as in production; killed (with its process group) when dropped.

@@ -172,6 +172,9 @@ impl Report<'_> {
             note
         };
         let mut goals = Vec::new();
+        if self.options.runs(Workload::Bun) {
+            goals.push(self.budget_goal());
+        }
         if !self.options.runs(Workload::Malloc) || !self.options.runs(Workload::Bun) {
             // The overhead goals compare malloc_bench and the Bun demo: with either left out, only the rest.
             self.other_goals(&mut goals);
@@ -261,6 +264,37 @@ impl Report<'_> {
 
     /// The tracer's own memory in the long run under the default budget.
     /// The goals of the long run, the soak and the stacks, those measured.
+    /// Default mode keeps the overhead budget: turns/s within 2% of untraced, and the BPF programs' share
+    /// of the server's CPU (measured by the bench in its statistics round, and by the tracer itself) at or
+    /// under 2%.
+    fn budget_goal(&self) -> Goal {
+        const GOAL: &str = "default mode (--overhead 2) on the Bun demo: turns/s within 2% of untraced, the BPF \
+                            programs' share of the server's CPU at or under 2%";
+        let series = self.bun.get(BunConfig::Default);
+        let tps = |c| self.bun.get(c).stats(|s: &BunSample| s.turns_per_second).map(|s| s.median);
+        let untraced_cpu = self.bun.get(BunConfig::Untraced).stats(BunSample::cpu_ms).map(|s| s.median);
+        let bpf = series.stats_of_some(|s| s.bpf_ms).map(|s| s.median);
+        let own = series.stats_of_some(|s| s.budget.and_then(|b| b.timed_share_pct)).map(|s| s.median);
+        match (tps(BunConfig::Default), tps(BunConfig::Untraced), bpf.zip(untraced_cpu)) {
+            (Some(traced), Some(untraced), Some((bpf, cpu))) => {
+                let loss = 1.0 - traced / untraced;
+                let share = bpf / cpu;
+                let own_text = own.map_or("not reported".into(), |own| format!("{own:.2}% over the timed rounds"));
+                Goal {
+                    goal: GOAL,
+                    measured: format!(
+                        "{} fewer ({traced:.1} vs {untraced:.1} turns/s); BPF {bpf:.2} ms a turn, {} of an untraced \
+                         turn's CPU; as the tracer measures it (BPF over the server's CPU) {own_text}",
+                        pct(loss),
+                        pct(share)
+                    ),
+                    verdict: verdict(loss <= 0.02 && share <= 0.02 && own.is_some_and(|own| own <= 2.0)),
+                }
+            }
+            _ => not_measured(GOAL),
+        }
+    }
+
     fn other_goals(&self, goals: &mut Vec<Goal>) {
         if let Some(long_run) = &self.long_run {
             goals.push(Self::memory_goal(long_run));
@@ -538,7 +572,8 @@ impl Report<'_> {
             md,
             "`demo/bun/server.ts` (JIT dump on), driven by `demo/bun/driver.ts` with {} turns a round, concurrency \
              {BUN_CONCURRENCY}. Per run: a fresh server, one warm-up round, the tracer attached by pid (it has \
-             printed `tracing pid`, plus 1 s), {} measured round{}, the tracer stopped with SIGINT. A run's figure \
+             printed `tracing pid`, plus 1 s; in default mode one more, untimed round for the overhead budget \
+             to settle its rates), {} measured round{}, the tracer stopped with SIGINT. A run's figure \
              is its measured turns over their seconds. CPU times are per measured turn, from /proc: the probes \
              run in the server's context and show in its kernel time; the tracer's is its collector's. Its \
              wake-ups are its voluntary context switches. *BPF ms/turn*: the run time of the tracer's kernel \
@@ -610,7 +645,45 @@ impl Report<'_> {
             }
         }
         let _ = writeln!(md);
+        self.render_bun_budget(md);
         render_retried(md, self.bun.series.iter().map(|(c, s)| (c.name(), &s.retried)));
+    }
+
+    /// What the tracer's overhead budget chose and measured, per configuration that kept one, and the top
+    /// suspects of each configuration's last run.
+    fn render_bun_budget(&self, md: &mut String) {
+        let _ = writeln!(
+            md,
+            "*Overhead budget* (`--overhead`, from each run's report.json): the share of the server's CPU time the \
+             tracer measured for its own programs over the whole trace (BPF run time against /proc utime + \
+             stime, every second; it includes the seconds at every page before the budget settled), the same \
+             share over the timed rounds alone (read by the bench from the tracer's program descriptors: the \
+             budget keeps the BPF statistics on), and the rates in force when it stopped (page: one in N; \
+             bytes: the sampling interval, 0 every block), one value per run. *Top suspects*: the last run's first {} suspects, \
+             `site: verdict`.\n",
+            5
+        );
+        let _ = writeln!(
+            md,
+            "| configuration | tracer's measured BPF share | BPF share over the timed rounds | page rate at the end | \
+             byte interval at the end | top suspects |\n\
+             | --- | --- | --- | --- | --- | --- |"
+        );
+        let list = |values: Vec<String>| if values.is_empty() { "-".to_string() } else { values.join(", ") };
+        for (config, series) in self.bun.series.iter().filter(|(c, _)| *c != BunConfig::Untraced) {
+            let budgets: Vec<BudgetFigures> = series.samples.iter().filter_map(|s| s.budget).collect();
+            let share = series
+                .stats_of_some(|s| s.budget.and_then(|b| b.measured_pct))
+                .map_or("-".to_string(), |stats| spread(stats, |v| format!("{v:.2}%")));
+            let timed = series
+                .stats_of_some(|s| s.budget.and_then(|b| b.timed_share_pct))
+                .map_or("-".to_string(), |stats| spread(stats, |v| format!("{v:.2}%")));
+            let pages = list(budgets.iter().filter_map(|b| b.page_rate).map(|r| r.to_string()).collect());
+            let bytes = list(budgets.iter().filter_map(|b| b.byte_rate).map(|r| r.to_string()).collect());
+            let suspects = series.samples.last().map_or("-".to_string(), |s| list(s.suspects.clone()));
+            let _ = writeln!(md, "| {} | {share} | {timed} | {pages} | {bytes} | {suspects} |", config.name());
+        }
+        let _ = writeln!(md);
     }
 
     pub(super) fn render_method(&self, md: &mut String) {

@@ -16,6 +16,24 @@ pub(super) struct ReportJson {
     pub(super) tracer: Option<Tracer>,
     pub(super) probes: Vec<Probe>,
     pub(super) stacks: Vec<Stack>,
+    pub(super) overhead: Option<Overhead>,
+    pub(super) suspects: Vec<Suspect>,
+}
+
+/// `--overhead`: what the tracer measured of its own programs, and the rates it chose.
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct Overhead {
+    pub(super) overall_overhead_pct: Option<f64>,
+    pub(super) sample_pages: Option<u64>,
+    pub(super) sample_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct Suspect {
+    pub(super) site: Option<String>,
+    pub(super) verdict: Option<String>,
 }
 
 /// Of a stack, only its source: the benchmark counts them.
