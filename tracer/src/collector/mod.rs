@@ -622,7 +622,10 @@ impl Collector {
             return;
         }
         let mut interval = self.maps.sample_bytes();
-        if interval != 0 && interval != SAMPLE_BYTES_WHEN_FULL {
+        // The overhead budget may have had sampling on already, and may lower it again later: the interval
+        // becomes its floor below. A --sample-bytes the user chose is theirs to change.
+        let budget_samples = self.overhead.as_ref().is_some_and(|budget| budget.byte_rate().is_some());
+        if interval != 0 && interval != SAMPLE_BYTES_WHEN_FULL && !budget_samples {
             // Sampling was on before the table filled (--sample-bytes): only the counters can say more.
             self.block_table_full_said = true;
             eprintln!(
@@ -632,8 +635,9 @@ impl Collector {
             );
             return;
         }
-        if interval == 0 {
-            // The kernel could not (its write raced a reset of the rate): set it here.
+        if interval < SAMPLE_BYTES_WHEN_FULL {
+            // Finer than the kernel's choice (the budget's), or none (the kernel's write raced a reset of the
+            // rate): set it here.
             if let Err(error) = self.maps.set_sample_bytes(SAMPLE_BYTES_WHEN_FULL) {
                 eprintln!("dispatch-leaktrace: warning: {error:#}");
                 return;
