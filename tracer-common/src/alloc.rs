@@ -206,8 +206,25 @@ pub struct AllocCall {
     pub has_old_block: u64,
 }
 
+/// How to step out of the function an allocator was called from, when that function keeps no frame pointer
+/// (libstdc++'s `std::string` constructor, libc's `strdup`): from its CFI at the call's return address,
+/// computed by userspace and put in `CALLER_RULES` under that address. Its frame-pointer walk would stop
+/// there, or read data as frames.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallerRule {
+    /// The caller's CFA is its stack pointer after the return (the allocator's entry %rsp + 8) plus this.
+    pub cfa_from_sp: i32,
+    /// Where it saved its own caller's %rbp, from the CFA; [`RBP_NOT_SAVED`]: %rbp is as it was.
+    pub saved_rbp_from_cfa: i32,
+}
+
+/// [`CallerRule::saved_rbp_from_cfa`] when the function does not save %rbp (it leaves it alone).
+pub const RBP_NOT_SAVED: i32 = i32::MIN;
+
 #[cfg(feature = "user")]
 mod pod {
+    unsafe impl aya::Pod for super::CallerRule {}
     unsafe impl aya::Pod for super::AllocCall {}
     unsafe impl aya::Pod for super::BlockKey {}
     unsafe impl aya::Pod for super::Block {}

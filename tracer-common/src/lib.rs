@@ -25,6 +25,7 @@ pub mod map_names {
     pub const ALLOC_CALLS: &str = "ALLOC_CALLS";
     pub const PAGE_SAMPLING: &str = "PAGE_SAMPLING";
     pub const SPILLED_STACKS: &str = "SPILLED_STACKS";
+    pub const CALLER_RULES: &str = "CALLER_RULES";
 }
 
 /// Flag for `bpf_get_stackid`: walk the user stack (frame pointers), not the kernel one.

@@ -30,8 +30,8 @@ use aya_ebpf::{
 use tracer_common::{
     BPF_F_USER_STACK, MAX_STACK_DEPTH,
     alloc::{
-        AllocCall, AllocCookie, AllocShape, AllocSite, Block, BlockKey, NO_STACK, SAMPLE_BYTES_WHEN_FULL,
-        SITES_PAST_THE_TABLE, SPILLED_STACK, StackAllocStats,
+        AllocCall, AllocCookie, AllocShape, AllocSite, Block, BlockKey, CallerRule, NO_STACK, RBP_NOT_SAVED,
+        SAMPLE_BYTES_WHEN_FULL, SITES_PAST_THE_TABLE, SPILLED_STACK, StackAllocStats,
     },
     counters::Counter,
     events::InlineStack,
@@ -332,19 +332,7 @@ fn enter(ctx: &ProbeContext, tgid: u32, pid_tgid: u64, cookie: AllocCookie, size
     // An unsampled call still enters (its nested calls must not count), without the cost of a stack.
     let interval = sample_bytes();
     let sampled = is_sampled(interval, cookie, size);
-    let site = if sampled {
-        let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK) {
-            Ok(id) => id as u32,
-            Err(EEXIST) => spill_stack(ctx),
-            Err(_) => stack_error(),
-        };
-        // Read now, not taken from the instruction pointer at the return: until then the return probe's
-        // trampoline stands in its place on the stack, and a mmap the call makes needs the real one.
-        let caller = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
-        AllocSite { stack_id, pad: 0, caller }
-    } else {
-        AllocSite { stack_id: NO_STACK, pad: 0, caller: 0 }
-    };
+    let site = if sampled { site_of_call(ctx, sp) } else { AllocSite { stack_id: NO_STACK, pad: 0, caller: 0 } };
     let (old_block, has_old_block) = take_old_block(tgid, cookie, ptr);
     let call = AllocCall {
         cookie: cookie.encode(),
@@ -361,6 +349,81 @@ fn enter(ctx: &ProbeContext, tgid: u32, pid_tgid: u64, cookie: AllocCookie, size
         has_old_block,
     };
     begin_call(pid_tgid, &call);
+}
+
+/// Where an allocator call comes from: its stack and its caller (the return address on top of the stack at
+/// the entry, which frame-pointer walking skips there).
+#[inline(always)]
+fn site_of_call(ctx: &ProbeContext, sp: u64) -> AllocSite {
+    // Read now, not taken from the instruction pointer at the return: until then the return probe's
+    // trampoline stands in its place on the stack, and a mmap the call makes needs the real one.
+    let caller = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
+    // Called from code without frame pointers whose CFI userspace has put here: walked by us.
+    if let Some(rule) = unsafe { CALLER_RULES.get(&caller) } {
+        let stack_id = walk_past_caller(ctx, sp, caller, rule);
+        if stack_id != NO_STACK {
+            return AllocSite { stack_id, pad: 0, caller };
+        }
+    }
+    let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK) {
+        Ok(id) => id as u32,
+        Err(EEXIST) => spill_stack(ctx),
+        Err(_) => stack_error(),
+    };
+    AllocSite { stack_id, pad: 0, caller }
+}
+
+/// Return addresses of allocator calls made from code without frame pointers, with the CFI rule that steps
+/// out of that code (see [`CallerRule`]); userspace adds one when it first sees such a caller.
+#[map]
+static CALLER_RULES: HashMap<u64, CallerRule> = HashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
+
+/// The stack of an allocator call whose caller keeps no frame pointer: the entry, the caller, the caller's
+/// own return address found by its CFI rule, then frame pointers from the %rbp the caller saved (or left
+/// alone), read frame by frame. Kept in [`SPILLED_STACKS`] as a spilled stack is; [`NO_STACK`] when the
+/// stack cannot be read, and the kernel's walk is taken instead.
+#[inline(always)]
+fn walk_past_caller(ctx: &ProbeContext, sp: u64, caller: u64, rule: &CallerRule) -> u32 {
+    let Some(stack) = SPILL_SCRATCH.get_ptr_mut(0) else { return NO_STACK };
+    let stack = unsafe { &mut *stack };
+    let regs = unsafe { &*ctx.regs };
+    let cfa = (sp + 8).wrapping_add(rule.cfa_from_sp as i64 as u64);
+    let Ok(return_address) = (unsafe { bpf_probe_read_user((cfa - 8) as *const u64) }) else { return NO_STACK };
+    let mut rbp = if rule.saved_rbp_from_cfa == RBP_NOT_SAVED {
+        regs.rbp
+    } else {
+        match unsafe { bpf_probe_read_user(cfa.wrapping_add(rule.saved_rbp_from_cfa as i64 as u64) as *const u64) } {
+            Ok(rbp) => rbp,
+            Err(_) => return NO_STACK,
+        }
+    };
+    // Equal stacks must be equal buffers: the frames past the depth stay zero. Zeroed first, over the whole
+    // buffer, so that the verifier sees fixed loops only.
+    let mut index = 0;
+    while index < MAX_STACK_DEPTH {
+        stack.ips[index] = 0;
+        index += 1;
+    }
+    stack.ips[0] = regs.rip;
+    stack.ips[1] = caller;
+    stack.ips[2] = return_address;
+    let mut depth = 3;
+    while depth < MAX_STACK_DEPTH {
+        // A frame: the caller's %rbp, then the return address.
+        let Ok(frame) = (unsafe { bpf_probe_read_user(rbp as *const [u64; 2]) }) else { break };
+        if frame[1] == 0 {
+            break;
+        }
+        stack.ips[depth] = frame[1];
+        depth += 1;
+        // Frames go up the stack; anything else is not a frame chain.
+        if frame[0] <= rbp {
+            break;
+        }
+        rbp = frame[0];
+    }
+    stack.depth = depth as u64;
+    keep_spilled(stack)
 }
 
 /// A realloc's old block, taken out of the live blocks at its entry, before realloc can free it: afterwards
@@ -411,6 +474,12 @@ fn spill_stack(ctx: &ProbeContext) -> u32 {
     if !take_user_stack(ctx, stack) {
         return stack_error();
     }
+    keep_spilled(stack)
+}
+
+/// Keeps a stack in [`SPILLED_STACKS`] under a hash of its frames; its id there.
+#[inline(always)]
+fn keep_spilled(stack: &InlineStack) -> u32 {
     // FNV-1a over the frames.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut index = 0;

@@ -99,6 +99,20 @@ impl Collector {
         self.ledger.replace_source_stats(Source::Malloc, by_stack);
     }
 
+    /// A new caller in the C runtime (libstdc++'s `std::string` constructor, libc's `strdup`) keeps no frame
+    /// pointer: the kernel's walk stops in it or reads data. Its CFI rule goes to the kernel, which walks
+    /// past it from then on (the calls before are under the short stack). Each caller is judged once.
+    fn teach_kernel_the_caller(&mut self, caller: u64) {
+        if caller == 0 || !self.callers_judged.insert(caller) {
+            return;
+        }
+        let Some(rule) = self.stacks.caller_rule(caller, &mut self.modules) else { return };
+        if self.maps.caller_rules.insert(caller, rule, 0).is_err() {
+            // The table is full: this caller's stacks stay as the kernel walks them (counted).
+            self.callers_untaught += 1;
+        }
+    }
+
     /// (bytes, blocks) per allocation site of the live blocks allocated more than `min_age` ago.
     fn outstanding_blocks_older_than(&self, min_age: Duration) -> HashMap<AllocSite, (u64, u64)> {
         let min_age_ns = u64::try_from(min_age.as_nanos()).unwrap_or(u64::MAX);
@@ -119,6 +133,7 @@ impl Collector {
         if let Some(key) = self.site_keys.get(&site) {
             return *key;
         }
+        self.teach_kernel_the_caller(site.caller);
         let spilled = (site.stack_id != NO_STACK && site.stack_id & SPILLED_STACK != 0)
             .then(|| self.maps.spilled_stacks.get(&site.stack_id, 0).ok())
             .flatten();

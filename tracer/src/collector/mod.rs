@@ -196,6 +196,8 @@ pub struct Trace<'a> {
     /// Runs of our programs the kernel skipped, for any process: an upper bound of the target's events lost
     /// that way (see probes/misses.rs).
     pub skipped_program_runs: u64,
+    /// Allocator callers without frame pointers whose CFI rule found no room in the kernel's table.
+    pub caller_rules_full: u64,
     pub rss_bytes: u64,
     pub events: u64,
     pub timeline: &'a Timeline,
@@ -265,6 +267,10 @@ pub struct Collector {
     /// A file was mapped as code since the last look for allocators in new libraries.
     code_mapped: bool,
     site_keys: HashMap<AllocSite, StackKey>,
+    /// Allocator callers whose CFI was looked at (see `teach_kernel_the_caller`), and those the kernel's
+    /// table had no room for.
+    callers_judged: std::collections::HashSet<u64>,
+    callers_untaught: u64,
     death: DeathWatch,
     /// Kernel (monotonic) times to wall-clock times.
     clock: clock::Clock,
@@ -347,6 +353,8 @@ impl Collector {
             allocator_traced: false,
             code_mapped: false,
             site_keys: HashMap::new(),
+            callers_judged: Default::default(),
+            callers_untaught: 0,
             death: DeathWatch::default(),
             clock: clock::Clock::now(),
             checkpoint: None,
@@ -565,6 +573,7 @@ impl Collector {
             threads: &self.threads,
             kernel_counters: self.maps.read_counters(),
             skipped_program_runs: self.skipped_runs.max(self.maps.skipped_runs()).saturating_sub(self.skipped_before),
+            caller_rules_full: self.callers_untaught,
             rss_bytes: self.rss_bytes,
             events: self.events,
             timeline: &self.timeline,

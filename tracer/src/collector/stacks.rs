@@ -150,6 +150,16 @@ impl StackTable {
     }
 
     /// Stacks held now (evicted ones not counted).
+    /// How the kernel can step out of a C-runtime function that called an allocator (see
+    /// [`Unwinder::caller_rule`]).
+    pub fn caller_rule(
+        &mut self,
+        return_address: u64,
+        modules: &mut ModuleMap,
+    ) -> Option<tracer_common::alloc::CallerRule> {
+        self.unwinder.caller_rule(return_address, modules)
+    }
+
     /// Distinct stacks the frame-pointer walk took into data, cut at the first such frame.
     pub fn cut_at_non_code(&self) -> u64 {
         self.cut_at_non_code

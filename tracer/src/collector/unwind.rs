@@ -14,6 +14,8 @@ use gimli::{
 };
 use object::{Object, ObjectSection, ObjectSegment};
 
+use tracer_common::alloc::{CallerRule, RBP_NOT_SAVED};
+
 use crate::{
     procfs::untrusted::{self, Cap, Origin},
     symbolizer::modules::{ModuleMap, is_runtime_module},
@@ -105,6 +107,21 @@ impl Unwinder {
             }
         }
         frames
+    }
+
+    /// For an allocator call returning to `return_address` in the C runtime: how to step out of the function
+    /// that made it, for the kernel to walk past it (see `CALLER_RULES` in tracer-ebpf's alloc.rs). `None`
+    /// when the function keeps a frame pointer (the kernel's walk is sound) or has no usable CFI.
+    pub fn caller_rule(&mut self, return_address: u64, modules: &mut ModuleMap) -> Option<CallerRule> {
+        let rule = self.rule_for(return_address.checked_sub(1)?, modules)?;
+        let cfa_from_sp = i32::try_from(rule.cfa_from_sp?).ok()?;
+        // The return address where a call puts it, just below the CFA.
+        if rule.return_address_from_cfa != -8 {
+            return None;
+        }
+        let saved_rbp_from_cfa =
+            rule.saved_rbp_from_cfa.map_or(Some(RBP_NOT_SAVED), |offset| i32::try_from(offset).ok())?;
+        Some(CallerRule { cfa_from_sp, saved_rbp_from_cfa })
     }
 
     /// The CFI rule at `address`, for code in the C runtime only.

@@ -28,7 +28,10 @@ use std::{
 };
 
 use tracer_common::{
-    alloc::{AllocCall, AllocCookie, AllocShape, AllocSite, Block, BlockKey, SITES_PAST_THE_TABLE, StackAllocStats},
+    alloc::{
+        AllocCall, AllocCookie, AllocShape, AllocSite, Block, BlockKey, CallerRule, SITES_PAST_THE_TABLE,
+        StackAllocStats,
+    },
     events::{InlineStack, RuntimeText},
     map_names,
 };
@@ -90,6 +93,9 @@ pub struct KernelMaps {
     pub page_sampling: Array<MapData, u64>,
     /// Allocation stacks whose bucket in the stack map held another stack (see alloc.rs in tracer-ebpf).
     pub spilled_stacks: HashMap<MapData, u32, InlineStack>,
+    /// CFI rules of allocator callers without frame pointers, by return address (see alloc.rs in
+    /// tracer-ebpf).
+    pub caller_rules: HashMap<MapData, u64, CallerRule>,
     /// The attached programs, whose skipped runs count as losses (see [`misses`]).
     pub program_ids: Vec<u32>,
     /// The kernel programs' log, with `-v`.
@@ -191,6 +197,11 @@ impl KernelMaps {
         let spilled: Vec<u32> = self.spilled_stacks.keys().filter_map(Result::ok).collect();
         for id in spilled {
             let _ = self.spilled_stacks.remove(&id);
+        }
+        // Addresses of this process's code: another process has its own.
+        let callers: Vec<u64> = self.caller_rules.keys().filter_map(Result::ok).collect();
+        for caller in callers {
+            let _ = self.caller_rules.remove(&caller);
         }
         let stack_ids: Vec<u32> = self.stacks.stack_ids().filter_map(Result::ok).collect();
         for id in stack_ids {
@@ -400,6 +411,7 @@ impl Probes {
             alloc_calls: HashMap::try_from(take(map_names::ALLOC_CALLS)?)?,
             page_sampling: Array::try_from(take(map_names::PAGE_SAMPLING)?)?,
             spilled_stacks: HashMap::try_from(take(map_names::SPILLED_STACKS)?)?,
+            caller_rules: HashMap::try_from(take(map_names::CALLER_RULES)?)?,
             program_ids: Vec::new(),
             kernel_log: None,
         };

@@ -459,6 +459,7 @@ pub fn write(out: &mut impl std::io::Write, trace: &Trace, views: Views, probes:
     counters.insert("skipped_program_runs", trace.skipped_program_runs);
     counters.insert("cut_marker_lines", crate::inputs::cut_lines());
     counters.insert("stacks_cut_at_non_code", trace.stack_ips.cut_at_non_code());
+    counters.insert("caller_rules_full", trace.caller_rules_full);
 
     let report = Report {
         version: VERSION,

@@ -509,6 +509,7 @@ mod tests {
             threads: &Default::default(),
             kernel_counters: vec![],
             skipped_program_runs: 0,
+            caller_rules_full: 0,
             rss_bytes: 0,
             events: 0,
             timeline: &timeline,
