@@ -168,10 +168,20 @@ fn the_compiled_streaming_server_is_judged_right() {
     assert!(javascript["runtime"].as_u64().unwrap() > 0, "builtins are marked as the runtime's: {javascript}");
     assert!(top["frames"].to_string().contains("#pull [JS runtime]"), "{top:#}");
 
-    let (cache, cache_suspect) = suspect(&report, "cacheReply");
-    assert_ne!(cache_suspect["verdict"], "grows", "{cache_suspect:#}");
-    let last_grows = suspects.iter().rposition(|s| s["verdict"] == "grows").unwrap();
-    assert!(cache > last_grows, "the bounded cache ranks below every site that grows: {summary:#?}");
+    // The cache's few pages are mostly touched first by others: with pages sampled (1 in 64 here under the
+    // default overhead budget) it holds zero to two samples, so it may be absent; when present it is below
+    // every site that grows. Without sampling it must be there.
+    let overhead = &report.0["overhead"];
+    let sampled = overhead["sample_pages"].as_u64().unwrap_or(1) > 1
+        || overhead["changes"].as_array().is_some_and(|changes| changes.iter().any(|c| c["source"] == "pages"));
+    match suspects.iter().position(|s| s["site"].as_str().is_some_and(|n| n.starts_with("cacheReply ("))) {
+        Some(cache) => {
+            assert_ne!(suspects[cache]["verdict"], "grows", "{:#}", suspects[cache]);
+            let last_grows = suspects.iter().rposition(|s| s["verdict"] == "grows").unwrap();
+            assert!(cache > last_grows, "the bounded cache ranks below every site that grows: {summary:#?}");
+        }
+        None => assert!(sampled, "no suspect cacheReply though every page was recorded: {summary:#?}"),
+    }
     if let Some((_, preview)) = suspects
         .iter()
         .enumerate()
