@@ -26,6 +26,7 @@ pub mod map_names {
     pub const PAGE_SAMPLING: &str = "PAGE_SAMPLING";
     pub const SPILLED_STACKS: &str = "SPILLED_STACKS";
     pub const CALLER_RULES: &str = "CALLER_RULES";
+    pub const WALK_BY_RULES: &str = "WALK_BY_RULES";
 }
 
 /// Flag for `bpf_get_stackid`: walk the user stack (frame pointers), not the kernel one.

@@ -358,9 +358,10 @@ fn site_of_call(ctx: &ProbeContext, sp: u64) -> AllocSite {
     // Read now, not taken from the instruction pointer at the return: until then the return probe's
     // trampoline stands in its place on the stack, and a mmap the call makes needs the real one.
     let caller = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
-    // Called from code without frame pointers whose CFI userspace has put here: walked by us.
-    if let Some(rule) = unsafe { CALLER_RULES.get(&caller) } {
-        let stack_id = walk_past_caller(ctx, sp, caller, rule);
+    // Called from code without frame pointers whose CFI userspace has put here, or in a program with such
+    // code anywhere: walked by us.
+    if walks_by_rules() || unsafe { CALLER_RULES.get(&caller) }.is_some() {
+        let stack_id = walk_by_rules(ctx, sp, caller);
         if stack_id != NO_STACK {
             return AllocSite { stack_id, pad: 0, caller };
         }
@@ -373,30 +374,36 @@ fn site_of_call(ctx: &ProbeContext, sp: u64) -> AllocSite {
     AllocSite { stack_id, pad: 0, caller }
 }
 
-/// Return addresses of allocator calls made from code without frame pointers, with the CFI rule that steps
-/// out of that code (see [`CallerRule`]); userspace adds one when it first sees such a caller.
+/// Return addresses in code without frame pointers, with the CFI rule that steps out of the function there
+/// (see [`CallerRule`]); userspace adds one when it first sees such a return address on a stack.
 #[map]
 static CALLER_RULES: HashMap<u64, CallerRule> = HashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
 
-/// The stack of an allocator call whose caller keeps no frame pointer: the entry, the caller, the caller's
-/// own return address found by its CFI rule, then frame pointers from the %rbp the caller saved (or left
-/// alone), read frame by frame. Kept in [`SPILLED_STACKS`] as a spilled stack is; [`NO_STACK`] when the
-/// stack cannot be read, and the kernel's walk is taken instead.
+/// Slot 0 not 0: the program has code without frame pointers of its own (not only the C runtime's), and
+/// every allocator call's stack is walked by [`walk_by_rules`], not by the kernel, whatever its caller.
+#[map]
+static WALK_BY_RULES: Array<u64> = Array::with_max_entries(1, 0);
+
 #[inline(always)]
-fn walk_past_caller(ctx: &ProbeContext, sp: u64, caller: u64, rule: &CallerRule) -> u32 {
+fn walks_by_rules() -> bool {
+    WALK_BY_RULES.get(0).is_some_and(|flag| *flag != 0)
+}
+
+/// The stack of an allocator call, walked here: at each return address, by its CFI rule when userspace put
+/// one in [`CALLER_RULES`] (the function keeps no frame pointer), else by the frame pointer, as the kernel
+/// walks. A frame's state is its return address, its stack pointer after the return, and %rbp (restored
+/// from where a function without frame pointer saved it). Kept in [`SPILLED_STACKS`] as a spilled stack is;
+/// [`NO_STACK`] when the stack cannot be read, and the kernel's walk is taken instead. A function without
+/// frame pointer whose rule is not known yet ends the stack there or skips to an outer frame: userspace
+/// learns its rule from that stack, and the next call walks one function further.
+#[inline(always)]
+fn walk_by_rules(ctx: &ProbeContext, sp: u64, caller: u64) -> u32 {
+    if caller == 0 {
+        return NO_STACK;
+    }
     let Some(stack) = SPILL_SCRATCH.get_ptr_mut(0) else { return NO_STACK };
     let stack = unsafe { &mut *stack };
     let regs = unsafe { &*ctx.regs };
-    let cfa = (sp + 8).wrapping_add(rule.cfa_from_sp as i64 as u64);
-    let Ok(return_address) = (unsafe { bpf_probe_read_user((cfa - 8) as *const u64) }) else { return NO_STACK };
-    let mut rbp = if rule.saved_rbp_from_cfa == RBP_NOT_SAVED {
-        regs.rbp
-    } else {
-        match unsafe { bpf_probe_read_user(cfa.wrapping_add(rule.saved_rbp_from_cfa as i64 as u64) as *const u64) } {
-            Ok(rbp) => rbp,
-            Err(_) => return NO_STACK,
-        }
-    };
     // Equal stacks must be equal buffers: the frames past the depth stay zero. Zeroed first, over the whole
     // buffer, so that the verifier sees fixed loops only.
     let mut index = 0;
@@ -406,21 +413,42 @@ fn walk_past_caller(ctx: &ProbeContext, sp: u64, caller: u64, rule: &CallerRule)
     }
     stack.ips[0] = regs.rip;
     stack.ips[1] = caller;
-    stack.ips[2] = return_address;
-    let mut depth = 3;
+    let mut pc = caller;
+    // At the entry the return address is on top of the stack: the caller's stack pointer is past it.
+    let mut sp = sp + 8;
+    let mut rbp = regs.rbp;
+    let mut depth = 2;
     while depth < MAX_STACK_DEPTH {
-        // A frame: the caller's %rbp, then the return address.
-        let Ok(frame) = (unsafe { bpf_probe_read_user(rbp as *const [u64; 2]) }) else { break };
-        if frame[1] == 0 {
+        let return_address = if let Some(rule) = unsafe { CALLER_RULES.get(&pc) } {
+            if rule.cfa_from_sp <= 0 {
+                break;
+            }
+            let cfa = sp + rule.cfa_from_sp as u64;
+            let Ok(return_address) = (unsafe { bpf_probe_read_user((cfa - 8) as *const u64) }) else { break };
+            if rule.saved_rbp_from_cfa != RBP_NOT_SAVED {
+                let saved = cfa.wrapping_add(rule.saved_rbp_from_cfa as i64 as u64);
+                let Ok(saved_rbp) = (unsafe { bpf_probe_read_user(saved as *const u64) }) else { break };
+                rbp = saved_rbp;
+            }
+            sp = cfa;
+            return_address
+        } else {
+            // A frame: the caller's %rbp, then the return address. It lies above the stack pointer; anything
+            // else is not a frame of this stack.
+            if rbp < sp {
+                break;
+            }
+            let Ok(frame) = (unsafe { bpf_probe_read_user(rbp as *const [u64; 2]) }) else { break };
+            sp = rbp + 16;
+            rbp = frame[0];
+            frame[1]
+        };
+        if return_address == 0 {
             break;
         }
-        stack.ips[depth] = frame[1];
+        stack.ips[depth] = return_address;
         depth += 1;
-        // Frames go up the stack; anything else is not a frame chain.
-        if frame[0] <= rbp {
-            break;
-        }
-        rbp = frame[0];
+        pc = return_address;
     }
     stack.depth = depth as u64;
     keep_spilled(stack)

@@ -6,6 +6,7 @@
 mod common;
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     process::Command,
     sync::OnceLock,
@@ -240,6 +241,110 @@ fn two_callers_through_one_cpp_library_path_are_exact_per_caller() {
     }
     for counter in ["lost_events", "map_full", "stack_errors", "missed_frees", "caller_rules_full"] {
         assert_eq!(report.counter(counter), 0, "{counter}");
+    }
+}
+
+#[test]
+fn stacks_through_code_without_frame_pointers_reach_main_and_are_exact_per_caller() {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/no_frame_pointers.c");
+    let program = compile_with("no_frame_pointers", &source, "cc", &["-O2", "-fomit-frame-pointer"]);
+    let out = output_dir("no_frame_pointers");
+    let mut target = Running::spawn(Command::new(&program).arg("wait"));
+    let pid = target.pid().to_string();
+    let mut tracer = common::start_tracer(&["-o", out.to_str().unwrap(), "--pid", &pid, "--overhead", "off"]);
+    // A round per function without frame pointers on the paths (make_node, intern, parse_*, step, main), and
+    // one more: the tracer learns each from the stacks of the round before.
+    for round in 0..6 {
+        target.send_line("warm");
+        target.stdout.wait_for(&format!("warm {round}"));
+        tracer.snapshot();
+    }
+    target.send_line("fill");
+    let truth: Vec<(String, u64, u64)> = ["truth parse_log", "truth parse_map"]
+        .iter()
+        .map(|prefix| {
+            let line = target.stdout.wait_for(prefix);
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields[1].to_string(), fields[2].parse().unwrap(), fields[3].parse().unwrap())
+        })
+        .collect();
+    let report = common::finish_waiting_fixture(target, tracer, &out);
+    let sites = ["parse_log", "parse_map"];
+    for (site, bytes, blocks) in truth {
+        let figures = report.by_site("malloc", &site, &sites);
+        assert_eq!((figures.outstanding_bytes, figures.outstanding_allocs), (bytes, blocks), "{site}");
+    }
+    // Whole stacks, root first: the C runtime's start, main, the caller, intern, make_node, malloc.
+    for stack in report.stacks() {
+        let frames: Vec<&str> = stack["frames"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+        if stack["source"] != "malloc" || stack["outstanding_bytes"].as_u64() == Some(0) {
+            continue;
+        }
+        let Some(at) = frames.iter().position(|f| sites.contains(f)) else { continue };
+        assert_eq!(frames[at - 2..at], ["main", "step"], "{frames:?}");
+        assert_eq!(&frames[at + 1..at + 3], ["intern", "make_node"], "{frames:?}");
+        assert!(at >= 3 && frames[..at - 2].iter().all(|f| f.starts_with("__libc_start")), "{frames:?}");
+    }
+    for counter in ["lost_events", "map_full", "stack_errors", "missed_frees", "caller_rules_full"] {
+        assert_eq!(report.counter(counter), 0, "{counter}");
+    }
+}
+
+/// sqlite3 as Debian builds it (-O2, no frame pointers, libsqlite3 stripped to its dynamic symbols): its
+/// allocations' stacks reach the C runtime's start once the tracer has learned the functions on their paths,
+/// a round of statements at a time. The frame-pointer walk alone gives one or two frames.
+#[test]
+fn a_debian_program_without_frame_pointers_gets_whole_stacks() {
+    const ROUND: &str = "with recursive s(x) as (select 1 union all select x + 1 from s where x < 2000) \
+                         insert into t(b, c) select printf('row %d', x), randomblob(200) from s; \
+                         select count(*) from t where b like '%7%'; delete from t;";
+    let out = output_dir("sqlite3");
+    let mut target = Running::spawn(Command::new("sqlite3").arg(":memory:"));
+    let pid = target.pid().to_string();
+    let mut tracer = common::start_tracer(&["-o", out.to_str().unwrap(), "--pid", &pid, "--overhead", "off"]);
+    target.send_line("create table t(a integer primary key, b text, c blob);");
+    // Each round's stacks end where the walk met a function it had no rule for yet; sqlite3's deepest paths
+    // have about ten such functions.
+    let mut round = |name: &str| {
+        target.send_line(&format!("{ROUND} select '{name}';"));
+        target.stdout.wait_for(name);
+        Report::load(&tracer.snapshot())
+    };
+    for warm in 0..12 {
+        round(&format!("warm {warm}"));
+    }
+    let before = round("warm 12");
+    let after = round("done");
+    target.close_stdin();
+    assert!(target.wait().success(), "sqlite3 must survive being traced");
+    assert!(tracer.wait().success());
+    // What the last round allocated, by stack: the stacks listed hold what allocated most.
+    let allocated = |report: &Report| -> HashMap<Vec<String>, u64> {
+        report
+            .stacks()
+            .iter()
+            .filter(|s| s["source"] == "malloc")
+            .map(|s| {
+                let frames = s["frames"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_string());
+                (frames.collect(), s["allocated_bytes"].as_u64().unwrap())
+            })
+            .collect()
+    };
+    let total = |report: &Report| report.0["totals"]["by_source"]["malloc"]["allocated_bytes"].as_u64().unwrap();
+    let last_round = total(&after) - total(&before);
+    let earlier = allocated(&before);
+    let whole: u64 = allocated(&after)
+        .into_iter()
+        .filter(|(frames, _)| frames[0] == "__libc_start_call_main" && frames.iter().any(|f| f == "sqlite3_step"))
+        .map(|(frames, bytes)| bytes - earlier.get(&frames).copied().unwrap_or(0))
+        .sum();
+    assert!(last_round > 500_000, "the round allocated {last_round} bytes");
+    assert!(
+        whole as f64 >= 0.9 * last_round as f64,
+        "{whole} of the last round's {last_round} bytes under whole stacks"
+    );
+    for counter in ["lost_events", "map_full", "stack_errors", "caller_rules_full"] {
+        assert_eq!(after.counter(counter), 0, "{counter}");
     }
 }
 

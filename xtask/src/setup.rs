@@ -24,7 +24,8 @@ pub fn all() -> Result<()> {
     ebpf_toolchain()?;
     // bpftool checks that probes are detached; tmux gives the status-line test a terminal; useradd and setpriv
     // (passwd, util-linux) run the hostile-user tests; golang-go reads profile.pb.gz with `go tool pprof`;
-    // chromium loads report.html.
+    // chromium loads report.html; sqlite3 is a Debian program built without frame pointers, whose stacks the
+    // unwinder must carry to main.
     apt_packages(&[
         ("bpftool", "/usr/sbin/bpftool"),
         ("tmux", "/usr/bin/tmux"),
@@ -32,6 +33,7 @@ pub fn all() -> Result<()> {
         ("util-linux", "/usr/bin/setpriv"),
         ("golang-go", "/usr/bin/go"),
         ("chromium", "/usr/bin/chromium"),
+        ("sqlite3", "/usr/bin/sqlite3"),
     ])?;
     bun()?;
     Ok(())

@@ -101,6 +101,10 @@ impl Collector {
             self.ledger.seed_preexisting(pid, map.iter().map(|m| (m.start, m.end)), brk);
         }
         self.stacks.new_image();
+        self.maps.forget_code_rules();
+        self.callers_judged.clear();
+        self.frames_judged.clear();
+        self.walking_by_rules = false;
         self.last_fault.clear();
         self.symbolizer = Symbolizer::for_process(pid, &self.modules);
         let from = self.target.info.exe.clone();

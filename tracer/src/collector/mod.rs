@@ -271,6 +271,10 @@ pub struct Collector {
     /// table had no room for.
     callers_judged: std::collections::HashSet<u64>,
     callers_untaught: u64,
+    /// Return addresses of stacks that ended short whose CFI was looked at (see `teach_kernel_the_frames`),
+    /// and whether the kernel walks every allocator stack by the rules it was given.
+    frames_judged: std::collections::HashSet<u64>,
+    walking_by_rules: bool,
     death: DeathWatch,
     /// Kernel (monotonic) times to wall-clock times.
     clock: clock::Clock,
@@ -355,6 +359,8 @@ impl Collector {
             site_keys: HashMap::new(),
             callers_judged: Default::default(),
             callers_untaught: 0,
+            frames_judged: Default::default(),
+            walking_by_rules: false,
             death: DeathWatch::default(),
             clock: clock::Clock::now(),
             checkpoint: None,

@@ -8,10 +8,13 @@ use std::{
 
 use aya::maps::{MapData, StackTraceMap};
 
-use super::unwind::Unwinder;
+use super::unwind::{Modules, Unwinder};
 use crate::{
     ledger::StackIx,
-    symbolizer::{jit_frames::JitFrames, modules::ModuleMap},
+    symbolizer::{
+        jit_frames::JitFrames,
+        modules::{ModuleMap, is_runtime_module},
+    },
 };
 
 /// Where an event's stack is: an id in the kernel's stack map, or frames carried in the event itself; and
@@ -61,6 +64,9 @@ pub struct StackTable {
     stacks_held: usize,
     /// Stacks cut at a frame outside executable code (see [`cut_at_non_code`]).
     cut_at_non_code: u64,
+    /// Return addresses of allocator stacks that end short of the C runtime's start (see
+    /// [`ends_short`]), for the kernel to learn how to step out of those without frame pointers.
+    frames_to_judge: Vec<u64>,
 }
 
 impl Default for StackTable {
@@ -76,6 +82,7 @@ impl Default for StackTable {
             frames_held: 0,
             cut_at_non_code: 0,
             stacks_held: 0,
+            frames_to_judge: Vec::new(),
         }
     }
 }
@@ -150,14 +157,25 @@ impl StackTable {
     }
 
     /// Stacks held now (evicted ones not counted).
-    /// How the kernel can step out of a C-runtime function that called an allocator (see
-    /// [`Unwinder::caller_rule`]).
+    /// How the kernel can step out of the function a return address is in (see [`Unwinder::caller_rule`]).
     pub fn caller_rule(
         &mut self,
         return_address: u64,
         modules: &mut ModuleMap,
+        which: Modules,
     ) -> Option<tracer_common::alloc::CallerRule> {
-        self.unwinder.caller_rule(return_address, modules)
+        self.unwinder.caller_rule(return_address, modules, which)
+    }
+
+    /// Every call's return address in the function `return_address` is in (see
+    /// [`Unwinder::call_sites_beside`]).
+    pub fn call_sites_beside(&mut self, return_address: u64, modules: &mut ModuleMap) -> Vec<u64> {
+        self.unwinder.call_sites_beside(return_address, modules)
+    }
+
+    /// The return addresses of the allocator stacks interned since the last call that end short.
+    pub fn take_frames_to_judge(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.frames_to_judge)
     }
 
     /// Distinct stacks the frame-pointer walk took into data, cut at the first such frame.
@@ -240,6 +258,9 @@ impl StackTable {
         if cut_at_non_code(&mut ips, modules) {
             self.cut_at_non_code += 1;
         }
+        if event.caller.is_some() && ends_short(&ips, modules) {
+            self.frames_to_judge.extend(ips.iter().skip(1));
+        }
         jit.tag(&mut ips, event.time_ns, modules);
         self.intern(ips)
     }
@@ -267,6 +288,17 @@ fn cut_at_non_code(ips: &mut Vec<u64>, modules: &mut ModuleMap) -> bool {
     let Some(at) = ips.iter().skip(1).position(|&ip| !is_code(ip, modules)) else { return false };
     ips.truncate(at + 1);
     true
+}
+
+/// Whether a stack ends in the program's own code, short of the C runtime's start (`__libc_start_call_main`,
+/// `start_thread`) where a frame-pointer walk of a whole stack ends: a walk stopped, or skipped frames, in
+/// code without frame pointers. Not at the depth limit, and not in JIT code (no file, no CFI).
+fn ends_short(ips: &[u64], modules: &mut ModuleMap) -> bool {
+    if ips.len() < 2 || ips.len() >= tracer_common::MAX_STACK_DEPTH {
+        return false;
+    }
+    let Some(&outermost) = ips.last() else { return false };
+    modules.lookup(outermost).is_some_and(|m| m.executable && m.is_file() && !is_runtime_module(m.file_path()))
 }
 
 /// Whether `ip` is in an executable mapping of the target (re-reading the maps once on a miss).

@@ -23,6 +23,9 @@ use crate::{
 
 type Reader = EndianArcSlice<LittleEndian>;
 
+/// The most of a function's code read to find its calls.
+const MAX_FUNCTION_BYTES: u64 = 256 << 10;
+
 /// How deep into the C runtime we unwind before giving up (malloc -> sysmalloc -> sbrk -> brk is 4).
 const MAX_RUNTIME_FRAMES: usize = 8;
 
@@ -62,7 +65,7 @@ impl Unwinder {
         let mut caller_rbp: Option<u64> = None;
         while frames.len() <= MAX_RUNTIME_FRAMES {
             let lookup = if frames.len() == 1 { pc } else { pc.saturating_sub(1) };
-            let Some(rule) = self.rule_for(lookup, modules) else { break };
+            let Some(rule) = self.rule_for(lookup, modules, Modules::RuntimeOnly) else { break };
             let Some(cfa_from_sp) = rule.cfa_from_sp else { break };
             let cfa = sp + cfa_from_sp as i128;
             // A zero return address ends the stack (thread entry points clear it).
@@ -109,11 +112,12 @@ impl Unwinder {
         frames
     }
 
-    /// For an allocator call returning to `return_address` in the C runtime: how to step out of the function
-    /// that made it, for the kernel to walk past it (see `CALLER_RULES` in tracer-ebpf's alloc.rs). `None`
-    /// when the function keeps a frame pointer (the kernel's walk is sound) or has no usable CFI.
-    pub fn caller_rule(&mut self, return_address: u64, modules: &mut ModuleMap) -> Option<CallerRule> {
-        let rule = self.rule_for(return_address.checked_sub(1)?, modules)?;
+    /// For a call returning to `return_address` (in the C runtime, or in `Modules::Any` file of code): how
+    /// to step out of the function that made it, for the kernel to walk past it (see `CALLER_RULES` in
+    /// tracer-ebpf's alloc.rs). `None` when the function keeps a frame pointer (a frame-pointer walk is
+    /// sound there) or has no usable CFI.
+    pub fn caller_rule(&mut self, return_address: u64, modules: &mut ModuleMap, which: Modules) -> Option<CallerRule> {
+        let rule = self.rule_for(return_address.checked_sub(1)?, modules, which)?;
         let cfa_from_sp = i32::try_from(rule.cfa_from_sp?).ok()?;
         // The return address where a call puts it, just below the CFA.
         if rule.return_address_from_cfa != -8 {
@@ -124,10 +128,46 @@ impl Unwinder {
         Some(CallerRule { cfa_from_sp, saved_rbp_from_cfa })
     }
 
-    /// The CFI rule at `address`, for code in the C runtime only.
-    fn rule_for(&mut self, address: u64, modules: &mut ModuleMap) -> Option<FrameRule> {
+    /// The return addresses of every call in the function a return address is in (from its CFI's bounds and
+    /// its code in the file): a function without frame pointers is learned whole, so that a call from
+    /// another place in it, first made in a burst, is walked too. Empty when the function cannot be read.
+    pub fn call_sites_beside(&mut self, return_address: u64, modules: &mut ModuleMap) -> Vec<u64> {
+        let Some(address) = return_address.checked_sub(1) else { return Vec::new() };
+        let Some(mapping) = modules.lookup(address) else { return Vec::new() };
+        if !mapping.executable || !mapping.is_file() {
+            return Vec::new();
+        }
+        let path = mapping.file_path().to_string();
+        let file_offset = mapping.file_offset_of(address);
+        let Some(table) =
+            self.tables.entry(path.clone()).or_insert_with_key(|p| CfiTable::load(p).map(Arc::new)).clone()
+        else {
+            return Vec::new();
+        };
+        let Some(virtual_address) = table.virtual_address(file_offset) else { return Vec::new() };
+        // The function's code, from the file: its addresses in the target are at the same distance.
+        let Some((start, length)) = table.function_bounds(virtual_address) else { return Vec::new() };
+        let Some(start_offset) = table.file_offset(start) else { return Vec::new() };
+        let Ok(file) = untrusted::open(Path::new(&path), Origin::Target) else { return Vec::new() };
+        let mut code = vec![0; length.min(MAX_FUNCTION_BYTES) as usize];
+        let read = std::os::unix::fs::FileExt::read_at(&file, &mut code, start_offset).unwrap_or(0);
+        code.truncate(read);
+        let runtime_start = address - (virtual_address - start);
+        iced_x86::Decoder::with_ip(64, &code, runtime_start, iced_x86::DecoderOptions::NONE)
+            .into_iter()
+            .take_while(|instruction| !instruction.is_invalid())
+            .filter(|instruction| instruction.flow_control() == iced_x86::FlowControl::Call)
+            .map(|instruction| instruction.next_ip())
+            .collect()
+    }
+
+    /// The CFI rule at `address`, for code in the C runtime only or in any file.
+    fn rule_for(&mut self, address: u64, modules: &mut ModuleMap, which: Modules) -> Option<FrameRule> {
         let mapping = modules.lookup(address)?;
-        if !mapping.executable || !mapping.is_file() || !is_runtime_module(mapping.file_path()) {
+        if !mapping.executable || !mapping.is_file() {
+            return None;
+        }
+        if which == Modules::RuntimeOnly && !is_runtime_module(mapping.file_path()) {
             return None;
         }
         let file_offset = mapping.file_offset_of(address);
@@ -135,6 +175,14 @@ impl Unwinder {
         let table = self.tables.entry(path).or_insert_with_key(|path| CfiTable::load(path).map(Arc::new)).clone()?;
         table.rule_at(table.virtual_address(file_offset)?, &mut self.context)
     }
+}
+
+/// Whose CFI is read: the C runtime's only, or that of any file of code the target runs (the program's
+/// own, when its stacks show it keeps no frame pointers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Modules {
+    RuntimeOnly,
+    Any,
 }
 
 /// A file's .eh_frame, ready for lookups.
@@ -169,6 +217,20 @@ impl CfiTable {
             })
             .collect();
         Some(Self { eh_frame: EhFrame::from(reader(eh_frame_data)), header, bases, segments })
+    }
+
+    fn file_offset(&self, virtual_address: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|(_, size, address)| (*address..address + size).contains(&virtual_address))
+            .map(|(offset, _, address)| virtual_address - address + offset)
+    }
+
+    /// (start, length) of the function whose FDE covers `address`.
+    fn function_bounds(&self, address: u64) -> Option<(u64, u64)> {
+        let table = self.header.table()?;
+        let fde = table.fde_for_address(&self.eh_frame, &self.bases, address, EhFrame::cie_from_offset).ok()?;
+        Some((fde.initial_address(), fde.len()))
     }
 
     fn virtual_address(&self, file_offset: u64) -> Option<u64> {

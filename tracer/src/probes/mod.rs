@@ -93,9 +93,10 @@ pub struct KernelMaps {
     pub page_sampling: Array<MapData, u64>,
     /// Allocation stacks whose bucket in the stack map held another stack (see alloc.rs in tracer-ebpf).
     pub spilled_stacks: HashMap<MapData, u32, InlineStack>,
-    /// CFI rules of allocator callers without frame pointers, by return address (see alloc.rs in
-    /// tracer-ebpf).
+    /// CFI rules of functions without frame pointers, by return address (see alloc.rs in tracer-ebpf).
     pub caller_rules: HashMap<MapData, u64, CallerRule>,
+    /// Slot 0 set: every allocator stack is walked by those rules in the kernel, not by the kernel's walk.
+    pub walk_by_rules: Array<MapData, u64>,
     /// The attached programs, whose skipped runs count as losses (see [`misses`]).
     pub program_ids: Vec<u32>,
     /// The kernel programs' log, with `-v`.
@@ -157,6 +158,22 @@ impl KernelMaps {
         self.sampling.get(&0, 0).unwrap_or(0)
     }
 
+    /// The CFI rules and the walk by rules are about one image's code: another process, or the image an
+    /// exec brings, has its own.
+    pub fn forget_code_rules(&mut self) {
+        let callers: Vec<u64> = self.caller_rules.keys().filter_map(Result::ok).collect();
+        for caller in callers {
+            let _ = self.caller_rules.remove(&caller);
+        }
+        let _ = self.walk_by_rules.set(0, 0, 0);
+    }
+
+    /// From now on the kernel walks every allocator stack by the CFI rules it was given (the program has
+    /// code without frame pointers of its own).
+    pub fn walk_by_rules(&mut self) -> Result<()> {
+        self.walk_by_rules.set(0, 1, 0).context("cannot turn on the walk by rules")
+    }
+
     /// Page-fault sampling: one page in `pages` (a power of two; 1: every page).
     pub fn set_sample_pages(&mut self, pages: u64) -> Result<()> {
         self.page_sampling.set(0, pages.saturating_sub(1), 0).context("cannot set the page sampling")
@@ -198,11 +215,7 @@ impl KernelMaps {
         for id in spilled {
             let _ = self.spilled_stacks.remove(&id);
         }
-        // Addresses of this process's code: another process has its own.
-        let callers: Vec<u64> = self.caller_rules.keys().filter_map(Result::ok).collect();
-        for caller in callers {
-            let _ = self.caller_rules.remove(&caller);
-        }
+        self.forget_code_rules();
         let stack_ids: Vec<u32> = self.stacks.stack_ids().filter_map(Result::ok).collect();
         for id in stack_ids {
             let _ = self.stacks.remove(&id);
@@ -412,6 +425,7 @@ impl Probes {
             page_sampling: Array::try_from(take(map_names::PAGE_SAMPLING)?)?,
             spilled_stacks: HashMap::try_from(take(map_names::SPILLED_STACKS)?)?,
             caller_rules: HashMap::try_from(take(map_names::CALLER_RULES)?)?,
+            walk_by_rules: Array::try_from(take(map_names::WALK_BY_RULES)?)?,
             program_ids: Vec::new(),
             kernel_log: None,
         };
