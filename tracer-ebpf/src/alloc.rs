@@ -30,7 +30,7 @@ use aya_ebpf::{
 use tracer_common::{
     BPF_F_USER_STACK, MAX_STACK_DEPTH,
     alloc::{
-        AllocCall, AllocCookie, AllocShape, AllocSite, Block, BlockKey, CallerRule, NO_STACK, RBP_NOT_SAVED,
+        AllocCall, AllocCookie, AllocShape, AllocSite, Block, BlockKey, NO_STACK,
         SAMPLE_BYTES_WHEN_FULL, SITES_PAST_THE_TABLE, SPILLED_STACK, StackAllocStats,
     },
     counters::Counter,
@@ -39,6 +39,7 @@ use tracer_common::{
 
 use crate::{
     maps::STACKS,
+    user_stack::{self, EntryRegisters},
     record::{count, count_by, count_quietly, take_user_stack, traced_tgid},
 };
 
@@ -202,7 +203,7 @@ static ALLOC_STATS: HashMap<AllocSite, StackAllocStats> = HashMap::with_max_entr
 static SAMPLING: Array<u64> = Array::with_max_entries(1, 0);
 
 const BPF_NOEXIST: u64 = 1;
-const BPF_F_NO_PREALLOC: u32 = 1;
+pub const BPF_F_NO_PREALLOC: u32 = 1;
 /// No allocator call takes this long: an entry older than this was left by a call that never returned.
 /// Generous, because a thread may be preempted inside a call for tens of milliseconds on a loaded machine
 /// (at 50 ms, one operator new in 100,000 most likely lost its call site so in the tests under load).
@@ -358,11 +359,8 @@ fn site_of_call(ctx: &ProbeContext, sp: u64) -> AllocSite {
     // Read now, not taken from the instruction pointer at the return: until then the return probe's
     // trampoline stands in its place on the stack, and a mmap the call makes needs the real one.
     let caller = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
-    // Called from code without frame pointers whose CFI userspace has put here, or in a program with such
-    // code anywhere: walked by us.
-    if walks_by_rules() || unsafe { CALLER_RULES.get(&caller) }.is_some() {
-        let stack_id = walk_by_rules(ctx, sp, caller);
-        if stack_id != NO_STACK {
+    if !uses_kernel_walk() {
+        if let Some(stack_id) = walk_own(ctx, sp, caller) {
             return AllocSite { stack_id, pad: 0, caller };
         }
     }
@@ -374,84 +372,31 @@ fn site_of_call(ctx: &ProbeContext, sp: u64) -> AllocSite {
     AllocSite { stack_id, pad: 0, caller }
 }
 
-/// Return addresses in code without frame pointers, with the CFI rule that steps out of the function there
-/// (see [`CallerRule`]); userspace adds one when it first sees such a return address on a stack.
-#[map]
-static CALLER_RULES: HashMap<u64, CallerRule> = HashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
-
-/// Slot 0 not 0: the program has code without frame pointers of its own (not only the C runtime's), and
-/// every allocator call's stack is walked by [`walk_by_rules`], not by the kernel, whatever its caller.
-#[map]
-static WALK_BY_RULES: Array<u64> = Array::with_max_entries(1, 0);
+/// Not 0: allocator stacks are taken by the kernel's walk (`bpf_get_stackid`) rather than ours, to compare
+/// the two (`LEAKTRACE_KERNEL_WALK=1`, set at load).
+#[unsafe(no_mangle)]
+pub static KERNEL_WALK: u32 = 0;
 
 #[inline(always)]
-fn walks_by_rules() -> bool {
-    WALK_BY_RULES.get(0).is_some_and(|flag| *flag != 0)
+fn uses_kernel_walk() -> bool {
+    unsafe { core::ptr::read_volatile(&KERNEL_WALK) != 0 }
 }
 
-/// The stack of an allocator call, walked here: at each return address, by its CFI rule when userspace put
-/// one in [`CALLER_RULES`] (the function keeps no frame pointer), else by the frame pointer, as the kernel
-/// walks. A frame's state is its return address, its stack pointer after the return, and %rbp (restored
-/// from where a function without frame pointer saved it). Kept in [`SPILLED_STACKS`] as a spilled stack is;
-/// [`NO_STACK`] when the stack cannot be read, and the kernel's walk is taken instead. A function without
-/// frame pointer whose rule is not known yet ends the stack there or skips to an outer frame: userspace
-/// learns its rule from that stack, and the next call walks one function further.
+/// The stack of an allocator call by our own walk (see [`user_stack::walk`]), kept in [`SPILLED_STACKS`]:
+/// its id there, or None when the kernel's walk is to be taken instead (the stack could not be read, or
+/// its id is another stack's, or the table is full: the kernel's stack map may still have room).
 #[inline(always)]
-fn walk_by_rules(ctx: &ProbeContext, sp: u64, caller: u64) -> u32 {
-    if caller == 0 {
-        return NO_STACK;
-    }
-    let Some(stack) = SPILL_SCRATCH.get_ptr_mut(0) else { return NO_STACK };
-    let stack = unsafe { &mut *stack };
+fn walk_own(ctx: &ProbeContext, sp: u64, caller: u64) -> Option<u32> {
+    let stack = unsafe { &mut *SPILL_SCRATCH.get_ptr_mut(0)? };
     let regs = unsafe { &*ctx.regs };
-    // Equal stacks must be equal buffers: the frames past the depth stay zero. Zeroed first, over the whole
-    // buffer, so that the verifier sees fixed loops only.
-    let mut index = 0;
-    while index < MAX_STACK_DEPTH {
-        stack.ips[index] = 0;
-        index += 1;
+    let at = EntryRegisters { ip: regs.rip, sp, rbp: regs.rbp, caller };
+    if !user_stack::walk(&at, stack) {
+        return None;
     }
-    stack.ips[0] = regs.rip;
-    stack.ips[1] = caller;
-    let mut pc = caller;
-    // At the entry the return address is on top of the stack: the caller's stack pointer is past it.
-    let mut sp = sp + 8;
-    let mut rbp = regs.rbp;
-    let mut depth = 2;
-    while depth < MAX_STACK_DEPTH {
-        let return_address = if let Some(rule) = unsafe { CALLER_RULES.get(&pc) } {
-            if rule.cfa_from_sp <= 0 {
-                break;
-            }
-            let cfa = sp + rule.cfa_from_sp as u64;
-            let Ok(return_address) = (unsafe { bpf_probe_read_user((cfa - 8) as *const u64) }) else { break };
-            if rule.saved_rbp_from_cfa != RBP_NOT_SAVED {
-                let saved = cfa.wrapping_add(rule.saved_rbp_from_cfa as i64 as u64);
-                let Ok(saved_rbp) = (unsafe { bpf_probe_read_user(saved as *const u64) }) else { break };
-                rbp = saved_rbp;
-            }
-            sp = cfa;
-            return_address
-        } else {
-            // A frame: the caller's %rbp, then the return address. It lies above the stack pointer; anything
-            // else is not a frame of this stack.
-            if rbp < sp {
-                break;
-            }
-            let Ok(frame) = (unsafe { bpf_probe_read_user(rbp as *const [u64; 2]) }) else { break };
-            sp = rbp + 16;
-            rbp = frame[0];
-            frame[1]
-        };
-        if return_address == 0 {
-            break;
-        }
-        stack.ips[depth] = return_address;
-        depth += 1;
-        pc = return_address;
+    match keep_spilled(stack) {
+        Kept::Id(id) => Some(id),
+        Kept::Collision | Kept::Full => None,
     }
-    stack.depth = depth as u64;
-    keep_spilled(stack)
 }
 
 /// A realloc's old block, taken out of the live blocks at its entry, before realloc can free it: afterwards
@@ -484,7 +429,7 @@ const EEXIST: i32 = -17;
 
 /// Where a stack is built before it is spilled (too large for the BPF stack).
 #[map]
-static SPILL_SCRATCH: PerCpuArray<InlineStack> = PerCpuArray::with_max_entries(1, 0);
+pub static SPILL_SCRATCH: PerCpuArray<InlineStack> = PerCpuArray::with_max_entries(1, 0);
 
 /// Stacks whose bucket in `STACKS` held another stack, by a hash of their frames with [`SPILLED_STACK`]
 /// set: the stack map has one stack per bucket, so with a few hundred stacks two share a bucket now and
@@ -502,36 +447,55 @@ fn spill_stack(ctx: &ProbeContext) -> u32 {
     if !take_user_stack(ctx, stack) {
         return stack_error();
     }
-    keep_spilled(stack)
+    match keep_spilled(stack) {
+        Kept::Id(id) => id,
+        // Two stacks with one hash: the second is not named rather than named wrongly.
+        Kept::Collision => stack_error(),
+        Kept::Full => {
+            count(Counter::MapFull);
+            NO_STACK
+        }
+    }
 }
 
-/// Keeps a stack in [`SPILLED_STACKS`] under a hash of its frames; its id there.
+/// What became of a stack offered to [`SPILLED_STACKS`].
+enum Kept {
+    Id(u32),
+    /// Its id is taken by another stack.
+    Collision,
+    Full,
+}
+
+/// Keeps a stack in [`SPILLED_STACKS`] under a hash of its frames (those up to its depth: the rest of the
+/// buffer is stale); its id there.
 #[inline(always)]
-fn keep_spilled(stack: &InlineStack) -> u32 {
+fn keep_spilled(stack: &InlineStack) -> Kept {
+    let depth = stack.depth as usize;
     // FNV-1a over the frames.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ stack.depth;
     let mut index = 0;
-    while index < MAX_STACK_DEPTH {
+    while index < MAX_STACK_DEPTH && index < depth {
         hash = (hash ^ stack.ips[index]).wrapping_mul(0x0100_0000_01b3);
         index += 1;
     }
     let id = SPILLED_STACK | ((hash ^ (hash >> 32)) as u32 & (SPILLED_STACK - 1));
     if let Some(kept) = unsafe { SPILLED_STACKS.get(&id) } {
-        // Two stacks with one hash: the second is not named rather than named wrongly.
+        if kept.depth != stack.depth {
+            return Kept::Collision;
+        }
         let mut index = 0;
-        while index < MAX_STACK_DEPTH {
+        while index < MAX_STACK_DEPTH && index < depth {
             if kept.ips[index] != stack.ips[index] {
-                return stack_error();
+                return Kept::Collision;
             }
             index += 1;
         }
-        return id;
+        return Kept::Id(id);
     }
     if SPILLED_STACKS.insert(&id, stack, BPF_NOEXIST).is_err() && unsafe { SPILLED_STACKS.get(&id) }.is_none() {
-        count(Counter::MapFull);
-        return NO_STACK;
+        return Kept::Full;
     }
-    id
+    Kept::Id(id)
 }
 
 #[inline(always)]

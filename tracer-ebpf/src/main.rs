@@ -11,6 +11,7 @@ mod faults;
 mod maps;
 mod record;
 mod syscalls;
+mod user_stack;
 mod writes;
 
 #[cfg(not(test))]

@@ -290,6 +290,57 @@ fn stacks_through_code_without_frame_pointers_reach_main_and_are_exact_per_calle
     }
 }
 
+/// The malloc stacks of a report with their figures, in a fixed order: (frames root first, outstanding bytes,
+/// outstanding allocations, allocated bytes).
+fn malloc_stacks(report: &Report) -> Vec<(Vec<String>, u64, u64, u64)> {
+    let mut stacks: Vec<_> = report
+        .stacks()
+        .iter()
+        .filter(|s| s["source"] == "malloc")
+        .map(|s| {
+            let frames = s["frames"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_string()).collect();
+            let figure = |name: &str| s[name].as_u64().unwrap();
+            (frames, figure("outstanding_bytes"), figure("outstanding_allocs"), figure("allocated_bytes"))
+        })
+        .collect();
+    stacks.sort();
+    stacks
+}
+
+/// Our walk of allocator stacks (a copy of the stack's top pages, frames read from it, the rest one by one)
+/// gives the very stacks the kernel's walk (`bpf_get_stackid`) gives, on allocs.c (threads, every function of
+/// the malloc family) and on deep_frames.c (48 frames of 600 bytes: far past the copy); deep_frames' own
+/// truth holds in both.
+#[test]
+fn our_stack_walk_gives_the_stacks_of_the_kernels() {
+    for name in ["allocs", "deep_frames"] {
+        let program = fixture(name);
+        let ours = common::trace_waiting_fixture(&format!("{name}_our_walk"), &program, &[]);
+        let kernels = common::trace_waiting_fixture_with_env(
+            &format!("{name}_kernel_walk"),
+            &program,
+            &[],
+            &[("LEAKTRACE_KERNEL_WALK", "1")],
+        );
+        for report in [&ours, &kernels] {
+            for counter in ["lost_events", "map_full", "stack_errors"] {
+                assert_eq!(report.counter(counter), 0, "{name}: {counter}");
+            }
+        }
+        let stacks = malloc_stacks(&ours);
+        assert!(stacks.len() >= 3, "{name}: {stacks:?}");
+        assert_eq!(stacks, malloc_stacks(&kernels), "{name}: our walk, then the kernel's");
+    }
+    let ours = malloc_stacks(&Report::load(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("out/deep_frames_our_walk")));
+    let through = |leaf: &str| ours.iter().find(|(frames, ..)| frames.iter().any(|f| f == leaf)).cloned();
+    let (deep, bytes, blocks, _) = through("keep_deep").expect("keep_deep's stack");
+    assert_eq!((bytes, blocks), (4800, 50));
+    assert_eq!(deep.iter().filter(|f| *f == "descend").count(), 48, "{deep:?}");
+    assert!(deep[0].starts_with("__libc_start"), "{deep:?}");
+    let (_, bytes, blocks, _) = through("keep_shallow").expect("keep_shallow's stack");
+    assert_eq!((bytes, blocks), (4000, 20));
+}
+
 /// sqlite3 as Debian builds it (-O2, no frame pointers, libsqlite3 stripped to its dynamic symbols): its
 /// allocations' stacks reach the C runtime's start once the tracer has learned the functions on their paths,
 /// a round of statements at a time. The frame-pointer walk alone gives one or two frames.

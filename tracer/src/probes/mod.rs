@@ -406,6 +406,10 @@ impl Probes {
         if let Some(mask) = &slot_mask {
             loader.override_global("CALL_SLOT_MASK", mask, true);
         }
+        // For the tests and the benchmark: allocator stacks by the kernel's walk, not ours, to compare them.
+        if std::env::var_os("LEAKTRACE_KERNEL_WALK").is_some() {
+            loader.override_global("KERNEL_WALK", &1u32, true);
+        }
         // For the tests: a stack map of a few buckets, so that stacks must share them.
         if let Some(entries) = std::env::var("LEAKTRACE_STACK_MAP_ENTRIES").ok().and_then(|text| text.parse().ok()) {
             loader.map_max_entries(map_names::STACKS, entries);

@@ -1,0 +1,214 @@
+//! Our own walk of a user stack, for allocator calls: cheaper than the kernel's (`bpf_get_stackid`), and
+//! able to step through code without frame pointers by CFI rules userspace gives it.
+//!
+//! Where the time of the kernel's walk goes, measured here (perf, a malloc 20 frames deep): a third of it
+//! in one page fault per stack, taken and fixed up in the kernel, when the walk reads the last "frame" at
+//! the %rbp that `main` saved, which the C runtime's start left holding argc or other data. This walk
+//! stops at any %rbp below the stack pointer or misaligned (never a frame), reads the top of the stack in
+//! one copy and takes frames from it, and reads only the frames beyond it one by one.
+
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{
+        bpf_probe_read_user,
+        generated::{bpf_loop, bpf_probe_read_user as probe_read_user_raw},
+    },
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+};
+use crate::alloc::{BPF_F_NO_PREALLOC, SPILL_SCRATCH};
+use tracer_common::{
+    MAX_STACK_DEPTH,
+    alloc::{CallerRule, RBP_NOT_SAVED},
+    events::InlineStack,
+};
+
+/// Return addresses in code without frame pointers, with the CFI rule that steps out of the function there
+/// (see [`CallerRule`]); userspace adds one when it first sees such a return address on a stack.
+#[map]
+pub static CALLER_RULES: HashMap<u64, CallerRule> = HashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
+
+/// Slot 0 not 0: the program has code without frame pointers of its own (not only the C runtime's), and
+/// every return address is looked up in [`CALLER_RULES`]; otherwise only the allocator's caller is.
+#[map]
+static WALK_BY_RULES: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The stack copied at once, from the stack pointer to the end of its page, then, when a frame lies beyond,
+/// the next page: the frames of most calls lie within them (a malloc 60 C frames deep: 1 KiB), and one copy
+/// costs less than a few reads of 16 bytes. Never more at once: a read into an unmapped page (above the
+/// main thread's stack) faults, which costs more than the whole walk.
+const PAGE: u64 = 4096;
+const WINDOW_BYTES: usize = 2 * PAGE as usize;
+const WINDOW_WORDS: usize = WINDOW_BYTES / 8;
+
+/// The copied top of the stack, per CPU (too large for the BPF stack).
+#[map]
+static STACK_WINDOW: PerCpuArray<[u64; WINDOW_WORDS]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where the stack is at an allocator's entry.
+pub struct EntryRegisters {
+    pub ip: u64,
+    pub sp: u64,
+    pub rbp: u64,
+    /// The return address on top of the stack.
+    pub caller: u64,
+}
+
+/// Where the walk is, between its steps: the frame's return address, its stack pointer after the return
+/// and %rbp; the frames taken so far; where the copied window of the stack starts and how much of it was
+/// copied. In a map, not on the BPF stack: the verifier then knows nothing of the values, and one check of
+/// a step stands for every step, where values it tracked (the depth) would have it check each one.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Walk {
+    pc: u64,
+    sp: u64,
+    rbp: u64,
+    depth: u64,
+    base: u64,
+    len: u64,
+    /// Whether the window's second page was tried.
+    extended: u64,
+    every_frame_by_rules: u64,
+}
+
+#[map]
+static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
+
+/// Copies the stack from `sp` to the end of its page into [`STACK_WINDOW`]; the bytes copied.
+#[inline(always)]
+fn copy_window(sp: u64) -> u64 {
+    let Some(words) = STACK_WINDOW.get_ptr_mut(0) else { return 0 };
+    let len = PAGE - (sp & (PAGE - 1));
+    // SAFETY: the helper writes at most a page into the per-CPU buffer of two.
+    if unsafe { probe_read_user_raw(words.cast(), len as u32, sp as *const _) } == 0 { len } else { 0 }
+}
+
+/// Copies the page after the window's first into it, once a frame lies there; whether it could.
+#[inline(always)]
+fn extend_window(walk: &mut Walk) -> bool {
+    if walk.extended != 0 {
+        return false;
+    }
+    walk.extended = 1;
+    let Some(words) = STACK_WINDOW.get_ptr_mut(0) else { return false };
+    // The first copy ended at a page boundary, at most a page from the start.
+    let first = walk.len;
+    if first == 0 || first > PAGE {
+        return false;
+    }
+    // SAFETY: `first` is at most a page, and a page more fits the buffer of two.
+    let dst = unsafe { words.cast::<u8>().add(first as usize) };
+    if unsafe { probe_read_user_raw(dst.cast(), PAGE as u32, (walk.base + first) as *const _) } != 0 {
+        return false;
+    }
+    walk.len = first + PAGE;
+    true
+}
+
+/// The word at `addr` (8-aligned as the stack pointer is: callers check): from the window when it holds
+/// it (copying its second page when first needed), else read from the stack itself.
+#[inline(always)]
+fn word(walk: &mut Walk, addr: u64) -> Option<u64> {
+    let offset = addr.wrapping_sub(walk.base);
+    if offset < walk.len || (offset < WINDOW_BYTES as u64 && extend_window(walk) && offset < walk.len) {
+        let words = STACK_WINDOW.get_ptr_mut(0)?;
+        // Masked where the verifier sees it: hidden from the compiler, which would otherwise fold the mask
+        // and the scaling into `offset & 0x1fff`, knowing the offset aligned, and the verifier would see a
+        // read past the buffer.
+        let index = core::hint::black_box(offset / 8) as usize & (WINDOW_WORDS - 1);
+        // SAFETY: the buffer is this CPU's, and the index is masked within it.
+        return Some(unsafe { (*words)[index] });
+    }
+    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
+}
+
+/// Walks the stack of an allocator call into `stack`: the entry, the caller, then at each return address
+/// by its CFI rule when [`CALLER_RULES`] has one (the function keeps no frame pointer; looked up for the
+/// caller, and for every frame once userspace has turned [`WALK_BY_RULES`] on), else by the frame pointer.
+/// A function without frame pointer whose rule is not known yet ends the stack there or skips to an outer
+/// frame: userspace learns its rule from that stack, and the next call walks one function further. The
+/// frames past the depth are left as they were. Whether the stack could be read.
+///
+/// Each frame is a step of `bpf_loop`: the verifier checks one step, not every depth of the stack.
+#[inline(always)]
+pub fn walk(at: &EntryRegisters, stack: &mut InlineStack) -> bool {
+    // At an allocator's entry the stack pointer is 8 past a 16-byte boundary; anything else is no stack.
+    if at.caller == 0 || at.sp & 7 != 0 {
+        return false;
+    }
+    stack.ips[0] = at.ip;
+    stack.ips[1] = at.caller;
+    let Some(walk) = WALK.get_ptr_mut(0) else { return false };
+    // SAFETY: this CPU's; programs do not nest on a CPU (a nested one is not run).
+    let walk = unsafe { &mut *walk };
+    *walk = Walk {
+        pc: at.caller,
+        // At the entry the return address is on top of the stack: the caller's stack pointer is past it.
+        sp: at.sp + 8,
+        rbp: at.rbp,
+        depth: 2,
+        base: at.sp,
+        len: copy_window(at.sp),
+        extended: 0,
+        every_frame_by_rules: WALK_BY_RULES.get(0).copied().unwrap_or(0),
+    };
+    // SAFETY: `step` is a BPF function of the signature bpf_loop calls.
+    unsafe { bpf_loop((MAX_STACK_DEPTH - 2) as u32, step as *mut c_void, core::ptr::null_mut(), 0) };
+    stack.depth = walk.depth.min(MAX_STACK_DEPTH as u64);
+    true
+}
+
+const STOP: i64 = 1;
+const GO_ON: i64 = 0;
+
+/// One frame of [`walk`]: from the frame at `walk.pc` to its caller's, its return address put in
+/// [`SPILL_SCRATCH`]'s stack at `walk.depth`.
+#[inline(never)]
+extern "C" fn step(_index: u64, _context: *mut c_void) -> i64 {
+    let Some(walk) = WALK.get_ptr_mut(0) else { return STOP };
+    // SAFETY: this CPU's, as above.
+    let walk = unsafe { &mut *walk };
+    let Some(stack) = SPILL_SCRATCH.get_ptr_mut(0) else { return STOP };
+    let depth = walk.depth as usize;
+    if depth >= MAX_STACK_DEPTH {
+        return STOP;
+    }
+    let rule = if walk.every_frame_by_rules != 0 || depth == 2 { unsafe { CALLER_RULES.get(&walk.pc) } } else { None };
+    let return_address = if let Some(rule) = rule {
+        // Offsets that keep the stack pointer's alignment, as every real rule does.
+        if rule.cfa_from_sp <= 0 || rule.cfa_from_sp & 7 != 0 || rule.saved_rbp_from_cfa & 7 != 0 {
+            return STOP;
+        }
+        let cfa = walk.sp + rule.cfa_from_sp as u64;
+        let Some(return_address) = word(walk, cfa - 8) else { return STOP };
+        if rule.saved_rbp_from_cfa != RBP_NOT_SAVED {
+            let Some(saved_rbp) = word(walk, cfa.wrapping_add(rule.saved_rbp_from_cfa as i64 as u64)) else {
+                return STOP;
+            };
+            walk.rbp = saved_rbp;
+        }
+        walk.sp = cfa;
+        return_address
+    } else {
+        // A frame: the caller's %rbp, then the return address. It lies above the stack pointer, aligned;
+        // anything else is not a frame of this stack (and reading it could fault, which costs more than the
+        // rest of the walk).
+        let rbp = walk.rbp;
+        if rbp < walk.sp || rbp & 7 != 0 {
+            return STOP;
+        }
+        let (Some(next_rbp), Some(return_address)) = (word(walk, rbp), word(walk, rbp + 8)) else { return STOP };
+        walk.sp = rbp + 16;
+        walk.rbp = next_rbp;
+        return_address
+    };
+    if return_address == 0 {
+        return STOP;
+    }
+    // SAFETY: this CPU's scratch stack; the depth was checked.
+    unsafe { (*stack).ips[depth] = return_address };
+    walk.depth += 1;
+    walk.pc = return_address;
+    GO_ON
+}
