@@ -8,6 +8,8 @@
 //! - The tracer's own memory over a long run: `bench/long_run.c` replays hours of a server's page faults
 //!   from tens of thousands of stacks in a couple of minutes, under the default budget and a small one
 //!   (one run each, after the repetitions).
+//! - The stack walk: BPF time of the allocator entry program per malloc at several stack depths, with the
+//!   tracer's own walk and with the kernel's (`bench/deep_stack.c`).
 //!
 //! Each figure is a median over repeated runs. The configurations run interleaved (one run of each, then
 //! the next round, each round in a rotated order) so that a burst of load from elsewhere spreads over all
@@ -45,6 +47,7 @@ mod report_json;
 mod runner;
 mod soak;
 mod stacks;
+mod walk;
 
 use self::{
     bun::*,
@@ -57,6 +60,7 @@ use self::{
     runner::*,
     soak::*,
     stacks::*,
+    walk::*,
 };
 
 const USAGE: &str = "usage: cargo xtask bench [--runs N] [--quick] [--pairs N] [--long-turns N] [--soak-seconds N]
@@ -69,7 +73,7 @@ const USAGE: &str = "usage: cargo xtask bench [--runs N] [--quick] [--pairs N] [
                     of production at a turn a second; 720 with --quick); the small budget gets half
   --soak-seconds N  wall time of the soak (default 600: 100 minutes of trace, time compressed 10x; 120 with
                     --quick); it runs about a minute longer (the snapshots at its end, the final reports)
-  --only WORKLOADS  only these, comma-separated among malloc, bun, long-run, soak, stacks: printed and
+  --only WORKLOADS  only these, comma-separated among malloc, bun, long-run, soak, stacks, walk: printed
                     written to target/bench/<WORKLOADS>.md, BENCHMARKS.md is left alone
   --long-run-only   the same as --only long-run
 
@@ -110,10 +114,11 @@ enum Workload {
     LongRun,
     Soak,
     Stacks,
+    Walk,
 }
 
 impl Workload {
-    const ALL: [Self; 5] = [Self::Malloc, Self::Bun, Self::LongRun, Self::Soak, Self::Stacks];
+    const ALL: [Self; 6] = [Self::Malloc, Self::Bun, Self::LongRun, Self::Soak, Self::Stacks, Self::Walk];
 
     fn name(self) -> &'static str {
         match self {
@@ -122,6 +127,7 @@ impl Workload {
             Self::LongRun => "long-run",
             Self::Soak => "soak",
             Self::Stacks => "stacks",
+            Self::Walk => "walk",
         }
     }
 
@@ -259,6 +265,7 @@ struct Bench {
     long_run: PathBuf,
     soak: PathBuf,
     stacks: PathBuf,
+    deep_stack: PathBuf,
     /// None when the Bun demo is not measured (not needed, so not installed).
     bun: Option<PathBuf>,
     bpftrace: Option<PathBuf>,
@@ -304,6 +311,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let long_run = options.runs(Workload::LongRun).then(|| LongRunSeries::measure(&bench));
     let soak = options.runs(Workload::Soak).then(|| SoakSeries::measure(&bench));
     let stacks = options.runs(Workload::Stacks).then(|| StacksSeries::measure(&bench));
+    let walk = options.runs(Workload::Walk).then(|| WalkSeries::measure(&bench));
 
     let report = Report {
         options: &bench.options,
@@ -316,6 +324,7 @@ pub fn run(args: &[String]) -> Result<()> {
         long_run,
         soak,
         stacks,
+        walk,
         placements: &bench.placements,
     };
     let path = if bench.options.partial() {
@@ -349,6 +358,7 @@ fn prepare(options: Options) -> Result<Bench> {
     let long_run = compile(&work, "long_run")?;
     let soak = compile(&work, "soak")?;
     let stacks = compile(&work, "stacks")?;
+    let deep_stack = compile(&work, "deep_stack")?;
     let tracer = root().join("target/release/dispatch-leaktrace");
     // bpftrace, perf, heaptrack, tracefs and the floor are for malloc_bench alone.
     let without_malloc = !options.runs(Workload::Malloc);
@@ -379,6 +389,7 @@ fn prepare(options: Options) -> Result<Bench> {
         long_run,
         soak,
         stacks,
+        deep_stack,
         bun,
         bpftrace: bpftrace.filter(|_| tracefs.is_ok()),
         heaptrack: on_path("heaptrack"),

@@ -16,6 +16,7 @@ pub(super) struct Report<'a> {
     pub(super) long_run: Option<LongRunSeries>,
     pub(super) soak: Option<SoakSeries>,
     pub(super) stacks: Option<StacksSeries>,
+    pub(super) walk: Option<WalkSeries>,
     pub(super) placements: &'a Result<Placements, String>,
 }
 
@@ -45,6 +46,9 @@ impl Report<'_> {
         }
         if let Some(stacks) = &self.stacks {
             stacks.render(&mut md);
+        }
+        if let Some(walk) = &self.walk {
+            walk.render(&mut md);
         }
         self.render_method(&mut md);
         md
@@ -930,6 +934,7 @@ impl Report<'_> {
             .chain(long.map(|(c, _)| format!("long run {}", c.name())))
             .chain(self.soak.iter().filter(|s| failed(&s.series.stopped)).map(|_| "soak".to_string()))
             .chain(self.stacks.iter().filter(|s| failed(&s.series.stopped)).map(|_| "stacks".to_string()))
+            .chain(self.walk.iter().filter(|w| w.failure.is_some()).map(|_| "stack walk".to_string()))
             .collect()
     }
 }
