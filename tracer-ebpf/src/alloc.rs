@@ -382,6 +382,24 @@ fn uses_kernel_walk() -> bool {
     unsafe { core::ptr::read_volatile(&KERNEL_WALK) != 0 }
 }
 
+/// The user stack of an event (a page fault, a system call) by our own walk from the registers the thread
+/// left user space with (see [`user_stack::walk_from_registers`]), kept in [`SPILLED_STACKS`]: its id
+/// there, or None when the kernel's walk is to be taken instead, as for [`walk_own`].
+#[inline(always)]
+pub fn event_stack_id(ip: u64, sp: u64, rbp: u64) -> Option<u32> {
+    if uses_kernel_walk() {
+        return None;
+    }
+    let stack = unsafe { &mut *SPILL_SCRATCH.get_ptr_mut(0)? };
+    if !user_stack::walk_from_registers(ip, sp, rbp, stack) {
+        return None;
+    }
+    match keep_spilled(stack) {
+        Kept::Id(id) => Some(id),
+        Kept::Collision | Kept::Full => None,
+    }
+}
+
 /// The stack of an allocator call by our own walk (see [`user_stack::walk`]), kept in [`SPILLED_STACKS`]:
 /// its id there, or None when the kernel's walk is to be taken instead (the stack could not be read, or
 /// its id is another stack's, or the table is full: the kernel's stack map may still have room).

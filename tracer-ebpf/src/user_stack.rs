@@ -54,6 +54,9 @@ pub struct EntryRegisters {
     pub caller: u64,
 }
 
+/// The depth of no frame: a walk from an event's registers looks rules up only when it walks by rules.
+const NO_CALLER: u64 = u64::MAX;
+
 /// Where the walk is, between its steps: the frame's return address, its stack pointer after the return
 /// and %rbp; the frames taken so far; where the copied window of the stack starts and how much of it was
 /// copied. In a map, not on the BPF stack: the verifier then knows nothing of the values, and one check of
@@ -70,6 +73,8 @@ struct Walk {
     /// Whether the window's second page was tried.
     extended: u64,
     every_frame_by_rules: u64,
+    /// The depth of the allocator's caller, whose rule is looked up even when the others' are not.
+    caller_depth: u64,
 }
 
 #[map]
@@ -133,28 +138,51 @@ fn word(walk: &mut Walk, addr: u64) -> Option<u64> {
 /// Each frame is a step of `bpf_loop`: the verifier checks one step, not every depth of the stack.
 #[inline(always)]
 pub fn walk(at: &EntryRegisters, stack: &mut InlineStack) -> bool {
-    // At an allocator's entry the stack pointer is 8 past a 16-byte boundary; anything else is no stack.
-    if at.caller == 0 || at.sp & 7 != 0 {
+    if at.caller == 0 {
         return false;
     }
     stack.ips[0] = at.ip;
     stack.ips[1] = at.caller;
+    // At the entry the return address is on top of the stack: the caller's stack pointer is past it.
+    walk_from(at.caller, at.sp, at.sp + 8, at.rbp, 2, stack)
+}
+
+/// Walks the user stack of an event (a page fault, a system call) from the registers it left user space
+/// with, as the kernel's walk does: the instruction pointer, then frames, by frame pointer (and by CFI rules
+/// in a program that has code without frame pointers).
+#[inline(always)]
+pub fn walk_from_registers(ip: u64, sp: u64, rbp: u64, stack: &mut InlineStack) -> bool {
+    if ip == 0 {
+        return false;
+    }
+    stack.ips[0] = ip;
+    walk_from(ip, sp, sp, rbp, 1, stack)
+}
+
+/// The walk from frame `depth` on, whose return address is `pc`, its stack pointer `sp` and %rbp `rbp`;
+/// the window copied from `base` (the stack pointer the thread stopped at).
+#[inline(always)]
+fn walk_from(pc: u64, base: u64, sp: u64, rbp: u64, depth: u64, stack: &mut InlineStack) -> bool {
+    // The stack pointer of a thread in user space is 8-aligned; anything else is no stack.
+    if base & 7 != 0 {
+        return false;
+    }
     let Some(walk) = WALK.get_ptr_mut(0) else { return false };
     // SAFETY: this CPU's; programs do not nest on a CPU (a nested one is not run).
     let walk = unsafe { &mut *walk };
     *walk = Walk {
-        pc: at.caller,
-        // At the entry the return address is on top of the stack: the caller's stack pointer is past it.
-        sp: at.sp + 8,
-        rbp: at.rbp,
-        depth: 2,
-        base: at.sp,
-        len: copy_window(at.sp),
+        pc,
+        sp,
+        rbp,
+        depth,
+        base,
+        len: copy_window(base),
         extended: 0,
         every_frame_by_rules: WALK_BY_RULES.get(0).copied().unwrap_or(0),
+        caller_depth: if depth == 2 { 2 } else { NO_CALLER },
     };
     // SAFETY: `step` is a BPF function of the signature bpf_loop calls.
-    unsafe { bpf_loop((MAX_STACK_DEPTH - 2) as u32, step as *mut c_void, core::ptr::null_mut(), 0) };
+    unsafe { bpf_loop(MAX_STACK_DEPTH as u32, step as *mut c_void, core::ptr::null_mut(), 0) };
     stack.depth = walk.depth.min(MAX_STACK_DEPTH as u64);
     true
 }
@@ -174,7 +202,7 @@ extern "C" fn step(_index: u64, _context: *mut c_void) -> i64 {
     if depth >= MAX_STACK_DEPTH {
         return STOP;
     }
-    let rule = if walk.every_frame_by_rules != 0 || depth == 2 { unsafe { CALLER_RULES.get(&walk.pc) } } else { None };
+    let rule = if walk.every_frame_by_rules != 0 || walk.depth == walk.caller_depth { unsafe { CALLER_RULES.get(&walk.pc) } } else { None };
     let return_address = if let Some(rule) = rule {
         // Offsets that keep the stack pointer's alignment, as every real rule does.
         if rule.cfa_from_sp <= 0 || rule.cfa_from_sp & 7 != 0 || rule.saved_rbp_from_cfa & 7 != 0 {

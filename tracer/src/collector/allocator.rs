@@ -12,7 +12,11 @@ use tracer_common::{
     counters::Counter,
 };
 
-use super::{Collector, clock, stacks::EventStack, unwind::Modules};
+use super::{
+    Collector, clock,
+    stacks::{EventStack, KernelStackMaps},
+    unwind::Modules,
+};
 use crate::ledger::{Source, StackKey, StackStats};
 
 impl Collector {
@@ -191,7 +195,7 @@ impl Collector {
             alloc_caller: None,
         };
         let stack = self.stacks.intern_event_stack(
-            &self.maps.stacks,
+            &KernelStackMaps { ids: &self.maps.stacks, spilled: &self.maps.spilled_stacks },
             &event_stack,
             &mut self.modules,
             &mut self.symbolizer.jit,

@@ -45,7 +45,7 @@ use crate::{
 use death::{Death, DeathWatch};
 use exec::{ExecRecord, ReleasedBlocks};
 use markers::TurnPatterns;
-use stacks::{EventStack, StackTable};
+use stacks::{EventStack, KernelStackMaps, StackTable};
 use timeline::Timeline;
 use turns::{PlainMarker, TurnRecord, TurnTracker};
 
@@ -803,7 +803,7 @@ impl Collector {
             alloc_caller: (event.alloc_caller != 0).then_some(event.alloc_caller),
         };
         let stack = self.stacks.intern_event_stack(
-            &self.maps.stacks,
+            &KernelStackMaps { ids: &self.maps.stacks, spilled: &self.maps.spilled_stacks },
             &event_stack,
             &mut self.modules,
             &mut self.symbolizer.jit,

@@ -6,7 +6,8 @@ use std::{
     sync::Arc,
 };
 
-use aya::maps::{MapData, StackTraceMap};
+use aya::maps::{HashMap as KernelHashMap, MapData, StackTraceMap};
+use tracer_common::{alloc::SPILLED_STACK, events::InlineStack};
 
 use super::unwind::{Modules, Unwinder};
 use crate::{
@@ -16,6 +17,13 @@ use crate::{
         modules::{ModuleMap, is_runtime_module},
     },
 };
+
+/// The kernel's tables of user stacks: the kernel's walk's (`bpf_get_stackid`) by id, and our walk's (and the
+/// ones that found their bucket taken) by an id with [`SPILLED_STACK`] set.
+pub struct KernelStackMaps<'a> {
+    pub ids: &'a StackTraceMap<MapData>,
+    pub spilled: &'a KernelHashMap<MapData, u32, InlineStack>,
+}
 
 /// Where an event's stack is: an id in the kernel's stack map, or frames carried in the event itself; and
 /// the copy of the top of the user stack taken at the same moment.
@@ -199,7 +207,7 @@ impl StackTable {
     /// top of the user stack taken at the same moment.
     pub fn intern_event_stack(
         &mut self,
-        kernel_stacks: &StackTraceMap<MapData>,
+        kernel_stacks: &KernelStackMaps<'_>,
         event: &EventStack<'_>,
         modules: &mut ModuleMap,
         jit: &mut JitFrames,
@@ -228,7 +236,7 @@ impl StackTable {
 
     fn complete_and_intern(
         &mut self,
-        kernel_stacks: &StackTraceMap<MapData>,
+        kernel_stacks: &KernelStackMaps<'_>,
         event: &EventStack<'_>,
         modules: &mut ModuleMap,
         jit: &mut JitFrames,
@@ -238,8 +246,13 @@ impl StackTable {
             (None, Ok(stack_id)) => match self.kernel_frames.get(&stack_id) {
                 Some(frames) => frames,
                 None => {
-                    let Ok(trace) = kernel_stacks.get(&stack_id, 0) else { return UNKNOWN_STACK };
-                    let frames: Box<[u64]> = trace.frames().iter().map(|frame| frame.ip).collect();
+                    let frames: Box<[u64]> = if stack_id & SPILLED_STACK != 0 {
+                        let Ok(stack) = kernel_stacks.spilled.get(&stack_id, 0) else { return UNKNOWN_STACK };
+                        stack.ips[..(stack.depth as usize).min(stack.ips.len())].into()
+                    } else {
+                        let Ok(trace) = kernel_stacks.ids.get(&stack_id, 0) else { return UNKNOWN_STACK };
+                        trace.frames().iter().map(|frame| frame.ip).collect()
+                    };
                     self.kernel_frames.entry(stack_id).or_insert(frames)
                 }
             },
