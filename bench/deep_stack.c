@@ -1,18 +1,30 @@
 // deep_stack: the stack-walk workload of `cargo xtask bench` (the walk section). Recurses DEPTH frames, then
-// mallocs BLOCKS blocks of 64 bytes and keeps them (no free: each allocator entry the tracer runs is a
-// malloc with its stack). Starts at SIGUSR1, prints "done BLOCKS" after, then waits to be killed, so the
+// mallocs COUNT blocks of 64 bytes and keeps them (no free: each allocator entry the tracer runs is a malloc
+// with its stack), or with "touch" maps COUNT pages and touches each once (a page fault each). Starts at SIGUSR1, prints "done BLOCKS" after, then waits to be killed, so the
 // benchmark reads the kernel's BPF statistics around exactly these calls while the tracer is attached.
 //
-// Usage: deep_stack DEPTH BLOCKS
+// Usage: deep_stack DEPTH COUNT [touch]
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 static void *volatile sink;
+static int touch_pages;
 
-__attribute__((noinline)) static void allocate(long blocks) {
-    for (long i = 0; i < blocks; i++)
+__attribute__((noinline)) static void allocate(long count) {
+    if (touch_pages) {
+        volatile char *pages = mmap(NULL, count * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (pages == MAP_FAILED)
+            exit(1);
+        for (long i = 0; i < count; i++)
+            pages[i * 4096] = 1;
+        return;
+    }
+    for (long i = 0; i < count; i++)
         sink = malloc(64);
 }
 
@@ -26,10 +38,13 @@ __attribute__((noinline)) static void descend(int depth, long blocks) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: deep_stack DEPTH BLOCKS\n");
+    if (argc < 3 || argc > 4) {
+        fprintf(stderr, "usage: deep_stack DEPTH COUNT [touch]\n");
         return 2;
     }
+    touch_pages = argc == 4 && strcmp(argv[3], "touch") == 0;
+    // A fault per page: no transparent huge pages.
+    prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0);
     int depth = atoi(argv[1]);
     long blocks = atol(argv[2]);
     // Blocked first, so that a signal sent before the wait is not lost.

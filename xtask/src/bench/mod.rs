@@ -623,7 +623,10 @@ mod tests {
         assert_eq!((long.only.as_slice(), long.soak_seconds), ([Workload::LongRun].as_slice(), 120));
         assert_eq!(long.command_line(), "sudo cargo xtask bench --quick --only long-run");
         let unknown = Options::parse(&args("--only soak,bogus")).unwrap_err().to_string();
-        assert!(unknown.contains("bogus: not a workload (one of malloc, bun, long-run, soak, stacks, walk)"), "{unknown}");
+        assert!(
+            unknown.contains("bogus: not a workload (one of malloc, bun, long-run, soak, stacks, walk)"),
+            "{unknown}"
+        );
         assert!(Options::parse(&args("--only ,")).is_err());
     }
 

@@ -1,6 +1,7 @@
-//! The stack walk: the kernel's BPF run time of the tracer's allocator entry program per malloc, with the
-//! tracer's own walk of the stack and with the kernel's (`bpf_get_stackid`, `LEAKTRACE_KERNEL_WALK=1`), on
-//! `bench/deep_stack.c` at several depths: the same host, the same run, alternating.
+//! The stack walk: the kernel's BPF run time of the tracer's allocator entry program per malloc and of its
+//! page-fault program per page fault, with the tracer's own walk of the stack and with the kernel's
+//! (`bpf_get_stackid`, `LEAKTRACE_KERNEL_WALK=1`), on `bench/deep_stack.c` at several depths: the same
+//! host, the same run, alternating.
 
 use nix::sys::signal::Signal;
 
@@ -9,9 +10,33 @@ use super::*;
 /// Frames of `descend` above the allocating function: with main, allocate, malloc and the C runtime's start,
 /// the stack is 5 frames deeper.
 const DEPTHS: [u32; 4] = [2, 16, 60, 120];
-const BLOCKS: u64 = 200_000;
-const BLOCKS_QUICK: u64 = 50_000;
-const ENTRY_PROGRAM: &str = "alloc_entry";
+const COUNT: u64 = 200_000;
+const COUNT_QUICK: u64 = 50_000;
+
+/// What each run measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Event {
+    Malloc,
+    PageFault,
+}
+
+impl Event {
+    const ALL: [Self; 2] = [Self::Malloc, Self::PageFault];
+
+    fn program(self) -> &'static str {
+        match self {
+            Self::Malloc => "alloc_entry",
+            Self::PageFault => "page_fault_user_btf",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Malloc => "malloc",
+            Self::PageFault => "page fault",
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Walk {
@@ -31,28 +56,31 @@ impl Walk {
 }
 
 pub(super) struct WalkSeries {
-    /// (depth, walk) -> ns of the entry program per malloc, one per repetition.
-    pub(super) ns_per_malloc: Vec<(u32, Walk, Vec<f64>)>,
+    /// (event, depth, walk) -> ns of the event's program per event, one per repetition.
+    pub(super) ns_per_event: Vec<(Event, u32, Walk, Vec<f64>)>,
     pub(super) failure: Option<String>,
 }
 
 impl WalkSeries {
     pub(super) fn measure(bench: &Bench) -> Self {
-        let mut series = Self { ns_per_malloc: Vec::new(), failure: None };
-        for depth in DEPTHS {
-            for walk in Walk::ALL {
-                series.ns_per_malloc.push((depth, walk, Vec::new()));
+        let mut series = Self { ns_per_event: Vec::new(), failure: None };
+        for event in Event::ALL {
+            for depth in DEPTHS {
+                for walk in Walk::ALL {
+                    series.ns_per_event.push((event, depth, walk, Vec::new()));
+                }
             }
         }
         let runs = bench.options.runs;
         'runs: for rep in 0..runs {
-            for depth in DEPTHS {
+            for (event, depth) in Event::ALL.into_iter().flat_map(|e| DEPTHS.map(|d| (e, d))) {
                 for walk in rotated(&Walk::ALL, rep) {
-                    eprintln!("xtask bench: [{}/{runs}] stack walk, depth {depth}, {}", rep + 1, walk.name());
-                    match entry_ns_per_malloc(bench, depth, walk, rep) {
+                    let (what, how) = (event.name(), walk.name());
+                    eprintln!("xtask bench: [{}/{runs}] stack walk, {what}, depth {depth}, {how}", rep + 1);
+                    match ns_per_event(bench, event, depth, walk, rep) {
                         Ok(ns) => {
-                            let row = series.ns_per_malloc.iter_mut().find(|(d, w, _)| *d == depth && *w == walk);
-                            row.expect("every row made above").2.push(ns);
+                            let row = series.ns_per_event.iter_mut().find(|r| (r.0, r.1, r.2) == (event, depth, walk));
+                            row.expect("every row made above").3.push(ns);
                         }
                         Err(error) => {
                             eprintln!("xtask bench: stack walk failed: {error:#}");
@@ -67,52 +95,66 @@ impl WalkSeries {
     }
 
     pub(super) fn render(&self, md: &mut String) {
-        let _ = writeln!(md, "## Stack walk: BPF time per malloc\n");
+        let _ = writeln!(md, "## Stack walk: BPF time per malloc and per page fault\n");
         let _ = writeln!(
             md,
-            "`bench/deep_stack.c N` recurses N + 1 frames, then mallocs {} blocks of 64 bytes and keeps them (so every \
-             run of the allocator entry program is a malloc, with its stack). The tracer is attached by pid \
-             (`--overhead off`), with its own walk of the stack (the default) or the kernel's \
-             (`LEAKTRACE_KERNEL_WALK=1`: `bpf_get_stackid`), alternating, at each depth; the figure is the \
-             run time of `{ENTRY_PROGRAM}` over its runs during the mallocs, from the kernel's BPF statistics \
-             (`kernel.bpf_stats_enabled`), the median of the repetitions (min-max in brackets). The return \
-             program (block recorded) is not in it. *Frames*: the stack's depth as the tracer reports it.\n",
-            thousands(BLOCKS)
+            "`bench/deep_stack.c N` recurses N + 1 frames, then mallocs {} blocks of 64 bytes and keeps them (so \
+             every run of the allocator entry program is a malloc, with its stack), or with `touch` touches as \
+             many fresh pages once each (a page fault each). The tracer is attached by pid (`--overhead off`), \
+             with its own walk of the stack (the default) or the kernel's (`LEAKTRACE_KERNEL_WALK=1`: \
+             `bpf_get_stackid`), alternating, at each depth. The figure is the run time of `alloc_entry` per \
+             malloc, or of `page_fault_user_btf` per page touched, during the loop, from the kernel's BPF \
+             statistics (`kernel.bpf_stats_enabled`; the page-fault program also runs, and returns at once, \
+             for other processes' faults, which the figure includes), the median of the repetitions (min-max \
+             in brackets). The return program (block recorded) is not in it. *Frames*: the stack's depth as \
+             the tracer reports it.\n",
+            thousands(COUNT)
         );
         if let Some(failure) = &self.failure {
             let _ = writeln!(md, "Stopped: {}\n", first_line(failure));
         }
-        let _ = writeln!(md, "| N | frames | kernel's walk, ns/malloc | our walk, ns/malloc | ratio |");
-        let _ = writeln!(md, "| --- | --- | --- | --- | --- |");
-        for depth in DEPTHS {
-            let stats = |walk: Walk| {
-                let row = self.ns_per_malloc.iter().find(|(d, w, _)| *d == depth && *w == walk);
-                row.and_then(|(_, _, values)| Stats::of(values.clone()))
-            };
-            let cell = |stats: &Option<Stats>| {
-                stats.as_ref().map_or("?".into(), |s| format!("{:.0} [{:.0}-{:.0}]", s.median, s.min, s.max))
-            };
-            let (kernel, ours) = (stats(Walk::Kernel), stats(Walk::Ours));
-            let ratio = match (&kernel, &ours) {
-                (Some(k), Some(o)) if o.median > 0.0 => format!("{:.2}x", k.median / o.median),
-                _ => "?".into(),
-            };
-            let _ = writeln!(md, "| {depth} | {} | {} | {} | {ratio} |", depth + 5, cell(&kernel), cell(&ours));
+        let _ = writeln!(md, "| event | N | frames | kernel's walk, ns | our walk, ns | ratio |");
+        let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- |");
+        for event in Event::ALL {
+            for depth in DEPTHS {
+                let stats = |walk: Walk| {
+                    let row = self.ns_per_event.iter().find(|r| (r.0, r.1, r.2) == (event, depth, walk));
+                    row.and_then(|r| Stats::of(r.3.clone()))
+                };
+                let cell = |stats: &Option<Stats>| {
+                    stats.as_ref().map_or("?".into(), |s| format!("{:.0} [{:.0}-{:.0}]", s.median, s.min, s.max))
+                };
+                let (kernel, ours) = (stats(Walk::Kernel), stats(Walk::Ours));
+                let ratio = match (&kernel, &ours) {
+                    (Some(k), Some(o)) if o.median > 0.0 => format!("{:.2}x", k.median / o.median),
+                    _ => "?".into(),
+                };
+                // A fault is taken in `allocate` itself: no malloc frame.
+                let frames = if event == Event::Malloc { depth + 5 } else { depth + 4 };
+                let _ = writeln!(
+                    md,
+                    "| {} | {depth} | {frames} | {} | {} | {ratio} |",
+                    event.name(),
+                    cell(&kernel),
+                    cell(&ours)
+                );
+            }
         }
         let _ = writeln!(md);
     }
 }
 
-/// One run: the entry program's BPF time per malloc at `depth` with `walk`.
-fn entry_ns_per_malloc(bench: &Bench, depth: u32, walk: Walk, rep: usize) -> Result<f64> {
+/// One run: the event's program's BPF time per event at `depth` with `walk`.
+fn ns_per_event(bench: &Bench, event: Event, depth: u32, walk: Walk, rep: usize) -> Result<f64> {
     const SWITCH: &str = "/proc/sys/kernel/bpf_stats_enabled";
-    let blocks = if bench.options.quick { BLOCKS_QUICK } else { BLOCKS };
+    let count = if bench.options.quick { COUNT_QUICK } else { COUNT };
     let kind = if walk == Walk::Kernel { "kernel" } else { "ours" };
-    let dir = bench.work.join(format!("walk-{depth}-{kind}-{rep}"));
+    let touch = if event == Event::PageFault { "touch" } else { "malloc" };
+    let dir = bench.work.join(format!("walk-{touch}-{depth}-{kind}-{rep}"));
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut command = Command::new(&bench.deep_stack);
     command
-        .args([depth.to_string(), blocks.to_string()])
+        .args([depth.to_string(), count.to_string(), touch.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log_file(&dir, "target.stderr")?);
@@ -136,10 +178,10 @@ fn entry_ns_per_malloc(bench: &Bench, depth: u32, walk: Walk, rep: usize) -> Res
     wait_for_line(&tracer_lines, "tracing pid", Duration::from_secs(120))
         .map_err(|error| failure(&format!("the tracer did not attach ({error:#})"), &dir.join("tracer.stderr")))?;
     fs::write(SWITCH, "1").context("cannot turn on the kernel's BPF statistics")?;
-    let before = program_stats(tracer.pid, ENTRY_PROGRAM);
+    let before = program_stats(tracer.pid, event.program());
     target.signal(Signal::SIGUSR1)?;
     let done = wait_for_line(&target_lines, "done", Duration::from_secs(300));
-    let after = program_stats(tracer.pid, ENTRY_PROGRAM);
+    let after = program_stats(tracer.pid, event.program());
     let _ = fs::write(SWITCH, "0");
     done?;
     tracer.signal(Signal::SIGINT)?;
@@ -149,11 +191,11 @@ fn entry_ns_per_malloc(bench: &Bench, depth: u32, walk: Walk, rep: usize) -> Res
     }
     let ((runs_before, ns_before), (runs_after, ns_after)) = (before?, after?);
     let runs = runs_after.saturating_sub(runs_before);
-    // Every malloc runs the entry program once; fewer means the probes missed calls.
-    if runs < blocks {
-        bail!("{ENTRY_PROGRAM} ran {runs} times for {blocks} mallocs");
+    // Every malloc and every page touched runs the program once; fewer means the probes missed some.
+    if runs < count {
+        bail!("{} ran {runs} times for {count} {}s", event.program(), event.name());
     }
-    Ok(ns_after.saturating_sub(ns_before) as f64 / runs as f64)
+    Ok(ns_after.saturating_sub(ns_before) as f64 / count as f64)
 }
 
 /// (run count, run time in ns) of the BPF program named `name` that process `pid` holds, from its
