@@ -31,18 +31,26 @@ pub fn health(port: u16) -> Value {
 
 /// The tracer on `pid`, a timeline point a second, turns from the demos' log lines, reports into `out`.
 pub fn start_turn_tracer(out: &Path, pid: u32) -> Running {
-    start_tracer(&[
+    start_turn_tracer_with(out, pid, &[])
+}
+
+/// [`start_turn_tracer`] with more options.
+pub fn start_turn_tracer_with(out: &Path, pid: u32, extra: &[&str]) -> Running {
+    let pid = pid.to_string();
+    let mut args = vec![
         "-o",
         out.to_str().unwrap(),
         "--pid",
-        &pid.to_string(),
+        &pid,
         "--interval",
         "1s",
         "--turn-start",
         TURN_START,
         "--turn-end",
         TURN_END,
-    ])
+    ];
+    args.extend_from_slice(extra);
+    start_tracer(&args)
 }
 
 /// A leak's truth, untraced: the RSS slope per turn of the server on `port` (with only that leak on), after a
