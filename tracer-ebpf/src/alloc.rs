@@ -395,8 +395,9 @@ pub fn event_stack_id(ip: u64, sp: u64, rbp: u64) -> Option<u32> {
         return None;
     }
     match keep_spilled(stack) {
-        Kept::Id(id) => Some(id),
-        Kept::Collision | Kept::Full => None,
+        // Kept from the buffer as this thread filled it, or the kernel's walk instead.
+        Kept::Id(id) if user_stack::still_ours() => Some(id),
+        Kept::Id(_) | Kept::Collision | Kept::Full => None,
     }
 }
 
@@ -412,8 +413,9 @@ fn walk_own(ctx: &ProbeContext, sp: u64, caller: u64) -> Option<u32> {
         return None;
     }
     match keep_spilled(stack) {
-        Kept::Id(id) => Some(id),
-        Kept::Collision | Kept::Full => None,
+        // Kept from the buffer as this thread filled it, or the kernel's walk instead.
+        Kept::Id(id) if user_stack::still_ours() => Some(id),
+        Kept::Id(_) | Kept::Collision | Kept::Full => None,
     }
 }
 

@@ -10,7 +10,7 @@
 use aya_ebpf::{
     cty::c_void,
     helpers::{
-        bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_probe_read_user,
         generated::{bpf_loop, bpf_probe_read_user as probe_read_user_raw},
     },
     macros::map,
@@ -75,6 +75,9 @@ struct Walk {
     every_frame_by_rules: u64,
     /// The depth of the allocator's caller, whose rule is looked up even when the others' are not.
     caller_depth: u64,
+    /// The thread walking. A uprobe's program can be preempted, and another thread's walk on the same CPU
+    /// then takes over these per-CPU buffers: the first walk sees it and gives up its stack.
+    owner: u64,
 }
 
 #[map]
@@ -168,7 +171,7 @@ fn walk_from(pc: u64, base: u64, sp: u64, rbp: u64, depth: u64, stack: &mut Inli
         return false;
     }
     let Some(walk) = WALK.get_ptr_mut(0) else { return false };
-    // SAFETY: this CPU's; programs do not nest on a CPU (a nested one is not run).
+    // SAFETY: this CPU's; another thread's walk may take it over (see `Walk::owner`).
     let walk = unsafe { &mut *walk };
     *walk = Walk {
         pc,
@@ -180,11 +183,18 @@ fn walk_from(pc: u64, base: u64, sp: u64, rbp: u64, depth: u64, stack: &mut Inli
         extended: 0,
         every_frame_by_rules: WALK_BY_RULES.get(0).copied().unwrap_or(0),
         caller_depth: if depth == 2 { 2 } else { NO_CALLER },
+        owner: bpf_get_current_pid_tgid(),
     };
     // SAFETY: `step` is a BPF function of the signature bpf_loop calls.
     unsafe { bpf_loop(MAX_STACK_DEPTH as u32, step as *mut c_void, core::ptr::null_mut(), 0) };
     stack.depth = walk.depth.min(MAX_STACK_DEPTH as u64);
-    true
+    still_ours()
+}
+
+/// Whether the per-CPU buffers of the walk still hold the current thread's walk (see [`Walk::owner`]).
+#[inline(always)]
+pub fn still_ours() -> bool {
+    WALK.get(0).is_some_and(|walk| walk.owner == bpf_get_current_pid_tgid())
 }
 
 const STOP: i64 = 1;
@@ -197,6 +207,9 @@ extern "C" fn step(_index: u64, _context: *mut c_void) -> i64 {
     let Some(walk) = WALK.get_ptr_mut(0) else { return STOP };
     // SAFETY: this CPU's, as above.
     let walk = unsafe { &mut *walk };
+    if walk.owner != bpf_get_current_pid_tgid() {
+        return STOP;
+    }
     let Some(stack) = SPILL_SCRATCH.get_ptr_mut(0) else { return STOP };
     let depth = walk.depth as usize;
     if depth >= MAX_STACK_DEPTH {
