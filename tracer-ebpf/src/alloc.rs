@@ -394,11 +394,7 @@ pub fn event_stack_id(ip: u64, sp: u64, rbp: u64) -> Option<u32> {
     if !user_stack::walk_from_registers(ip, sp, rbp, stack) {
         return None;
     }
-    match keep_spilled(stack) {
-        // Kept from the buffer as this thread filled it, or the kernel's walk instead.
-        Kept::Id(id) if user_stack::still_ours() => Some(id),
-        Kept::Id(_) | Kept::Collision | Kept::Full => None,
-    }
+    keep_own_walk(stack)
 }
 
 /// The stack of an allocator call by our own walk (see [`user_stack::walk`]), kept in [`SPILLED_STACKS`]:
@@ -412,6 +408,13 @@ fn walk_own(ctx: &ProbeContext, sp: u64, caller: u64) -> Option<u32> {
     if !user_stack::walk(&at, stack) {
         return None;
     }
+    keep_own_walk(stack)
+}
+
+/// A stack our walk took, kept in [`SPILLED_STACKS`]: its id there, or None for the kernel's walk instead
+/// (its id is another stack's, the table is full, or another thread's walk took the buffer meanwhile).
+#[inline(always)]
+fn keep_own_walk(stack: &InlineStack) -> Option<u32> {
     match keep_spilled(stack) {
         // Kept from the buffer as this thread filled it, or the kernel's walk instead.
         Kept::Id(id) if user_stack::still_ours() => Some(id),

@@ -8,7 +8,7 @@ use std::{
 };
 
 use tracer_common::{
-    alloc::{AllocSite, CallerRule, NO_STACK, SAMPLE_BYTES_WHEN_FULL, SPILLED_STACK, StackAllocStats},
+    alloc::{AllocSite, CallerRule, NO_STACK, SAMPLE_BYTES_WHEN_FULL, StackAllocStats},
     counters::Counter,
 };
 
@@ -179,16 +179,13 @@ impl Collector {
             return *key;
         }
         self.teach_kernel_the_caller(site.caller);
-        let spilled = (site.stack_id != NO_STACK && site.stack_id & SPILLED_STACK != 0)
-            .then(|| self.maps.spilled_stacks.get(&site.stack_id, 0).ok())
-            .flatten();
-        let inline = spilled.as_ref().map(|stack| &stack.ips[..(stack.depth as usize).min(stack.ips.len())]);
-        let stack_id = if site.stack_id == NO_STACK || spilled.is_some() { -1 } else { site.stack_id as i32 };
+        // A spilled stack's id is read from SPILLED_STACKS by the stack table, as an event's is.
+        let stack_id = if site.stack_id == NO_STACK { -1 } else { site.stack_id as i32 };
         // Figures kept in the kernel have no time: name JIT code as it is now.
         let event_stack = EventStack {
             time_ns: u64::MAX,
             stack_id,
-            inline,
+            inline: None,
             user_sp: 0,
             stack_top: &[],
             caller: Some(site.caller),
