@@ -206,6 +206,19 @@ fn operator_new_and_delete_are_exact_and_a_throwing_new_survives() {
     assert_truth(&report, CPP_TRUTH);
 }
 
+/// The ground truth a fixture prints for each of `sites`, a line "truth SITE BYTES BLOCKS" each: (site, bytes,
+/// blocks).
+fn read_truth(target: &mut Running, sites: &[&str]) -> Vec<(String, u64, u64)> {
+    sites
+        .iter()
+        .map(|site| {
+            let line = target.stdout.wait_for(&format!("truth {site}"));
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields[1].to_string(), fields[2].parse().unwrap(), fields[3].parse().unwrap())
+        })
+        .collect()
+}
+
 /// Two callers through one C++ library path: std::map's and std::vector's template code (in the executable,
 /// with frame pointers) and std::string's constructor (in libstdc++, without: the kernel's walk stops in
 /// it). Every allocation has the same innermost frames; each caller's figures are exact, to the truth the
@@ -224,14 +237,7 @@ fn two_callers_through_one_cpp_library_path_are_exact_per_caller() {
     target.stdout.wait_for("warm");
     tracer.snapshot();
     target.send_line("fill");
-    let truth: Vec<(String, u64, u64)> = ["truth fill_log", "truth fill_map"]
-        .iter()
-        .map(|prefix| {
-            let line = target.stdout.wait_for(prefix);
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            (fields[1].to_string(), fields[2].parse().unwrap(), fields[3].parse().unwrap())
-        })
-        .collect();
+    let truth = read_truth(&mut target, &["fill_log", "fill_map"]);
     let report = common::finish_waiting_fixture(target, tracer, &out);
     let sites = ["fill_log", "fill_map"];
     for (site, bytes, blocks) in truth {
@@ -260,14 +266,7 @@ fn stacks_through_code_without_frame_pointers_reach_main_and_are_exact_per_calle
         tracer.snapshot();
     }
     target.send_line("fill");
-    let truth: Vec<(String, u64, u64)> = ["truth parse_log", "truth parse_map"]
-        .iter()
-        .map(|prefix| {
-            let line = target.stdout.wait_for(prefix);
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            (fields[1].to_string(), fields[2].parse().unwrap(), fields[3].parse().unwrap())
-        })
-        .collect();
+    let truth = read_truth(&mut target, &["parse_log", "parse_map"]);
     let report = common::finish_waiting_fixture(target, tracer, &out);
     let sites = ["parse_log", "parse_map"];
     for (site, bytes, blocks) in truth {
