@@ -32,10 +32,15 @@ pub enum Counter {
     /// interval for a sampled small block), so the report can say how much the figures miss. Bytes, not
     /// events: not a loss of its own.
     BlockTableFullBytes = 9,
+    /// Stacks our own walk began that were taken by the kernel's walk (`bpf_get_stackid`) instead: the
+    /// stack could not be read, another thread's walk took the per-CPU buffers (uprobe programs run
+    /// preemptible), its 30-bit id was another stack's, or the table of our stacks was full. Not a loss:
+    /// the stack is still taken, at the kernel's cost.
+    KernelWalkFallbacks = 10,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 10] = [
+    pub const ALL: [Counter; 11] = [
         Counter::LostEvents,
         Counter::MapFull,
         Counter::StackErrors,
@@ -46,6 +51,7 @@ impl Counter {
         Counter::BlockTableFull,
         Counter::SiteTableFull,
         Counter::BlockTableFullBytes,
+        Counter::KernelWalkFallbacks,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -66,6 +72,7 @@ impl Counter {
             Counter::BlockTableFull => "block_table_full",
             Counter::SiteTableFull => "site_table_full",
             Counter::BlockTableFullBytes => "block_table_full_bytes",
+            Counter::KernelWalkFallbacks => "kernel_walk_fallbacks",
         }
     }
 
@@ -82,7 +89,11 @@ impl Counter {
         // The block table's are in `MapFull` already.
         !matches!(
             self,
-            Counter::InlineStacks | Counter::UnmatchedFrees | Counter::BlockTableFull | Counter::BlockTableFullBytes
+            Counter::InlineStacks
+                | Counter::UnmatchedFrees
+                | Counter::BlockTableFull
+                | Counter::BlockTableFullBytes
+                | Counter::KernelWalkFallbacks
         )
     }
 }

@@ -391,10 +391,8 @@ pub fn event_stack_id(ip: u64, sp: u64, rbp: u64) -> Option<u32> {
         return None;
     }
     let stack = unsafe { &mut *SPILL_SCRATCH.get_ptr_mut(0)? };
-    if !user_stack::walk_from_registers(ip, sp, rbp, stack) {
-        return None;
-    }
-    keep_own_walk(stack)
+    let kept = if user_stack::walk_from_registers(ip, sp, rbp, stack) { keep_own_walk(stack) } else { None };
+    counted_fallback(kept)
 }
 
 /// The stack of an allocator call by our own walk (see [`user_stack::walk`]), kept in [`SPILLED_STACKS`]:
@@ -405,10 +403,17 @@ fn walk_own(ctx: &ProbeContext, sp: u64, caller: u64) -> Option<u32> {
     let stack = unsafe { &mut *SPILL_SCRATCH.get_ptr_mut(0)? };
     let regs = unsafe { &*ctx.regs };
     let at = EntryRegisters { ip: regs.rip, sp, rbp: regs.rbp, caller };
-    if !user_stack::walk(&at, stack) {
-        return None;
+    let kept = if user_stack::walk(&at, stack) { keep_own_walk(stack) } else { None };
+    counted_fallback(kept)
+}
+
+/// Counts a walk of ours that leaves the stack to the kernel's walk (`kernel_walk_fallbacks`).
+#[inline(always)]
+fn counted_fallback(kept: Option<u32>) -> Option<u32> {
+    if kept.is_none() {
+        count_quietly(Counter::KernelWalkFallbacks);
     }
-    keep_own_walk(stack)
+    kept
 }
 
 /// A stack our walk took, kept in [`SPILLED_STACKS`]: its id there, or None for the kernel's walk instead

@@ -112,6 +112,11 @@ pub fn bench_tools() -> Result<()> {
     apt_packages(&[("bpftrace", "/usr/bin/bpftrace"), ("linux-perf", "/usr/bin/perf")])
 }
 
+/// bpftool: the benchmark's stack walk names the tracer's programs with it.
+pub fn bpftool() -> Result<()> {
+    apt_packages(&[("bpftool", "/usr/sbin/bpftool")])
+}
+
 fn apt_packages(packages: &[(&str, &str)]) -> Result<()> {
     let missing: Vec<&str> =
         packages.iter().filter(|(_, file)| !std::path::Path::new(file).exists()).map(|(name, _)| *name).collect();

@@ -152,7 +152,8 @@ pub(super) fn bun_session(config: BunConfig, bench: &Bench, rep: usize, attempt:
     let cpu_of = |process: &Process| ProcessCpu::of(process.pid);
     let (server_before, tracer_before) = (cpu_of(&server.process), tracer.as_ref().map(cpu_of));
     // The budget keeps the BPF statistics on: its programs' run time over the timed rounds is readable.
-    let budget_bpf_before = tracer.as_ref().filter(|_| config == BunConfig::Default).map(|t| bpf_run_time_ns(t.pid));
+    let budget_bpf_before =
+        tracer.as_ref().filter(|_| config == BunConfig::Default).map(|t| bpf_stats::run_time_ns(t.pid));
     let (mut turns, mut seconds) = (0u64, 0.0f64);
     for round in 0..bench.options.rounds {
         let (round_turns, round_seconds) = drive(bench, &server, &dir, &format!("round{}", round + 1))?;
@@ -160,7 +161,8 @@ pub(super) fn bun_session(config: BunConfig, bench: &Bench, rep: usize, attempt:
         seconds += round_seconds;
     }
     let (server_after, tracer_after) = (cpu_of(&server.process), tracer.as_ref().map(cpu_of));
-    let budget_bpf_ns = budget_bpf_before.zip(tracer.as_ref()).map(|(before, t)| bpf_run_time_ns(t.pid) - before);
+    let budget_bpf_ns =
+        budget_bpf_before.zip(tracer.as_ref()).map(|(before, t)| bpf_stats::run_time_ns(t.pid) - before);
     // One more round, untimed, with the kernel's BPF run-time statistics on: what our programs cost per
     // turn, free of the machine's noise. (The statistics cost time themselves: not in the timed rounds.)
     let bpf_ms = match &tracer {
@@ -273,29 +275,12 @@ pub(super) fn bpf_ms_per_turn(bench: &Bench, server: &BunServer, dir: &Path, tra
     if fs::write(SWITCH, "1").is_err() {
         return Ok(None);
     }
-    let before = bpf_run_time_ns(tracer);
+    let before = bpf_stats::run_time_ns(tracer);
     let round = drive(bench, server, dir, "bpf-stats");
-    let after = bpf_run_time_ns(tracer);
+    let after = bpf_stats::run_time_ns(tracer);
     let _ = fs::write(SWITCH, "0");
     let (turns, _) = round?;
     Ok(Some(after.saturating_sub(before) as f64 / 1e6 / turns as f64))
-}
-
-/// The summed run time of the BPF programs process `pid` holds, each counted once (by program id), from
-/// its descriptors' fdinfo.
-pub(super) fn bpf_run_time_ns(pid: u32) -> u64 {
-    let mut programs = std::collections::BTreeMap::new();
-    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return 0 };
-    for entry in entries.filter_map(Result::ok) {
-        let Ok(text) = fs::read_to_string(entry.path()) else { continue };
-        let field = |name: &str| {
-            text.lines().find_map(|line| line.strip_prefix(name)).and_then(|rest| rest.trim().parse::<u64>().ok())
-        };
-        if let (Some(id), Some(run_time)) = (field("prog_id:"), field("run_time_ns:")) {
-            programs.insert(id, run_time);
-        }
-    }
-    programs.values().sum()
 }
 
 /// `turns N seconds S turns_per_second X` -> (N, S).
@@ -313,8 +298,20 @@ pub(super) fn parse_driver(stdout: &str) -> Option<(u64, f64)> {
 /// Starts the tracer on the server's pid and waits until it says the probes are attached. `Ok(None)`: it
 /// exited with code 2, the code for options it does not know.
 pub(super) fn attach_tracer(bench: &Bench, server: &BunServer, args: &[&str], dir: &Path) -> Result<Option<Process>> {
+    attach_tracer_with(bench, server, args, &[], dir)
+}
+
+/// [`attach_tracer`] with variables added to the tracer's environment.
+pub(super) fn attach_tracer_with(
+    bench: &Bench,
+    server: &BunServer,
+    args: &[&str],
+    env: &[(&str, &str)],
+    dir: &Path,
+) -> Result<Option<Process>> {
     let mut command = Command::new(&bench.tracer);
     command
+        .envs(env.iter().copied())
         .arg("--pid")
         .arg(server.process.pid.to_string())
         .arg("--output")

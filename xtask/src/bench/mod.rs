@@ -37,6 +37,7 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use crate::{root, setup};
 
+mod bpf_stats;
 mod bun;
 mod floor;
 mod long_run;
@@ -381,7 +382,10 @@ fn prepare(options: Options) -> Result<Bench> {
     if let (Err(why), false) = (&placements, without_malloc) {
         eprintln!("xtask bench: no floor at the tracer's placement: {why}");
     }
-    let bun = if options.runs(Workload::Bun) { Some(setup::bun()?) } else { None };
+    if options.runs(Workload::Walk) {
+        setup::bpftool()?;
+    }
+    let bun = if options.runs(Workload::Bun) || options.runs(Workload::Walk) { Some(setup::bun()?) } else { None };
     Ok(Bench {
         options,
         tracer,

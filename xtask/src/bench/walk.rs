@@ -58,12 +58,18 @@ impl Walk {
 pub(super) struct WalkSeries {
     /// (event, depth, walk) -> ns of the event's program per event, one per repetition.
     pub(super) ns_per_event: Vec<(Event, u32, Walk, Vec<f64>)>,
+    /// walk -> BPF ns of the page-fault program per page fault of the Bun demo server, one per repetition.
+    pub(super) bun_ns_per_fault: Vec<(Walk, Vec<f64>)>,
     pub(super) failure: Option<String>,
 }
 
 impl WalkSeries {
     pub(super) fn measure(bench: &Bench) -> Self {
-        let mut series = Self { ns_per_event: Vec::new(), failure: None };
+        let mut series = Self {
+            ns_per_event: Vec::new(),
+            bun_ns_per_fault: Walk::ALL.map(|walk| (walk, Vec::new())).into(),
+            failure: None,
+        };
         for event in Event::ALL {
             for depth in DEPTHS {
                 for walk in Walk::ALL {
@@ -87,6 +93,17 @@ impl WalkSeries {
                             series.failure = Some(format!("{error:#}"));
                             break 'runs;
                         }
+                    }
+                }
+            }
+            for walk in rotated(&Walk::ALL, rep) {
+                eprintln!("xtask bench: [{}/{runs}] stack walk, Bun demo page faults, {}", rep + 1, walk.name());
+                match bun_ns_per_fault(bench, walk, rep) {
+                    Ok(ns) => series.bun_ns_per_fault.iter_mut().find(|r| r.0 == walk).expect("every walk").1.push(ns),
+                    Err(error) => {
+                        eprintln!("xtask bench: stack walk on the Bun demo failed: {error:#}");
+                        series.failure = Some(format!("{error:#}"));
+                        break 'runs;
                     }
                 }
             }
@@ -141,7 +158,67 @@ impl WalkSeries {
             }
         }
         let _ = writeln!(md);
+        let _ = writeln!(
+            md,
+            "The Bun demo server (`demo/bun/server.ts`, JIT dump on) after a warm-up round, the tracer attached \
+             by pid in page-fault mode (`--no-alloc --overhead off`), one round of the driver's turns: the run \
+             time of `page_fault_user_btf` over the round divided by the server's page faults in it (minflt + \
+             majflt from /proc/PID/stat). The program's early returns for other processes' faults (the driver \
+             is another Bun) count in the time, so the figure is an upper bound.\n"
+        );
+        let _ = writeln!(md, "| event | kernel's walk, ns | our walk, ns | ratio |");
+        let _ = writeln!(md, "| --- | --- | --- | --- |");
+        let stats = |walk: Walk| {
+            let row = self.bun_ns_per_fault.iter().find(|r| r.0 == walk);
+            row.and_then(|r| Stats::of(r.1.clone()))
+        };
+        let (kernel, ours) = (stats(Walk::Kernel), stats(Walk::Ours));
+        let cell = |stats: &Option<Stats>| {
+            stats.as_ref().map_or("?".into(), |s| format!("{:.0} [{:.0}-{:.0}]", s.median, s.min, s.max))
+        };
+        let ratio = match (&kernel, &ours) {
+            (Some(k), Some(o)) if o.median > 0.0 => format!("{:.2}x", k.median / o.median),
+            _ => "?".into(),
+        };
+        let _ = writeln!(md, "| Bun demo page fault | {} | {} | {ratio} |\n", cell(&kernel), cell(&ours));
     }
+}
+
+/// One run on the Bun demo: the page-fault program's BPF time per page fault of the server, with `walk`.
+fn bun_ns_per_fault(bench: &Bench, walk: Walk, rep: usize) -> Result<f64> {
+    const SWITCH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let kind = if walk == Walk::Kernel { "kernel" } else { "ours" };
+    let dir = bench.work.join(format!("walk-bun-{kind}-{rep}"));
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let server = BunServer::start(bench, &dir)?;
+    drive(bench, &server, &dir, "warmup")?;
+    let env: &[(&str, &str)] = if walk == Walk::Kernel { &[("LEAKTRACE_KERNEL_WALK", "1")] } else { &[] };
+    let args = ["--quiet", "--no-alloc", "--overhead", "off"];
+    let tracer = attach_tracer_with(bench, &server, &args, env, &dir)?
+        .ok_or_else(|| anyhow!("the tracer rejected {args:?}: see {}", dir.join("tracer.stderr").display()))?;
+    let faults = || {
+        let fields = proc_stat_fields(&server.process.pid.to_string());
+        // minflt and majflt: the 10th and 12th fields of /proc/PID/stat, counted from the state (3rd).
+        fields.get(7).copied().unwrap_or(0.0) + fields.get(9).copied().unwrap_or(0.0)
+    };
+    fs::write(SWITCH, "1").context("cannot turn on the kernel's BPF statistics")?;
+    let (before, faults_before) = (bpf_stats::program_named(tracer.pid, Event::PageFault.program()), faults());
+    let round = drive(bench, &server, &dir, "measured");
+    let (after, faults_after) = (bpf_stats::program_named(tracer.pid, Event::PageFault.program()), faults());
+    let _ = fs::write(SWITCH, "0");
+    round?;
+    stop_tracer(tracer, &dir)?;
+    let (before, after) = (before?, after?);
+    let faults = faults_after - faults_before;
+    let runs = after.runs.saturating_sub(before.runs);
+    eprintln!(
+        "xtask bench: Bun demo, {}: {runs} runs of the page-fault program, {faults} server page faults",
+        walk.name()
+    );
+    if faults < 1000.0 {
+        bail!("the Bun demo server took only {faults} page faults in a round");
+    }
+    Ok(after.ns.saturating_sub(before.ns) as f64 / faults)
 }
 
 /// One run: the event's program's BPF time per event at `depth` with `walk`.
@@ -178,10 +255,10 @@ fn ns_per_event(bench: &Bench, event: Event, depth: u32, walk: Walk, rep: usize)
     wait_for_line(&tracer_lines, "tracing pid", Duration::from_secs(120))
         .map_err(|error| failure(&format!("the tracer did not attach ({error:#})"), &dir.join("tracer.stderr")))?;
     fs::write(SWITCH, "1").context("cannot turn on the kernel's BPF statistics")?;
-    let before = program_stats(tracer.pid, event.program());
+    let before = bpf_stats::program_named(tracer.pid, event.program());
     target.signal(Signal::SIGUSR1)?;
     let done = wait_for_line(&target_lines, "done", Duration::from_secs(300));
-    let after = program_stats(tracer.pid, event.program());
+    let after = bpf_stats::program_named(tracer.pid, event.program());
     let _ = fs::write(SWITCH, "0");
     done?;
     tracer.signal(Signal::SIGINT)?;
@@ -189,32 +266,11 @@ fn ns_per_event(bench: &Bench, event: Event, depth: u32, walk: Walk, rep: usize)
     if !status.success() {
         return Err(failure(&format!("the tracer failed ({status})"), &dir.join("tracer.stderr")));
     }
-    let ((runs_before, ns_before), (runs_after, ns_after)) = (before?, after?);
-    let runs = runs_after.saturating_sub(runs_before);
+    let (before, after) = (before?, after?);
+    let runs = after.runs.saturating_sub(before.runs);
     // Every malloc and every page touched runs the program once; fewer means the probes missed some.
     if runs < count {
         bail!("{} ran {runs} times for {count} {}s", event.program(), event.name());
     }
-    Ok(ns_after.saturating_sub(ns_before) as f64 / count as f64)
-}
-
-/// (run count, run time in ns) of the BPF program named `name` that process `pid` holds, from its
-/// descriptors' fdinfo and bpftool for the name.
-fn program_stats(pid: u32, name: &str) -> Result<(u64, u64)> {
-    let entries = fs::read_dir(format!("/proc/{pid}/fdinfo")).context("cannot read the tracer's fdinfo")?;
-    for entry in entries.filter_map(Result::ok) {
-        let Ok(text) = fs::read_to_string(entry.path()) else { continue };
-        let field = |key: &str| {
-            text.lines().find_map(|line| line.strip_prefix(key)).and_then(|rest| rest.trim().parse::<u64>().ok())
-        };
-        let (Some(id), Some(count), Some(time)) = (field("prog_id:"), field("run_cnt:"), field("run_time_ns:")) else {
-            continue;
-        };
-        let shown = Command::new("bpftool").args(["prog", "show", "id", &id.to_string()]).output();
-        let shown = shown.context("cannot run bpftool (cargo xtask setup installs it)")?;
-        if String::from_utf8_lossy(&shown.stdout).split_whitespace().any(|word| word == name) {
-            return Ok((count, time));
-        }
-    }
-    bail!("the tracer holds no BPF program {name}")
+    Ok(after.ns.saturating_sub(before.ns) as f64 / count as f64)
 }
