@@ -222,6 +222,11 @@ pub struct CallerRule {
 /// [`CallerRule::saved_rbp_from_cfa`] when the function does not save %rbp (it leaves it alone).
 pub const RBP_NOT_SAVED: i32 = i32::MIN;
 
+/// Set in a `CALLER_RULES` key that is the instruction an event (a page fault, a system call) stopped at,
+/// not a return address: its rule is the CFI row at that very instruction, where a return address's is the
+/// row at its call. User addresses are below 2^47, so the bit is free.
+pub const AT_INSTRUCTION: u64 = 1 << 63;
+
 #[cfg(feature = "user")]
 mod pod {
     unsafe impl aya::Pod for super::CallerRule {}

@@ -19,12 +19,13 @@ use aya_ebpf::{
 use crate::alloc::{BPF_F_NO_PREALLOC, SPILL_SCRATCH};
 use tracer_common::{
     MAX_STACK_DEPTH,
-    alloc::{CallerRule, RBP_NOT_SAVED},
+    alloc::{AT_INSTRUCTION, CallerRule, RBP_NOT_SAVED},
     events::InlineStack,
 };
 
 /// Return addresses in code without frame pointers, with the CFI rule that steps out of the function there
-/// (see [`CallerRule`]); userspace adds one when it first sees such a return address on a stack.
+/// (see [`CallerRule`]); userspace adds one when it first sees such a return address on a stack. Also the
+/// instructions events stopped at in such code, under the address with [`AT_INSTRUCTION`] set.
 #[map]
 pub static CALLER_RULES: HashMap<u64, CallerRule> = HashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
 
@@ -75,6 +76,9 @@ struct Walk {
     every_frame_by_rules: u64,
     /// The depth of the allocator's caller, whose rule is looked up even when the others' are not.
     caller_depth: u64,
+    /// The depth whose `pc` is the instruction an event stopped at, not a return address: its rule is kept
+    /// under the address with [`AT_INSTRUCTION`] set.
+    instruction_depth: u64,
     /// The thread walking. A uprobe's program can be preempted, and another thread's walk on the same CPU
     /// then takes over these per-CPU buffers: the first walk sees it and gives up its stack.
     owner: u64,
@@ -183,6 +187,7 @@ fn walk_from(pc: u64, base: u64, sp: u64, rbp: u64, depth: u64, stack: &mut Inli
         extended: 0,
         every_frame_by_rules: WALK_BY_RULES.get(0).copied().unwrap_or(0),
         caller_depth: if depth == 2 { 2 } else { NO_CALLER },
+        instruction_depth: if depth == 1 { 1 } else { NO_CALLER },
         owner: bpf_get_current_pid_tgid(),
     };
     // SAFETY: `step` is a BPF function of the signature bpf_loop calls.
@@ -215,7 +220,12 @@ extern "C" fn step(_index: u64, _context: *mut c_void) -> i64 {
     if depth >= MAX_STACK_DEPTH {
         return STOP;
     }
-    let rule = if walk.every_frame_by_rules != 0 || walk.depth == walk.caller_depth { unsafe { CALLER_RULES.get(&walk.pc) } } else { None };
+    let rule = if walk.every_frame_by_rules != 0 || walk.depth == walk.caller_depth {
+        let key = if walk.depth == walk.instruction_depth { walk.pc | AT_INSTRUCTION } else { walk.pc };
+        unsafe { CALLER_RULES.get(&key) }
+    } else {
+        None
+    };
     let return_address = if let Some(rule) = rule {
         // Offsets that keep the stack pointer's alignment, as every real rule does.
         if rule.cfa_from_sp <= 0 || rule.cfa_from_sp & 7 != 0 || rule.saved_rbp_from_cfa & 7 != 0 {

@@ -206,19 +206,6 @@ fn operator_new_and_delete_are_exact_and_a_throwing_new_survives() {
     assert_truth(&report, CPP_TRUTH);
 }
 
-/// The ground truth a fixture prints for each of `sites`, a line "truth SITE BYTES BLOCKS" each: (site, bytes,
-/// blocks).
-fn read_truth(target: &mut Running, sites: &[&str]) -> Vec<(String, u64, u64)> {
-    sites
-        .iter()
-        .map(|site| {
-            let line = target.stdout.wait_for(&format!("truth {site}"));
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            (fields[1].to_string(), fields[2].parse().unwrap(), fields[3].parse().unwrap())
-        })
-        .collect()
-}
-
 /// Two callers through one C++ library path: std::map's and std::vector's template code (in the executable,
 /// with frame pointers) and std::string's constructor (in libstdc++, without: the kernel's walk stops in
 /// it). Every allocation has the same innermost frames; each caller's figures are exact, to the truth the
@@ -237,7 +224,7 @@ fn two_callers_through_one_cpp_library_path_are_exact_per_caller() {
     target.stdout.wait_for("warm");
     tracer.snapshot();
     target.send_line("fill");
-    let truth = read_truth(&mut target, &["fill_log", "fill_map"]);
+    let truth = target.read_truth(&["fill_log", "fill_map"]);
     let report = common::finish_waiting_fixture(target, tracer, &out);
     let sites = ["fill_log", "fill_map"];
     for (site, bytes, blocks) in truth {
@@ -266,7 +253,7 @@ fn stacks_through_code_without_frame_pointers_reach_main_and_are_exact_per_calle
         tracer.snapshot();
     }
     target.send_line("fill");
-    let truth = read_truth(&mut target, &["parse_log", "parse_map"]);
+    let truth = target.read_truth(&["parse_log", "parse_map"]);
     let report = common::finish_waiting_fixture(target, tracer, &out);
     let sites = ["parse_log", "parse_map"];
     for (site, bytes, blocks) in truth {

@@ -130,3 +130,52 @@ fn sampled_pages_give_unbiased_estimates_and_exact_releases() {
     let half = report.by_leaf("page-fault", "drop_half");
     assert!((half.outstanding_bytes as f64 / (2048 * PAGE) as f64 - 1.0).abs() < 0.25, "drop_half at {half:?}");
 }
+
+/// Page faults in code without frame pointers (built -O2 -fomit-frame-pointer, as most of Debian is), traced
+/// in page-fault mode, where no allocator stack can teach the walk: a fault stops at an instruction in the
+/// leaf `touch`, whose CFI row the tracer learns, then the return addresses of the functions above it, one
+/// function per round. After that the fill's pages are under whole stacks, exact per caller.
+#[test]
+fn faults_in_code_without_frame_pointers_reach_main_and_are_exact_per_caller() {
+    let source =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/faults_without_frame_pointers.c");
+    let program =
+        common::compile_with("faults_without_frame_pointers", &source, "cc", &["-O2", "-fomit-frame-pointer"]);
+    let out = output_dir("faults_without_frame_pointers");
+    let mut target = Running::spawn(Command::new(&program).arg("wait"));
+    let pid = target.pid().to_string();
+    let mut tracer =
+        common::start_tracer(&["-o", out.to_str().unwrap(), "--pid", &pid, "--no-alloc", "--overhead", "off"]);
+    // A round per function without frame pointers on the paths (touch, record, fill_*, step, main), and one
+    // more: the tracer learns each from the stacks of the round before (read by the snapshot).
+    for round in 0..6 {
+        target.send_line("warm");
+        target.stdout.wait_for(&format!("warm {round}"));
+        tracer.snapshot();
+    }
+    target.send_line("fill");
+    let sites = ["fill_log", "fill_map"];
+    let truth = target.read_truth(&sites);
+    let report = common::finish_waiting_fixture(target, tracer, &out);
+    for (site, bytes, pages) in truth {
+        let figures = report.by_site("page-fault", &site, &sites);
+        assert_eq!((figures.outstanding_bytes, figures.outstanding_allocs), (bytes, pages), "{site}");
+    }
+    // Whole stacks, root first: the C runtime's start, main, step, the caller, record, touch.
+    let mut whole = 0;
+    for stack in report.stacks() {
+        let frames: Vec<&str> = stack["frames"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+        if stack["source"] != "page-fault" || stack["outstanding_bytes"].as_u64() == Some(0) {
+            continue;
+        }
+        let Some(at) = frames.iter().position(|f| sites.contains(f)) else { continue };
+        assert_eq!(frames[at - 2..at], ["main", "step"], "{frames:?}");
+        assert_eq!(&frames[at + 1..], ["record", "touch"], "{frames:?}");
+        assert!(at >= 3 && frames[..at - 2].iter().all(|f| f.starts_with("__libc_start")), "{frames:?}");
+        whole += 1;
+    }
+    assert_eq!(whole, 2, "one whole stack per caller");
+    for counter in ["lost_events", "map_full", "stack_errors", "caller_rules_full"] {
+        assert_eq!(report.counter(counter), 0, "{counter}");
+    }
+}

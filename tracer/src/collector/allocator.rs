@@ -8,14 +8,13 @@ use std::{
 };
 
 use tracer_common::{
-    alloc::{AllocSite, CallerRule, NO_STACK, SAMPLE_BYTES_WHEN_FULL, StackAllocStats},
+    alloc::{AllocSite, NO_STACK, SAMPLE_BYTES_WHEN_FULL, StackAllocStats},
     counters::Counter,
 };
 
 use super::{
     Collector, clock,
     stacks::{EventStack, KernelStackMaps},
-    unwind::Modules,
 };
 use crate::ledger::{Source, StackKey, StackStats};
 
@@ -101,61 +100,6 @@ impl Collector {
             by_stack.entry(key).or_default().add(&stats);
         }
         self.ledger.replace_source_stats(Source::Malloc, by_stack);
-    }
-
-    /// A new caller in the C runtime (libstdc++'s `std::string` constructor, libc's `strdup`) keeps no frame
-    /// pointer: the kernel's walk stops in it or reads data. Its CFI rule goes to the kernel, which walks
-    /// past it from then on (the calls before are under the short stack). Each caller is judged once.
-    fn teach_kernel_the_caller(&mut self, caller: u64) {
-        if caller == 0 || !self.callers_judged.insert(caller) {
-            return;
-        }
-        if let Some(rule) = self.stacks.caller_rule(caller, &mut self.modules, Modules::RuntimeOnly) {
-            self.teach_kernel_the_rule(caller, rule);
-        }
-    }
-
-    /// A stack that ends short of the C runtime's start, in the program's own code: it has code without
-    /// frame pointers (built with -fomit-frame-pointer, as most of Debian is), where the walk stopped or
-    /// read frames of another function. Each of its return addresses in such code gets its CFI rule in the
-    /// kernel, which from then on walks every allocator stack by the rules where it has them: the next call
-    /// on the same path gets past the function it stopped in, and each such function is learned once.
-    fn teach_kernel_the_frames(&mut self) {
-        for return_address in self.stacks.take_frames_to_judge() {
-            if !self.frames_judged.insert(return_address) {
-                continue;
-            }
-            let Some(rule) = self.stacks.caller_rule(return_address, &mut self.modules, Modules::Any) else {
-                continue;
-            };
-            self.teach_kernel_the_frame(return_address, rule);
-            // The function keeps no frame pointer: every call it makes is a place a walk must step out of.
-            for call_site in self.stacks.call_sites_beside(return_address, &mut self.modules) {
-                if !self.frames_judged.insert(call_site) {
-                    continue;
-                }
-                if let Some(rule) = self.stacks.caller_rule(call_site, &mut self.modules, Modules::Any) {
-                    self.teach_kernel_the_frame(call_site, rule);
-                }
-            }
-        }
-    }
-
-    fn teach_kernel_the_frame(&mut self, return_address: u64, rule: CallerRule) {
-        if self.teach_kernel_the_rule(return_address, rule) && !self.walking_by_rules {
-            self.walking_by_rules = self.maps.walk_by_rules().is_ok();
-        }
-    }
-
-    /// Whether the kernel's table took the rule.
-    fn teach_kernel_the_rule(&mut self, return_address: u64, rule: CallerRule) -> bool {
-        if self.maps.caller_rules.insert(return_address, rule, 0).is_err() {
-            // The table is full: stacks through this function stay as the walk without it gives them
-            // (counted).
-            self.callers_untaught += 1;
-            return false;
-        }
-        true
     }
 
     /// (bytes, blocks) per allocation site of the live blocks allocated more than `min_age` ago.

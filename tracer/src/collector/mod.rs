@@ -14,6 +14,7 @@ pub mod threads;
 pub mod timeline;
 pub mod turns;
 pub mod unwind;
+mod walk_rules;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -706,6 +707,9 @@ impl Collector {
                 self.apply(&event, inline_ips, top.as_ref().map(|top| &top.words[..]));
             }
         }
+        // Events' stacks that ended short teach the kernel's walk at once: a path through code without frame
+        // pointers is learned a function per drain (50 ms), not per tick.
+        self.teach_kernel_the_frames();
     }
 
     /// Applies one event; `inline` holds its stack's frames when they came in the event itself, `top` the

@@ -7,7 +7,10 @@ use std::{
 };
 
 use aya::maps::{HashMap as KernelHashMap, MapData, StackTraceMap};
-use tracer_common::{alloc::SPILLED_STACK, events::InlineStack};
+use tracer_common::{
+    alloc::{AT_INSTRUCTION, CallerRule, SPILLED_STACK},
+    events::InlineStack,
+};
 
 use super::unwind::{Modules, Unwinder};
 use crate::{
@@ -72,7 +75,7 @@ pub struct StackTable {
     stacks_held: usize,
     /// Stacks cut at a frame outside executable code (see [`cut_at_non_code`]).
     cut_at_non_code: u64,
-    /// Return addresses of allocator stacks that end short of the C runtime's start (see
+    /// Return addresses of stacks (allocator calls', events') that end short of the C runtime's start (see
     /// [`ends_short`]), for the kernel to learn how to step out of those without frame pointers.
     frames_to_judge: Vec<u64>,
 }
@@ -164,14 +167,13 @@ impl StackTable {
         evicted
     }
 
-    /// Stacks held now (evicted ones not counted).
+    /// How the kernel can step out of the function an event stopped in (see [`Unwinder::instruction_rule`]).
+    pub fn instruction_rule(&mut self, ip: u64, modules: &mut ModuleMap) -> Option<CallerRule> {
+        self.unwinder.instruction_rule(ip, modules)
+    }
+
     /// How the kernel can step out of the function a return address is in (see [`Unwinder::caller_rule`]).
-    pub fn caller_rule(
-        &mut self,
-        return_address: u64,
-        modules: &mut ModuleMap,
-        which: Modules,
-    ) -> Option<tracer_common::alloc::CallerRule> {
+    pub fn caller_rule(&mut self, return_address: u64, modules: &mut ModuleMap, which: Modules) -> Option<CallerRule> {
         self.unwinder.caller_rule(return_address, modules, which)
     }
 
@@ -181,7 +183,7 @@ impl StackTable {
         self.unwinder.call_sites_beside(return_address, modules)
     }
 
-    /// The return addresses of the allocator stacks interned since the last call that end short.
+    /// The return addresses of the stacks interned since the last call that end short.
     pub fn take_frames_to_judge(&mut self) -> Vec<u64> {
         std::mem::take(&mut self.frames_to_judge)
     }
@@ -271,8 +273,14 @@ impl StackTable {
         if cut_at_non_code(&mut ips, modules) {
             self.cut_at_non_code += 1;
         }
-        if event.caller.is_some() && ends_short(&ips, modules) {
+        // Allocator calls' and events' alike: a page fault in code without frame pointers is walked by the
+        // same rules, and a program traced in page-fault mode has no allocator stacks to learn them from.
+        if ends_short(&ips, modules) {
             self.frames_to_judge.extend(ips.iter().skip(1));
+            // An event's first frame is the instruction it stopped at, not a return address.
+            if event.caller.is_none() {
+                self.frames_to_judge.push(ips[0] | AT_INSTRUCTION);
+            }
         }
         jit.tag(&mut ips, event.time_ns, modules);
         self.intern(ips)
@@ -307,7 +315,7 @@ fn cut_at_non_code(ips: &mut Vec<u64>, modules: &mut ModuleMap) -> bool {
 /// `start_thread`) where a frame-pointer walk of a whole stack ends: a walk stopped, or skipped frames, in
 /// code without frame pointers. Not at the depth limit, and not in JIT code (no file, no CFI).
 fn ends_short(ips: &[u64], modules: &mut ModuleMap) -> bool {
-    if ips.len() < 2 || ips.len() >= tracer_common::MAX_STACK_DEPTH {
+    if ips.is_empty() || ips.len() >= tracer_common::MAX_STACK_DEPTH {
         return false;
     }
     let Some(&outermost) = ips.last() else { return false };

@@ -86,7 +86,9 @@ impl Unwinder {
                 break;
             }
         }
-        if frames.len() == 1 {
+        // The kernel's walk got past the runtime too (by the CFI rules it was taught): its frames agree with
+        // ours, and go on further than the copy of the stack reaches.
+        if frames.len() == 1 || kernel.get(1..frames.len()) == Some(&frames[1..]) {
             return kernel.to_vec();
         }
         match caller_rbp {
@@ -118,14 +120,14 @@ impl Unwinder {
     /// sound there) or has no usable CFI.
     pub fn caller_rule(&mut self, return_address: u64, modules: &mut ModuleMap, which: Modules) -> Option<CallerRule> {
         let rule = self.rule_for(return_address.checked_sub(1)?, modules, which)?;
-        let cfa_from_sp = i32::try_from(rule.cfa_from_sp?).ok()?;
-        // The return address where a call puts it, just below the CFA.
-        if rule.return_address_from_cfa != -8 {
-            return None;
-        }
-        let saved_rbp_from_cfa =
-            rule.saved_rbp_from_cfa.map_or(Some(RBP_NOT_SAVED), |offset| i32::try_from(offset).ok())?;
-        Some(CallerRule { cfa_from_sp, saved_rbp_from_cfa })
+        kernel_rule(rule)
+    }
+
+    /// For an event (a page fault, a system call) that stopped at instruction `ip`: how to step out of the
+    /// function it is in, from the CFI row at that very instruction. `None` as for [`Self::caller_rule`].
+    pub fn instruction_rule(&mut self, ip: u64, modules: &mut ModuleMap) -> Option<CallerRule> {
+        let rule = self.rule_for(ip, modules, Modules::Any)?;
+        kernel_rule(rule)
     }
 
     /// The return addresses of every call in the function a return address is in (from its CFI's bounds and
@@ -175,6 +177,18 @@ impl Unwinder {
         let table = self.tables.entry(path).or_insert_with_key(|path| CfiTable::load(path).map(Arc::new)).clone()?;
         table.rule_at(table.virtual_address(file_offset)?, &mut self.context)
     }
+}
+
+/// A CFI row as the kernel's walk steps by it: CFA from the stack pointer, the return address just below it
+/// (where a call puts it); `None` for any other row (the CFA from %rbp: a frame-pointer walk is sound there).
+fn kernel_rule(rule: FrameRule) -> Option<CallerRule> {
+    let cfa_from_sp = i32::try_from(rule.cfa_from_sp?).ok()?;
+    if rule.return_address_from_cfa != -8 {
+        return None;
+    }
+    let saved_rbp_from_cfa =
+        rule.saved_rbp_from_cfa.map_or(Some(RBP_NOT_SAVED), |offset| i32::try_from(offset).ok())?;
+    Some(CallerRule { cfa_from_sp, saved_rbp_from_cfa })
 }
 
 /// Whose CFI is read: the C runtime's only, or that of any file of code the target runs (the program's

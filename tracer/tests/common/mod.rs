@@ -149,6 +149,18 @@ impl Running {
         stdin.flush().unwrap();
     }
 
+    /// The fixture's ground truth lines "truth SITE BYTES COUNT", one per site, in the order of `sites`.
+    pub fn read_truth(&mut self, sites: &[&str]) -> Vec<(String, u64, u64)> {
+        sites
+            .iter()
+            .map(|site| {
+                let line = self.stdout.wait_for(&format!("truth {site}"));
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                (fields[1].to_string(), fields[2].parse().unwrap(), fields[3].parse().unwrap())
+            })
+            .collect()
+    }
+
     pub fn close_stdin(&mut self) {
         self.stdin.take();
     }

@@ -1,0 +1,72 @@
+//! What the kernel's walk of user stacks learns from the collector: how to step out of functions that keep
+//! no frame pointer (their CFI rules at each return address, and at each instruction an event stopped at,
+//! in `CALLER_RULES`), judged from the stacks that show the walk stopped in them.
+
+use tracer_common::alloc::{AT_INSTRUCTION, CallerRule};
+
+use super::{Collector, unwind::Modules};
+
+impl Collector {
+    /// A new caller in the C runtime (libstdc++'s `std::string` constructor, libc's `strdup`) keeps no frame
+    /// pointer: the kernel's walk stops in it or reads data. Its CFI rule goes to the kernel, which walks
+    /// past it from then on (the calls before are under the short stack). Each caller is judged once.
+    pub(super) fn teach_kernel_the_caller(&mut self, caller: u64) {
+        if caller == 0 || !self.callers_judged.insert(caller) {
+            return;
+        }
+        if let Some(rule) = self.stacks.caller_rule(caller, &mut self.modules, Modules::RuntimeOnly) {
+            self.teach_kernel_the_rule(caller, rule);
+        }
+    }
+
+    /// A stack that ends short of the C runtime's start, in the program's own code: it has code without
+    /// frame pointers (built with -fomit-frame-pointer, as most of Debian is), where the walk stopped or
+    /// read frames of another function. Each of its return addresses in such code gets its CFI rule in the
+    /// kernel, and so does the instruction an event stopped at (its first frame), which from then on walks
+    /// every stack (allocator calls', events') by the rules where it has them: the next call or fault on the
+    /// same path gets past the function it stopped in, and each such function is learned once.
+    pub(super) fn teach_kernel_the_frames(&mut self) {
+        for key in self.stacks.take_frames_to_judge() {
+            if !self.frames_judged.insert(key) {
+                continue;
+            }
+            let at_instruction = key & AT_INSTRUCTION != 0;
+            let address = key & !AT_INSTRUCTION;
+            let rule = if at_instruction {
+                self.stacks.instruction_rule(address, &mut self.modules)
+            } else {
+                self.stacks.caller_rule(address, &mut self.modules, Modules::Any)
+            };
+            let Some(rule) = rule else { continue };
+            self.teach_kernel_the_frame(key, rule);
+            // The function keeps no frame pointer: every call it makes is a place a walk must step out of.
+            // (`call_sites_beside` looks in the function before a return address: an instruction's is one on.)
+            let in_function = if at_instruction { address + 1 } else { address };
+            for call_site in self.stacks.call_sites_beside(in_function, &mut self.modules) {
+                if !self.frames_judged.insert(call_site) {
+                    continue;
+                }
+                if let Some(rule) = self.stacks.caller_rule(call_site, &mut self.modules, Modules::Any) {
+                    self.teach_kernel_the_frame(call_site, rule);
+                }
+            }
+        }
+    }
+
+    fn teach_kernel_the_frame(&mut self, return_address: u64, rule: CallerRule) {
+        if self.teach_kernel_the_rule(return_address, rule) && !self.walking_by_rules {
+            self.walking_by_rules = self.maps.walk_by_rules().is_ok();
+        }
+    }
+
+    /// Whether the kernel's table took the rule.
+    fn teach_kernel_the_rule(&mut self, return_address: u64, rule: CallerRule) -> bool {
+        if self.maps.caller_rules.insert(return_address, rule, 0).is_err() {
+            // The table is full: stacks through this function stay as the walk without it gives them
+            // (counted).
+            self.callers_untaught += 1;
+            return false;
+        }
+        true
+    }
+}
