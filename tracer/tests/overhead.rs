@@ -114,9 +114,13 @@ fn a_tiny_budget_samples_allocator_bytes_and_frees_release_what_was_counted() {
     let (storm, report) = trace_storm("tiny_budget_bytes", "malloc_storm", "4", &["--overhead", "0.01", "--no-faults"]);
     let overhead = &report.0["overhead"];
     assert_eq!(overhead["sample_pages"], Value::Null, "{overhead:#}");
+    let changes = overhead["changes"].as_array().unwrap();
+    assert!(changes.iter().all(|change| change["source"] == "bytes"), "{overhead:#}");
+    assert!(changes.iter().any(|change| change["rate"].as_u64() > Some(0)), "the byte interval rose: {overhead:#}");
+    // The last interval may be 0 again: a raise that did not lower the programs' cost is undone (their runs
+    // on the calls they do not record stay), and every block is recorded at the same cost. The figures below
+    // hold at any interval.
     let interval = overhead["sample_bytes"].as_u64().unwrap();
-    assert!(interval > 0, "every block still recorded: {overhead:#}");
-    assert!(overhead["changes"].as_array().unwrap().iter().all(|change| change["source"] == "bytes"), "{overhead:#}");
 
     let sites = ["churn_blocks", "keep_blocks"];
     // Each block carries the charge it was recorded with; its free takes back exactly that.
