@@ -357,6 +357,30 @@ fn an_attached_target_s_signal_or_exit_code_is_recorded() {
     }
 }
 
+/// A launched command starts at its exec: what our forked child did before it (restoring a signal, searching
+/// PATH, in the tracer's own code) is not the target's. No exec is recorded for it, and no stack of the
+/// tracer's code, which the target's maps cannot name, is in the report.
+#[test]
+fn a_launched_command_starts_at_its_exec() {
+    let out = output_dir("a_launched_command_starts_at_its_exec");
+    let status = Command::new(common::TRACER)
+        .args(["--quiet", "-o", out.to_str().unwrap(), "--", "/bin/sleep", "0.3"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let report = Report::load(&out);
+    assert_eq!(report.0["execs"].as_array().map_or(0, Vec::len), 0, "{}", report.0["execs"]);
+    let unnamed: Vec<_> = report
+        .stacks()
+        .iter()
+        .filter(|s| s["frames"].as_array().unwrap().iter().any(|f| f.as_str().unwrap().starts_with("[unknown]")))
+        .map(|s| s["frames"].clone())
+        .collect();
+    assert!(unnamed.is_empty(), "{unnamed:?}");
+    assert!(report.stacks().iter().any(|s| s["source"] == "page-fault"), "the command's own faults are traced");
+}
+
 /// The tracer's exit status says whether the trace worked: a target that fails is recorded, not passed on.
 #[test]
 fn the_tracer_succeeds_when_its_target_fails() {

@@ -64,9 +64,18 @@ impl ReleasedBlocks {
     }
 }
 
+/// Whose exec an exec event is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ExecOf {
+    /// The target's own: an image of its ends.
+    Target,
+    /// Our forked child's, of the command we launch: the target begins (no record of it in the reports).
+    Launch,
+}
+
 impl Collector {
     /// Ends the old image's accounting at an exec and takes up the new image.
-    pub(super) fn on_exec(&mut self, event: &MemEvent) {
+    pub(super) fn on_exec(&mut self, event: &MemEvent, of: ExecOf) {
         let pid = self.target.pid();
         if event.tgid != pid {
             return;
@@ -115,6 +124,9 @@ impl Collector {
         self.update_log_descriptors();
         // Its executable and libraries are new code: look for allocators in them.
         self.code_mapped = true;
+        if of == ExecOf::Launch {
+            return;
+        }
         self.execs.push(ExecRecord {
             at: self.clock.wall(event.timestamp_ns),
             from,

@@ -44,7 +44,7 @@ use crate::{
     target::Target,
 };
 use death::{Death, DeathWatch};
-use exec::{ExecRecord, ReleasedBlocks};
+use exec::{ExecOf, ExecRecord, ReleasedBlocks};
 use markers::TurnPatterns;
 use stacks::{EventStack, KernelStackMaps, StackTable};
 use timeline::Timeline;
@@ -311,6 +311,11 @@ pub struct Collector {
     next_checkpoint: Option<Instant>,
     /// The target's execs so far, and the allocator blocks of old images they released.
     execs: Vec<ExecRecord>,
+    /// A launched target whose exec of the command is still to come in the events: until then they are our
+    /// own forked child's (restoring a signal, searching PATH), in the tracer's image. The exec happened
+    /// before the collector was made (monotonic ns): any later event is the command's even if its exec event
+    /// was lost.
+    launch_exec: Option<u64>,
     released_blocks: ReleasedBlocks,
     /// Allocation sites whose kernel figures were ever read below zero (see `Trace::negative_figures`).
     negative_sites: HashSet<AllocSite>,
@@ -381,6 +386,7 @@ impl Collector {
             overhead: None,
             next_checkpoint: None,
             execs: Vec::new(),
+            launch_exec: (!seed_existing).then(clock::monotonic_now_ns),
             released_blocks: ReleasedBlocks::default(),
             negative_sites: HashSet::new(),
         };
@@ -717,6 +723,19 @@ impl Collector {
     fn apply(&mut self, event: &MemEvent, inline: Option<&[u64]>, top: Option<&[u64]>) {
         self.events += 1;
         let Some(kind) = EventKind::from_u32(event.kind) else { return };
+        if let Some(made_at) = self.launch_exec {
+            if kind == EventKind::Exec && event.tgid == self.target.pid() {
+                self.launch_exec = None;
+                // The start of the command, not an exec of the target's: no old image of its to end.
+                self.on_exec(event, ExecOf::Launch);
+                return;
+            }
+            if event.timestamp_ns <= made_at {
+                // Our own code before the command ran, not the target's: nothing of it outlives the exec.
+                return;
+            }
+            self.launch_exec = None;
+        }
         match kind {
             EventKind::Mmap => {
                 if event.prot & PROT_EXEC != 0 {
@@ -763,7 +782,7 @@ impl Collector {
                     self.death.oom_killed(self.clock.wall(event.timestamp_ns));
                 }
             }
-            EventKind::Exec => self.on_exec(event),
+            EventKind::Exec => self.on_exec(event, ExecOf::Target),
             EventKind::LargePage => {
                 // Follows the fault it belongs to: widen that fault to the block the kernel allocated.
                 if let Some((addr, key, weight)) =
