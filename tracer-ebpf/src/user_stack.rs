@@ -27,7 +27,11 @@ use tracer_common::{
 /// (see [`CallerRule`]); userspace adds one when it first sees such a return address on a stack. Also the
 /// instructions events stopped at in such code, under the address with [`AT_INSTRUCTION`] set.
 #[map]
-pub static CALLER_RULES: HashMap<u64, CallerRule> = HashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
+pub static CALLER_RULES: HashMap<u64, CallerRule> = HashMap::with_max_entries(CALLER_RULES_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Room for the call sites of a few modules learned whole (python3.11 alone has 56,800); entries take kernel
+/// memory only once used (about 80 bytes each).
+const CALLER_RULES_ENTRIES: u32 = 262_144;
 
 /// Slot 0 not 0: the program has code without frame pointers of its own (not only the C runtime's), and
 /// every return address is looked up in [`CALLER_RULES`]; otherwise only the allocator's caller is.

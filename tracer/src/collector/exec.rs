@@ -113,6 +113,7 @@ impl Collector {
         self.maps.forget_code_rules();
         self.callers_judged.clear();
         self.frames_judged.clear();
+        self.modules_learned.clear();
         self.walking_by_rules = false;
         self.last_fault.clear();
         self.symbolizer = Symbolizer::for_process(pid, &self.modules);

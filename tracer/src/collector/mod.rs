@@ -275,6 +275,8 @@ pub struct Collector {
     /// Return addresses of stacks that ended short whose CFI was looked at (see `teach_kernel_the_frames`),
     /// and whether the kernel walks every allocator stack by the rules it was given.
     frames_judged: std::collections::HashSet<u64>,
+    /// Files of code whose call sites were looked at whole (see `learn_module`), and whether they could be.
+    modules_learned: HashMap<String, bool>,
     walking_by_rules: bool,
     death: DeathWatch,
     /// Kernel (monotonic) times to wall-clock times.
@@ -366,6 +368,7 @@ impl Collector {
             callers_judged: Default::default(),
             callers_untaught: 0,
             frames_judged: Default::default(),
+            modules_learned: HashMap::new(),
             walking_by_rules: false,
             death: DeathWatch::default(),
             clock: clock::Clock::now(),

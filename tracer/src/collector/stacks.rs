@@ -177,6 +177,17 @@ impl StackTable {
         self.unwinder.caller_rule(return_address, modules, which)
     }
 
+    /// Every call site of the module `address` is in that a walk steps out of by a rule (see
+    /// [`Unwinder::module_call_sites`]).
+    pub fn module_call_sites(
+        &mut self,
+        address: u64,
+        modules: &mut ModuleMap,
+        max_code_bytes: u64,
+    ) -> Vec<(u64, CallerRule)> {
+        self.unwinder.module_call_sites(address, modules, max_code_bytes)
+    }
+
     /// Every call's return address in the function `return_address` is in (see
     /// [`Unwinder::call_sites_beside`]).
     pub fn call_sites_beside(&mut self, return_address: u64, modules: &mut ModuleMap) -> Vec<u64> {

@@ -10,7 +10,7 @@ use std::{collections::HashMap, path::Path, sync::Arc};
 
 use gimli::{
     BaseAddresses, CfaRule, EhFrame, EhFrameHdr, EndianArcSlice, LittleEndian, ParsedEhFrameHdr, RegisterRule,
-    UnwindContext, UnwindSection, X86_64,
+    UnwindContext, UnwindSection, UnwindTableRow, X86_64,
 };
 use object::{Object, ObjectSection, ObjectSegment};
 
@@ -163,6 +163,87 @@ impl Unwinder {
             .collect()
     }
 
+    /// Every call in the file of code `address` lies in whose caller's frame the kernel's walk must step out
+    /// of by a rule (its function keeps no frame pointer there): (return address in the target, rule). A
+    /// module found without frame pointers is learned whole at once, where learning it a function per stack
+    /// would carry a path only one function further each time. Empty when the file's executable code is
+    /// larger than `max_code_bytes` (a file built with frame pointers is learned by function instead) or
+    /// cannot be read.
+    pub fn module_call_sites(
+        &mut self,
+        address: u64,
+        modules: &mut ModuleMap,
+        max_code_bytes: u64,
+    ) -> Vec<(u64, CallerRule)> {
+        let Some(mapping) = modules.lookup(address) else { return Vec::new() };
+        if !mapping.executable || !mapping.is_file() {
+            return Vec::new();
+        }
+        let path = mapping.file_path().to_string();
+        let file_offset = mapping.file_offset_of(address);
+        let Some(table) =
+            self.tables.entry(path.clone()).or_insert_with_key(|p| CfiTable::load(p).map(Arc::new)).clone()
+        else {
+            return Vec::new();
+        };
+        let Some(virtual_address) = table.virtual_address(file_offset) else { return Vec::new() };
+        // Where the file's addresses are in the target: the same distance for all of its segments.
+        let bias = address.wrapping_sub(virtual_address);
+        let Some(&(segment_offset, segment_size, segment_address)) =
+            table.segments.iter().find(|(_, size, start)| (*start..start + size).contains(&virtual_address))
+        else {
+            return Vec::new();
+        };
+        if segment_size > max_code_bytes {
+            return Vec::new();
+        }
+        let Ok(file) = untrusted::open(Path::new(&path), Origin::Target) else { return Vec::new() };
+        let mut code = vec![0; segment_size as usize];
+        let read = std::os::unix::fs::FileExt::read_at(&file, &mut code, segment_offset).unwrap_or(0);
+        code.truncate(read);
+        let code_range = segment_address..segment_address + code.len() as u64;
+        let mut sites = Vec::new();
+        let mut entries = table.eh_frame.entries(&table.bases);
+        while let Ok(Some(entry)) = entries.next() {
+            let gimli::CieOrFde::Fde(partial) = entry else { continue };
+            let Ok(fde) = partial.parse(EhFrame::cie_from_offset) else { continue };
+            let (start, end) = (fde.initial_address(), fde.end_address());
+            if !code_range.contains(&start) || end > code_range.end || end <= start {
+                continue;
+            }
+            let bytes = &code[(start - segment_address) as usize..(end - segment_address) as usize];
+            let calls: Vec<u64> = iced_x86::Decoder::with_ip(64, bytes, start, iced_x86::DecoderOptions::NONE)
+                .into_iter()
+                .take_while(|instruction| !instruction.is_invalid())
+                .filter(|instruction| instruction.flow_control() == iced_x86::FlowControl::Call)
+                .map(|instruction| instruction.next_ip())
+                .collect();
+            if calls.is_empty() {
+                continue;
+            }
+            // The function's rows in order, and its calls in order: one pass over both.
+            let Ok(mut rows) = fde.rows(&table.eh_frame, &table.bases, &mut self.context) else { continue };
+            let mut calls = calls.into_iter().peekable();
+            while let Ok(Some(row)) = rows.next_row() {
+                while let Some(&return_address) = calls.peek() {
+                    // The call instruction's own row is the one before its return address.
+                    let at = return_address - 1;
+                    if at >= row.end_address() {
+                        break;
+                    }
+                    calls.next();
+                    if at < row.start_address() {
+                        continue;
+                    }
+                    if let Some(rule) = frame_rule(row).and_then(kernel_rule) {
+                        sites.push((return_address.wrapping_add(bias), rule));
+                    }
+                }
+            }
+        }
+        sites
+    }
+
     /// The CFI rule at `address`, for code in the C runtime only or in any file.
     fn rule_for(&mut self, address: u64, modules: &mut ModuleMap, which: Modules) -> Option<FrameRule> {
         let mapping = modules.lookup(address)?;
@@ -177,6 +258,25 @@ impl Unwinder {
         let table = self.tables.entry(path).or_insert_with_key(|path| CfiTable::load(path).map(Arc::new)).clone()?;
         table.rule_at(table.virtual_address(file_offset)?, &mut self.context)
     }
+}
+
+/// Where a CFI row puts the caller's state; `None` for a CFA the walk cannot compute.
+fn frame_rule(row: &UnwindTableRow<usize>) -> Option<FrameRule> {
+    let cfa_from_sp = match row.cfa() {
+        CfaRule::RegisterAndOffset { register, offset } if *register == X86_64::RSP => Some(*offset),
+        CfaRule::RegisterAndOffset { .. } => None,
+        CfaRule::Expression(_) => return None,
+    };
+    let return_address_from_cfa = match row.register(X86_64::RA) {
+        Some(RegisterRule::Offset(offset)) => offset,
+        None | Some(RegisterRule::Undefined) => -8,
+        _ => return None,
+    };
+    let saved_rbp_from_cfa = match row.register(X86_64::RBP) {
+        Some(RegisterRule::Offset(offset)) => Some(offset),
+        _ => None,
+    };
+    Some(FrameRule { cfa_from_sp, return_address_from_cfa, saved_rbp_from_cfa })
 }
 
 /// A CFI row as the kernel's walk steps by it: CFA from the stack pointer, the return address just below it
@@ -259,20 +359,6 @@ impl CfiTable {
         let row = table
             .unwind_info_for_address(&self.eh_frame, &self.bases, context, address, EhFrame::cie_from_offset)
             .ok()?;
-        let cfa_from_sp = match row.cfa() {
-            CfaRule::RegisterAndOffset { register, offset } if *register == X86_64::RSP => Some(*offset),
-            CfaRule::RegisterAndOffset { .. } => None,
-            CfaRule::Expression(_) => return None,
-        };
-        let return_address_from_cfa = match row.register(X86_64::RA) {
-            Some(RegisterRule::Offset(offset)) => offset,
-            None | Some(RegisterRule::Undefined) => -8,
-            _ => return None,
-        };
-        let saved_rbp_from_cfa = match row.register(X86_64::RBP) {
-            Some(RegisterRule::Offset(offset)) => Some(offset),
-            _ => None,
-        };
-        Some(FrameRule { cfa_from_sp, return_address_from_cfa, saved_rbp_from_cfa })
+        frame_rule(row)
     }
 }

@@ -6,6 +6,10 @@ use tracer_common::alloc::{AT_INSTRUCTION, CallerRule};
 
 use super::{Collector, unwind::Modules};
 
+/// The most executable code of one file learned whole (python3.11's is 2.7 MiB, with 56,800 calls; Bun's,
+/// built with frame pointers, is over 60 MiB).
+const MAX_MODULE_CODE_BYTES: u64 = 16 << 20;
+
 impl Collector {
     /// A new caller in the C runtime (libstdc++'s `std::string` constructor, libc's `strdup`) keeps no frame
     /// pointer: the kernel's walk stops in it or reads data. Its CFI rule goes to the kernel, which walks
@@ -39,7 +43,12 @@ impl Collector {
             };
             let Some(rule) = rule else { continue };
             self.teach_kernel_the_frame(key, rule);
-            // The function keeps no frame pointer: every call it makes is a place a walk must step out of.
+            // The module has code without frame pointers: every call in it whose caller keeps none is a
+            // place a walk must step out of. Learned whole, once; a file too large for that (a big program
+            // with frame pointers, whose few functions without are met one by one) by function.
+            if self.learn_module(address) {
+                continue;
+            }
             // (`call_sites_beside` looks in the function before a return address: an instruction's is one on.)
             let in_function = if at_instruction { address + 1 } else { address };
             for call_site in self.stacks.call_sites_beside(in_function, &mut self.modules) {
@@ -51,6 +60,24 @@ impl Collector {
                 }
             }
         }
+    }
+
+    /// Teaches the kernel every call site of the module `address` is in (see
+    /// [`super::unwind::Unwinder::module_call_sites`]); whether the module is learned whole (now or before).
+    fn learn_module(&mut self, address: u64) -> bool {
+        let Some(path) = self.modules.lookup(address).map(|m| m.file_path().to_string()) else { return false };
+        if let Some(&whole) = self.modules_learned.get(&path) {
+            return whole;
+        }
+        let sites = self.stacks.module_call_sites(address, &mut self.modules, MAX_MODULE_CODE_BYTES);
+        let whole = !sites.is_empty();
+        for (return_address, rule) in sites {
+            if self.frames_judged.insert(return_address) {
+                self.teach_kernel_the_frame(return_address, rule);
+            }
+        }
+        self.modules_learned.insert(path, whole);
+        whole
     }
 
     fn teach_kernel_the_frame(&mut self, return_address: u64, rule: CallerRule) {
