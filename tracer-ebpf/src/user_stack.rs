@@ -139,6 +139,18 @@ fn word(walk: &mut Walk, addr: u64) -> Option<u64> {
     unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
 }
 
+/// The frame at `addr`: the caller's %rbp and the return address. Within the window's reach from it; beyond,
+/// both in one read of 16 bytes rather than two of 8 (each read costs about 50 ns: the Bun demo's outer
+/// frames lie 8 to 256 KiB above the stack pointer, about 6 frames a fault).
+#[inline(always)]
+fn frame_words(walk: &mut Walk, addr: u64) -> Option<(u64, u64)> {
+    if addr.wrapping_sub(walk.base) < WINDOW_BYTES as u64 {
+        return Some((word(walk, addr)?, word(walk, addr + 8)?));
+    }
+    let [next_rbp, return_address] = unsafe { bpf_probe_read_user(addr as *const [u64; 2]) }.ok()?;
+    Some((next_rbp, return_address))
+}
+
 /// Walks the stack of an allocator call into `stack`: the entry, the caller, then at each return address
 /// by its CFI rule when [`CALLER_RULES`] has one (the function keeps no frame pointer; looked up for the
 /// caller, and for every frame once userspace has turned [`WALK_BY_RULES`] on), else by the frame pointer.
@@ -253,7 +265,7 @@ extern "C" fn step(_index: u64, _context: *mut c_void) -> i64 {
         if rbp < walk.sp || rbp & 7 != 0 {
             return STOP;
         }
-        let (Some(next_rbp), Some(return_address)) = (word(walk, rbp), word(walk, rbp + 8)) else { return STOP };
+        let Some((next_rbp, return_address)) = frame_words(walk, rbp) else { return STOP };
         walk.sp = rbp + 16;
         walk.rbp = next_rbp;
         return_address
