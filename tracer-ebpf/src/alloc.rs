@@ -451,6 +451,16 @@ pub fn caller_of_current_call() -> u64 {
     current_call(bpf_get_current_pid_tgid()).map_or(0, |call| unsafe { (*call).site.caller })
 }
 
+/// The return address the kernel's uretprobe trampoline stands for in the stack slot at `slot`: the caller
+/// of the allocator call the current thread is inside, when that call's return address was at `slot` (its
+/// entry's stack pointer). None for another slot (a call nested in it, whose return is inside the allocator).
+#[inline(always)]
+pub fn return_address_under_trampoline(slot: u64) -> Option<u64> {
+    let call = current_call(bpf_get_current_pid_tgid())?;
+    let call = unsafe { &*call };
+    (call.sp == slot && call.site.caller != 0).then_some(call.site.caller)
+}
+
 /// `bpf_get_stackid`'s answer when the stack's bucket in the stack map holds another stack, and a map
 /// insert's with `BPF_NOEXIST` when the key is there.
 const EEXIST: i32 = -17;

@@ -218,6 +218,9 @@ pub fn still_ours() -> bool {
     WALK.get(0).is_some_and(|walk| walk.owner == bpf_get_current_pid_tgid())
 }
 
+/// The page the kernel maps for uretprobes' trampoline: the last below x86-64's 47-bit user address limit.
+const UPROBES_PAGE: core::ops::Range<u64> = 0x7fff_ffff_e000..0x7fff_ffff_f000;
+
 const STOP: i64 = 1;
 const GO_ON: i64 = 0;
 
@@ -273,6 +276,14 @@ extern "C" fn step(_index: u64, _context: *mut c_void) -> i64 {
     if return_address == 0 {
         return STOP;
     }
+    // A page fault or system call inside a traced allocator call: its return address was replaced by the
+    // kernel's uretprobe trampoline, which the call's entry saw in place (see `AllocCall::sp`).
+    let return_address = if UPROBES_PAGE.contains(&return_address) {
+        let Some(caller) = crate::alloc::return_address_under_trampoline(walk.sp - 8) else { return STOP };
+        caller
+    } else {
+        return_address
+    };
     // SAFETY: this CPU's scratch stack; the depth was checked.
     unsafe { (*stack).ips[depth] = return_address };
     walk.depth += 1;

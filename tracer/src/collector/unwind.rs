@@ -87,8 +87,14 @@ impl Unwinder {
             }
         }
         // The kernel's walk got past the runtime too (by the CFI rules it was taught): its frames agree with
-        // ours, and go on further than the copy of the stack reaches.
-        if frames.len() == 1 || kernel.get(1..frames.len()) == Some(&frames[1..]) {
+        // ours (where ours read the uretprobe trampoline, it put the allocator call's caller), and go on
+        // further than the copy of the stack reaches.
+        let agrees = kernel.len() >= frames.len()
+            && frames[1..]
+                .iter()
+                .zip(&kernel[1..])
+                .all(|(ours, kernels)| ours == kernels || super::stacks::is_uprobes_page(*ours, modules));
+        if frames.len() == 1 || agrees {
             return kernel.to_vec();
         }
         match caller_rbp {
