@@ -5,6 +5,7 @@
 use tracer_common::alloc::{AT_INSTRUCTION, CallerRule};
 
 use super::{Collector, unwind::Modules};
+use crate::symbolizer::modules::is_runtime_module;
 
 /// The most executable code of one file learned whole (python3.11's is 2.7 MiB, with 56,800 calls; Bun's,
 /// built with frame pointers, is over 60 MiB).
@@ -80,8 +81,17 @@ impl Collector {
         whole
     }
 
-    fn teach_kernel_the_frame(&mut self, return_address: u64, rule: CallerRule) {
-        if self.teach_kernel_the_rule(return_address, rule) && !self.walking_by_rules {
+    /// Teaches the kernel a rule, and has it look rules up at every frame once the program's own code (not
+    /// the C runtime's) is found without frame pointers: the runtime's frames lie at the top of a stack, where
+    /// the walk looks rules up anyway (see `Walk::in_rule_chain` in tracer-ebpf's user_stack.rs), and a lookup
+    /// at every frame of a program with frame pointers would cost it for nothing.
+    fn teach_kernel_the_frame(&mut self, key: u64, rule: CallerRule) {
+        if !self.teach_kernel_the_rule(key, rule) || self.walking_by_rules {
+            return;
+        }
+        let in_runtime =
+            self.modules.lookup(key & !AT_INSTRUCTION).is_none_or(|module| is_runtime_module(module.file_path()));
+        if !in_runtime {
             self.walking_by_rules = self.maps.walk_by_rules().is_ok();
         }
     }
