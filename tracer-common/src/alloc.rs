@@ -222,6 +222,10 @@ pub struct CallerRule {
 /// [`CallerRule::saved_rbp_from_cfa`] when the function does not save %rbp (it leaves it alone).
 pub const RBP_NOT_SAVED: i32 = i32::MIN;
 
+/// The rule of a call site in a function that keeps a frame pointer, in a module learned whole: step by the
+/// frame pointer, and go on looking rules up (the walk's chain through the module does not end there).
+pub const BY_FRAME_POINTER: CallerRule = CallerRule { cfa_from_sp: 0, saved_rbp_from_cfa: -16 };
+
 /// Set in a `CALLER_RULES` key that is the instruction an event (a page fault, a system call) stopped at,
 /// not a return address: its rule is the CFI row at that very instruction, where a return address's is the
 /// row at its call. User addresses are below 2^47, so the bit is free.

@@ -386,12 +386,12 @@ fn uses_kernel_walk() -> bool {
 /// left user space with (see [`user_stack::walk_from_registers`]), kept in [`SPILLED_STACKS`]: its id
 /// there, or None when the kernel's walk is to be taken instead, as for [`walk_own`].
 #[inline(always)]
-pub fn event_stack_id(ip: u64, sp: u64, rbp: u64, in_runtime: bool) -> Option<u32> {
+pub fn event_stack_id(ip: u64, sp: u64, rbp: u64) -> Option<u32> {
     if uses_kernel_walk() {
         return None;
     }
     let stack = unsafe { &mut *SPILL_SCRATCH.get_ptr_mut(0)? };
-    let kept = if user_stack::walk_from_registers(ip, sp, rbp, in_runtime, stack) { keep_own_walk(stack) } else { None };
+    let kept = if user_stack::walk_from_registers(ip, sp, rbp, stack) { keep_own_walk(stack) } else { None };
     counted_fallback(kept)
 }
 

@@ -178,7 +178,7 @@ pub fn send_with_stack<C: StackIdContext>(ctx: &C, tgid: u32, fill: impl FnOnce(
     let with_top = in_runtime_text(tgid, ip);
     let alloc_caller = caller_of_current_call();
     // Our walk where it can (see user_stack.rs: about a third of the kernel's time), else the kernel's.
-    let stack_id = match crate::alloc::event_stack_id(ip, sp, rbp, with_top) {
+    let stack_id = match crate::alloc::event_stack_id(ip, sp, rbp) {
         Some(id) => Ok(id as i64),
         None => ctx.get_stackid(&STACKS, BPF_F_USER_STACK),
     };

@@ -84,9 +84,10 @@ struct Walk {
     /// under the address with [`AT_INSTRUCTION`] set.
     instruction_depth: u64,
     /// Whether the last frame was stepped out of by a rule: the next one is looked up too, until a frame
-    /// has none (from there the frame pointers hold). A stack's frames without frame pointers are at its top
-    /// (the C runtime's, below an allocator's caller or an event) or, in a program built without them, all
-    /// along it (`every_frame_by_rules`).
+    /// has none (from there the frame pointers hold). Code without frame pointers is learned a module at a
+    /// time, all its calls (see the collector's walk_rules.rs): a chain from the first frame goes through it
+    /// all. Only a module learned a function at a time (too large to read whole) has every frame looked up
+    /// (`every_frame_by_rules`).
     in_rule_chain: u64,
     /// The thread walking. A uprobe's program can be preempted, and another thread's walk on the same CPU
     /// then takes over these per-CPU buffers: the first walk sees it and gives up its stack.
@@ -172,26 +173,25 @@ pub fn walk(at: &EntryRegisters, stack: &mut InlineStack) -> bool {
     stack.ips[0] = at.ip;
     stack.ips[1] = at.caller;
     // At the entry the return address is on top of the stack: the caller's stack pointer is past it.
-    walk_from(at.caller, at.sp, at.sp + 8, at.rbp, 2, false, stack)
+    walk_from(at.caller, at.sp, at.sp + 8, at.rbp, 2, stack)
 }
 
 /// Walks the user stack of an event (a page fault, a system call) from the registers it left user space
-/// with, as the kernel's walk does: the instruction pointer, then frames, by frame pointer (and by CFI rules
-/// in a program that has code without frame pointers). `in_runtime`: the instruction is in the C runtime's
-/// code, which keeps no frame pointer: its rule is looked up (elsewhere only when every frame is).
+/// with, as the kernel's walk does: the instruction pointer, then frames, by frame pointer, and by CFI rules
+/// from the instruction on where userspace has given them (code without frame pointers).
 #[inline(always)]
-pub fn walk_from_registers(ip: u64, sp: u64, rbp: u64, in_runtime: bool, stack: &mut InlineStack) -> bool {
+pub fn walk_from_registers(ip: u64, sp: u64, rbp: u64, stack: &mut InlineStack) -> bool {
     if ip == 0 {
         return false;
     }
     stack.ips[0] = ip;
-    walk_from(ip, sp, sp, rbp, 1, in_runtime, stack)
+    walk_from(ip, sp, sp, rbp, 1, stack)
 }
 
 /// The walk from frame `depth` on, whose return address is `pc`, its stack pointer `sp` and %rbp `rbp`;
 /// the window copied from `base` (the stack pointer the thread stopped at).
 #[inline(always)]
-fn walk_from(pc: u64, base: u64, sp: u64, rbp: u64, depth: u64, in_runtime: bool, stack: &mut InlineStack) -> bool {
+fn walk_from(pc: u64, base: u64, sp: u64, rbp: u64, depth: u64, stack: &mut InlineStack) -> bool {
     // The stack pointer of a thread in user space is 8-aligned; anything else is no stack.
     if base & 7 != 0 {
         return false;
@@ -210,8 +210,7 @@ fn walk_from(pc: u64, base: u64, sp: u64, rbp: u64, depth: u64, in_runtime: bool
         every_frame_by_rules: WALK_BY_RULES.get(0).copied().unwrap_or(0),
         caller_depth: if depth == 2 { 2 } else { NO_CALLER },
         instruction_depth: if depth == 1 { 1 } else { NO_CALLER },
-        // An event in the C runtime: its instruction's rule is looked up, as the chain's first.
-        in_rule_chain: in_runtime as u64,
+        in_rule_chain: 0,
         owner: bpf_get_current_pid_tgid(),
     };
     // SAFETY: `step` is a BPF function of the signature bpf_loop calls.
@@ -247,7 +246,12 @@ extern "C" fn step(_index: u64, _context: *mut c_void) -> i64 {
     if depth >= MAX_STACK_DEPTH {
         return STOP;
     }
-    let look_up = walk.every_frame_by_rules != 0 || walk.in_rule_chain != 0 || walk.depth == walk.caller_depth;
+    // The first frame's rule (an allocator's caller, an event's instruction) is always looked up: one lookup a
+    // walk, and the start of a chain through code without frame pointers.
+    let look_up = walk.every_frame_by_rules != 0
+        || walk.in_rule_chain != 0
+        || walk.depth == walk.caller_depth
+        || walk.depth == walk.instruction_depth;
     let rule = if look_up {
         let key = if walk.depth == walk.instruction_depth { walk.pc | AT_INSTRUCTION } else { walk.pc };
         unsafe { CALLER_RULES.get(&key) }
@@ -255,6 +259,8 @@ extern "C" fn step(_index: u64, _context: *mut c_void) -> i64 {
         None
     };
     walk.in_rule_chain = rule.is_some() as u64;
+    // A call site in a function with a frame pointer (`BY_FRAME_POINTER`): stepped by it, the chain going on.
+    let rule = rule.filter(|rule| rule.cfa_from_sp != 0);
     let return_address = if let Some(rule) = rule {
         // Offsets that keep the stack pointer's alignment, as every real rule does.
         if rule.cfa_from_sp <= 0 || rule.cfa_from_sp & 7 != 0 || rule.saved_rbp_from_cfa & 7 != 0 {

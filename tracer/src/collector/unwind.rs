@@ -14,7 +14,7 @@ use gimli::{
 };
 use object::{Object, ObjectSection, ObjectSegment};
 
-use tracer_common::alloc::{CallerRule, RBP_NOT_SAVED};
+use tracer_common::alloc::{BY_FRAME_POINTER, CallerRule, RBP_NOT_SAVED};
 
 use crate::{
     procfs::untrusted::{self, Cap, Origin},
@@ -40,6 +40,8 @@ pub struct Unwinder {
 struct FrameRule {
     /// CFA = %rsp + this. `None` when the CFA is computed from %rbp (the function keeps a frame pointer).
     cfa_from_sp: Option<i64>,
+    /// CFA = %rbp + this, when it is.
+    cfa_from_rbp: Option<i64>,
     /// The return address is at CFA + this.
     return_address_from_cfa: i64,
     /// The caller's %rbp was saved at CFA + this, when the function saves it.
@@ -241,7 +243,10 @@ impl Unwinder {
                     if at < row.start_address() {
                         continue;
                     }
-                    if let Some(rule) = frame_rule(row).and_then(kernel_rule) {
+                    let Some(frame) = frame_rule(row) else { continue };
+                    if let Some(rule) =
+                        kernel_rule(frame).or_else(|| frame.is_standard_frame().then_some(BY_FRAME_POINTER))
+                    {
                         sites.push((return_address.wrapping_add(bias), rule));
                     }
                 }
@@ -268,9 +273,10 @@ impl Unwinder {
 
 /// Where a CFI row puts the caller's state; `None` for a CFA the walk cannot compute.
 fn frame_rule(row: &UnwindTableRow<usize>) -> Option<FrameRule> {
-    let cfa_from_sp = match row.cfa() {
-        CfaRule::RegisterAndOffset { register, offset } if *register == X86_64::RSP => Some(*offset),
-        CfaRule::RegisterAndOffset { .. } => None,
+    let (cfa_from_sp, cfa_from_rbp) = match row.cfa() {
+        CfaRule::RegisterAndOffset { register, offset } if *register == X86_64::RSP => (Some(*offset), None),
+        CfaRule::RegisterAndOffset { register, offset } if *register == X86_64::RBP => (None, Some(*offset)),
+        CfaRule::RegisterAndOffset { .. } => (None, None),
         CfaRule::Expression(_) => return None,
     };
     let return_address_from_cfa = match row.register(X86_64::RA) {
@@ -282,7 +288,14 @@ fn frame_rule(row: &UnwindTableRow<usize>) -> Option<FrameRule> {
         Some(RegisterRule::Offset(offset)) => Some(offset),
         _ => None,
     };
-    Some(FrameRule { cfa_from_sp, return_address_from_cfa, saved_rbp_from_cfa })
+    Some(FrameRule { cfa_from_sp, cfa_from_rbp, return_address_from_cfa, saved_rbp_from_cfa })
+}
+
+impl FrameRule {
+    /// The frame a frame pointer walks: %rbp points at the caller's saved %rbp, the return address above it.
+    fn is_standard_frame(&self) -> bool {
+        self.cfa_from_rbp == Some(16) && self.return_address_from_cfa == -8 && self.saved_rbp_from_cfa == Some(-16)
+    }
 }
 
 /// A CFI row as the kernel's walk steps by it: CFA from the stack pointer, the return address just below it
