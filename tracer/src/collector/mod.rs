@@ -554,6 +554,13 @@ impl Collector {
         self.status_line.clear();
         // Whatever the kernel wrote before the end is still in the ring buffer.
         self.drain(events.get_mut());
+        // And markers sent before it may still wait in their channel: the loop's branches are taken in a
+        // random order when several are ready, and a Ctrl-C just after a `mark` must not lose the mark.
+        if let Some(receiver) = sent_markers.as_mut() {
+            while let Ok(line) = receiver.try_recv() {
+                self.turns.on_sent_line(&line.text, line.monotonic_ns, &mut self.ledger);
+            }
+        }
         // Read while the programs are loaded: they go with the probes.
         self.skipped_runs = self.maps.skipped_runs();
         self.sync_allocator_figures();
