@@ -7,9 +7,11 @@ use tracer_common::alloc::{AT_INSTRUCTION, CallerRule};
 use super::{Collector, unwind::Modules};
 use crate::symbolizer::modules::is_runtime_module;
 
-/// The most executable code of one file learned whole (python3.11's is 2.7 MiB, with 56,800 calls; Bun's,
-/// built with frame pointers, is over 60 MiB).
-const MAX_MODULE_CODE_BYTES: u64 = 16 << 20;
+/// The most executable code of one file learned whole. 0: off. Learning whole (python3.11: 2.7 MiB, 56,800
+/// calls) carried python's stacks to main at once, but took tests/lifecycle's flood of distinct stacks 25 MiB
+/// past its memory budget, a cause not found in the time it was found: every module is learned a function
+/// at a time until it is.
+const MAX_MODULE_CODE_BYTES: u64 = 0;
 
 impl Collector {
     /// A new caller in the C runtime (libstdc++'s `std::string` constructor, libc's `strdup`) keeps no frame
