@@ -143,18 +143,7 @@ impl Unwinder {
     /// another place in it, first made in a burst, is walked too. Empty when the function cannot be read.
     pub fn call_sites_beside(&mut self, return_address: u64, modules: &mut ModuleMap) -> Vec<u64> {
         let Some(address) = return_address.checked_sub(1) else { return Vec::new() };
-        let Some(mapping) = modules.lookup(address) else { return Vec::new() };
-        if !mapping.executable || !mapping.is_file() {
-            return Vec::new();
-        }
-        let path = mapping.file_path().to_string();
-        let file_offset = mapping.file_offset_of(address);
-        let Some(table) =
-            self.tables.entry(path.clone()).or_insert_with_key(|p| CfiTable::load(p).map(Arc::new)).clone()
-        else {
-            return Vec::new();
-        };
-        let Some(virtual_address) = table.virtual_address(file_offset) else { return Vec::new() };
+        let Some((path, table, virtual_address)) = self.table_at(address, modules) else { return Vec::new() };
         // The function's code, from the file: its addresses in the target are at the same distance.
         let Some((start, length)) = table.function_bounds(virtual_address) else { return Vec::new() };
         let Some(start_offset) = table.file_offset(start) else { return Vec::new() };
@@ -163,12 +152,20 @@ impl Unwinder {
         let read = std::os::unix::fs::FileExt::read_at(&file, &mut code, start_offset).unwrap_or(0);
         code.truncate(read);
         let runtime_start = address - (virtual_address - start);
-        iced_x86::Decoder::with_ip(64, &code, runtime_start, iced_x86::DecoderOptions::NONE)
-            .into_iter()
-            .take_while(|instruction| !instruction.is_invalid())
-            .filter(|instruction| instruction.flow_control() == iced_x86::FlowControl::Call)
-            .map(|instruction| instruction.next_ip())
-            .collect()
+        calls_in(&code, runtime_start)
+    }
+
+    /// The file of code `address` lies in, its CFI table, and `address` in the file's own addresses.
+    fn table_at(&mut self, address: u64, modules: &mut ModuleMap) -> Option<(String, Arc<CfiTable>, u64)> {
+        let mapping = modules.lookup(address)?;
+        if !mapping.executable || !mapping.is_file() {
+            return None;
+        }
+        let path = mapping.file_path().to_string();
+        let file_offset = mapping.file_offset_of(address);
+        let table = self.tables.entry(path.clone()).or_insert_with_key(|p| CfiTable::load(p).map(Arc::new)).clone()?;
+        let virtual_address = table.virtual_address(file_offset)?;
+        Some((path, table, virtual_address))
     }
 
     /// Every call in the file of code `address` lies in whose caller's frame the kernel's walk must step out
@@ -183,18 +180,7 @@ impl Unwinder {
         modules: &mut ModuleMap,
         max_code_bytes: u64,
     ) -> Vec<(u64, CallerRule)> {
-        let Some(mapping) = modules.lookup(address) else { return Vec::new() };
-        if !mapping.executable || !mapping.is_file() {
-            return Vec::new();
-        }
-        let path = mapping.file_path().to_string();
-        let file_offset = mapping.file_offset_of(address);
-        let Some(table) =
-            self.tables.entry(path.clone()).or_insert_with_key(|p| CfiTable::load(p).map(Arc::new)).clone()
-        else {
-            return Vec::new();
-        };
-        let Some(virtual_address) = table.virtual_address(file_offset) else { return Vec::new() };
+        let Some((path, table, virtual_address)) = self.table_at(address, modules) else { return Vec::new() };
         // Where the file's addresses are in the target: the same distance for all of its segments.
         let bias = address.wrapping_sub(virtual_address);
         let Some(&(segment_offset, segment_size, segment_address)) =
@@ -220,12 +206,7 @@ impl Unwinder {
                 continue;
             }
             let bytes = &code[(start - segment_address) as usize..(end - segment_address) as usize];
-            let calls: Vec<u64> = iced_x86::Decoder::with_ip(64, bytes, start, iced_x86::DecoderOptions::NONE)
-                .into_iter()
-                .take_while(|instruction| !instruction.is_invalid())
-                .filter(|instruction| instruction.flow_control() == iced_x86::FlowControl::Call)
-                .map(|instruction| instruction.next_ip())
-                .collect();
+            let calls = calls_in(bytes, start);
             if calls.is_empty() {
                 continue;
             }
@@ -269,6 +250,17 @@ impl Unwinder {
         let table = self.tables.entry(path).or_insert_with_key(|path| CfiTable::load(path).map(Arc::new)).clone()?;
         table.rule_at(table.virtual_address(file_offset)?, &mut self.context)
     }
+}
+
+/// The return address of every call in `code`, which starts at `ip`, decoded up to its first invalid
+/// instruction.
+fn calls_in(code: &[u8], ip: u64) -> Vec<u64> {
+    iced_x86::Decoder::with_ip(64, code, ip, iced_x86::DecoderOptions::NONE)
+        .into_iter()
+        .take_while(|instruction| !instruction.is_invalid())
+        .filter(|instruction| instruction.flow_control() == iced_x86::FlowControl::Call)
+        .map(|instruction| instruction.next_ip())
+        .collect()
 }
 
 /// Where a CFI row puts the caller's state; `None` for a CFA the walk cannot compute.
