@@ -39,6 +39,7 @@ use crate::{
     procfs::{self, ProcessInfo, maps::MemoryMap},
     symbolizer::{
         FrameName, Symbolizer,
+        jit_frames::{JitFrames, JsCoverage},
         modules::{ModuleMap, is_c_library, is_runtime_module},
     },
     target::Target,
@@ -227,7 +228,7 @@ pub struct Trace<'a> {
     /// The tiers each JavaScript function ran in, by frame name.
     pub jit_tiers: &'a BTreeMap<std::sync::Arc<str>, std::collections::BTreeSet<&'static str>>,
     /// How many JavaScript functions got a place in the sources.
-    pub javascript: crate::symbolizer::jit_frames::JsCoverage,
+    pub javascript: JsCoverage,
     /// Instruction pointers by stack index, innermost first, for reports that give addresses (pprof).
     pub stack_ips: &'a StackTable,
     /// The target's mappings as last read, for reports that place addresses in files (pprof).
@@ -578,6 +579,7 @@ impl Collector {
         } else {
             self.sample_rss();
         }
+        self.name_jit_again(true);
         self.name_new_stacks();
         self.add_timeline_point();
         Ok(Ending { reason, death, at: SystemTime::now() })
@@ -618,7 +620,10 @@ impl Collector {
             execs: &self.execs,
             interval: self.interval,
             jit_tiers: self.symbolizer.jit.tiers(),
-            javascript: self.symbolizer.jit.coverage(),
+            javascript: JsCoverage {
+                unnamed_jit_stacks: self.stacks.jit_unnamed() + self.stacks.jit_pending() as u64,
+                ..self.symbolizer.jit.coverage()
+            },
             stack_ips: &self.stacks,
             mappings: self.modules.snapshot(),
         }
@@ -662,8 +667,25 @@ impl Collector {
     fn on_tick(&mut self) {
         self.sample_rss();
         self.symbolizer.jit.refresh(&self.modules);
+        self.name_jit_again(false);
         self.sync_allocator_figures();
         self.name_new_stacks();
+    }
+
+    /// Names JIT frames that had no jitdump record yet when their stacks were taken (see
+    /// [`StackTable::name_jit_again`]); `last` at the trace's end, after a last read of the jitdumps.
+    fn name_jit_again(&mut self, last: bool) {
+        if self.stacks.jit_pending() == 0 {
+            return;
+        }
+        if last {
+            self.symbolizer.jit.refresh(&self.modules);
+        }
+        let (jit, modules) = (&mut self.symbolizer.jit, &mut self.modules);
+        self.stacks.name_jit_again(clock::monotonic_now_ns(), last, |ips, time_ns| {
+            jit.tag(ips, time_ns, modules);
+            JitFrames::has_unnamed(ips, modules)
+        });
     }
 
     fn sample_rss(&mut self) {

@@ -78,7 +78,20 @@ pub struct StackTable {
     /// Return addresses of stacks (allocator calls', events') that end short of the C runtime's start (see
     /// [`ends_short`]), for the kernel to learn how to step out of those without frame pointers.
     frames_to_judge: Vec<u64>,
+    /// Stacks with a frame in JIT code that had no name when they were taken, by the time they were first
+    /// taken: JavaScriptCore writes a code's jitdump record from a queue, which on a busy machine runs after
+    /// the code did, so their names are looked for again as the jitdumps grow (see [`Self::name_jit_again`]).
+    jit_pending: HashMap<StackIx, u64>,
+    /// Stacks left with an unnamed JIT frame: no record came within [`JIT_RECORD_PATIENCE_NS`], or the
+    /// trace ended first, or too many were waiting.
+    jit_unnamed: u64,
 }
+
+/// How long a stack waits for the jitdump record of its unnamed JIT code (JSC's queue writes within
+/// milliseconds; code from before the jitdump was opened, such as the first thunks, never gets one).
+pub const JIT_RECORD_PATIENCE_NS: u64 = 30_000_000_000;
+/// Stacks waiting for a jitdump record at most: the rest are counted unnamed at once.
+const MAX_JIT_PENDING: usize = 1 << 16;
 
 impl Default for StackTable {
     fn default() -> Self {
@@ -94,6 +107,8 @@ impl Default for StackTable {
             cut_at_non_code: 0,
             stacks_held: 0,
             frames_to_judge: Vec::new(),
+            jit_pending: HashMap::new(),
+            jit_unnamed: 0,
         }
     }
 }
@@ -133,6 +148,65 @@ impl StackTable {
     pub fn new_image(&mut self) {
         self.index.clear();
         self.resolved.clear();
+        // The old image's jitdumps are not the new one's.
+        self.jit_unnamed += self.jit_pending.len() as u64;
+        self.jit_pending.clear();
+    }
+
+    /// Notes that `stack`, first taken at `time_ns`, has a JIT frame without a name.
+    fn await_jit_record(&mut self, stack: StackIx, time_ns: u64) {
+        if stack == UNKNOWN_STACK || self.jit_pending.contains_key(&stack) {
+            return;
+        }
+        if self.jit_pending.len() < MAX_JIT_PENDING {
+            self.jit_pending.insert(stack, time_ns);
+        } else {
+            self.jit_unnamed += 1;
+        }
+    }
+
+    /// Names the unnamed JIT frames of waiting stacks again, at the time each was first taken: `name` tags
+    /// what it can of a stack's frames and says whether any stays unnamed. A stack that changed keeps its
+    /// index (the ledger's figures stay with it) and is named anew by [`Self::take_unnamed`]; one still
+    /// unnamed after [`JIT_RECORD_PATIENCE_NS`], or at the trace's end (`last`), is counted unnamed.
+    pub fn name_jit_again(&mut self, now_ns: u64, last: bool, mut name: impl FnMut(&mut Vec<u64>, u64) -> bool) {
+        let mut waiting: Vec<(StackIx, u64)> = self.jit_pending.iter().map(|(&ix, &time)| (ix, time)).collect();
+        waiting.sort_unstable();
+        for (ix, time_ns) in waiting {
+            let Some(ips) = self.stacks.get(ix as usize).and_then(Option::clone) else {
+                self.jit_pending.remove(&ix);
+                continue;
+            };
+            let mut named = ips.to_vec();
+            let still_unnamed = name(&mut named, time_ns);
+            if named.as_slice() != &*ips {
+                if self.index.get(&ips) == Some(&ix) {
+                    self.index.remove(&ips);
+                }
+                let named: Arc<[u64]> = Arc::from(named);
+                // A stack taken later with the names already there is this one's twin: the index keeps the
+                // older, and reports list both (suspects and flamegraphs merge them by their frames).
+                self.index.entry(named.clone()).or_insert(ix);
+                self.stacks[ix as usize] = Some(named);
+                self.unnamed.push(ix);
+            }
+            if !still_unnamed {
+                self.jit_pending.remove(&ix);
+            } else if last || now_ns.saturating_sub(time_ns) > JIT_RECORD_PATIENCE_NS {
+                self.jit_pending.remove(&ix);
+                self.jit_unnamed += 1;
+            }
+        }
+    }
+
+    /// Stacks waiting for a jitdump record.
+    pub fn jit_pending(&self) -> usize {
+        self.jit_pending.len()
+    }
+
+    /// Stacks left with a JIT frame no jitdump record named.
+    pub fn jit_unnamed(&self) -> u64 {
+        self.jit_unnamed
     }
 
     /// Stacks interned since the last call, to be named while the process's mappings can be read.
@@ -159,6 +233,7 @@ impl StackTable {
         }
         self.free.extend(&evicted);
         self.unnamed.retain(|ix| self.stacks[*ix as usize].is_some());
+        self.jit_pending.retain(|ix, _| self.stacks[*ix as usize].is_some());
         // Caches, rebuilt on demand (`resolved` may point at evicted slots).
         self.kernel_frames.clear();
         self.resolved = HashMap::new();
@@ -294,7 +369,12 @@ impl StackTable {
             }
         }
         jit.tag(&mut ips, event.time_ns, modules);
-        self.intern(ips)
+        let unnamed_jit = JitFrames::has_unnamed(&ips, modules);
+        let stack = self.intern(ips);
+        if unnamed_jit {
+            self.await_jit_record(stack, event.time_ns);
+        }
+        stack
     }
 }
 
@@ -393,6 +473,46 @@ mod tests {
         assert_eq!(table.intern(vec![1, 2, 3]), a);
         assert_eq!(table.intern(vec![]), UNKNOWN_STACK);
         assert_eq!(table.ips(b), &[1, 2, 4]);
+    }
+
+    #[test]
+    fn jit_frames_without_a_record_yet_are_named_when_it_comes() {
+        const NAMED: u64 = crate::symbolizer::jit_frames::JIT_FRAME | 7;
+        let mut table = StackTable::default();
+        // Frame 0x20 is JIT code whose record is written at 150: the stack was taken at 100.
+        let late = table.intern(vec![0x10, 0x20, 0x30]);
+        table.await_jit_record(late, 100);
+        // One that never gets a record, and one taken after its record came (named at once).
+        let never = table.intern(vec![0x11, 0x21]);
+        table.await_jit_record(never, 100);
+        let twin = table.intern(vec![0x10, NAMED, 0x30]);
+        table.take_unnamed();
+        let record_written = std::cell::Cell::new(false);
+        let name = |ips: &mut Vec<u64>, time_ns: u64| {
+            assert_eq!(time_ns, 100, "named at the time the stack was taken");
+            for ip in ips.iter_mut() {
+                if *ip == 0x20 && record_written.get() {
+                    *ip = NAMED;
+                }
+            }
+            ips.iter().any(|ip| [0x20, 0x21].contains(ip))
+        };
+        table.name_jit_again(200, false, name);
+        assert_eq!((table.jit_pending(), table.jit_unnamed()), (2, 0), "both wait");
+        assert_eq!(table.ips(late), &[0x10, 0x20, 0x30]);
+        record_written.set(true);
+        table.name_jit_again(300, false, name);
+        assert_eq!(table.ips(late), &[0x10, NAMED, 0x30], "named in place: its figures stay with it");
+        assert_eq!(table.take_unnamed(), vec![late], "its frames are named anew");
+        assert_eq!((table.jit_pending(), table.jit_unnamed()), (1, 0));
+        assert_eq!(table.intern(vec![0x10, NAMED, 0x30]), twin, "the index keeps the stack that had the names first");
+        assert_ne!(table.intern(vec![0x10, 0x20, 0x30]), late, "the unnamed frames are another stack now");
+        table.name_jit_again(100 + JIT_RECORD_PATIENCE_NS + 1, false, name);
+        assert_eq!((table.jit_pending(), table.jit_unnamed()), (0, 1), "given up after the patience");
+        let at_end = table.intern(vec![0x12, 0x21]);
+        table.await_jit_record(at_end, 500);
+        table.name_jit_again(600, true, |ips, _| ips.contains(&0x21));
+        assert_eq!((table.jit_pending(), table.jit_unnamed()), (0, 2), "the trace's end gives up on the rest");
     }
 
     #[test]

@@ -222,7 +222,8 @@ fn header(html: &mut String, page: &Page) {
         fact(
             "JIT frames named",
             format!(
-                "{} of {functions} JavaScript functions located in the sources, {} the runtime's own, {} found nowhere{}",
+                "{} of {functions} JavaScript functions located in the sources, {} the runtime's own, {} found nowhere{}; \
+                 <span{}>{} stacks with JIT code no jitdump record named</span>",
                 js.located,
                 js.runtime,
                 js.unlocated,
@@ -230,7 +231,9 @@ fn header(html: &mut String, page: &Page) {
                     " (sources: {}, {} files)",
                     escape(from),
                     js.source_files
-                ))
+                )),
+                if js.unnamed_jit_stacks > 0 { " class=\"warn\"" } else { "" },
+                js.unnamed_jit_stacks,
             ),
         );
     }

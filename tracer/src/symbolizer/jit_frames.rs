@@ -60,6 +60,9 @@ pub struct JsCoverage {
     pub source_files: usize,
     /// JIT code symbols read from the target's jitdumps and perf maps: 0 when it wrote none.
     pub jit_symbols: usize,
+    /// Stacks left with a frame in JIT code that no jitdump record named (code from before the jitdump
+    /// was opened, or whose record never came).
+    pub unnamed_jit_stacks: u64,
 }
 
 impl JitFrames {
@@ -115,6 +118,12 @@ impl JitFrames {
                 None => self.warn_once_if_no_jitdump(modules, *ip),
             }
         }
+    }
+
+    /// Whether a frame of `ips` lies in JIT code (executable memory backed by no file, not the kernel's own
+    /// pages) without a name.
+    pub fn has_unnamed(ips: &[u64], modules: &mut ModuleMap) -> bool {
+        ips.iter().any(|&ip| ip & JIT_FRAME == 0 && is_jit_code(ip, modules))
     }
 
     /// Changes whenever the jitdumps gained code: names missing before may exist now.
@@ -211,12 +220,7 @@ impl JitFrames {
         if self.warned || !self.symbols.index().is_empty() {
             return;
         }
-        // The kernel's own code pages in the process (uretprobe trampoline, vDSO) are not JIT code.
-        let kernel_pages = ["[uprobes]", "[vdso]", "[vsyscall]"];
-        if modules
-            .lookup(ip)
-            .is_some_and(|m| m.executable && !m.is_file() && !kernel_pages.contains(&m.pathname.as_str()))
-        {
+        if is_jit_code(ip, modules) {
             self.warned = true;
             eprintln!(
                 "dispatch-leaktrace: the target runs JIT code but writes no jitdump, so JavaScript frames stay unnamed: \
@@ -225,6 +229,14 @@ impl JitFrames {
         }
     }
 }
+
+/// Whether `ip` is in executable memory backed by no file: JIT code. The kernel's own code pages in the
+/// process (uretprobe trampoline, vDSO) are not.
+fn is_jit_code(ip: u64, modules: &mut ModuleMap) -> bool {
+    let kernel_pages = ["[uprobes]", "[vdso]", "[vsyscall]"];
+    modules.lookup(ip).is_some_and(|m| m.executable && !m.is_file() && !kernel_pages.contains(&m.pathname.as_str()))
+}
+
 /// A JavaScript frame's function without its tier: `buildMessage [JS:DFG]` -> `buildMessage`.
 fn bare_function(name: &str) -> &str {
     name.rsplit_once(" [").map_or(name, |(function, _)| function)

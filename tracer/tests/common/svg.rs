@@ -108,8 +108,9 @@ pub fn assert_the_widest_line_is(timeline: &str, site: &str) {
 }
 
 /// growth.svg is coloured by each box's growth: the box of frame `site` is the reddest of all but the
-/// boxes it sits on (they hold its growth), and outlined as suspect 1; the churner's (a function starting
-/// `churner`) is less than half as red and not outlined.
+/// boxes it sits on and those on top of it (its callers and its callees hold its growth: a callee that
+/// holds all of it, while another callee shrank a little, is a shade redder), and outlined as suspect 1;
+/// the churner's (a function starting `churner`) is less than half as red and not outlined.
 pub fn assert_the_reddest_box_is(growth: &str, site: &str, churner: &str) {
     let boxes = growth_boxes(growth);
     let tops: Vec<&GrowthBox> = boxes.iter().filter(|b| b.function == site).collect();
@@ -119,7 +120,11 @@ pub fn assert_the_reddest_box_is(growth: &str, site: &str, churner: &str) {
     let sits_on = |below: &GrowthBox| {
         tops.iter().any(|c| below.y > c.y && below.x <= c.x && below.x + below.width >= c.x + c.width)
     };
-    let redder: Vec<&GrowthBox> = boxes.iter().filter(|b| b.redness > top.redness && !sits_on(b)).collect();
+    let on_top = |above: &GrowthBox| {
+        tops.iter().any(|c| above.y < c.y && above.x >= c.x && above.x + above.width <= c.x + c.width)
+    };
+    let redder: Vec<&GrowthBox> =
+        boxes.iter().filter(|b| b.redness > top.redness && !sits_on(b) && !on_top(b)).collect();
     assert!(redder.is_empty(), "redder than the top suspect {top:?}: {redder:?}");
     if let Some(churner) = boxes.iter().filter(|b| b.function.starts_with(churner)).max_by_key(|b| b.redness) {
         assert!(churner.redness * 2 < top.redness && !churner.suspect, "{churner:?} against {top:?}");
