@@ -39,7 +39,7 @@ use crate::{
     procfs::{self, ProcessInfo, maps::MemoryMap},
     symbolizer::{
         FrameName, Symbolizer,
-        jit_frames::{JitFrames, JsCoverage},
+        jit_frames::JsCoverage,
         modules::{ModuleMap, is_c_library, is_runtime_module},
     },
     target::Target,
@@ -682,10 +682,7 @@ impl Collector {
             self.symbolizer.jit.refresh(&self.modules);
         }
         let (jit, modules) = (&mut self.symbolizer.jit, &mut self.modules);
-        self.stacks.name_jit_again(clock::monotonic_now_ns(), last, |ips, time_ns| {
-            jit.tag(ips, time_ns, modules);
-            JitFrames::has_unnamed(ips, modules)
-        });
+        self.stacks.name_jit_again(clock::monotonic_now_ns(), last, |ips, time_ns| jit.tag(ips, time_ns, modules));
     }
 
     fn sample_rss(&mut self) {

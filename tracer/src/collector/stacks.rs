@@ -368,8 +368,7 @@ impl StackTable {
                 self.frames_to_judge.push(ips[0] | AT_INSTRUCTION);
             }
         }
-        jit.tag(&mut ips, event.time_ns, modules);
-        let unnamed_jit = JitFrames::has_unnamed(&ips, modules);
+        let unnamed_jit = jit.tag(&mut ips, event.time_ns, modules);
         let stack = self.intern(ips);
         if unnamed_jit {
             self.await_jit_record(stack, event.time_ns);

@@ -89,8 +89,10 @@ impl JitFrames {
     }
 
     /// Replaces every frame of `ips` (innermost first) that lies in JIT code and has a name at `time_ns`
-    /// by its tagged name.
-    pub fn tag(&mut self, ips: &mut [u64], time_ns: u64, modules: &mut ModuleMap) {
+    /// by its tagged name. Whether a frame in JIT code (executable memory backed by no file, not the
+    /// kernel's own pages) was left without one.
+    pub fn tag(&mut self, ips: &mut [u64], time_ns: u64, modules: &mut ModuleMap) -> bool {
+        let mut unnamed = false;
         for (index, ip) in ips.iter_mut().enumerate() {
             if *ip & JIT_FRAME != 0 || modules.lookup(*ip).is_some_and(|m| m.is_file()) {
                 continue;
@@ -115,15 +117,14 @@ impl JitFrames {
                     self.cache.insert(address, tagged);
                     *ip = tagged;
                 }
-                None => self.warn_once_if_no_jitdump(modules, *ip),
+                None if is_jit_code(*ip, modules) => {
+                    unnamed = true;
+                    self.warn_once_if_no_jitdump();
+                }
+                None => {}
             }
         }
-    }
-
-    /// Whether a frame of `ips` lies in JIT code (executable memory backed by no file, not the kernel's own
-    /// pages) without a name.
-    pub fn has_unnamed(ips: &[u64], modules: &mut ModuleMap) -> bool {
-        ips.iter().any(|&ip| ip & JIT_FRAME == 0 && is_jit_code(ip, modules))
+        unnamed
     }
 
     /// Changes whenever the jitdumps gained code: names missing before may exist now.
@@ -216,17 +217,15 @@ impl JitFrames {
     }
 
     /// Code in executable anonymous memory with nothing to name it: say once how to get JIT names.
-    fn warn_once_if_no_jitdump(&mut self, modules: &mut ModuleMap, ip: u64) {
+    fn warn_once_if_no_jitdump(&mut self) {
         if self.warned || !self.symbols.index().is_empty() {
             return;
         }
-        if is_jit_code(ip, modules) {
-            self.warned = true;
-            eprintln!(
-                "dispatch-leaktrace: the target runs JIT code but writes no jitdump, so JavaScript frames stay unnamed: \
-                 start it with BUN_JSC_useJITDump=1 ({JITDUMP_ENABLE_HINT}); going on with native frames"
-            );
-        }
+        self.warned = true;
+        eprintln!(
+            "dispatch-leaktrace: the target runs JIT code but writes no jitdump, so JavaScript frames stay unnamed: \
+             start it with BUN_JSC_useJITDump=1 ({JITDUMP_ENABLE_HINT}); going on with native frames"
+        );
     }
 }
 
