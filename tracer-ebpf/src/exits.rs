@@ -12,7 +12,10 @@ use tracer_common::{
     tracepoints::{MarkVictim, SignalDeliver},
 };
 
-use crate::record::{send, traced_tgid};
+use crate::{
+    maps::RUNTIME_TEXT,
+    record::{send, traced_tgid},
+};
 
 /// Signals whose default action is to end the process with a core dump (crashes), and SIGKILL/SIGTERM.
 const REPORTED_SIGNALS: u64 =
@@ -45,6 +48,10 @@ pub fn mark_victim(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn process_exec(_ctx: TracePointContext) -> u32 {
     let Some(tgid) = traced_tgid() else { return 0 };
+    // The old image's C runtime lies elsewhere in the new one: until the collector, which reads this event
+    // later, says where, the stack top of every event is copied (the old ranges would deny it to events in
+    // the new runtime, whose stacks then skip the frames its code without frame pointers hides).
+    let _ = RUNTIME_TEXT.remove(&tgid);
     let tid = bpf_get_current_pid_tgid() as u32;
     send_lifecycle(EventKind::Exec, tgid, tid, 0, 0);
     0

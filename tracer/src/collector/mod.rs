@@ -649,9 +649,11 @@ impl Collector {
     /// Tells the kernel where the C runtime's code lies in the target, so that it copies the top of the
     /// user stack for events there (and only there).
     fn update_runtime_text(&mut self) {
-        // Until the C library is mapped, the dynamic loader is still at work: say nothing yet, so that the
-        // kernel copies the stack top of every event.
-        if !self.modules.snapshot().iter().any(|m| m.is_file() && is_c_library(m.file_path())) {
+        // Until the C library's code is mapped, the dynamic loader is still at work: say nothing yet, so that
+        // the kernel copies the stack top of every event. (Its first mapping, not executable, came first: ranges
+        // told then left its code out, and the events of a launched program's first milliseconds, before this
+        // collector read the next mmap, went without a copy; their stacks skipped the caller of a libc wrapper.)
+        if !self.modules.snapshot().iter().any(|m| m.is_file() && m.executable && is_c_library(m.file_path())) {
             return;
         }
         let ranges: Vec<(u64, u64)> = self
