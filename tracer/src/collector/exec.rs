@@ -98,8 +98,8 @@ impl Collector {
         if freed > 0 {
             *released.entry(Source::Malloc).or_default() += freed;
         }
-        // Until the new image's C library is mapped, the kernel must copy the stack top of every event.
-        let _ = self.maps.runtime_text.remove(&pid);
+        // The kernel dropped the old image's runtime ranges at the exec itself (exits.rs `process_exec`): until
+        // the new image's C library is mapped, it copies the stack top of every event.
 
         // The new image: what it mapped before its first instruction (executable, loader, stack) is there
         // before any event of ours, like a process we attach to.
