@@ -684,7 +684,9 @@ impl Collector {
             self.symbolizer.jit.refresh(&self.modules);
         }
         let (jit, modules) = (&mut self.symbolizer.jit, &mut self.modules);
-        self.stacks.name_jit_again(clock::monotonic_now_ns(), last, |ips, time_ns| jit.tag(ips, time_ns, modules));
+        let generation = jit.generation();
+        self.stacks
+            .name_jit_again(clock::monotonic_now_ns(), generation, last, |ips, time_ns| jit.tag(ips, time_ns, modules));
     }
 
     fn sample_rss(&mut self) {

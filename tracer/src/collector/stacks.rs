@@ -85,6 +85,9 @@ pub struct StackTable {
     /// Stacks left with an unnamed JIT frame: no record came within [`JIT_RECORD_PATIENCE_NS`], or the
     /// trace ended first, or too many were waiting.
     jit_unnamed: u64,
+    /// The jitdump generation the waiting stacks were last named in: until it changes, nothing new can name
+    /// them.
+    jit_generation_tried: usize,
 }
 
 /// How long a stack waits for the jitdump record of its unnamed JIT code (JSC's queue writes within
@@ -109,6 +112,7 @@ impl Default for StackTable {
             frames_to_judge: Vec::new(),
             jit_pending: HashMap::new(),
             jit_unnamed: 0,
+            jit_generation_tried: 0,
         }
     }
 }
@@ -165,14 +169,30 @@ impl StackTable {
         }
     }
 
-    /// Names the unnamed JIT frames of waiting stacks again, at the time each was first taken: `name` tags
+    /// Names the unnamed JIT frames of waiting stacks again, at the time each was first taken, when the
+    /// jitdumps gained code since the last try (`generation`) or at the trace's end (`last`): `name` tags
     /// what it can of a stack's frames and says whether any stays unnamed. A stack that changed keeps its
     /// index (the ledger's figures stay with it) and is named anew by [`Self::take_unnamed`]; one still
-    /// unnamed after [`JIT_RECORD_PATIENCE_NS`], or at the trace's end (`last`), is counted unnamed.
-    pub fn name_jit_again(&mut self, now_ns: u64, last: bool, mut name: impl FnMut(&mut Vec<u64>, u64) -> bool) {
+    /// unnamed after [`JIT_RECORD_PATIENCE_NS`], or at the trace's end, is counted unnamed.
+    pub fn name_jit_again(
+        &mut self,
+        now_ns: u64,
+        generation: usize,
+        last: bool,
+        mut name: impl FnMut(&mut Vec<u64>, u64) -> bool,
+    ) {
+        let retry = last || generation != self.jit_generation_tried;
+        self.jit_generation_tried = generation;
         let mut waiting: Vec<(StackIx, u64)> = self.jit_pending.iter().map(|(&ix, &time)| (ix, time)).collect();
         waiting.sort_unstable();
         for (ix, time_ns) in waiting {
+            if !retry {
+                if now_ns.saturating_sub(time_ns) > JIT_RECORD_PATIENCE_NS {
+                    self.jit_pending.remove(&ix);
+                    self.jit_unnamed += 1;
+                }
+                continue;
+            }
             let Some(ips) = self.stacks.get(ix as usize).and_then(Option::clone) else {
                 self.jit_pending.remove(&ix);
                 continue;
@@ -496,21 +516,23 @@ mod tests {
             }
             ips.iter().any(|ip| [0x20, 0x21].contains(ip))
         };
-        table.name_jit_again(200, false, name);
+        table.name_jit_again(200, 1, false, name);
         assert_eq!((table.jit_pending(), table.jit_unnamed()), (2, 0), "both wait");
         assert_eq!(table.ips(late), &[0x10, 0x20, 0x30]);
         record_written.set(true);
-        table.name_jit_again(300, false, name);
+        table.name_jit_again(300, 1, false, |_, _| unreachable!("no new code: nothing is looked up"));
+        assert_eq!(table.ips(late), &[0x10, 0x20, 0x30]);
+        table.name_jit_again(300, 2, false, name);
         assert_eq!(table.ips(late), &[0x10, NAMED, 0x30], "named in place: its figures stay with it");
         assert_eq!(table.take_unnamed(), vec![late], "its frames are named anew");
         assert_eq!((table.jit_pending(), table.jit_unnamed()), (1, 0));
         assert_eq!(table.intern(vec![0x10, NAMED, 0x30]), twin, "the index keeps the stack that had the names first");
         assert_ne!(table.intern(vec![0x10, 0x20, 0x30]), late, "the unnamed frames are another stack now");
-        table.name_jit_again(100 + JIT_RECORD_PATIENCE_NS + 1, false, name);
+        table.name_jit_again(100 + JIT_RECORD_PATIENCE_NS + 1, 2, false, name);
         assert_eq!((table.jit_pending(), table.jit_unnamed()), (0, 1), "given up after the patience");
         let at_end = table.intern(vec![0x12, 0x21]);
         table.await_jit_record(at_end, 500);
-        table.name_jit_again(600, true, |ips, _| ips.contains(&0x21));
+        table.name_jit_again(600, 2, true, |ips, _| ips.contains(&0x21));
         assert_eq!((table.jit_pending(), table.jit_unnamed()), (0, 2), "the trace's end gives up on the rest");
     }
 
