@@ -40,7 +40,7 @@ use tracer_common::{
 use crate::{
     maps::STACKS,
     user_stack::{self, EntryRegisters},
-    record::{count, count_by, count_quietly, take_user_stack, traced_tgid},
+    record::{count, count_by, count_milestone, count_quietly, take_user_stack, traced_tgid},
 };
 
 /// A thread's allocator call under way, in the slot of its tid (see [`CALL_SLOTS`]).
@@ -438,7 +438,7 @@ fn take_old_block(tgid: u32, cookie: AllocCookie, ptr: u64) -> (Block, u64) {
     match take_block(&BlockKey { tgid, pad: 0, addr: ptr }) {
         Some(block) => (block, 1),
         None => {
-            count_unmatched_free();
+            count_unmatched_free(ptr, UnmatchedBy::Realloc);
             (Block::default(), 0)
         }
     }
@@ -699,7 +699,7 @@ fn put_back(tgid: u32, addr: u64, block: &Block) {
 #[inline(always)]
 fn release(tgid: u32, addr: u64) {
     let Some(block) = take_block(&BlockKey { tgid, pad: 0, addr }) else {
-        count_unmatched_free();
+        count_unmatched_free(addr, UnmatchedBy::Free);
         return;
     };
     charge(&block.site, block.charged_bytes, block.charged_blocks, false);
@@ -730,12 +730,39 @@ fn count_block_table_full(charged_bytes: u64) {
     }
 }
 
+/// What met no live block: a free, or the old block of a realloc.
+#[derive(Clone, Copy)]
+enum UnmatchedBy {
+    Free,
+    Realloc,
+}
+
+/// Counts a free (or a realloc's old block) of `addr` that no live block matches, and says which, with its
+/// thread, when this CPU's count reaches 1 or a power of two (`-v`): a run that should have none shows where
+/// to look.
 #[inline(always)]
-fn count_unmatched_free() {
+fn count_unmatched_free(addr: u64, by: UnmatchedBy) {
     // With sampling, most blocks were never recorded: their frees are expected to miss.
     if sample_bytes() == 0 {
-        count(Counter::UnmatchedFrees);
+        if let Some(count) = count_milestone(Counter::UnmatchedFrees, 1) {
+            say_unmatched_free(addr, by as u32, count);
+        }
     }
+}
+
+/// The log line of [`count_unmatched_free`]; out of line, as [`crate::record`]'s `say_loss`.
+#[inline(never)]
+fn say_unmatched_free(addr: u64, by: u32, count: u64) {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let by = if by == UnmatchedBy::Realloc as u32 { "realloc" } else { "free" };
+    aya_log_ebpf::warn!(
+        &(),
+        "kernel programs: unmatched free {} on one CPU: {} of {:x} by thread {}, no live block there",
+        count,
+        by,
+        addr,
+        tid
+    );
 }
 
 /// Adds a block to its site's figures, or takes it out.

@@ -41,6 +41,17 @@ pub fn count_quietly(counter: Counter) {
 /// path, and a flood of losses makes a handful of lines.
 #[inline(always)]
 pub fn count_by(counter: Counter, amount: u64) {
+    if let Some(value) = count_milestone(counter, amount) {
+        if counter.is_said() {
+            say_loss(counter as u32, value);
+        }
+    }
+}
+
+/// Adds `amount` to a counter; this CPU's new count when it just became 1 or passed a power of two, the
+/// moments worth a line in the log (see [`count_by`]).
+#[inline(always)]
+pub fn count_milestone(counter: Counter, amount: u64) -> Option<u64> {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // Per-CPU slot: no other CPU writes it, and programs do not nest on one CPU for these hooks.
         let (before, after) = unsafe {
@@ -49,10 +60,9 @@ pub fn count_by(counter: Counter, amount: u64) {
             (before, before + amount)
         };
         // Losses are counted one by one: `after` is a power of two when it shares no bit with `before`.
-        if counter.is_said() && after & before == 0 {
-            say_loss(counter as u32, after);
-        }
+        return (after & before == 0).then_some(after);
     }
+    None
 }
 
 /// Logs a loss counter's new value. Kept out of line, so that its code is in the object once rather than in
