@@ -37,10 +37,15 @@ pub enum Counter {
     /// preemptible), its 30-bit id was another stack's, or the table of our stacks was full. Not a loss:
     /// the stack is still taken, at the kernel's cost.
     KernelWalkFallbacks = 10,
+    /// munmap calls that failed after their event was sent (at the entry, so that it comes before the
+    /// event of any mmap that gets the range back): the collector took out memory that stayed mapped. The
+    /// kernel refuses such a call only when it would exceed the process's map count (ENOMEM) or the range
+    /// is sealed (EPERM).
+    UnmapFailedAfterRelease = 11,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 11] = [
+    pub const ALL: [Counter; 12] = [
         Counter::LostEvents,
         Counter::MapFull,
         Counter::StackErrors,
@@ -52,6 +57,7 @@ impl Counter {
         Counter::SiteTableFull,
         Counter::BlockTableFullBytes,
         Counter::KernelWalkFallbacks,
+        Counter::UnmapFailedAfterRelease,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -73,6 +79,7 @@ impl Counter {
             Counter::SiteTableFull => "site_table_full",
             Counter::BlockTableFullBytes => "block_table_full_bytes",
             Counter::KernelWalkFallbacks => "kernel_walk_fallbacks",
+            Counter::UnmapFailedAfterRelease => "unmap_failed_after_release",
         }
     }
 
@@ -120,7 +127,8 @@ mod tests {
             "stack_errors",
             "unpaired_syscalls",
             "missed_frees",
-            "site_table_full"
+            "site_table_full",
+            "unmap_failed_after_release"
         ]));
     }
 }

@@ -3,6 +3,12 @@
 //! The entry tracepoint keeps the arguments by thread; the exit tracepoint reads the result, drops failed
 //! calls (they change nothing) and sends one event. The user stack is taken at exit: user registers are
 //! the same at entry and exit, and a failed call then costs no stack walk.
+//!
+//! munmap is the exception: its event is sent at the entry, before the kernel unmaps anything. Sent at the
+//! exit, it could follow the event of another thread's mmap that got the freed range back in between
+//! (glibc trims a new arena while another thread maps a thread stack there), and the collector then took
+//! the new mapping out with the old one. A munmap that fails after its event was sent is counted
+//! (`unmap_failed_after_release`); the entry drops in advance the calls the kernel refuses outright.
 
 use core::mem::offset_of;
 
@@ -70,11 +76,38 @@ pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// The end of user space on x86-64 with 4-level page tables (`TASK_SIZE_MAX`): munmap refuses ranges
+/// beyond it. With 5-level tables it is higher; a range between the two is then only left out, not wrong.
+const USER_SPACE_END: u64 = (1 << 47) - 4096;
+const PAGE_MASK: u64 = 4095;
+
 #[tracepoint(category = "syscalls", name = "sys_enter_munmap")]
 pub fn sys_enter_munmap(ctx: TracePointContext) -> u32 {
-    if let Ok(args) = unsafe { ctx.read_at::<SysEnterMunmap>(0) } {
-        remember(PendingSyscall::new(EventKind::Munmap, args.addr, args.len));
+    let Ok(args) = (unsafe { ctx.read_at::<SysEnterMunmap>(0) }) else { return 0 };
+    let Some(tgid) = traced_tgid() else { return 0 };
+    // What the kernel refuses with EINVAL before it looks at the mappings (mm/vma.c, do_vmi_munmap) is not
+    // sent; the exit pairs with it all the same.
+    let len = (args.len.wrapping_add(PAGE_MASK)) & !PAGE_MASK;
+    let refused = args.addr & PAGE_MASK != 0 || len == 0 || args.addr > USER_SPACE_END || len > USER_SPACE_END - args.addr;
+    remember(PendingSyscall { flags: u64::from(!refused), ..PendingSyscall::new(EventKind::Munmap, args.addr, args.len) });
+    if refused {
+        return 0;
     }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    send(|event: &mut MemEvent| {
+        event.timestamp_ns = unsafe { bpf_ktime_get_ns() };
+        event.kind = EventKind::Munmap as u32;
+        event.tgid = tgid;
+        event.tid = pid_tgid as u32;
+        event.addr = args.addr;
+        event.len = args.len;
+        event.new_addr = 0;
+        event.new_len = 0;
+        event.flags = 0;
+        event.prot = 0;
+        event.fd = -1;
+        event.stack_id = -1;
+    });
     0
 }
 
@@ -160,6 +193,13 @@ fn finish(ctx: &TracePointContext, kind: EventKind) {
         return;
     }
     let Ok(ret) = (unsafe { ctx.read_at::<i64>(offset_of!(SysExit, ret)) }) else { return };
+    if kind == EventKind::Munmap {
+        // Its event went at the entry (see above), unless the entry knew the kernel would refuse it.
+        if ret != 0 && pending.flags != 0 {
+            count(Counter::UnmapFailedAfterRelease);
+        }
+        return;
+    }
     // Errors come back as -errno; mmap and mremap return addresses, which are below 2^47.
     let failed = match kind {
         EventKind::Munmap | EventKind::Madvise => ret != 0,

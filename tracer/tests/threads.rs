@@ -14,7 +14,7 @@ const HANDOFF_TRUTH: &[(&str, u64, u64, u64)] =
 const RUNS: usize = 10;
 
 /// Four producers malloc, four consumers free (a quarter realloc'd first): every run exact to the byte,
-/// with no missed frees, no figure that went below zero, and at most one unmatched free (see below).
+/// with no missed or unmatched frees and no figure that went below zero.
 #[test]
 fn blocks_handed_between_threads_are_exact_in_every_run() {
     let program = fixture("handoff");
@@ -31,18 +31,13 @@ fn blocks_handed_between_threads_are_exact_in_every_run() {
                 failures.push(format!("run {run}: {site}: {figures:?}, not {truth:?}"));
             }
         }
-        for counter in ["missed_frees", "negative_figures", "lost_events", "map_full"] {
+        // An unmatched free here was once a thread stack's munmap, recorded after another thread had mapped
+        // the range again (see tests/mappings.rs, unmap_reuse).
+        for counter in ["missed_frees", "unmatched_frees", "negative_figures", "lost_events", "map_full"] {
             let value = report.counter(counter);
             if value != 0 {
                 failures.push(format!("run {run}: {counter} {value}"));
             }
-        }
-        // One run in ten to thirty shows a single unmatched free while every figure above is exact: a free of
-        // a block none of the fixture's sites allocated (not explained yet; see the notes). More than
-        // one is a block lost.
-        let unmatched = report.counter("unmatched_frees");
-        if unmatched > 1 {
-            failures.push(format!("run {run}: unmatched_frees {unmatched}"));
         }
         failed_runs += usize::from(failures.len() > failures_before);
     }
