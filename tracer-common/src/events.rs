@@ -31,6 +31,12 @@ pub enum EventKind {
     /// The traced process called exec (`tid`: the thread that did, now its main thread): the old image's
     /// memory is gone.
     Exec = 10,
+    /// Thread `tid` entered `mremap(addr, len, ..)`, sent before the kernel moves anything: the range is
+    /// taken aside until the call's [`EventKind::Mremap`] or [`EventKind::MremapFailed`], so that another
+    /// thread's mmap of the freed old range, which may be sent first, does not move with it.
+    MremapBegin = 11,
+    /// The mremap thread `tid` entered failed: its range stays where it was.
+    MremapFailed = 12,
 }
 
 impl EventKind {
@@ -46,6 +52,8 @@ impl EventKind {
             8 => Self::Signal,
             9 => Self::OomVictim,
             10 => Self::Exec,
+            11 => Self::MremapBegin,
+            12 => Self::MremapFailed,
             _ => return None,
         })
     }

@@ -9,6 +9,8 @@
 //! (glibc trims a new arena while another thread maps a thread stack there), and the collector then took
 //! the new mapping out with the old one. A munmap that fails after its event was sent is counted
 //! (`unmap_failed_after_release`); the entry drops in advance the calls the kernel refuses outright.
+//! mremap, for the same reason, sends a begin event at its entry (the collector takes the old range aside)
+//! and its result at the exit, or a failure that puts the range back.
 
 use core::mem::offset_of;
 
@@ -45,11 +47,13 @@ pub struct PendingSyscall {
     new_len: u64,
     flags: u64,
     fd: i64,
+    /// Not 0: an event went at the entry already (munmap, mremap's begin).
+    sent_at_entry: u64,
 }
 
 impl PendingSyscall {
     const fn new(kind: EventKind, addr: u64, len: u64) -> Self {
-        Self { kind: kind as u32, prot: 0, addr, len, new_len: 0, flags: 0, fd: -1 }
+        Self { kind: kind as u32, prot: 0, addr, len, new_len: 0, flags: 0, fd: -1, sent_at_entry: 0 }
     }
 }
 
@@ -89,18 +93,25 @@ pub fn sys_enter_munmap(ctx: TracePointContext) -> u32 {
     // sent; the exit pairs with it all the same.
     let len = (args.len.wrapping_add(PAGE_MASK)) & !PAGE_MASK;
     let refused = args.addr & PAGE_MASK != 0 || len == 0 || args.addr > USER_SPACE_END || len > USER_SPACE_END - args.addr;
-    remember(PendingSyscall { flags: u64::from(!refused), ..PendingSyscall::new(EventKind::Munmap, args.addr, args.len) });
-    if refused {
-        return 0;
+    if !refused {
+        send_at_entry(EventKind::Munmap, tgid, args.addr, args.len);
     }
+    let pending = PendingSyscall::new(EventKind::Munmap, args.addr, args.len);
+    remember(PendingSyscall { sent_at_entry: u64::from(!refused), ..pending });
+    0
+}
+
+/// Sends the event of a call at its entry, before the kernel changes the mappings (see the module's text).
+#[inline(always)]
+fn send_at_entry(kind: EventKind, tgid: u32, addr: u64, len: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     send(|event: &mut MemEvent| {
         event.timestamp_ns = unsafe { bpf_ktime_get_ns() };
-        event.kind = EventKind::Munmap as u32;
+        event.kind = kind as u32;
         event.tgid = tgid;
         event.tid = pid_tgid as u32;
-        event.addr = args.addr;
-        event.len = args.len;
+        event.addr = addr;
+        event.len = len;
         event.new_addr = 0;
         event.new_len = 0;
         event.flags = 0;
@@ -108,18 +119,24 @@ pub fn sys_enter_munmap(ctx: TracePointContext) -> u32 {
         event.fd = -1;
         event.stack_id = -1;
     });
-    0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_mremap")]
 pub fn sys_enter_mremap(ctx: TracePointContext) -> u32 {
-    if let Ok(args) = unsafe { ctx.read_at::<SysEnterMremap>(0) } {
-        remember(PendingSyscall {
-            new_len: args.new_len,
-            flags: args.flags,
-            ..PendingSyscall::new(EventKind::Mremap, args.addr, args.old_len)
-        });
+    let Ok(args) = (unsafe { ctx.read_at::<SysEnterMremap>(0) }) else { return 0 };
+    let Some(tgid) = traced_tgid() else { return 0 };
+    // The old range is taken aside at once, for the reason munmap is sent at its entry; an old length of 0
+    // moves nothing.
+    let begun = args.old_len != 0;
+    if begun {
+        send_at_entry(EventKind::MremapBegin, tgid, args.addr, args.old_len);
     }
+    remember(PendingSyscall {
+        new_len: args.new_len,
+        flags: args.flags,
+        sent_at_entry: u64::from(begun),
+        ..PendingSyscall::new(EventKind::Mremap, args.addr, args.old_len)
+    });
     0
 }
 
@@ -195,7 +212,7 @@ fn finish(ctx: &TracePointContext, kind: EventKind) {
     let Ok(ret) = (unsafe { ctx.read_at::<i64>(offset_of!(SysExit, ret)) }) else { return };
     if kind == EventKind::Munmap {
         // Its event went at the entry (see above), unless the entry knew the kernel would refuse it.
-        if ret != 0 && pending.flags != 0 {
+        if ret != 0 && pending.sent_at_entry != 0 {
             count(Counter::UnmapFailedAfterRelease);
         }
         return;
@@ -206,6 +223,10 @@ fn finish(ctx: &TracePointContext, kind: EventKind) {
         _ => (-4095..0).contains(&ret),
     };
     if failed {
+        if kind == EventKind::Mremap && pending.sent_at_entry != 0 {
+            // The range taken aside at the entry goes back.
+            send_at_entry(EventKind::MremapFailed, tgid, pending.addr, pending.len);
+        }
         return;
     }
 

@@ -783,12 +783,15 @@ impl Collector {
             EventKind::Munmap => self.ledger.unmap(event.tgid, event.addr, event.len),
             EventKind::Mremap => {
                 let key = self.stack_key(event, inline, top, Source::Mmap);
-                self.ledger.remap(event.tgid, event.addr, event.len, event.new_addr, event.new_len, event.flags, key);
+                let (old, new) = ((event.addr, event.len), (event.new_addr, event.new_len));
+                self.ledger.remap(event.tgid, event.tid, old, new, event.flags, key);
             }
             EventKind::Brk => {
                 let key = self.stack_key(event, inline, top, Source::Brk);
                 self.ledger.brk(event.tgid, event.new_addr, key);
             }
+            EventKind::MremapBegin => self.ledger.remap_begin(event.tgid, event.tid, event.addr, event.len),
+            EventKind::MremapFailed => self.ledger.remap_failed(event.tid),
             EventKind::Madvise => self.ledger.drop_pages(event.tgid, event.addr, event.len),
             EventKind::PageFault => {
                 if self.maps_zero_page(event) {

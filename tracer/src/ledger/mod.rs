@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
-use ranges::RangeMap;
+use ranges::{RangeMap, Segment};
 use turns::{TurnLedger, TurnSetId};
 
 /// The layer memory was taken from.
@@ -173,6 +173,19 @@ pub struct Ledger {
     next_alloc: AllocId,
     counters: LedgerCounters,
     pub turns: TurnLedger,
+    /// The ranges of mremap calls under way, by thread (see [`Ledger::remap_begin`]).
+    moving: HashMap<u32, MovingRange>,
+}
+
+/// A range an mremap under way took out of its address space: what mapped it and what was resident, at
+/// its old addresses.
+#[derive(Debug)]
+struct MovingRange {
+    tgid: u32,
+    addr: u64,
+    len: u64,
+    owners: Vec<Segment<AllocId>>,
+    resident: Vec<Segment<ResidentOwner>>,
 }
 
 impl Ledger {
@@ -185,6 +198,7 @@ impl Ledger {
             next_alloc: PREEXISTING + 1,
             counters: LedgerCounters::default(),
             turns: TurnLedger::default(),
+            moving: HashMap::new(),
         }
     }
 
@@ -216,60 +230,110 @@ impl Ledger {
         }
     }
 
-    /// A successful `mremap` of `[old_addr, old_addr+old_len)` to `[new_addr, new_addr+new_len)`.
-    /// Bytes that stay keep their allocation (and stack); bytes it adds belong to `key`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn remap(
-        &mut self,
-        tgid: u32,
-        old_addr: u64,
-        old_len: u64,
-        new_addr: u64,
-        new_len: u64,
-        flags: u64,
-        key: StackKey,
-    ) {
+    /// Thread `tid` entered `mremap` of `[old_addr, old_addr+old_len)`: the range is taken aside until the
+    /// call returns ([`Ledger::remap`]) or fails ([`Ledger::remap_failed`]). Taken out at the entry because
+    /// once the kernel has moved it, another thread's mmap may get the old range and be recorded before
+    /// this call's return; that new mapping must not move with this one.
+    pub fn remap_begin(&mut self, tgid: u32, tid: u32, old_addr: u64, old_len: u64) {
+        // A range left aside by a call whose end was never seen goes back first.
+        self.remap_failed(tid);
+        let len = self.page_align(old_len);
+        if len == 0 {
+            // old_len 0 makes a second mapping of a shared region: nothing moves.
+            return;
+        }
+        let space = self.spaces.entry(tgid).or_default();
+        let owners = space.owners.remove(old_addr, old_addr + len);
+        let resident = space.resident.remove(old_addr, old_addr + len);
+        self.moving.insert(tid, MovingRange { tgid, addr: old_addr, len, owners, resident });
+    }
+
+    /// The mremap thread `tid` entered failed: its range goes back where it was (still mapped there, so
+    /// nothing else can have taken it).
+    pub fn remap_failed(&mut self, tid: u32) {
+        if let Some(moving) = self.moving.remove(&tid) {
+            self.put_back(moving);
+        }
+    }
+
+    /// A successful `mremap` by thread `tid` of `old` to `new` (each an address and a length). Bytes that
+    /// stay keep their allocation (and stack); bytes it adds belong to `key`.
+    pub fn remap(&mut self, tgid: u32, tid: u32, old: (u64, u64), new: (u64, u64), flags: u64, key: StackKey) {
+        let ((old_addr, old_len), (new_addr, new_len)) = (old, new);
         let old_len = self.page_align(old_len);
         let new_len = self.page_align(new_len);
+        // The range its entry took aside; taken now if the entry was not seen.
+        let moving = match self.moving.remove(&tid) {
+            Some(moving) if moving.tgid == tgid && moving.addr == old_addr && moving.len == old_len => Some(moving),
+            other => {
+                if let Some(stale) = other {
+                    self.put_back(stale);
+                }
+                None
+            }
+        };
+        let moving = moving.unwrap_or_else(|| {
+            let space = self.spaces.entry(tgid).or_default();
+            let (owners, resident) = if old_len == 0 {
+                (Vec::new(), Vec::new())
+            } else {
+                (space.owners.remove(old_addr, old_addr + old_len), space.resident.remove(old_addr, old_addr + old_len))
+            };
+            MovingRange { tgid, addr: old_addr, len: old_len, owners, resident }
+        });
         // Pages mremap adds are backed like the region it resizes.
-        let backing = self.backing_at(tgid, old_addr).unwrap_or(Backing::Anonymous);
+        let backing = moving
+            .owners
+            .first()
+            .and_then(|segment| self.allocations.get(&segment.owner))
+            .map_or(Backing::Anonymous, |allocation| allocation.backing);
         if old_len == 0 {
             // old_len 0 makes a second mapping of a shared region: a new mapping.
             self.map(tgid, new_addr, new_len, backing, key);
             return;
         }
-        let kept = old_len.min(new_len);
-        if new_addr == old_addr {
-            if new_len < old_len {
-                self.release(tgid, old_addr + new_len, old_addr + old_len);
-            } else {
-                self.allocate(tgid, old_addr + old_len, old_addr + new_len, backing, key);
-            }
-            return;
-        }
-        if flags & MREMAP_FIXED != 0 {
-            // The kernel unmaps whatever was at the destination first.
-            self.release(tgid, new_addr, new_addr + new_len);
-        }
         if flags & MREMAP_DONTUNMAP != 0 {
             // The old range stays mapped (emptied); the new range is a mapping of its own.
+            self.put_back(moving);
+            if flags & MREMAP_FIXED != 0 {
+                self.release(tgid, new_addr, new_addr + new_len);
+            }
             self.allocate(tgid, new_addr, new_addr + new_len, backing, key);
             return;
         }
+        if flags & MREMAP_FIXED != 0 && new_addr != old_addr {
+            // The kernel unmaps whatever was at the destination first.
+            self.release(tgid, new_addr, new_addr + new_len);
+        }
+        // What stays moves (or stays in place), with its resident pages; what a shrink cuts off is released.
+        let kept_end = old_addr + old_len.min(new_len);
+        let moved = |start: u64| new_addr + (start - old_addr);
+        let (kept, cut) = split_segments(moving.owners, kept_end);
+        let (kept_resident, cut_resident) = split_segments(moving.resident, kept_end);
         let space = self.spaces.entry(tgid).or_default();
-        for segment in space.owners.remove(old_addr, old_addr + kept) {
-            let offset = segment.start - old_addr;
-            space.owners.insert(new_addr + offset, new_addr + offset + segment.len(), segment.owner);
+        for segment in kept {
+            space.owners.insert(moved(segment.start), moved(segment.end), segment.owner);
         }
-        // Resident pages move with their mapping.
-        for segment in space.resident.remove(old_addr, old_addr + kept) {
-            let offset = segment.start - old_addr;
-            space.resident.insert_merging(new_addr + offset, new_addr + offset + segment.len(), segment.owner);
+        for segment in kept_resident {
+            space.resident.insert_merging(moved(segment.start), moved(segment.end), segment.owner);
         }
-        if new_len < old_len {
-            self.release(tgid, old_addr + new_len, old_addr + old_len);
-        } else {
+        for segment in cut {
+            self.charge_release(segment.owner, segment.len());
+        }
+        self.release_resident_segments(cut_resident);
+        if new_len > old_len {
             self.allocate(tgid, new_addr + old_len, new_addr + new_len, backing, key);
+        }
+    }
+
+    /// Puts a range an mremap took aside back at its old addresses.
+    fn put_back(&mut self, moving: MovingRange) {
+        let space = self.spaces.entry(moving.tgid).or_default();
+        for segment in moving.owners {
+            space.owners.insert(segment.start, segment.end, segment.owner);
+        }
+        for segment in moving.resident {
+            space.resident.insert_merging(segment.start, segment.end, segment.owner);
         }
     }
 
@@ -296,6 +360,12 @@ impl Ledger {
     /// break. Returns the outstanding bytes released, by source.
     pub fn release_image(&mut self, tgid: u32) -> BTreeMap<Source, u64> {
         let before = self.by_source();
+        // An mremap under way is gone with the image too.
+        let moving: Vec<u32> =
+            self.moving.iter().filter(|(_, moving)| moving.tgid == tgid).map(|(tid, _)| *tid).collect();
+        for tid in moving {
+            self.remap_failed(tid);
+        }
         self.release(tgid, 0, u64::MAX);
         self.spaces.remove(&tgid);
         let after = self.by_source();
@@ -346,7 +416,7 @@ impl Ledger {
     }
 
     /// Resident pages of `tgid`, segment by segment.
-    pub fn resident_segments(&self, tgid: u32) -> impl Iterator<Item = ranges::Segment<ResidentOwner>> + '_ {
+    pub fn resident_segments(&self, tgid: u32) -> impl Iterator<Item = Segment<ResidentOwner>> + '_ {
         self.spaces.get(&tgid).into_iter().flat_map(|space| space.resident.segments())
     }
 
@@ -462,7 +532,12 @@ impl Ledger {
 
     fn release_resident(&mut self, tgid: u32, start: u64, end: u64) {
         let Some(space) = self.spaces.get_mut(&tgid) else { return };
-        for segment in space.resident.remove(start, end) {
+        let removed = space.resident.remove(start, end);
+        self.release_resident_segments(removed);
+    }
+
+    fn release_resident_segments(&mut self, segments: Vec<Segment<ResidentOwner>>) {
+        for segment in segments {
             let bytes = segment.len() * segment.owner.weight;
             self.turns.released(segment.owner.key.source, bytes, segment.owner.born);
             // cannot fail: a stack owning resident pages has outstanding bytes, so `evict_idle` keeps its stats
@@ -496,6 +571,23 @@ impl Ledger {
             stats.outstanding_allocs -= 1;
         }
     }
+}
+
+/// Segments in address order split at `at`: those below it, and those from it on.
+fn split_segments<O: Copy>(segments: Vec<Segment<O>>, at: u64) -> (Vec<Segment<O>>, Vec<Segment<O>>) {
+    let mut below = Vec::new();
+    let mut above = Vec::new();
+    for segment in segments {
+        if segment.end <= at {
+            below.push(segment);
+        } else if segment.start >= at {
+            above.push(segment);
+        } else {
+            below.push(Segment { end: at, ..segment });
+            above.push(Segment { start: at, ..segment });
+        }
+    }
+    (below, above)
 }
 
 #[cfg(test)]

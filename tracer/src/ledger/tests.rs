@@ -2,6 +2,8 @@ use super::*;
 
 const PAGE: u64 = 4096;
 const PID: u32 = 100;
+const TID: u32 = 101;
+const OTHER_TID: u32 = 102;
 const ANON: Backing = Backing::Anonymous;
 const A: StackKey = StackKey { source: Source::Mmap, stack: 1 };
 const B: StackKey = StackKey { source: Source::Mmap, stack: 2 };
@@ -71,7 +73,7 @@ fn map_fixed_over_an_old_mapping_releases_it() {
 fn mremap_grow_in_place_charges_the_growth_to_the_mremap_stack() {
     let mut ledger = Ledger::new(PAGE);
     ledger.map(PID, 0x10000, 2 * PAGE, ANON, A);
-    ledger.remap(PID, 0x10000, 2 * PAGE, 0x10000, 5 * PAGE, 0, B);
+    ledger.remap(PID, TID, (0x10000, 2 * PAGE), (0x10000, 5 * PAGE), 0, B);
     assert_eq!(outstanding(&ledger, A), (2 * PAGE, 1));
     assert_eq!(outstanding(&ledger, B), (3 * PAGE, 1));
 }
@@ -80,7 +82,7 @@ fn mremap_grow_in_place_charges_the_growth_to_the_mremap_stack() {
 fn mremap_shrink_releases_the_tail() {
     let mut ledger = Ledger::new(PAGE);
     ledger.map(PID, 0x10000, 4 * PAGE, ANON, A);
-    ledger.remap(PID, 0x10000, 4 * PAGE, 0x10000, PAGE, 0, B);
+    ledger.remap(PID, TID, (0x10000, 4 * PAGE), (0x10000, PAGE), 0, B);
     assert_eq!(outstanding(&ledger, A), (PAGE, 1));
     assert_eq!(outstanding(&ledger, B), (0, 0));
 }
@@ -89,7 +91,7 @@ fn mremap_shrink_releases_the_tail() {
 fn mremap_move_keeps_owners_and_frees_the_old_address() {
     let mut ledger = Ledger::new(PAGE);
     ledger.map(PID, 0x10000, 2 * PAGE, ANON, A);
-    ledger.remap(PID, 0x10000, 2 * PAGE, 0x80000, 3 * PAGE, 1, B);
+    ledger.remap(PID, TID, (0x10000, 2 * PAGE), (0x80000, 3 * PAGE), 1, B);
     assert_eq!(outstanding(&ledger, A), (2 * PAGE, 1));
     assert_eq!(outstanding(&ledger, B), (PAGE, 1));
     // The old address holds nothing now; the new one holds A's pages.
@@ -99,12 +101,68 @@ fn mremap_move_keeps_owners_and_frees_the_old_address() {
     assert_eq!(outstanding(&ledger, A), (PAGE, 1));
 }
 
+/// Another thread maps the range an mremap freed before that mremap's return is recorded (its entry was):
+/// the new mapping stays where it is, the moved one goes to its new address.
+#[test]
+fn a_range_mapped_again_while_its_mremap_is_under_way_does_not_move_with_it() {
+    let mut ledger = Ledger::new(PAGE);
+    ledger.map(PID, 0x10000, 2 * PAGE, ANON, A);
+    ledger.fault(PID, 0x10000, PAGE, TOUCH, 1);
+    ledger.remap_begin(PID, TID, 0x10000, 2 * PAGE);
+    ledger.map(PID, 0x10000, PAGE, ANON, B); // OTHER_TID got the freed range first
+    ledger.remap(PID, TID, (0x10000, 2 * PAGE), (0x80000, 4 * PAGE), 1, A);
+    assert_eq!(outstanding(&ledger, A), (4 * PAGE, 2));
+    assert_eq!(outstanding(&ledger, B), (PAGE, 1));
+    assert_eq!(outstanding(&ledger, TOUCH), (PAGE, 1), "the resident page moved, not released");
+    ledger.unmap(PID, 0x10000, PAGE);
+    assert_eq!(outstanding(&ledger, B), (0, 0));
+    ledger.unmap(PID, 0x80000, 4 * PAGE);
+    assert_eq!(outstanding(&ledger, A), (0, 0));
+    assert_eq!(outstanding(&ledger, TOUCH), (0, 0));
+    assert_eq!(ledger.counters().unmatched_frees, 0);
+}
+
+#[test]
+fn a_failed_mremap_leaves_its_range_where_it_was() {
+    let mut ledger = Ledger::new(PAGE);
+    ledger.map(PID, 0x10000, 2 * PAGE, ANON, A);
+    ledger.fault(PID, 0x11000, PAGE, TOUCH, 1);
+    ledger.remap_begin(PID, TID, 0x10000, 2 * PAGE);
+    ledger.remap_begin(PID, OTHER_TID, 0x40000, PAGE); // nothing known there: nothing taken
+    ledger.remap_failed(TID);
+    ledger.remap_failed(OTHER_TID);
+    assert_eq!(ledger.backing_at(PID, 0x11000), Some(ANON));
+    ledger.unmap(PID, 0x10000, 2 * PAGE);
+    assert_eq!((outstanding(&ledger, A), outstanding(&ledger, TOUCH)), ((0, 0), (0, 0)));
+    assert_eq!(ledger.counters().unmatched_frees, 0);
+}
+
+/// A shrinking mremap whose entry was seen releases the cut-off tail, mapped and resident, exactly.
+#[test]
+fn a_shrinking_move_releases_the_tail_it_cut() {
+    let mut ledger = Ledger::new(PAGE);
+    ledger.map(PID, 0x10000, 2 * PAGE, ANON, A);
+    ledger.map(PID, 0x12000, 2 * PAGE, ANON, B);
+    ledger.fault(PID, 0x11000, PAGE, TOUCH, 1);
+    ledger.fault(PID, 0x13000, PAGE, TOUCH, 1); // in the page the shrink cuts off
+    ledger.remap_begin(PID, TID, 0x10000, 4 * PAGE);
+    ledger.remap(PID, TID, (0x10000, 4 * PAGE), (0x80000, 3 * PAGE), 1, A);
+    assert_eq!(outstanding(&ledger, A), (2 * PAGE, 1));
+    assert_eq!(outstanding(&ledger, B), (PAGE, 1));
+    assert_eq!(outstanding(&ledger, TOUCH), (PAGE, 1));
+    ledger.unmap(PID, 0x80000, 3 * PAGE);
+    assert_eq!(
+        (outstanding(&ledger, A), outstanding(&ledger, B), outstanding(&ledger, TOUCH)),
+        ((0, 0), (0, 0), (0, 0))
+    );
+}
+
 #[test]
 fn mremap_fixed_releases_the_destination_first() {
     let mut ledger = Ledger::new(PAGE);
     ledger.map(PID, 0x10000, PAGE, ANON, A);
     ledger.map(PID, 0x80000, 2 * PAGE, ANON, B);
-    ledger.remap(PID, 0x10000, PAGE, 0x80000, PAGE, 1 | MREMAP_FIXED, A);
+    ledger.remap(PID, TID, (0x10000, PAGE), (0x80000, PAGE), 1 | MREMAP_FIXED, A);
     assert_eq!(outstanding(&ledger, A), (PAGE, 1));
     assert_eq!(outstanding(&ledger, B), (PAGE, 1));
 }
@@ -179,7 +237,7 @@ fn madvise_munmap_and_mremap_shrink_release_resident_pages() {
     assert_eq!(outstanding(&ledger, TOUCH), (6 * PAGE, 6));
     assert_eq!(outstanding(&ledger, A), (8 * PAGE, 1), "madvise leaves the mapping");
     ledger.unmap(PID, 0x12000, PAGE);
-    ledger.remap(PID, 0x10000, 8 * PAGE, 0x10000, 6 * PAGE, 0, B);
+    ledger.remap(PID, TID, (0x10000, 8 * PAGE), (0x10000, 6 * PAGE), 0, B);
     assert_eq!(outstanding(&ledger, TOUCH), (3 * PAGE, 3));
     // A dropped page touched again is resident again.
     ledger.fault(PID, 0x10000, PAGE, OTHER_TOUCH, 1);
@@ -191,7 +249,7 @@ fn resident_pages_move_with_mremap() {
     let mut ledger = Ledger::new(PAGE);
     ledger.map(PID, 0x10000, 2 * PAGE, ANON, A);
     ledger.fault(PID, 0x10000, PAGE, TOUCH, 1);
-    ledger.remap(PID, 0x10000, 2 * PAGE, 0x80000, 2 * PAGE, 1, B);
+    ledger.remap(PID, TID, (0x10000, 2 * PAGE), (0x80000, 2 * PAGE), 1, B);
     ledger.fault(PID, 0x80000, PAGE, OTHER_TOUCH, 1);
     assert_eq!(outstanding(&ledger, OTHER_TOUCH), (0, 0), "the moved page is still resident");
     ledger.unmap(PID, 0x80000, 2 * PAGE);
@@ -236,7 +294,7 @@ fn the_ledger_knows_what_backs_what_it_saw_mapped() {
     ledger.map(PID, 0x20000, PAGE, ANON, A);
     ledger.brk(PID, 0x5000_0000, HEAP);
     ledger.brk(PID, 0x5000_2000, HEAP);
-    ledger.remap(PID, 0x20000, PAGE, 0x20000, 3 * PAGE, 0, B);
+    ledger.remap(PID, TID, (0x20000, PAGE), (0x20000, 3 * PAGE), 0, B);
     assert_eq!(ledger.backing_at(PID, 0x10fff), Some(Backing::File));
     assert_eq!(ledger.backing_at(PID, 0x22000), Some(Backing::Anonymous));
     assert_eq!(ledger.backing_at(PID, 0x5000_1000), Some(Backing::Heap));
