@@ -18,6 +18,7 @@ pub mod map_names {
     pub const STACKS: &str = "STACKS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const ALLOCS: &str = "ALLOCS";
+    pub const MORE_ALLOCS: &str = "MORE_ALLOCS";
     pub const ALLOC_STATS: &str = "ALLOC_STATS";
     pub const LOG_FDS: &str = "LOG_FDS";
     pub const RUNTIME_TEXT: &str = "RUNTIME_TEXT";

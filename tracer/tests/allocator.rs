@@ -587,8 +587,9 @@ fn the_block_table_is_sized_from_the_memory_budget() {
 #[test]
 fn an_unmatched_free_says_its_address_and_thread_with_verbose() {
     let out = output_dir("an_unmatched_free_says_its_address_and_thread_with_verbose");
-    // Allocates 1,000 blocks of 4 KiB, holds them 3 s (the tracer attaches meanwhile), frees them.
-    let mut target = Running::spawn(Command::new(fixture("frees_all")).args(["3000", "1000"]));
+    // Allocates 1,000 blocks of 4 KiB, holds them 6 s (the tracer attaches meanwhile, in 1 to 4 s beside
+    // the other tests), frees them.
+    let mut target = Running::spawn(Command::new(fixture("frees_all")).args(["6000", "1000"]));
     target.stdout.wait_for("allocated");
     let pid = target.pid().to_string();
     let mut tracer = common::start_tracer(&["-v", "-o", out.to_str().unwrap(), "--pid", &pid]);

@@ -107,7 +107,7 @@ impl Collector {
         let min_age_ns = u64::try_from(min_age.as_nanos()).unwrap_or(u64::MAX);
         let cutoff = clock::monotonic_now_ns().saturating_sub(min_age_ns);
         let mut old = HashMap::new();
-        for (_, block) in self.maps.blocks.iter().filter_map(Result::ok) {
+        for (_, block) in self.maps.live_blocks() {
             if block.timestamp_ns <= cutoff {
                 let entry: &mut (u64, u64) = old.entry(block.site).or_default();
                 entry.0 += block.charged_bytes;

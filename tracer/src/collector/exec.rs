@@ -86,13 +86,11 @@ impl Collector {
 
         let old_blocks: Vec<(BlockKey, Block)> = self
             .maps
-            .blocks
-            .iter()
-            .filter_map(Result::ok)
+            .live_blocks()
             .filter(|(key, block)| key.tgid == pid && block.timestamp_ns <= event.timestamp_ns)
             .collect();
         for (key, _) in &old_blocks {
-            let _ = self.maps.blocks.remove(key);
+            self.maps.remove_block(key);
         }
         let freed = self.released_blocks.add(old_blocks.iter().map(|(_, block)| block));
         if freed > 0 {

@@ -304,8 +304,8 @@ struct SourceTotals {
 #[derive(Serialize)]
 struct TracerMemory {
     budget_bytes: u64,
-    /// Live allocator blocks the kernel's table holds (half the budget); past it, `map_full` counts the
-    /// blocks left out.
+    /// Live allocator blocks the kernel's tables hold (half the budget, an eighth of it preallocated); past
+    /// it, `map_full` counts the blocks left out.
     block_table_entries: u32,
     /// Allocation sites the kernel's table holds (a sixteenth of the budget); past it, `site_table_full`
     /// counts the blocks charged to the one site that stands for the rest.
