@@ -58,6 +58,9 @@ impl Walk {
 pub(super) struct WalkSeries {
     /// (event, depth, walk) -> ns of the event's program per event, one per repetition.
     pub(super) ns_per_event: Vec<(Event, u32, Walk, Vec<f64>)>,
+    /// depth -> ns of the allocator's return program (the block recorded) per malloc, with our walk, one
+    /// per repetition.
+    pub(super) return_ns_per_malloc: Vec<(u32, Vec<f64>)>,
     /// walk -> BPF ns of the page-fault program per page fault of the Bun demo server, one per repetition.
     pub(super) bun_ns_per_fault: Vec<(Walk, Vec<f64>)>,
     pub(super) failure: Option<String>,
@@ -67,6 +70,7 @@ impl WalkSeries {
     pub(super) fn measure(bench: &Bench) -> Self {
         let mut series = Self {
             ns_per_event: Vec::new(),
+            return_ns_per_malloc: DEPTHS.map(|depth| (depth, Vec::new())).into(),
             bun_ns_per_fault: Walk::ALL.map(|walk| (walk, Vec::new())).into(),
             failure: None,
         };
@@ -84,9 +88,13 @@ impl WalkSeries {
                     let (what, how) = (event.name(), walk.name());
                     eprintln!("xtask bench: [{}/{runs}] stack walk, {what}, depth {depth}, {how}", rep + 1);
                     match ns_per_event(bench, event, depth, walk, rep) {
-                        Ok(ns) => {
+                        Ok((ns, return_ns)) => {
                             let row = series.ns_per_event.iter_mut().find(|r| (r.0, r.1, r.2) == (event, depth, walk));
                             row.expect("every row made above").3.push(ns);
+                            if let (Some(return_ns), Walk::Ours) = (return_ns, walk) {
+                                let row = series.return_ns_per_malloc.iter_mut().find(|r| r.0 == depth);
+                                row.expect("every depth").1.push(return_ns);
+                            }
                         }
                         Err(error) => {
                             eprintln!("xtask bench: stack walk failed: {error:#}");
@@ -123,7 +131,7 @@ impl WalkSeries {
              malloc, or of `page_fault_user_btf` per page touched, during the loop, from the kernel's BPF \
              statistics (`kernel.bpf_stats_enabled`; the page-fault program also runs, and returns at once, \
              for other processes' faults, which the figure includes), the median of the repetitions (min-max \
-             in brackets). The return program (block recorded) is not in it. *Frames*: the stack's depth as \
+             in brackets). The return program (block recorded) is not in it: it follows. *Frames*: the stack's depth as \
              the tracer reports it.\n",
             thousands(COUNT)
         );
@@ -156,6 +164,21 @@ impl WalkSeries {
                     cell(&ours)
                 );
             }
+        }
+        let _ = writeln!(md);
+        let _ = writeln!(
+            md,
+            "The allocator's return program (`alloc_return`: the block put in the kernel's table of live blocks, \
+             its site's figures updated) per malloc in the same runs, with our walk (it takes no stack): the \
+             {} blocks fit the table's preallocated part.\n",
+            thousands(COUNT)
+        );
+        let _ = writeln!(md, "| N | return program per malloc, ns |");
+        let _ = writeln!(md, "| --- | --- |");
+        for (depth, runs) in &self.return_ns_per_malloc {
+            let cell =
+                Stats::of(runs.clone()).map_or("?".into(), |s| format!("{:.0} [{:.0}-{:.0}]", s.median, s.min, s.max));
+            let _ = writeln!(md, "| {depth} | {cell} |");
         }
         let _ = writeln!(md);
         let _ = writeln!(
@@ -221,8 +244,9 @@ fn bun_ns_per_fault(bench: &Bench, walk: Walk, rep: usize) -> Result<f64> {
     Ok(after.ns.saturating_sub(before.ns) as f64 / faults)
 }
 
-/// One run: the event's program's BPF time per event at `depth` with `walk`.
-fn ns_per_event(bench: &Bench, event: Event, depth: u32, walk: Walk, rep: usize) -> Result<f64> {
+/// One run: the event's program's BPF time per event at `depth` with `walk`, and for mallocs the return
+/// program's.
+fn ns_per_event(bench: &Bench, event: Event, depth: u32, walk: Walk, rep: usize) -> Result<(f64, Option<f64>)> {
     const SWITCH: &str = "/proc/sys/kernel/bpf_stats_enabled";
     let count = if bench.options.quick { COUNT_QUICK } else { COUNT };
     let kind = if walk == Walk::Kernel { "kernel" } else { "ours" };
@@ -255,10 +279,11 @@ fn ns_per_event(bench: &Bench, event: Event, depth: u32, walk: Walk, rep: usize)
     wait_for_line(&tracer_lines, "tracing pid", Duration::from_secs(120))
         .map_err(|error| failure(&format!("the tracer did not attach ({error:#})"), &dir.join("tracer.stderr")))?;
     fs::write(SWITCH, "1").context("cannot turn on the kernel's BPF statistics")?;
-    let before = bpf_stats::program_named(tracer.pid, event.program());
+    let returns = || (event == Event::Malloc).then(|| bpf_stats::program_named(tracer.pid, "alloc_return"));
+    let (before, returns_before) = (bpf_stats::program_named(tracer.pid, event.program()), returns());
     target.signal(Signal::SIGUSR1)?;
     let done = wait_for_line(&target_lines, "done", Duration::from_secs(300));
-    let after = bpf_stats::program_named(tracer.pid, event.program());
+    let (after, returns_after) = (bpf_stats::program_named(tracer.pid, event.program()), returns());
     let _ = fs::write(SWITCH, "0");
     done?;
     tracer.signal(Signal::SIGINT)?;
@@ -272,5 +297,12 @@ fn ns_per_event(bench: &Bench, event: Event, depth: u32, walk: Walk, rep: usize)
     if runs < count {
         bail!("{} ran {runs} times for {count} {}s", event.program(), event.name());
     }
-    Ok(after.ns.saturating_sub(before.ns) as f64 / count as f64)
+    let return_ns = match (returns_before, returns_after) {
+        (Some(before), Some(after)) => {
+            let (before, after) = (before?, after?);
+            Some(after.ns.saturating_sub(before.ns) as f64 / count as f64)
+        }
+        _ => None,
+    };
+    Ok((after.ns.saturating_sub(before.ns) as f64 / count as f64, return_ns))
 }
