@@ -275,6 +275,7 @@ impl Session<'_> {
             .with_memory_budget(cli.max_memory)
             .with_snapshots(cli.checkpoint, cli.snapshot_at_rss)
             .with_status(cli.quiet)
+            .with_verbose(cli.verbose)
             .with_overhead(overhead);
         eprintln!("dispatch-leaktrace: tracing pid {pid} ({}); Ctrl-C to stop", exe.display());
         let _control = {

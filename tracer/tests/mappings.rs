@@ -156,3 +156,23 @@ fn ranges_unmapped_and_mapped_again_by_other_threads_stay_exact() {
         }
     }
 }
+
+/// With -v, a munmap that released nothing the ledger knew says its range and thread (unmap_twice.c's
+/// second munmap of the same range), as the kernel programs say an unmatched free.
+#[test]
+fn an_unmatched_munmap_says_its_range_and_thread_with_verbose() {
+    let out = output_dir("an_unmatched_munmap_says_its_range_and_thread_with_verbose");
+    let mut target = Running::spawn(std::process::Command::new(fixture("unmap_twice")).arg("wait"));
+    let pid = target.pid().to_string();
+    let mut tracer = start_tracer(&["-v", "-o", out.to_str().unwrap(), "--pid", &pid]);
+    target.send_line("go");
+    let region = target.stdout.wait_for("region ");
+    let region = region.trim_start_matches("region ").trim().to_string();
+    target.stdout.wait_for("done");
+    let line = tracer.stderr.wait_for("unmatched release 1:");
+    target.close_stdin();
+    assert!(target.wait().success());
+    assert!(tracer.wait().success());
+    assert!(line.ends_with(&format!("munmap of {region}+0x4000 by thread {pid}, nothing known there")), "{line}");
+    assert_eq!(Report::load(&out).counter("unmatched_frees"), 1);
+}

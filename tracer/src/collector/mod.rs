@@ -261,6 +261,8 @@ pub struct Collector {
     timeline: Timeline,
     /// `--min-age`: the allocator's outstanding figures count only blocks older than this.
     min_age: Option<Duration>,
+    /// `-v`: rare conditions are said as they happen (an unmatched munmap), as the kernel programs say theirs.
+    verbose: bool,
     turns: TurnTracker,
     /// How often the timeline gets a point and every stack a snapshot (`-i/--interval`).
     interval: Duration,
@@ -331,6 +333,25 @@ pub const DEFAULT_MEMORY_BUDGET: u64 = 512 << 20;
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Collector {
+    /// With `-v`, says a munmap or brk shrink that released nothing the ledger knew (`unmatched_frees` went
+    /// past `before`): its range and thread, the first time and then at each power of two, as the kernel
+    /// programs say theirs. A run that should have none then shows where to look.
+    fn say_unmatched_release(&mut self, before: u64, call: &str, event: &MemEvent) {
+        let after = self.ledger.counters().unmatched_frees;
+        if !self.verbose || after == before || after & before != 0 {
+            return;
+        }
+        let range = match call {
+            "brk" => format!("the break down to {:#x}", event.new_addr),
+            _ => format!("{:#x}+{:#x}", event.addr, event.len),
+        };
+        self.status_line.clear();
+        eprintln!(
+            "dispatch-leaktrace: unmatched release {after}: {call} of {range} by thread {}, nothing known there",
+            event.tid
+        );
+    }
+
     /// `seed_existing`: the process ran before tracing began, so record what it already had mapped.
     pub fn new(maps: KernelMaps, target: Target, seed_existing: bool) -> Self {
         let page_size = procfs::page_size();
@@ -361,6 +382,7 @@ impl Collector {
             events: 0,
             timeline: Timeline::default(),
             min_age: None,
+            verbose: false,
             turns: TurnTracker::new(None),
             interval: DEFAULT_INTERVAL,
             allocator_traced: false,
@@ -424,6 +446,12 @@ impl Collector {
     /// `--overhead`: sampling rates kept so that the programs' run time stays within a budget.
     pub fn with_overhead(mut self, budget: Option<overhead::Budget>) -> Self {
         self.overhead = budget;
+        self
+    }
+
+    /// `-v`: the collector says its rare conditions too (see [`Collector::say_unmatched_release`]).
+    pub fn with_verbose(mut self, verbose: bool) -> Self {
+        self.verbose = verbose;
         self
     }
 
@@ -780,7 +808,11 @@ impl Collector {
                 let key = self.stack_key(event, inline, top, Source::Mmap);
                 self.ledger.map(event.tgid, event.addr, event.len, backing_of(event), key);
             }
-            EventKind::Munmap => self.ledger.unmap(event.tgid, event.addr, event.len),
+            EventKind::Munmap => {
+                let unmatched = self.ledger.counters().unmatched_frees;
+                self.ledger.unmap(event.tgid, event.addr, event.len);
+                self.say_unmatched_release(unmatched, "munmap", event);
+            }
             EventKind::Mremap => {
                 let key = self.stack_key(event, inline, top, Source::Mmap);
                 let (old, new) = ((event.addr, event.len), (event.new_addr, event.new_len));
@@ -788,7 +820,9 @@ impl Collector {
             }
             EventKind::Brk => {
                 let key = self.stack_key(event, inline, top, Source::Brk);
+                let unmatched = self.ledger.counters().unmatched_frees;
                 self.ledger.brk(event.tgid, event.new_addr, key);
+                self.say_unmatched_release(unmatched, "brk", event);
             }
             EventKind::MremapBegin => self.ledger.remap_begin(event.tgid, event.tid, event.addr, event.len),
             EventKind::MremapFailed => self.ledger.remap_failed(event.tid),
