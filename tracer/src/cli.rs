@@ -142,7 +142,8 @@ pub struct Cli {
     pub quiet: bool,
 
     /// Say what the kernel programs could not record as it begins (a table full, a stack lost, events
-    /// dropped), each kind again when its count doubles. Off, the programs do not write these at all.
+    /// dropped), and each free or munmap that matched nothing (its address and thread), each kind again when
+    /// its count doubles. Off, the programs do not write these at all.
     #[arg(short, long)]
     pub verbose: bool,
 
