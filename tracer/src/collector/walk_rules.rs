@@ -7,10 +7,12 @@ use tracer_common::alloc::{AT_INSTRUCTION, CallerRule};
 use super::{Collector, unwind::Modules};
 use crate::symbolizer::modules::is_runtime_module;
 
-/// The most executable code of one file learned whole. 0: off. Learning whole (python3.11: 2.7 MiB, 56,800
-/// calls) carried python's stacks to main at once, but took tests/lifecycle's flood of distinct stacks 25 MiB
-/// past its memory budget, a cause not found in the time it was found: every module is learned a function
-/// at a time until it is.
+/// The most executable code of one file learned whole (python3.11: 2.7 MiB, 56,800 calls). 0: off. Off
+/// since tests/lifecycle's flood of distinct stacks once went 25 MiB past its budget with it on. Measured
+/// again on 2026-12-06 at 16 MiB, it made no difference either way: the flood peaked at 43-73 MiB of its 96
+/// with it on and 44-72 with it off, and python3.11's page-fault bytes under `__libc_start_call_main` were
+/// 83-91% (on) and 75-95% (off) in 1-s runs, 99.4-99.6% and 99.3-99.6% in 8-s runs: a function at a time
+/// learns python's paths within the first second. The full test suite passes with it on.
 const MAX_MODULE_CODE_BYTES: u64 = 0;
 
 impl Collector {
