@@ -336,14 +336,15 @@ impl Collector {
     /// With `-v`, says a munmap or brk shrink that released nothing the ledger knew (`unmatched_frees` went
     /// past `before`): its range and thread, the first time and then at each power of two, as the kernel
     /// programs say theirs. A run that should have none then shows where to look.
-    fn say_unmatched_release(&mut self, before: u64, call: &str, event: &MemEvent) {
+    fn say_unmatched_release(&mut self, before: u64, event: &MemEvent) {
         let after = self.ledger.counters().unmatched_frees;
         if !self.verbose || after == before || after & before != 0 {
             return;
         }
-        let range = match call {
-            "brk" => format!("the break down to {:#x}", event.new_addr),
-            _ => format!("{:#x}+{:#x}", event.addr, event.len),
+        let (call, range) = if event.kind == EventKind::Brk as u32 {
+            ("brk", format!("the break down to {:#x}", event.new_addr))
+        } else {
+            ("munmap", format!("{:#x}+{:#x}", event.addr, event.len))
         };
         self.status_line.clear();
         eprintln!(
@@ -811,7 +812,7 @@ impl Collector {
             EventKind::Munmap => {
                 let unmatched = self.ledger.counters().unmatched_frees;
                 self.ledger.unmap(event.tgid, event.addr, event.len);
-                self.say_unmatched_release(unmatched, "munmap", event);
+                self.say_unmatched_release(unmatched, event);
             }
             EventKind::Mremap => {
                 let key = self.stack_key(event, inline, top, Source::Mmap);
@@ -822,7 +823,7 @@ impl Collector {
                 let key = self.stack_key(event, inline, top, Source::Brk);
                 let unmatched = self.ledger.counters().unmatched_frees;
                 self.ledger.brk(event.tgid, event.new_addr, key);
-                self.say_unmatched_release(unmatched, "brk", event);
+                self.say_unmatched_release(unmatched, event);
             }
             EventKind::MremapBegin => self.ledger.remap_begin(event.tgid, event.tid, event.addr, event.len),
             EventKind::MremapFailed => self.ledger.remap_failed(event.tid),

@@ -242,10 +242,16 @@ impl Ledger {
             // old_len 0 makes a second mapping of a shared region: nothing moves.
             return;
         }
+        let moving = self.take_aside(tgid, old_addr, len);
+        self.moving.insert(tid, moving);
+    }
+
+    /// Takes `[addr, addr+len)` (page-aligned) out of `tgid`'s space, with its resident pages, uncharged.
+    fn take_aside(&mut self, tgid: u32, addr: u64, len: u64) -> MovingRange {
         let space = self.spaces.entry(tgid).or_default();
-        let owners = space.owners.remove(old_addr, old_addr + len);
-        let resident = space.resident.remove(old_addr, old_addr + len);
-        self.moving.insert(tid, MovingRange { tgid, addr: old_addr, len, owners, resident });
+        let owners = space.owners.remove(addr, addr + len);
+        let resident = space.resident.remove(addr, addr + len);
+        MovingRange { tgid, addr, len, owners, resident }
     }
 
     /// The mremap thread `tid` entered failed: its range goes back where it was (still mapped there, so
@@ -262,25 +268,16 @@ impl Ledger {
         let ((old_addr, old_len), (new_addr, new_len)) = (old, new);
         let old_len = self.page_align(old_len);
         let new_len = self.page_align(new_len);
-        // The range its entry took aside; taken now if the entry was not seen.
+        // The range its entry took aside; taken now if the entry was not seen (an empty range takes nothing).
         let moving = match self.moving.remove(&tid) {
-            Some(moving) if moving.tgid == tgid && moving.addr == old_addr && moving.len == old_len => Some(moving),
-            other => {
-                if let Some(stale) = other {
+            Some(moving) if moving.tgid == tgid && moving.addr == old_addr && moving.len == old_len => moving,
+            stale => {
+                if let Some(stale) = stale {
                     self.put_back(stale);
                 }
-                None
+                self.take_aside(tgid, old_addr, old_len)
             }
         };
-        let moving = moving.unwrap_or_else(|| {
-            let space = self.spaces.entry(tgid).or_default();
-            let (owners, resident) = if old_len == 0 {
-                (Vec::new(), Vec::new())
-            } else {
-                (space.owners.remove(old_addr, old_addr + old_len), space.resident.remove(old_addr, old_addr + old_len))
-            };
-            MovingRange { tgid, addr: old_addr, len: old_len, owners, resident }
-        });
         // Pages mremap adds are backed like the region it resizes.
         let backing = moving
             .owners
