@@ -97,6 +97,31 @@ pub struct MemEvent {
     pub alloc_caller: u64,
 }
 
+impl MemEvent {
+    /// An event of `kind` that carries no stack, file or second range: every field but these 0, the file
+    /// descriptor and stack id -1 (none). Callers set the fields their kind uses.
+    pub const fn bare(kind: EventKind, tgid: u32, tid: u32, timestamp_ns: u64) -> Self {
+        Self {
+            timestamp_ns,
+            kind: kind as u32,
+            tgid,
+            tid,
+            stack_id: -1,
+            addr: 0,
+            len: 0,
+            new_addr: 0,
+            new_len: 0,
+            flags: 0,
+            prot: 0,
+            fd: -1,
+            user_sp: 0,
+            parts: 0,
+            pad: 0,
+            alloc_caller: 0,
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for MemEvent {}
 #[cfg(feature = "user")]

@@ -8,7 +8,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracer_common::{
-    events::EventKind,
+    events::{EventKind, MemEvent},
     tracepoints::{MarkVictim, SignalDeliver},
 };
 
@@ -60,18 +60,6 @@ pub fn process_exec(_ctx: TracePointContext) -> u32 {
 /// Sends an event of the process's life (no memory, no stack): `addr` and `flags` as its kind says.
 #[inline(always)]
 fn send_lifecycle(kind: EventKind, tgid: u32, tid: u32, addr: u64, flags: u64) {
-    send(|event| {
-        event.timestamp_ns = unsafe { bpf_ktime_get_ns() };
-        event.kind = kind as u32;
-        event.tgid = tgid;
-        event.tid = tid;
-        event.stack_id = -1;
-        event.addr = addr;
-        event.len = 0;
-        event.new_addr = 0;
-        event.new_len = 0;
-        event.flags = flags;
-        event.prot = 0;
-        event.fd = -1;
-    });
+    let now = unsafe { bpf_ktime_get_ns() };
+    send(|event| *event = MemEvent { addr, flags, ..MemEvent::bare(kind, tgid, tid, now) });
 }

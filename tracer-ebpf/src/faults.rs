@@ -22,7 +22,7 @@ use aya_ebpf::{
 };
 use core::mem::offset_of;
 use tracer_common::{
-    events::EventKind,
+    events::{EventKind, MemEvent},
     tracepoints::{MmPageAlloc, PageFaultUser},
 };
 
@@ -161,19 +161,6 @@ fn record_large_page(order: u32, migratetype: i32) {
         return;
     }
     unsafe { (*slot).tid = 0 };
-    send(|event| {
-        event.timestamp_ns = now;
-        event.kind = EventKind::LargePage as u32;
-        event.tgid = tgid;
-        event.tid = tid;
-        event.addr = fault.addr;
-        event.len = 1u64 << (order + PAGE_SHIFT);
-        event.new_addr = 0;
-        event.new_len = 0;
-        event.flags = 0;
-        event.prot = 0;
-        event.fd = -1;
-        event.stack_id = -1;
-        event.user_sp = 0;
-    });
+    let len = 1u64 << (order + PAGE_SHIFT);
+    send(|event| *event = MemEvent { addr: fault.addr, len, ..MemEvent::bare(EventKind::LargePage, tgid, tid, now) });
 }

@@ -104,21 +104,8 @@ pub fn sys_enter_munmap(ctx: TracePointContext) -> u32 {
 /// Sends the event of a call at its entry, before the kernel changes the mappings (see the module's text).
 #[inline(always)]
 fn send_at_entry(kind: EventKind, tgid: u32, addr: u64, len: u64) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    send(|event: &mut MemEvent| {
-        event.timestamp_ns = unsafe { bpf_ktime_get_ns() };
-        event.kind = kind as u32;
-        event.tgid = tgid;
-        event.tid = pid_tgid as u32;
-        event.addr = addr;
-        event.len = len;
-        event.new_addr = 0;
-        event.new_len = 0;
-        event.flags = 0;
-        event.prot = 0;
-        event.fd = -1;
-        event.stack_id = -1;
-    });
+    let (tid, now) = (bpf_get_current_pid_tgid() as u32, unsafe { bpf_ktime_get_ns() });
+    send(|event| *event = MemEvent { addr, len, ..MemEvent::bare(kind, tgid, tid, now) });
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_mremap")]
