@@ -206,7 +206,7 @@ fn finish(ctx: &TracePointContext, kind: EventKind) {
     }
     // Errors come back as -errno; mmap and mremap return addresses, which are below 2^47.
     let failed = match kind {
-        EventKind::Munmap | EventKind::Madvise => ret != 0,
+        EventKind::Madvise => ret != 0,
         _ => (-4095..0).contains(&ret),
     };
     if failed {
