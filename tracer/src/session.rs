@@ -345,9 +345,18 @@ fn attach_allocator(
             (MemoryMap::read(pid)?, target.info.exe.clone(), Some(PathBuf::from(format!("/proc/{pid}/root"))))
         }
         Pending::Launched(child) => {
-            let executable = child.program_path()?;
+            let program = child.program_path()?;
+            // A script is run by its interpreters (`#!/usr/bin/env bash`: env, then bash), whose libraries
+            // allocate from the first instruction; the last of them is the executable the process becomes.
+            // `env` itself only passes through to it.
+            let interpreters = libraries::script_interpreters(&program);
+            let executable = interpreters.last().cloned().unwrap_or_else(|| program.clone());
             let mut files = vec![executable.clone()];
-            files.extend(libraries::needed_libraries(&executable));
+            for library in std::iter::once(&program).chain(&interpreters).flat_map(|p| libraries::needed_libraries(p)) {
+                if !files.contains(&library) {
+                    files.push(library);
+                }
+            }
             (libraries::planned_map(&files), executable, None)
         }
     };

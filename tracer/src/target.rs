@@ -212,7 +212,7 @@ impl Drop for HeldChild {
 
 /// The executable file `command` names, found on PATH as execvp would when it has no `/`: a regular file
 /// the kernel would execute.
-fn executable_path(command: &str) -> Result<PathBuf> {
+pub fn executable_path(command: &str) -> Result<PathBuf> {
     let is_executable = |path: &Path| {
         use std::os::unix::fs::PermissionsExt;
         std::fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)

@@ -18,7 +18,7 @@ use tracer_common::{
 use super::Collector;
 use crate::{
     ledger::{Source, StackStats},
-    procfs::{self, ProcessInfo, maps::MemoryMap},
+    procfs::{ProcessInfo, maps::MemoryMap},
     symbolizer::Symbolizer,
 };
 
@@ -100,12 +100,13 @@ impl Collector {
         // the new image's C library is mapped, it copies the stack top of every event.
 
         // The new image: what it mapped before its first instruction (executable, loader, stack) is there
-        // before any event of ours, like a process we attach to.
+        // before any event of ours, like a process we attach to. Its break is not taken from here: this
+        // runs after the event, when the process may have exec'd again (a script's `env`, already bash), and
+        // another image's break made the first brk look like a heap grown across gigabytes. A new image's
+        // break starts empty at its start, and its first brk (the C runtime's query) says where.
         self.modules.refresh();
         if let Ok(map) = MemoryMap::read(pid) {
-            let brk =
-                map.iter().find(|m| m.pathname == "[heap]").map(|m| m.end).or_else(|| procfs::start_brk(pid).ok());
-            self.ledger.seed_preexisting(pid, map.iter().map(|m| (m.start, m.end)), brk);
+            self.ledger.seed_preexisting(pid, map.iter().map(|m| (m.start, m.end)), None);
         }
         self.stacks.new_image();
         self.maps.forget_code_rules();
