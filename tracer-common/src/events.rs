@@ -87,8 +87,8 @@ pub struct MemEvent {
     pub fd: i32,
     /// The user stack pointer when a [`StackTop`] follows, else 0.
     pub user_sp: u64,
-    /// Which parts follow the event in the ring buffer, in this order: [`parts::STACK_TOP`] then
-    /// [`parts::STACK`].
+    /// Which parts follow the event in the ring buffer, in this order: [`parts::STACK_TOP`],
+    /// [`parts::STACK`], [`parts::EXEC_PATH`].
     pub parts: u32,
     pub pad: u32,
     /// For an event inside a hooked allocator call (malloc calling brk, a fault in mimalloc): the return
@@ -134,6 +134,28 @@ pub mod parts {
     /// An [`super::InlineStack`]: the stack did not fit in the stack map (its hash bucket was taken by
     /// another stack, or the map was full).
     pub const STACK: u32 = 2;
+    /// An [`super::ExecPath`]: the file an exec ran (sent with [`super::EventKind::Exec`] only).
+    pub const EXEC_PATH: u32 = 4;
+}
+
+/// Bytes of an exec's file name copied, its NUL included; a longer name is cut.
+pub const EXEC_PATH_BYTES: usize = 256;
+
+/// The file an exec ran, as the process named it to execve (a script's own path, not its interpreter's),
+/// NUL-terminated. Taken in the kernel at the exec: by the time the collector reads the event, the process
+/// may have exec'd again or be gone, and /proc would name another image or none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecPath {
+    pub bytes: [u8; EXEC_PATH_BYTES],
+}
+
+/// An exec event followed by its [`ExecPath`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MemEventPath {
+    pub event: MemEvent,
+    pub path: ExecPath,
 }
 
 /// Words of user stack copied into a [`StackTop`] (512 bytes).

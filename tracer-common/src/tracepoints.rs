@@ -211,6 +211,20 @@ pub struct MarkVictim {
     pub pid: i32,
 }
 
+/// sched/sched_process_exec (after the new image is in place)
+/// ```text
+/// field:__data_loc char[] filename;	offset:8;	size:4;	signed:0;
+/// field:pid_t pid;	offset:12;	size:4;	signed:1;
+/// ```
+/// `filename`: where the file name lies in the record, as offset (low 16 bits) and length (high 16 bits).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SchedProcessExec {
+    pub common: CommonHeader,
+    pub filename: u32,
+    pub pid: i32,
+}
+
 /// One field the kernel programs read: which tracepoint, the field's name in the format file, and where
 /// our struct expects it.
 #[derive(Clone, Copy, Debug)]
@@ -272,5 +286,6 @@ pub const EXPECTED_FIELDS: &[ExpectedField] = &[
     field!("signal", "signal_deliver", SignalDeliver, sig, "sig", i32),
     field!("signal", "signal_deliver", SignalDeliver, sa_handler, "sa_handler"),
     field!("oom", "mark_victim", MarkVictim, pid, "pid", i32),
+    field!("sched", "sched_process_exec", SchedProcessExec, filename, "filename", u32),
     field!("kmem", "mm_page_alloc", MmPageAlloc, migratetype, "migratetype", i32),
 ];

@@ -3,18 +3,19 @@
 //! time; and an exec, which replaces its whole address space while the process goes on.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    EbpfContext,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes},
     macros::tracepoint,
     programs::TracePointContext,
 };
 use tracer_common::{
-    events::{EventKind, MemEvent},
-    tracepoints::{MarkVictim, SignalDeliver},
+    events::{EventKind, MemEvent, MemEventPath, parts},
+    tracepoints::{MarkVictim, SchedProcessExec, SignalDeliver},
 };
 
 use crate::{
     maps::RUNTIME_TEXT,
-    record::{send, traced_tgid},
+    record::{reserve_and_send, send, traced_tgid},
 };
 
 /// Signals whose default action is to end the process with a core dump (crashes), and SIGKILL/SIGTERM.
@@ -46,14 +47,23 @@ pub fn mark_victim(ctx: TracePointContext) -> u32 {
 /// and no munmap or free will say so. Sent after the new image is in place (`sched_process_exec` runs once
 /// the old address space is released), so the ring buffer orders it after every event of the old image.
 #[tracepoint(category = "sched", name = "sched_process_exec")]
-pub fn process_exec(_ctx: TracePointContext) -> u32 {
+pub fn process_exec(ctx: TracePointContext) -> u32 {
     let Some(tgid) = traced_tgid() else { return 0 };
     // The old image's C runtime lies elsewhere in the new one: until the collector, which reads this event
     // later, says where, the stack top of every event is copied (the old ranges would deny it to events in
     // the new runtime, whose stacks then skip the frames its code without frame pointers hides).
     let _ = RUNTIME_TEXT.remove(&tgid);
     let tid = bpf_get_current_pid_tgid() as u32;
-    send_lifecycle(EventKind::Exec, tgid, tid, 0, 0);
+    let now = unsafe { bpf_ktime_get_ns() };
+    let name_at = unsafe { ctx.read_at::<SchedProcessExec>(0) }.map_or(0, |record| record.filename & 0xffff);
+    reserve_and_send(|sent: &mut MemEventPath| {
+        sent.event = MemEvent { parts: parts::EXEC_PATH, ..MemEvent::bare(EventKind::Exec, tgid, tid, now) };
+        // The name lies in the tracepoint's record, `name_at` bytes from its start.
+        let name = (ctx.as_ptr() as *const u8).wrapping_add(name_at as usize);
+        if name_at == 0 || unsafe { bpf_probe_read_kernel_str_bytes(name, &mut sent.path.bytes) }.is_err() {
+            sent.path.bytes[0] = 0;
+        }
+    });
     0
 }
 

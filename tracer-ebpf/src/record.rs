@@ -157,7 +157,7 @@ pub fn submit_flags() -> u64 {
 /// Reserves a `T` in the ring buffer, lets `fill` write it in place (events are too large for the BPF
 /// stack), and submits it. A full ring buffer is counted.
 #[inline(always)]
-fn reserve_and_send<T: 'static>(fill: impl FnOnce(&mut T)) {
+pub fn reserve_and_send<T: 'static>(fill: impl FnOnce(&mut T)) {
     match EVENTS.reserve::<T>(0) {
         Some(mut entry) => {
             // SAFETY: `fill` writes every field the reader uses; the entry is ours until submitted.

@@ -75,7 +75,8 @@ pub(super) enum ExecOf {
 
 impl Collector {
     /// Ends the old image's accounting at an exec and takes up the new image.
-    pub(super) fn on_exec(&mut self, event: &MemEvent, of: ExecOf) {
+    /// `path`: the file exec ran, as the kernel gave it with the event.
+    pub(super) fn on_exec(&mut self, event: &MemEvent, of: ExecOf, path: Option<PathBuf>) {
         let pid = self.target.pid();
         if event.tgid != pid {
             return;
@@ -116,10 +117,13 @@ impl Collector {
         self.walking_by_rules = false;
         self.last_fault.clear();
         self.symbolizer = Symbolizer::for_process(pid, &self.modules);
-        let from = self.target.info.exe.clone();
+        // Named by the event, not by /proc: read now, /proc may show a later image (a script's `env` has
+        // already run bash) or none (the process is gone).
         if let Ok(info) = ProcessInfo::read(pid) {
             self.target.info = info;
         }
+        let to = path.unwrap_or_else(|| self.target.info.exe.clone());
+        let from = std::mem::replace(&mut self.image, to.clone());
         self.update_runtime_text();
         self.update_log_descriptors();
         // Its executable and libraries are new code: look for allocators in them.
@@ -127,12 +131,7 @@ impl Collector {
         if of == ExecOf::Launch {
             return;
         }
-        self.execs.push(ExecRecord {
-            at: self.clock.wall(event.timestamp_ns),
-            from,
-            to: self.target.info.exe.clone(),
-            released,
-        });
+        self.execs.push(ExecRecord { at: self.clock.wall(event.timestamp_ns), from, to, released });
     }
 }
 

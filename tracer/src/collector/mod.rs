@@ -18,6 +18,8 @@ mod walk_rules;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    os::unix::ffi::OsStrExt,
+    path::PathBuf,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -30,7 +32,7 @@ use tokio::{
 };
 use tracer_common::{
     alloc::AllocSite,
-    events::{EventKind, InlineStack, LOG_WRITE_MAGIC, LogWrite, MemEvent, StackTop, parts},
+    events::{EventKind, ExecPath, InlineStack, LOG_WRITE_MAGIC, LogWrite, MemEvent, StackTop, parts},
 };
 
 use crate::{
@@ -245,6 +247,9 @@ impl Trace<'_> {
 pub struct Collector {
     maps: KernelMaps,
     target: Target,
+    /// The file the target's image was exec'd from, as exec named it (the executable when it was not
+    /// exec'd under our eyes): what an exec record says it came from.
+    image: PathBuf,
     ledger: Ledger,
     stacks: StackTable,
     modules: ModuleMap,
@@ -332,6 +337,16 @@ pub const DEFAULT_MEMORY_BUDGET: u64 = 512 << 20;
 /// The default `--interval`.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 
+/// What came after an event in the ring buffer, as its `parts` said.
+struct Parts<'a> {
+    /// The stack's frames, when they came in the event itself (the stack map had no room).
+    inline: Option<&'a [u64]>,
+    /// The copy of the top of the user stack, taken when the event was in the C runtime.
+    top: Option<&'a [u64]>,
+    /// The file an exec ran.
+    exec_path: Option<PathBuf>,
+}
+
 impl Collector {
     /// With `-v`, says a munmap or brk shrink that released nothing the ledger knew (`unmatched_frees` went
     /// past `before`): its range and thread, the first time and then at each power of two, as the kernel
@@ -371,6 +386,7 @@ impl Collector {
             maps,
             symbolizer: Symbolizer::for_process(pid, &modules),
             modules,
+            image: target.info.exe.clone(),
             target,
             ledger,
             stacks: StackTable::default(),
@@ -767,12 +783,24 @@ impl Collector {
                         offset += size_of::<StackTop>();
                         top
                     });
-                let inline = (event.parts & parts::STACK != 0 && item.len() >= offset + size_of::<InlineStack>())
-                    // SAFETY: as above; the length was checked.
-                    .then(|| unsafe { std::ptr::read_unaligned::<InlineStack>(item[offset..].as_ptr().cast()) });
+                let inline =
+                    (event.parts & parts::STACK != 0 && item.len() >= offset + size_of::<InlineStack>()).then(|| {
+                        // SAFETY: as above; the length was checked.
+                        let stack = unsafe { std::ptr::read_unaligned::<InlineStack>(item[offset..].as_ptr().cast()) };
+                        offset += size_of::<InlineStack>();
+                        stack
+                    });
+                let exec_path = (event.parts & parts::EXEC_PATH != 0 && item.len() >= offset + size_of::<ExecPath>())
+                    .then(|| {
+                        let bytes = &item[offset..offset + size_of::<ExecPath>()];
+                        let name = &bytes[..bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len())];
+                        PathBuf::from(std::ffi::OsStr::from_bytes(name))
+                    })
+                    .filter(|path| !path.as_os_str().is_empty());
                 drop(item);
                 let inline_ips = inline.as_ref().map(|stack| &stack.ips[..(stack.depth as usize).min(stack.ips.len())]);
-                self.apply(&event, inline_ips, top.as_ref().map(|top| &top.words[..]));
+                let parts = Parts { inline: inline_ips, top: top.as_ref().map(|top| &top.words[..]), exec_path };
+                self.apply(&event, parts);
             }
         }
         // Events' stacks that ended short teach the kernel's walk at once: a path through code without frame
@@ -780,16 +808,16 @@ impl Collector {
         self.teach_kernel_the_frames();
     }
 
-    /// Applies one event; `inline` holds its stack's frames when they came in the event itself, `top` the
-    /// copy of the top of its user stack when it was taken in the C runtime.
-    fn apply(&mut self, event: &MemEvent, inline: Option<&[u64]>, top: Option<&[u64]>) {
+    /// Applies one event, with the parts that came after it.
+    fn apply(&mut self, event: &MemEvent, parts: Parts<'_>) {
+        let Parts { inline, top, exec_path } = parts;
         self.events += 1;
         let Some(kind) = EventKind::from_u32(event.kind) else { return };
         if let Some(made_at) = self.launch_exec {
             if kind == EventKind::Exec && event.tgid == self.target.pid() {
                 self.launch_exec = None;
                 // The start of the command, not an exec of the target's: no old image of its to end.
-                self.on_exec(event, ExecOf::Launch);
+                self.on_exec(event, ExecOf::Launch, exec_path);
                 return;
             }
             if event.timestamp_ns <= made_at {
@@ -853,7 +881,7 @@ impl Collector {
                     self.death.oom_killed(self.clock.wall(event.timestamp_ns));
                 }
             }
-            EventKind::Exec => self.on_exec(event, ExecOf::Target),
+            EventKind::Exec => self.on_exec(event, ExecOf::Target, exec_path),
             EventKind::LargePage => {
                 // Follows the fault it belongs to: widen that fault to the block the kernel allocated.
                 if let Some((addr, key, weight)) =
