@@ -191,7 +191,9 @@ pub struct AllocCall {
     /// Nested hooked calls still under way.
     pub depth: u64,
     pub site: AllocSite,
-    pub entered_ns: u64,
+    /// When the call entered, in jiffies (`bpf_jiffies64`): only windows of tens of milliseconds and more are
+    /// judged by it.
+    pub entered_ticks: u64,
     /// A call without a return probe whose inner call has taken over.
     pub delegated: u32,
     /// 0: not chosen by byte sampling, its block is not recorded. Otherwise the sampling interval in force

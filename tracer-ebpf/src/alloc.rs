@@ -20,7 +20,7 @@ use core::intrinsics::AtomicOrdering;
 use aya_ebpf::{
     EbpfContext,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_jiffies64, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::bpf_get_attach_cookie,
     },
     macros::{map, uprobe, uretprobe},
@@ -169,7 +169,8 @@ pub struct Freeing {
     pid_tgid: u64,
     ptr: u64,
     sp: u64,
-    entered_ns: u64,
+    /// In jiffies, as [`AllocCall::entered_ticks`].
+    entered_ticks: u64,
 }
 
 /// Slots of [`FREEING`], a power of two.
@@ -245,18 +246,21 @@ static SAMPLING: Array<u64> = Array::with_max_entries(1, 0);
 
 const BPF_NOEXIST: u64 = 1;
 pub const BPF_F_NO_PREALLOC: u32 = 1;
+/// A second in jiffies at the fastest tick a kernel is built with (HZ=1000): the windows below are as
+/// long as they say there, and up to ten times longer at HZ=100, which only makes them more generous.
+const SECOND_IN_TICKS: u64 = 1000;
 /// No allocator call takes this long: an entry older than this was left by a call that never returned.
 /// Generous, because a thread may be preempted inside a call for tens of milliseconds on a loaded machine
 /// (at 50 ms, one operator new in 100,000 most likely lost its call site so in the tests under load).
-const STALE_CALL_NS: u64 = 1_000_000_000;
+const STALE_CALL_TICKS: u64 = SECOND_IN_TICKS;
 /// A call without a return probe hands its block to an inner call made within this long (operator new
 /// calls malloc at once, but the thread may be preempted in between). Older, it is a call whose inner
 /// allocator we do not hook: forget it.
-const DELEGATION_WINDOW_NS: u64 = 1_000_000_000;
+const DELEGATION_WINDOW_TICKS: u64 = SECOND_IN_TICKS;
 /// A free that another hooked free makes (sized delete calling delete) comes at once; a free of the same
 /// address later is of a new block at that address (allocated by another thread). Within the window, a
 /// free of the same address releases the block only if one is live there again.
-const NESTED_FREE_WINDOW_NS: u64 = 50_000_000;
+const NESTED_FREE_WINDOW_TICKS: u64 = SECOND_IN_TICKS / 20;
 
 #[uprobe]
 pub fn alloc_entry(ctx: ProbeContext) -> u32 {
@@ -264,7 +268,11 @@ pub fn alloc_entry(ctx: ProbeContext) -> u32 {
     let Some(cookie) = AllocCookie::decode(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }) else { return 0 };
     let pid_tgid = bpf_get_current_pid_tgid();
     let sp = unsafe { (*ctx.regs).rsp };
-    let now = unsafe { bpf_ktime_get_ns() };
+    // In ticks: every window judged here (stale calls, delegation, nested frees) is of tens of milliseconds
+    // or more, and jiffies cost a read where the clock reads the TSC (about 50 ns a call in this VM, an
+    // eighth of the entry). The coarse clock would do too, but the verifier refuses it to tracing programs.
+    // A block's own time is taken by the clock at the return.
+    let now = unsafe { bpf_jiffies64() };
     // Each register read at a constant offset: the verifier refuses a context read at a computed one.
     let registers: [u64; 8] = [
         ctx.arg(0).unwrap_or(0),
@@ -281,7 +289,7 @@ pub fn alloc_entry(ctx: ProbeContext) -> u32 {
     // call: reallocarray jumps to realloc), and recent (an older entry was left by a call that never
     // returned: a longjmp or an exception through it).
     let nested_in = current_call(pid_tgid)
-        .filter(|call| unsafe { sp <= (**call).sp && now.wrapping_sub((**call).entered_ns) < STALE_CALL_NS });
+        .filter(|call| unsafe { sp <= (**call).sp && now.wrapping_sub((**call).entered_ticks) < STALE_CALL_TICKS });
 
     if cookie.shape == AllocShape::Free {
         let ptr = arg(cookie.ptr_arg);
@@ -295,8 +303,8 @@ pub fn alloc_entry(ctx: ProbeContext) -> u32 {
         let again = last.pid_tgid == pid_tgid
             && last.ptr == ptr
             && sp <= last.sp
-            && now.wrapping_sub(last.entered_ns) < NESTED_FREE_WINDOW_NS;
-        unsafe { *slot = Freeing { pid_tgid, ptr, sp, entered_ns: now } };
+            && now.wrapping_sub(last.entered_ticks) < NESTED_FREE_WINDOW_TICKS;
+        unsafe { *slot = Freeing { pid_tgid, ptr, sp, entered_ticks: now } };
         if !again {
             release(tgid, ptr);
         } else if let Some(block) = take_block(&BlockKey { tgid, pad: 0, addr: ptr }) {
@@ -336,7 +344,7 @@ pub fn alloc_entry(ctx: ProbeContext) -> u32 {
         let outer_cookie = AllocCookie::decode(outer.cookie);
         let hands_over = outer_cookie.is_some_and(|c| c.no_return)
             && outer.delegated == 0
-            && now.wrapping_sub(outer.entered_ns) < DELEGATION_WINDOW_NS;
+            && now.wrapping_sub(outer.entered_ticks) < DELEGATION_WINDOW_TICKS;
         if hands_over {
             // The outer call cannot record its result: this call does, where the outer one was called.
             // An inner call without a return probe itself (new[] calls new) passes it on again.
@@ -349,7 +357,7 @@ pub fn alloc_entry(ctx: ProbeContext) -> u32 {
                 sp,
                 depth: 0,
                 site: outer.site,
-                entered_ns: now,
+                entered_ticks: now,
                 delegated,
                 sampled_at: outer.sampled_at,
                 old_block,
@@ -383,7 +391,7 @@ fn enter(ctx: &ProbeContext, tgid: u32, pid_tgid: u64, cookie: AllocCookie, size
         sp,
         depth: 0,
         site,
-        entered_ns: now,
+        entered_ticks: now,
         delegated: 0,
         // Intervals are at most 1 GiB (--sample-bytes' limit): the sum fits.
         sampled_at: if sampled { interval.min(u32::MAX as u64 - 1) as u32 + 1 } else { 0 },
@@ -620,7 +628,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let site = call.site;
     let record = |tgid: u32, addr: u64, size: u64, site: AllocSite| {
         if call.sampled_at != 0 {
-            record(tgid, addr, size, site, call.entered_ns, u64::from(call.sampled_at - 1));
+            record(tgid, addr, size, site, u64::from(call.sampled_at - 1));
         }
     };
     match cookie.shape {
@@ -679,7 +687,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
 
 #[inline(always)]
 /// Records a block chosen at byte sampling `interval` (0: every block), charged accordingly.
-fn record(tgid: u32, addr: u64, size: u64, site: AllocSite, entered_ns: u64, interval: u64) {
+fn record(tgid: u32, addr: u64, size: u64, site: AllocSite, interval: u64) {
     let key = BlockKey { tgid, pad: 0, addr };
     let (charged_bytes, charged_blocks) = if interval == 0 || size >= interval {
         (size, 1)
@@ -696,8 +704,9 @@ fn record(tgid: u32, addr: u64, size: u64, site: AllocSite, entered_ns: u64, int
             (SITES_PAST_THE_TABLE, stats_of(&SITES_PAST_THE_TABLE))
         }
     };
-    // Stamped with the call's entry: the time the block was asked for.
-    let block = Block { size, timestamp_ns: entered_ns, site, charged_bytes, charged_blocks };
+    // Stamped now, by the clock events carry: an exec's event tells the old image's blocks from the new
+    // one's by it (collector/exec.rs), which a coarse time, a tick behind, would confuse.
+    let block = Block { size, timestamp_ns: unsafe { bpf_ktime_get_ns() }, site, charged_bytes, charged_blocks };
     // Inserted as new first, so that the usual case costs one map operation, not a lookup too.
     match insert_block(&key, &block) {
         Ok(()) => {}
