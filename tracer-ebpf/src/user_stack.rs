@@ -38,11 +38,13 @@ const CALLER_RULES_ENTRIES: u32 = 262_144;
 #[map]
 static WALK_BY_RULES: Array<u64> = Array::with_max_entries(1, 0);
 
-/// The stack copied at once, from the stack pointer to the end of its page, then, when a frame lies beyond,
-/// the next page: the frames of most calls lie within them (a malloc 60 C frames deep: 1 KiB), and one copy
-/// costs less than a few reads of 16 bytes. Never more at once: a read into an unmapped page (above the
-/// main thread's stack) faults, which costs more than the whole walk.
+/// The stack copied at once: its first bytes from the stack pointer, then, when a frame lies beyond them,
+/// the rest of the page, then the next page. The frames of most calls lie within them (a malloc 7 C frames
+/// deep: its first 512 bytes; 60 frames: 1 KiB), and one copy costs less than a few reads of 16 bytes, but
+/// its cost grows with its size (a page: about a quarter of the walk). Never more than a page at once: a
+/// read into an unmapped page (above the main thread's stack) faults, which costs more than the whole walk.
 const PAGE: u64 = 4096;
+const FIRST_COPY: u64 = 512;
 const WINDOW_BYTES: usize = 2 * PAGE as usize;
 const WINDOW_WORDS: usize = WINDOW_BYTES / 8;
 
@@ -75,7 +77,7 @@ struct Walk {
     depth: u64,
     base: u64,
     len: u64,
-    /// Whether the window's second page was tried.
+    /// How many times the window was extended (see [`extend_window`]): twice at most.
     extended: u64,
     every_frame_by_rules: u64,
     /// The depth of the allocator's caller, whose rule is looked up even when the others' are not.
@@ -97,43 +99,55 @@ struct Walk {
 #[map]
 static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
 
-/// Copies the stack from `sp` to the end of its page into [`STACK_WINDOW`]; the bytes copied.
+/// Copies the first bytes of the stack from `sp` ([`FIRST_COPY`], or to the end of its page if nearer) into
+/// [`STACK_WINDOW`]; the bytes copied.
 #[inline(always)]
 fn copy_window(sp: u64) -> u64 {
     let Some(words) = STACK_WINDOW.get_ptr_mut(0) else { return 0 };
-    let len = PAGE - (sp & (PAGE - 1));
-    // SAFETY: the helper writes at most a page into the per-CPU buffer of two.
+    let len = (PAGE - (sp & (PAGE - 1))).min(FIRST_COPY);
+    // SAFETY: the helper writes at most FIRST_COPY bytes into the per-CPU buffer of two pages.
     if unsafe { probe_read_user_raw(words.cast(), len as u32, sp as *const _) } == 0 { len } else { 0 }
 }
 
-/// Copies the page after the window's first into it, once a frame lies there; whether it could.
+/// Copies more of the stack into the window, once a frame lies past what it holds: the rest of the first
+/// page, then the next page. Whether it could.
 #[inline(always)]
 fn extend_window(walk: &mut Walk) -> bool {
-    if walk.extended != 0 {
+    if walk.extended >= 2 || walk.len == 0 {
         return false;
     }
-    walk.extended = 1;
+    walk.extended += 1;
     let Some(words) = STACK_WINDOW.get_ptr_mut(0) else { return false };
-    // The first copy ended at a page boundary, at most a page from the start.
-    let first = walk.len;
-    if first == 0 || first > PAGE {
+    let first_page = PAGE - (walk.base & (PAGE - 1));
+    let (from, size) = if walk.len < first_page { (walk.len, first_page - walk.len) } else { (first_page, PAGE) };
+    // Checked as the helper gets them (hidden from the compiler, which would otherwise check values it
+    // derives them from): both within the buffer of two pages, the first page's part of it at most a page.
+    let (from, size) = (core::hint::black_box(from), core::hint::black_box(size));
+    if from > PAGE || size == 0 || size > PAGE || from != walk.len {
         return false;
     }
-    // SAFETY: `first` is at most a page, and a page more fits the buffer of two.
-    let dst = unsafe { words.cast::<u8>().add(first as usize) };
-    if unsafe { probe_read_user_raw(dst.cast(), PAGE as u32, (walk.base + first) as *const _) } != 0 {
+    // SAFETY: `from` and `size` are at most a page each, and the buffer holds two.
+    let dst = unsafe { words.cast::<u8>().add(from as usize) };
+    if unsafe { probe_read_user_raw(dst.cast(), size as u32, (walk.base + from) as *const _) } != 0 {
         return false;
     }
-    walk.len = first + PAGE;
+    walk.len = from + size;
     true
 }
 
+/// Extends the window until it holds `offset`, or can grow no more: whether it holds it. Out of line: it
+/// is reached from each read of the walk's step, and inlined there it made the verifier's work twice as long.
+#[inline(never)]
+fn extend_window_to(walk: &mut Walk, offset: u64) -> bool {
+    (extend_window(walk) && offset < walk.len) || (extend_window(walk) && offset < walk.len)
+}
+
 /// The word at `addr` (8-aligned as the stack pointer is: callers check): from the window when it holds
-/// it (copying its second page when first needed), else read from the stack itself.
+/// it (copying more of the stack when first needed), else read from the stack itself.
 #[inline(always)]
 fn word(walk: &mut Walk, addr: u64) -> Option<u64> {
     let offset = addr.wrapping_sub(walk.base);
-    if offset < walk.len || (offset < WINDOW_BYTES as u64 && extend_window(walk) && offset < walk.len) {
+    if offset < walk.len || (offset < WINDOW_BYTES as u64 && extend_window_to(walk, offset)) {
         let words = STACK_WINDOW.get_ptr_mut(0)?;
         // Masked where the verifier sees it: hidden from the compiler, which would otherwise fold the mask
         // and the scaling into `offset & 0x1fff`, knowing the offset aligned, and the verifier would see a
