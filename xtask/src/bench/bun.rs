@@ -309,7 +309,18 @@ pub(super) fn attach_tracer_with(
     env: &[(&str, &str)],
     dir: &Path,
 ) -> Result<Option<Process>> {
-    let mut command = Command::new(&bench.tracer);
+    attach_tracer_binary(&bench.tracer, server, args, env, dir)
+}
+
+/// [`attach_tracer_with`] for the tracer at `tracer` (the walk workload's `--baseline`).
+pub(super) fn attach_tracer_binary(
+    tracer: &Path,
+    server: &BunServer,
+    args: &[&str],
+    env: &[(&str, &str)],
+    dir: &Path,
+) -> Result<Option<Process>> {
+    let mut command = Command::new(tracer);
     command
         .envs(env.iter().copied())
         .arg("--pid")

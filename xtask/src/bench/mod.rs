@@ -65,7 +65,7 @@ use self::{
 };
 
 const USAGE: &str = "usage: cargo xtask bench [--runs N] [--quick] [--pairs N] [--long-turns N] [--soak-seconds N]
-                         [--only WORKLOADS] [--long-run-only]
+                         [--only WORKLOADS] [--long-run-only] [--baseline PATH]
 
   --runs N          repetitions of every configuration (default 5); figures are medians
   --quick           one run of each with a smaller workload, to try the harness out
@@ -77,6 +77,8 @@ const USAGE: &str = "usage: cargo xtask bench [--runs N] [--quick] [--pairs N] [
   --only WORKLOADS  only these, comma-separated among malloc, bun, long-run, soak, stacks, walk: printed
                     written to target/bench/<WORKLOADS>.md, BENCHMARKS.md is left alone
   --long-run-only   the same as --only long-run
+  --baseline PATH   walk: measure this dispatch-leaktrace too (a build of another commit), with its own walk,
+                    alternating with ours in the same run: the way to compare two commits on a noisy host
 
 Run as root. Rewrites BENCHMARKS.md at the repository root.";
 
@@ -105,6 +107,8 @@ struct Options {
     soak_seconds: u64,
     /// The workloads to run (--only); empty: all of them.
     only: Vec<Workload>,
+    /// Another build of the tracer, measured beside ours by the walk workload.
+    baseline: Option<PathBuf>,
 }
 
 /// The parts of the benchmark that --only can choose.
@@ -158,6 +162,7 @@ impl Options {
         let mut soak_seconds = None;
         let mut quick = false;
         let mut only = Vec::new();
+        let mut baseline = None;
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             let mut value = |name: &str| -> Result<u64> {
@@ -177,6 +182,14 @@ impl Options {
                             only.push(workload);
                         }
                     }
+                }
+                "--baseline" => {
+                    let text = args.next().ok_or_else(|| anyhow!("--baseline needs a value\n\n{USAGE}"))?;
+                    let path =
+                        Path::new(text).canonicalize().ok().filter(|path| path.is_file()).ok_or_else(|| {
+                            anyhow!("--baseline {text}: no such file; give a dispatch-leaktrace binary")
+                        })?;
+                    baseline = Some(path);
                 }
                 "--long-run-only" => {
                     if !only.contains(&Workload::LongRun) {
@@ -201,6 +214,7 @@ impl Options {
             long_turns: long_turns.unwrap_or(default_long_turns),
             soak_seconds: soak_seconds.unwrap_or(default_soak_seconds),
             only,
+            baseline,
         })
     }
 
@@ -249,6 +263,9 @@ impl Options {
         }
         if self.partial() {
             let _ = write!(line, " --only {}", self.only_names(","));
+        }
+        if let Some(baseline) = &self.baseline {
+            let _ = write!(line, " --baseline {}", baseline.display());
         }
         line
     }
@@ -626,6 +643,11 @@ mod tests {
         let long = Options::parse(&args("--quick --long-run-only")).unwrap();
         assert_eq!((long.only.as_slice(), long.soak_seconds), ([Workload::LongRun].as_slice(), 120));
         assert_eq!(long.command_line(), "sudo cargo xtask bench --quick --only long-run");
+        let baseline = Options::parse(&args("--only walk --baseline /bin/true")).unwrap();
+        assert!(baseline.baseline.as_ref().is_some_and(|path| path.is_absolute() && path.is_file()));
+        assert!(baseline.command_line().contains(" --baseline /"), "{}", baseline.command_line());
+        let missing = Options::parse(&args("--baseline /nonexistent/tracer")).unwrap_err().to_string();
+        assert!(missing.contains("no such file"), "{missing}");
         let unknown = Options::parse(&args("--only soak,bogus")).unwrap_err().to_string();
         assert!(
             unknown.contains("bogus: not a workload (one of malloc, bun, long-run, soak, stacks, walk)"),

@@ -1,7 +1,8 @@
 //! The stack walk: the kernel's BPF run time of the tracer's allocator entry program per malloc and of its
 //! page-fault program per page fault, with the tracer's own walk of the stack and with the kernel's
 //! (`bpf_get_stackid`, `LEAKTRACE_KERNEL_WALK=1`), on `bench/deep_stack.c` at several depths: the same
-//! host, the same run, alternating.
+//! host, the same run, alternating. With `--baseline PATH`, another build of the tracer is measured with
+//! its own walk in the same rotation: two commits compared on the same host in the same hour.
 
 use nix::sys::signal::Signal;
 
@@ -42,15 +43,42 @@ impl Event {
 pub(super) enum Walk {
     Kernel,
     Ours,
+    /// Our walk in the `--baseline` build.
+    Baseline,
 }
 
 impl Walk {
-    const ALL: [Self; 2] = [Self::Kernel, Self::Ours];
+    /// The walks this run measures.
+    fn all(bench: &Bench) -> Vec<Self> {
+        let mut walks = vec![Self::Kernel, Self::Ours];
+        if bench.options.baseline.is_some() {
+            walks.push(Self::Baseline);
+        }
+        walks
+    }
 
     fn name(self) -> &'static str {
         match self {
             Self::Kernel => "kernel's walk (bpf_get_stackid)",
             Self::Ours => "our walk",
+            Self::Baseline => "the baseline's walk (--baseline)",
+        }
+    }
+
+    /// Its part of a run folder's name.
+    fn slug(self) -> &'static str {
+        match self {
+            Self::Kernel => "kernel",
+            Self::Ours => "ours",
+            Self::Baseline => "baseline",
+        }
+    }
+
+    /// The tracer binary that runs this walk.
+    fn tracer(self, bench: &Bench) -> &Path {
+        match self {
+            Self::Baseline => bench.options.baseline.as_deref().expect("measured only with --baseline"),
+            Self::Kernel | Self::Ours => &bench.tracer,
         }
     }
 }
@@ -58,9 +86,9 @@ impl Walk {
 pub(super) struct WalkSeries {
     /// (event, depth, walk) -> ns of the event's program per event, one per repetition.
     pub(super) ns_per_event: Vec<(Event, u32, Walk, Vec<f64>)>,
-    /// depth -> ns of the allocator's return program (the block recorded) per malloc, with our walk, one
-    /// per repetition.
-    pub(super) return_ns_per_malloc: Vec<(u32, Vec<f64>)>,
+    /// (depth, walk) -> ns of the allocator's return program (the block recorded) per malloc, with our walk
+    /// and the baseline's, one per repetition.
+    pub(super) return_ns_per_malloc: Vec<(u32, Walk, Vec<f64>)>,
     /// walk -> BPF ns of the page-fault program per page fault of the Bun demo server, one per repetition.
     pub(super) bun_ns_per_fault: Vec<(Walk, Vec<f64>)>,
     pub(super) failure: Option<String>,
@@ -68,15 +96,19 @@ pub(super) struct WalkSeries {
 
 impl WalkSeries {
     pub(super) fn measure(bench: &Bench) -> Self {
+        let walks = Walk::all(bench);
         let mut series = Self {
             ns_per_event: Vec::new(),
-            return_ns_per_malloc: DEPTHS.map(|depth| (depth, Vec::new())).into(),
-            bun_ns_per_fault: Walk::ALL.map(|walk| (walk, Vec::new())).into(),
+            return_ns_per_malloc: Vec::new(),
+            bun_ns_per_fault: walks.iter().map(|&walk| (walk, Vec::new())).collect(),
             failure: None,
         };
         for event in Event::ALL {
             for depth in DEPTHS {
-                for walk in Walk::ALL {
+                for &walk in &walks {
+                    if event == Event::Malloc && walk != Walk::Kernel {
+                        series.return_ns_per_malloc.push((depth, walk, Vec::new()));
+                    }
                     series.ns_per_event.push((event, depth, walk, Vec::new()));
                 }
             }
@@ -84,16 +116,18 @@ impl WalkSeries {
         let runs = bench.options.runs;
         'runs: for rep in 0..runs {
             for (event, depth) in Event::ALL.into_iter().flat_map(|e| DEPTHS.map(|d| (e, d))) {
-                for walk in rotated(&Walk::ALL, rep) {
+                for walk in rotated(&walks, rep) {
                     let (what, how) = (event.name(), walk.name());
                     eprintln!("xtask bench: [{}/{runs}] stack walk, {what}, depth {depth}, {how}", rep + 1);
                     match ns_per_event(bench, event, depth, walk, rep) {
                         Ok((ns, return_ns)) => {
                             let row = series.ns_per_event.iter_mut().find(|r| (r.0, r.1, r.2) == (event, depth, walk));
                             row.expect("every row made above").3.push(ns);
-                            if let (Some(return_ns), Walk::Ours) = (return_ns, walk) {
-                                let row = series.return_ns_per_malloc.iter_mut().find(|r| r.0 == depth);
-                                row.expect("every depth").1.push(return_ns);
+                            if let Some(return_ns) = return_ns {
+                                let row = series.return_ns_per_malloc.iter_mut().find(|r| (r.0, r.1) == (depth, walk));
+                                if let Some(row) = row {
+                                    row.2.push(return_ns);
+                                }
                             }
                         }
                         Err(error) => {
@@ -104,7 +138,7 @@ impl WalkSeries {
                     }
                 }
             }
-            for walk in rotated(&Walk::ALL, rep) {
+            for walk in rotated(&walks, rep) {
                 eprintln!("xtask bench: [{}/{runs}] stack walk, Bun demo page faults, {}", rep + 1, walk.name());
                 match bun_ns_per_fault(bench, walk, rep) {
                     Ok(ns) => series.bun_ns_per_fault.iter_mut().find(|r| r.0 == walk).expect("every walk").1.push(ns),
@@ -135,19 +169,26 @@ impl WalkSeries {
              the tracer reports it.\n",
             thousands(COUNT)
         );
+        let baseline = self.ns_per_event.iter().any(|r| r.2 == Walk::Baseline);
+        if baseline {
+            let _ = writeln!(
+                md,
+                "*Baseline*: another build of the tracer (`--baseline`), with its own walk, measured in the same \
+                 rotation; *vs baseline*: ours less the baseline's, medians.\n"
+            );
+        }
         if let Some(failure) = &self.failure {
             let _ = writeln!(md, "Stopped: {}\n", first_line(failure));
         }
-        let _ = writeln!(md, "| event | N | frames | kernel's walk, ns | our walk, ns | ratio |");
-        let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- |");
+        let extra_head = if baseline { " baseline, ns | vs baseline |" } else { "" };
+        let extra_rule = if baseline { " --- | --- |" } else { "" };
+        let _ = writeln!(md, "| event | N | frames | kernel's walk, ns | our walk, ns | ratio |{extra_head}");
+        let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- |{extra_rule}");
         for event in Event::ALL {
             for depth in DEPTHS {
                 let stats = |walk: Walk| {
                     let row = self.ns_per_event.iter().find(|r| (r.0, r.1, r.2) == (event, depth, walk));
                     row.and_then(|r| Stats::of(r.3.clone()))
-                };
-                let cell = |stats: &Option<Stats>| {
-                    stats.as_ref().map_or("?".into(), |s| format!("{:.0} [{:.0}-{:.0}]", s.median, s.min, s.max))
                 };
                 let (kernel, ours) = (stats(Walk::Kernel), stats(Walk::Ours));
                 let ratio = match (&kernel, &ours) {
@@ -158,10 +199,11 @@ impl WalkSeries {
                 let frames = if event == Event::Malloc { depth + 5 } else { depth + 4 };
                 let _ = writeln!(
                     md,
-                    "| {} | {depth} | {frames} | {} | {} | {ratio} |",
+                    "| {} | {depth} | {frames} | {} | {} | {ratio} |{}",
                     event.name(),
                     cell(&kernel),
-                    cell(&ours)
+                    cell(&ours),
+                    if baseline { baseline_cells(&ours, &stats(Walk::Baseline)) } else { String::new() }
                 );
             }
         }
@@ -173,12 +215,16 @@ impl WalkSeries {
              {} blocks fit the table's preallocated part.\n",
             thousands(COUNT)
         );
-        let _ = writeln!(md, "| N | return program per malloc, ns |");
-        let _ = writeln!(md, "| --- | --- |");
-        for (depth, runs) in &self.return_ns_per_malloc {
-            let cell =
-                Stats::of(runs.clone()).map_or("?".into(), |s| format!("{:.0} [{:.0}-{:.0}]", s.median, s.min, s.max));
-            let _ = writeln!(md, "| {depth} | {cell} |");
+        let _ = writeln!(md, "| N | return program per malloc, ns |{extra_head}");
+        let _ = writeln!(md, "| --- | --- |{extra_rule}");
+        for depth in DEPTHS {
+            let stats = |walk: Walk| {
+                let row = self.return_ns_per_malloc.iter().find(|r| (r.0, r.1) == (depth, walk));
+                row.and_then(|r| Stats::of(r.2.clone()))
+            };
+            let ours = stats(Walk::Ours);
+            let extra = if baseline { baseline_cells(&ours, &stats(Walk::Baseline)) } else { String::new() };
+            let _ = writeln!(md, "| {depth} | {} |{extra}", cell(&ours));
         }
         let _ = writeln!(md);
         let _ = writeln!(
@@ -189,35 +235,47 @@ impl WalkSeries {
              majflt from /proc/PID/stat). The program's early returns for other processes' faults (the driver \
              is another Bun) count in the time, so the figure is an upper bound.\n"
         );
-        let _ = writeln!(md, "| event | kernel's walk, ns | our walk, ns | ratio |");
-        let _ = writeln!(md, "| --- | --- | --- | --- |");
+        let _ = writeln!(md, "| event | kernel's walk, ns | our walk, ns | ratio |{extra_head}");
+        let _ = writeln!(md, "| --- | --- | --- | --- |{extra_rule}");
         let stats = |walk: Walk| {
             let row = self.bun_ns_per_fault.iter().find(|r| r.0 == walk);
             row.and_then(|r| Stats::of(r.1.clone()))
         };
         let (kernel, ours) = (stats(Walk::Kernel), stats(Walk::Ours));
-        let cell = |stats: &Option<Stats>| {
-            stats.as_ref().map_or("?".into(), |s| format!("{:.0} [{:.0}-{:.0}]", s.median, s.min, s.max))
-        };
         let ratio = match (&kernel, &ours) {
             (Some(k), Some(o)) if o.median > 0.0 => format!("{:.2}x", k.median / o.median),
             _ => "?".into(),
         };
-        let _ = writeln!(md, "| Bun demo page fault | {} | {} | {ratio} |\n", cell(&kernel), cell(&ours));
+        let extra = if baseline { baseline_cells(&ours, &stats(Walk::Baseline)) } else { String::new() };
+        let _ = writeln!(md, "| Bun demo page fault | {} | {} | {ratio} |{extra}\n", cell(&kernel), cell(&ours));
     }
+}
+
+/// A median with its range, or `?`.
+fn cell(stats: &Option<Stats>) -> String {
+    stats.as_ref().map_or("?".into(), |s| format!("{:.0} [{:.0}-{:.0}]", s.median, s.min, s.max))
+}
+
+/// The baseline's cell and ours less it, for a row of a table with `--baseline`.
+fn baseline_cells(ours: &Option<Stats>, baseline: &Option<Stats>) -> String {
+    let difference = match (ours, baseline) {
+        (Some(o), Some(b)) => format!("{:+.0}", o.median - b.median),
+        _ => "?".into(),
+    };
+    format!(" {} | {difference} |", cell(baseline))
 }
 
 /// One run on the Bun demo: the page-fault program's BPF time per page fault of the server, with `walk`.
 fn bun_ns_per_fault(bench: &Bench, walk: Walk, rep: usize) -> Result<f64> {
     const SWITCH: &str = "/proc/sys/kernel/bpf_stats_enabled";
-    let kind = if walk == Walk::Kernel { "kernel" } else { "ours" };
+    let kind = walk.slug();
     let dir = bench.work.join(format!("walk-bun-{kind}-{rep}"));
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let server = BunServer::start(bench, &dir)?;
     drive(bench, &server, &dir, "warmup")?;
     let env: &[(&str, &str)] = if walk == Walk::Kernel { &[("LEAKTRACE_KERNEL_WALK", "1")] } else { &[] };
     let args = ["--quiet", "--no-alloc", "--overhead", "off"];
-    let tracer = attach_tracer_with(bench, &server, &args, env, &dir)?
+    let tracer = attach_tracer_binary(walk.tracer(bench), &server, &args, env, &dir)?
         .ok_or_else(|| anyhow!("the tracer rejected {args:?}: see {}", dir.join("tracer.stderr").display()))?;
     let faults = || {
         let fields = proc_stat_fields(&server.process.pid.to_string());
@@ -249,7 +307,7 @@ fn bun_ns_per_fault(bench: &Bench, walk: Walk, rep: usize) -> Result<f64> {
 fn ns_per_event(bench: &Bench, event: Event, depth: u32, walk: Walk, rep: usize) -> Result<(f64, Option<f64>)> {
     const SWITCH: &str = "/proc/sys/kernel/bpf_stats_enabled";
     let count = if bench.options.quick { COUNT_QUICK } else { COUNT };
-    let kind = if walk == Walk::Kernel { "kernel" } else { "ours" };
+    let kind = walk.slug();
     let touch = if event == Event::PageFault { "touch" } else { "malloc" };
     let dir = bench.work.join(format!("walk-{touch}-{depth}-{kind}-{rep}"));
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -262,7 +320,7 @@ fn ns_per_event(bench: &Bench, event: Event, depth: u32, walk: Walk, rep: usize)
     let mut target = Process::spawn("deep_stack", &mut command)?;
     let target_lines = target.lines_of_stdout(&dir.join("target.stdout"))?;
     wait_for_line(&target_lines, "ready", Duration::from_secs(10))?;
-    let mut command = Command::new(&bench.tracer);
+    let mut command = Command::new(walk.tracer(bench));
     command
         .args(["--quiet", "--overhead", "off", "--pid"])
         .arg(target.pid.to_string())
