@@ -132,3 +132,23 @@ fn a_launched_script_is_traced_from_its_interpreter_s_first_allocation() {
     let figures = report.by_site("malloc", "allocate_all", &["allocate_all"]);
     assert_eq!((figures.outstanding_bytes, figures.outstanding_allocs, figures.allocated_bytes), (0, 0, 4_096_000));
 }
+
+/// A command that execs one which exits at once: by the time the collector reads the exec, the process is
+/// gone, and the report names the program exec ran, not the shell that ran it.
+#[test]
+fn a_command_gone_before_its_exec_is_read_is_named_by_the_file_exec_ran() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let out = output_dir("a_command_gone_before_its_exec_is_read");
+    let status = Command::new(common::TRACER)
+        .args(["--quiet", "--no-alloc", "-o", out.to_str().unwrap(), "--", "/bin/sh", "-c", "exec /bin/true"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let report = common::Report::load(&out);
+    let execs = report.0["execs"].as_array().expect("report.json lists the exec");
+    assert_eq!(execs.len(), 1, "{execs:?}");
+    assert_eq!(execs[0]["to"], "/bin/true", "{execs:?}");
+    let exe = report.0["target"]["exe"].as_str().unwrap();
+    assert!(exe.ends_with("/true"), "not the shell: {}", report.0["target"]);
+}

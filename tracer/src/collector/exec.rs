@@ -119,8 +119,14 @@ impl Collector {
         self.symbolizer = Symbolizer::for_process(pid, &self.modules);
         // Named by the event, not by /proc: read now, /proc may show a later image (a script's `env` has
         // already run bash) or none (the process is gone).
-        if let Ok(info) = ProcessInfo::read(pid) {
-            self.target.info = info;
+        match ProcessInfo::read(pid) {
+            Ok(info) => self.target.info = info,
+            // Gone already (a command that exec'd a short one): the file exec ran is the name left of it.
+            Err(_) => {
+                if let Some(path) = path.as_ref().filter(|path| path.is_absolute()) {
+                    self.target.info.exe = path.clone();
+                }
+            }
         }
         let to = path.unwrap_or_else(|| self.target.info.exe.clone());
         let from = std::mem::replace(&mut self.image, to.clone());
