@@ -15,7 +15,7 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::pt_regs,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map, tracepoint},
     maps::Array,
     programs::{BtfTracePointContext, TracePointContext, tracing::StackIdContext},
@@ -78,8 +78,9 @@ pub fn page_fault_user_btf(ctx: BtfTracePointContext) -> u32 {
     let address: u64 = ctx.arg(0);
     let Some(weight) = page_sampling_weight(address) else { return 0 };
     let Some(tgid) = traced_tgid() else { return 0 };
+    // A pointer the verifier knows by its BTF type: its fields are loaded directly, as in record.rs.
     let regs: *const pt_regs = ctx.arg(1);
-    let ip = unsafe { bpf_probe_read_kernel(&(*regs).rip) }.unwrap_or(0);
+    let ip = unsafe { core::ptr::read_volatile(&(*regs).rip) };
     record_fault(&ctx, tgid, address, ip, ctx.arg(2), weight);
     0
 }

@@ -4,7 +4,7 @@
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user_buf,
+        bpf_get_current_pid_tgid, bpf_probe_read_user_buf,
         generated::{bpf_get_current_task_btf, bpf_get_stack, bpf_task_pt_regs},
     },
     programs::tracing::StackIdContext,
@@ -84,15 +84,17 @@ pub fn traced_tgid() -> Option<u32> {
     unsafe { TARGETS.get(&tgid) }.map(|_| tgid)
 }
 
-/// The user registers' instruction, stack and frame pointers.
+/// The user registers' instruction, stack and frame pointers. Loaded straight from the task's saved
+/// registers: `bpf_task_pt_regs` gives a pointer the verifier knows by its BTF type, whose fields a program
+/// may load (a fault in the load reads 0), where a helper call a register cost about 20 ns more.
 #[inline(always)]
 fn user_registers() -> (u64, u64, u64) {
     unsafe {
         let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
         (
-            bpf_probe_read_kernel(&(*regs).rip).unwrap_or(0),
-            bpf_probe_read_kernel(&(*regs).rsp).unwrap_or(0),
-            bpf_probe_read_kernel(&(*regs).rbp).unwrap_or(0),
+            core::ptr::read_volatile(&(*regs).rip),
+            core::ptr::read_volatile(&(*regs).rsp),
+            core::ptr::read_volatile(&(*regs).rbp),
         )
     }
 }
