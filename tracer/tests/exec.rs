@@ -100,14 +100,7 @@ fn a_launched_script_is_traced_from_its_interpreter_s_first_allocation() {
     );
     std::fs::write(&script, text).unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let status = Command::new(common::TRACER)
-        .args(["--quiet", "--overhead", "off", "-o", out.to_str().unwrap(), "--"])
-        .arg(&script)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "{status}");
-    let report = common::Report::load(&out);
+    let report = common::trace_launched(&out, &["--quiet", "--overhead", "off"], &[script.to_str().unwrap()]);
 
     let execs = report.0["execs"].as_array().expect("report.json lists the execs");
     // Named as exec ran them, though the process had moved on (or was gone) when the collector got there.
@@ -139,13 +132,7 @@ fn a_launched_script_is_traced_from_its_interpreter_s_first_allocation() {
 fn a_command_gone_before_its_exec_is_read_is_named_by_the_file_exec_ran() {
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let out = output_dir("a_command_gone_before_its_exec_is_read");
-    let status = Command::new(common::TRACER)
-        .args(["--quiet", "--no-alloc", "-o", out.to_str().unwrap(), "--", "/bin/sh", "-c", "exec /bin/true"])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "{status}");
-    let report = common::Report::load(&out);
+    let report = common::trace_launched(&out, &["--quiet", "--no-alloc"], &["/bin/sh", "-c", "exec /bin/true"]);
     let execs = report.0["execs"].as_array().expect("report.json lists the exec");
     assert_eq!(execs.len(), 1, "{execs:?}");
     assert_eq!(execs[0]["to"], "/bin/true", "{execs:?}");

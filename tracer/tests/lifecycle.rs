@@ -36,13 +36,7 @@ fn a_command_that_exits_at_once_still_gets_its_report() {
     // /bin/true may be gone before its /proc entry is read: the report names what was launched.
     for run in 0..3 {
         let out = output_dir(&format!("exits_at_once_{run}"));
-        let status = Command::new(common::TRACER)
-            .args(["--no-alloc", "-o", out.to_str().unwrap(), "--", "/bin/true"])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let report = Report::load(&out);
+        let report = common::trace_launched(&out, &["--no-alloc"], &["/bin/true"]);
         assert_eq!(report.end_reason(), "target-exit");
         assert_eq!(report.0["target_exit"]["code"], 0);
         assert_eq!(report.0["target"]["cmdline"][0], "/bin/true");
@@ -363,13 +357,7 @@ fn an_attached_target_s_signal_or_exit_code_is_recorded() {
 #[test]
 fn a_launched_command_starts_at_its_exec() {
     let out = output_dir("a_launched_command_starts_at_its_exec");
-    let status = Command::new(common::TRACER)
-        .args(["--quiet", "-o", out.to_str().unwrap(), "--", "/bin/sleep", "0.3"])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "{status}");
-    let report = Report::load(&out);
+    let report = common::trace_launched(&out, &["--quiet"], &["/bin/sleep", "0.3"]);
     assert_eq!(report.0["execs"].as_array().map_or(0, Vec::len), 0, "{}", report.0["execs"]);
     let unnamed: Vec<_> = report
         .stacks()
@@ -385,13 +373,8 @@ fn a_launched_command_starts_at_its_exec() {
 #[test]
 fn the_tracer_succeeds_when_its_target_fails() {
     let out = output_dir("the_tracer_succeeds_when_its_target_fails");
-    let status = Command::new(common::TRACER)
-        .args(["--no-alloc", "-o", out.to_str().unwrap(), "--", "/bin/sh", "-c", "exit 3"])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "{status}");
-    assert_eq!(Report::load(&out).0["target_exit"]["code"], 3);
+    let report = common::trace_launched(&out, &["--no-alloc"], &["/bin/sh", "-c", "exit 3"]);
+    assert_eq!(report.0["target_exit"]["code"], 3);
 }
 
 /// A command that cannot run is refused before anything is searched, probed or created: one line, no

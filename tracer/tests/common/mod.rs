@@ -239,6 +239,20 @@ pub fn finish_waiting_fixture(mut target: Running, mut tracer: Running, out: &Pa
     Report::load(out)
 }
 
+/// Launches `command` under the tracer with `options` and `-o out`, waits for it to end, requires that the
+/// tracer succeeded, and returns its report.
+pub fn trace_launched(out: &Path, options: &[&str], command: &[&str]) -> Report {
+    let status = Command::new(TRACER)
+        .args(options)
+        .args(["-o", out.to_str().unwrap(), "--"])
+        .args(command)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    Report::load(out)
+}
+
 /// report.json, with lookups the tests share.
 pub struct Report(pub Value);
 

@@ -298,22 +298,12 @@ pub(super) fn parse_driver(stdout: &str) -> Option<(u64, f64)> {
 /// Starts the tracer on the server's pid and waits until it says the probes are attached. `Ok(None)`: it
 /// exited with code 2, the code for options it does not know.
 pub(super) fn attach_tracer(bench: &Bench, server: &BunServer, args: &[&str], dir: &Path) -> Result<Option<Process>> {
-    attach_tracer_with(bench, server, args, &[], dir)
+    attach_tracer_with(&bench.tracer, server, args, &[], dir)
 }
 
-/// [`attach_tracer`] with variables added to the tracer's environment.
+/// [`attach_tracer`] for the tracer at `tracer` (the walk workload's `--baseline` too), with variables added
+/// to its environment.
 pub(super) fn attach_tracer_with(
-    bench: &Bench,
-    server: &BunServer,
-    args: &[&str],
-    env: &[(&str, &str)],
-    dir: &Path,
-) -> Result<Option<Process>> {
-    attach_tracer_binary(&bench.tracer, server, args, env, dir)
-}
-
-/// [`attach_tracer_with`] for the tracer at `tracer` (the walk workload's `--baseline`).
-pub(super) fn attach_tracer_binary(
     tracer: &Path,
     server: &BunServer,
     args: &[&str],

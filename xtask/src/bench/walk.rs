@@ -275,7 +275,7 @@ fn bun_ns_per_fault(bench: &Bench, walk: Walk, rep: usize) -> Result<f64> {
     drive(bench, &server, &dir, "warmup")?;
     let env: &[(&str, &str)] = if walk == Walk::Kernel { &[("LEAKTRACE_KERNEL_WALK", "1")] } else { &[] };
     let args = ["--quiet", "--no-alloc", "--overhead", "off"];
-    let tracer = attach_tracer_binary(walk.tracer(bench), &server, &args, env, &dir)?
+    let tracer = attach_tracer_with(walk.tracer(bench), &server, &args, env, &dir)?
         .ok_or_else(|| anyhow!("the tracer rejected {args:?}: see {}", dir.join("tracer.stderr").display()))?;
     let faults = || {
         let fields = proc_stat_fields(&server.process.pid.to_string());
