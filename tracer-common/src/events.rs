@@ -204,18 +204,41 @@ pub struct MemEventTopStack {
     pub stack: InlineStack,
 }
 
-/// Where the C runtime's code lies in a traced process, by tgid in `RUNTIME_TEXT`.
+/// A traced process, by tgid in `TARGETS`: what the programs that record its events need to know of it,
+/// found by the one lookup every program makes first.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RuntimeText {
-    /// [start, end) address ranges; unused ones are [0, 0].
-    pub ranges: [[u64; 2]; RUNTIME_TEXT_RANGES],
+pub struct Target {
+    /// Where the C runtime's code lies: [start, end) address ranges, unused ones [0, 0].
+    pub runtime_text: [[u64; 2]; RUNTIME_TEXT_RANGES],
+    /// 0 until userspace has found the C runtime's code (a launched process loads its libc after the probes
+    /// are attached): until then every event counts as in it.
+    pub runtime_text_known: u64,
 }
 
 pub const RUNTIME_TEXT_RANGES: usize = 8;
 
+/// Where an event with a stack stops being recorded, for the benchmark's account of where its time goes
+/// (`LEAKTRACE_STOP_AT`, set at load; perf cannot look inside a program that runs with interrupts off):
+/// each stage less the one before is the cost of a part. Never set otherwise: the events are not sent.
+pub mod stop_at {
+    /// The whole program (the default).
+    pub const NOWHERE: u32 = 0;
+    /// Once the target is found and its registers read: what every program of a traced process pays.
+    pub const TARGET: u32 = 1;
+    /// The whole program, but the walk reads no frame beyond the stack it copied (the far frames).
+    pub const FAR_FRAMES: u32 = 2;
+    /// Once the stack is walked, before it is kept.
+    pub const KEEP: u32 = 3;
+    /// Once the stack is kept, before the event is sent.
+    pub const SEND: u32 = 4;
+    /// The names `LEAKTRACE_STOP_AT` takes, with their stages.
+    pub const NAMES: [(&str, u32); 4] =
+        [("target", TARGET), ("far-frames", FAR_FRAMES), ("keep", KEEP), ("send", SEND)];
+}
+
 #[cfg(feature = "user")]
-unsafe impl aya::Pod for RuntimeText {}
+unsafe impl aya::Pod for Target {}
 
 /// Bytes of a log write the kernel copies: enough for a marker line, no more (the rest of what a target
 /// logs is none of our business).

@@ -21,13 +21,12 @@ pub mod map_names {
     pub const MORE_ALLOCS: &str = "MORE_ALLOCS";
     pub const ALLOC_STATS: &str = "ALLOC_STATS";
     pub const LOG_FDS: &str = "LOG_FDS";
-    pub const RUNTIME_TEXT: &str = "RUNTIME_TEXT";
     pub const SAMPLING: &str = "SAMPLING";
     pub const ALLOC_CALLS: &str = "ALLOC_CALLS";
     pub const PAGE_SAMPLING: &str = "PAGE_SAMPLING";
     pub const SPILLED_STACKS: &str = "SPILLED_STACKS";
     pub const CALLER_RULES: &str = "CALLER_RULES";
-    pub const WALK_BY_RULES: &str = "WALK_BY_RULES";
+    pub const RULED_CODE: &str = "RULED_CODE";
 }
 
 /// Flag for `bpf_get_stackid`: walk the user stack (frame pointers), not the kernel one.

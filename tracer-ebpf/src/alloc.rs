@@ -24,7 +24,7 @@ use aya_ebpf::{
         generated::bpf_get_attach_cookie,
     },
     macros::{map, uprobe, uretprobe},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap},
     programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
 };
 use tracer_common::{
@@ -34,13 +34,13 @@ use tracer_common::{
         SAMPLE_BYTES_WHEN_FULL, SITES_PAST_THE_TABLE, SPILLED_STACK, StackAllocStats,
     },
     counters::Counter,
-    events::InlineStack,
+    events::{InlineStack, stop_at},
 };
 
 use crate::{
     maps::STACKS,
-    user_stack::{self, EntryRegisters},
-    record::{count, count_by, count_milestone, count_quietly, take_user_stack, traced_tgid},
+    user_stack::{self, EntryRegisters, Preemption},
+    record::{count, count_by, count_milestone, count_quietly, stops_at, take_user_stack, traced_tgid},
 };
 
 /// A thread's allocator call under way, in the slot of its tid (see [`CALL_SLOTS`]).
@@ -435,12 +435,18 @@ fn uses_kernel_walk() -> bool {
 /// left user space with (see [`user_stack::walk_from_registers`]), kept in [`SPILLED_STACKS`]: its id
 /// there, or None when the kernel's walk is to be taken instead, as for [`walk_own`].
 #[inline(always)]
-pub fn event_stack_id(ip: u64, sp: u64, rbp: u64) -> Option<u32> {
+pub fn event_stack_id(ip: u64, sp: u64, rbp: u64, preemption: Preemption) -> Option<u32> {
     if uses_kernel_walk() {
         return None;
     }
-    let stack = unsafe { &mut *SPILL_SCRATCH.get_ptr_mut(0)? };
-    let kept = if user_stack::walk_from_registers(ip, sp, rbp, stack) { keep_own_walk(stack) } else { None };
+    let walked = user_stack::walk_from_registers(ip, sp, rbp, preemption);
+    if stops_at(stop_at::KEEP) {
+        return Some(0);
+    }
+    let kept = match walked {
+        Some(hash) => keep_own_walk(user_stack::scratch_stack()?, hash),
+        None => None,
+    };
     counted_fallback(kept)
 }
 
@@ -449,10 +455,12 @@ pub fn event_stack_id(ip: u64, sp: u64, rbp: u64) -> Option<u32> {
 /// its id is another stack's, or the table is full: the kernel's stack map may still have room).
 #[inline(always)]
 fn walk_own(ctx: &ProbeContext, sp: u64, caller: u64) -> Option<u32> {
-    let stack = unsafe { &mut *SPILL_SCRATCH.get_ptr_mut(0)? };
     let regs = unsafe { &*ctx.regs };
     let at = EntryRegisters { ip: regs.rip, sp, rbp: regs.rbp, caller };
-    let kept = if user_stack::walk(&at, stack) { keep_own_walk(stack) } else { None };
+    let kept = match user_stack::walk(&at) {
+        Some(hash) => keep_own_walk(user_stack::scratch_stack()?, hash),
+        None => None,
+    };
     counted_fallback(kept)
 }
 
@@ -468,8 +476,8 @@ fn counted_fallback(kept: Option<u32>) -> Option<u32> {
 /// A stack our walk took, kept in [`SPILLED_STACKS`]: its id there, or None for the kernel's walk instead
 /// (its id is another stack's, the table is full, or another thread's walk took the buffer meanwhile).
 #[inline(always)]
-fn keep_own_walk(stack: &InlineStack) -> Option<u32> {
-    match keep_spilled(stack) {
+fn keep_own_walk(stack: &InlineStack, hash: u64) -> Option<u32> {
+    match keep_spilled(stack, hash) {
         // Kept from the buffer as this thread filled it, or the kernel's walk instead.
         Kept::Id(id) if user_stack::still_ours() => Some(id),
         Kept::Id(_) | Kept::Collision | Kept::Full => None,
@@ -514,10 +522,6 @@ pub fn return_address_under_trampoline(slot: u64) -> Option<u64> {
 /// insert's with `BPF_NOEXIST` when the key is there.
 const EEXIST: i32 = -17;
 
-/// Where a stack is built before it is spilled (too large for the BPF stack).
-#[map]
-pub static SPILL_SCRATCH: PerCpuArray<InlineStack> = PerCpuArray::with_max_entries(1, 0);
-
 /// Stacks whose bucket in `STACKS` held another stack, by a hash of their frames with [`SPILLED_STACK`]
 /// set: the stack map has one stack per bucket, so with a few hundred stacks two share a bucket now and
 /// then, and the second would lose its stack. Userspace sizes it from `--max-memory`; not preallocated (a
@@ -529,12 +533,11 @@ static SPILLED_STACKS: HashMap<u32, InlineStack> = HashMap::with_max_entries(409
 /// when it cannot.
 #[inline(always)]
 fn spill_stack(ctx: &ProbeContext) -> u32 {
-    let Some(stack) = SPILL_SCRATCH.get_ptr_mut(0) else { return stack_error() };
-    let stack = unsafe { &mut *stack };
+    let Some(stack) = user_stack::scratch_stack() else { return stack_error() };
     if !take_user_stack(ctx, stack) {
         return stack_error();
     }
-    match keep_spilled(stack) {
+    match keep_spilled(stack, stack_hash(stack)) {
         Kept::Id(id) => id,
         // Two stacks with one hash: the second is not named rather than named wrongly.
         Kept::Collision => stack_error(),
@@ -553,18 +556,32 @@ enum Kept {
     Full,
 }
 
-/// Keeps a stack in [`SPILLED_STACKS`] under a hash of its frames (those up to its depth: the rest of the
-/// buffer is stale); its id there.
+/// The hash a kept stack's id comes from: FNV-1a over its frames, innermost first, then over its depth. Our
+/// walk folds each frame in as it takes it (see `Walk::hash` in user_stack.rs), sparing a pass over them.
+pub const STACK_HASH_SEED: u64 = 0xcbf2_9ce4_8422_2325;
+
 #[inline(always)]
-fn keep_spilled(stack: &InlineStack) -> Kept {
+pub fn hash_frame(hash: u64, ip: u64) -> u64 {
+    (hash ^ ip).wrapping_mul(0x0100_0000_01b3)
+}
+
+/// The hash of a stack's frames (those up to its depth: the rest of the buffer is stale).
+#[inline(always)]
+fn stack_hash(stack: &InlineStack) -> u64 {
     let depth = stack.depth as usize;
-    // FNV-1a over the frames.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ stack.depth;
+    let mut hash = STACK_HASH_SEED;
     let mut index = 0;
     while index < MAX_STACK_DEPTH && index < depth {
-        hash = (hash ^ stack.ips[index]).wrapping_mul(0x0100_0000_01b3);
+        hash = hash_frame(hash, stack.ips[index]);
         index += 1;
     }
+    hash_frame(hash, stack.depth)
+}
+
+/// Keeps a stack in [`SPILLED_STACKS`] under its hash (see [`stack_hash`]); its id there.
+#[inline(always)]
+fn keep_spilled(stack: &InlineStack, hash: u64) -> Kept {
+    let depth = stack.depth as usize;
     let id = SPILLED_STACK | ((hash ^ (hash >> 32)) as u32 & (SPILLED_STACK - 1));
     if let Some(kept) = unsafe { SPILLED_STACKS.get(&id) } {
         if kept.depth != stack.depth {

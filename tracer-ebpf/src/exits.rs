@@ -14,7 +14,7 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::RUNTIME_TEXT,
+    maps::TARGETS,
     record::{reserve_and_send, send, traced_tgid},
 };
 
@@ -52,7 +52,9 @@ pub fn process_exec(ctx: TracePointContext) -> u32 {
     // The old image's C runtime lies elsewhere in the new one: until the collector, which reads this event
     // later, says where, the stack top of every event is copied (the old ranges would deny it to events in
     // the new runtime, whose stacks then skip the frames its code without frame pointers hides).
-    let _ = RUNTIME_TEXT.remove(&tgid);
+    if let Some(target) = TARGETS.get_ptr_mut(&tgid) {
+        unsafe { (*target).runtime_text_known = 0 };
+    }
     let tid = bpf_get_current_pid_tgid() as u32;
     let now = unsafe { bpf_ktime_get_ns() };
     let name_at = unsafe { ctx.read_at::<SchedProcessExec>(0) }.map_or(0, |record| record.filename & 0xffff);

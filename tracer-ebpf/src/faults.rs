@@ -22,11 +22,14 @@ use aya_ebpf::{
 };
 use core::mem::offset_of;
 use tracer_common::{
-    events::{EventKind, MemEvent},
+    events::{EventKind, MemEvent, Target, stop_at},
     tracepoints::{MmPageAlloc, PageFaultUser},
 };
 
-use crate::record::{send, send_with_stack, traced_tgid};
+use crate::{
+    record::{send, send_with_stack, stops_at, traced_target, traced_tgid},
+    user_stack::Preemption,
+};
 
 /// Movable pages: what user memory is allocated as (MIGRATE_MOVABLE).
 const MIGRATE_MOVABLE: i32 = 1;
@@ -77,11 +80,14 @@ pub fn page_fault_user_btf(ctx: BtfTracePointContext) -> u32 {
     // The sampling test first: it is cheaper than the target lookup and rejects most faults when sampling.
     let address: u64 = ctx.arg(0);
     let Some(weight) = page_sampling_weight(address) else { return 0 };
-    let Some(tgid) = traced_tgid() else { return 0 };
+    let Some((tgid, target)) = traced_target() else { return 0 };
     // A pointer the verifier knows by its BTF type: its fields are loaded directly, as in record.rs.
     let regs: *const pt_regs = ctx.arg(1);
     let ip = unsafe { core::ptr::read_volatile(&(*regs).rip) };
-    record_fault(&ctx, tgid, address, ip, ctx.arg(2), weight);
+    if stops_at(stop_at::TARGET) {
+        return 0;
+    }
+    record_fault(&ctx, tgid, target, address, ip, ctx.arg(2), weight);
     0
 }
 
@@ -89,8 +95,8 @@ pub fn page_fault_user_btf(ctx: BtfTracePointContext) -> u32 {
 pub fn page_fault_user(ctx: TracePointContext) -> u32 {
     let Ok(fault) = (unsafe { ctx.read_at::<PageFaultUser>(0) }) else { return 0 };
     let Some(weight) = page_sampling_weight(fault.address) else { return 0 };
-    let Some(tgid) = traced_tgid() else { return 0 };
-    record_fault(&ctx, tgid, fault.address, fault.ip, fault.error_code, weight);
+    let Some((tgid, target)) = traced_target() else { return 0 };
+    record_fault(&ctx, tgid, target, fault.address, fault.ip, fault.error_code, weight);
     0
 }
 
@@ -98,6 +104,7 @@ pub fn page_fault_user(ctx: TracePointContext) -> u32 {
 fn record_fault<C: StackIdContext + EbpfContext>(
     ctx: &C,
     tgid: u32,
+    target: &Target,
     address: u64,
     ip: u64,
     error_code: u64,
@@ -108,7 +115,8 @@ fn record_fault<C: StackIdContext + EbpfContext>(
     if let Some(slot) = fault_slot(tid) {
         unsafe { *slot = FaultInProgress { tid, addr: address, started_ns: now } };
     }
-    send_with_stack(ctx, tgid, |event| {
+    // Before the fault handler turns interrupts on (see `Preemption`).
+    send_with_stack(ctx, target, Preemption::Off, |event| {
         event.timestamp_ns = now;
         event.kind = EventKind::PageFault as u32;
         event.tgid = tgid;

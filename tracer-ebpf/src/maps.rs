@@ -4,19 +4,16 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
 };
-use tracer_common::counters::Counter;
+use tracer_common::{counters::Counter, events::Target};
 
-/// Processes (tgid) being traced. Userspace fills it; every program returns at once for anyone else.
+/// Processes (tgid) being traced, with what their programs need to know of them. Userspace fills it; every
+/// program returns at once for anyone else.
 #[map]
-pub static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
+pub static TARGETS: HashMap<u32, Target> = HashMap::with_max_entries(64, 0);
 
 /// Memory events for userspace. Userspace sizes it from `--max-memory` (`ring_buffer_bytes`).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(32 << 20, 0);
-
-/// Where the C runtime's code lies, by tgid (see `record::send_with_stack`).
-#[map]
-pub static RUNTIME_TEXT: HashMap<u32, tracer_common::events::RuntimeText> = HashMap::with_max_entries(64, 0);
 
 /// User stacks by id (`bpf_get_stackid`).
 #[map]

@@ -14,13 +14,14 @@ use tracer_common::{
     counters::Counter,
     events::{
         InlineStack, MemEvent, MemEventStack, MemEventTop, MemEventTopStack, RUNTIME_TEXT_RANGES, STACK_TOP_WORDS,
-        StackTop, parts,
+        StackTop, Target, parts, stop_at,
     },
 };
 
 use crate::{
     alloc::caller_of_current_call,
-    maps::{COUNTERS, EVENTS, RUNTIME_TEXT, STACKS, TARGETS},
+    user_stack::Preemption,
+    maps::{COUNTERS, EVENTS, STACKS, TARGETS},
 };
 
 #[inline(always)]
@@ -77,11 +78,27 @@ fn say_loss(counter: u32, value: u64) {
     aya_log_ebpf::warn!(&(), "kernel programs: {} reached {} on one CPU (report.json counts them all)", name, value);
 }
 
+/// See [`stop_at`] (`LEAKTRACE_STOP_AT`, set at load); the verifier drops the code of the other stages.
+#[unsafe(no_mangle)]
+pub static STOP_AT: u32 = stop_at::NOWHERE;
+
+/// Whether the benchmark's account stops this event at `stage` (see [`stop_at`]).
+#[inline(always)]
+pub fn stops_at(stage: u32) -> bool {
+    unsafe { core::ptr::read_volatile(&STOP_AT) == stage }
+}
+
 /// The calling thread's tgid when its process is traced.
 #[inline(always)]
 pub fn traced_tgid() -> Option<u32> {
+    traced_target().map(|(tgid, _)| tgid)
+}
+
+/// The calling thread's tgid and what is known of its process, when it is traced.
+#[inline(always)]
+pub fn traced_target() -> Option<(u32, &'static Target)> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    unsafe { TARGETS.get(&tgid) }.map(|_| tgid)
+    unsafe { TARGETS.get(&tgid) }.map(|target| (tgid, target))
 }
 
 /// The user registers' instruction, stack and frame pointers. Loaded straight from the task's saved
@@ -99,14 +116,16 @@ fn user_registers() -> (u64, u64, u64) {
     }
 }
 
-/// Whether `ip` lies in the C runtime's code of process `tgid`. Until userspace has said where that code
-/// is (a launched process loads its libc after the probes are attached), every event counts as in it.
+/// Whether `ip` lies in the C runtime's code of the target. Until userspace has said where that code is (a
+/// launched process loads its libc after the probes are attached), every event counts as in it.
 #[inline(always)]
-fn in_runtime_text(tgid: u32, ip: u64) -> bool {
-    let Some(text) = (unsafe { RUNTIME_TEXT.get(&tgid) }) else { return true };
+fn in_runtime_text(target: &Target, ip: u64) -> bool {
+    if target.runtime_text_known == 0 {
+        return true;
+    }
     let mut index = 0;
     while index < RUNTIME_TEXT_RANGES {
-        let [start, end] = text.ranges[index];
+        let [start, end] = target.runtime_text[index];
         if ip >= start && ip < end {
             return true;
         }
@@ -181,19 +200,27 @@ pub fn send(fill: impl FnOnce(&mut MemEvent)) {
     });
 }
 
-/// Sends an event with the user stack of process `tgid`: its id in the stack map, or, when the map has no
-/// room for it (its hash bucket is taken by another stack, or it is full), the frames themselves. When the
-/// thread is in the C runtime, the top of its user stack goes along for the collector's unwinder.
+/// Sends an event with the user stack of the `target`'s calling thread: its id in the stack map, or, when the
+/// map has no room for it (its hash bucket is taken by another stack, or it is full), the frames themselves.
+/// When the thread is in the C runtime, the top of its user stack goes along for the collector's unwinder.
 #[inline(always)]
-pub fn send_with_stack<C: StackIdContext>(ctx: &C, tgid: u32, fill: impl FnOnce(&mut MemEvent)) {
+pub fn send_with_stack<C: StackIdContext>(
+    ctx: &C,
+    target: &Target,
+    preemption: Preemption,
+    fill: impl FnOnce(&mut MemEvent),
+) {
     let (ip, sp, rbp) = user_registers();
-    let with_top = in_runtime_text(tgid, ip);
+    let with_top = in_runtime_text(target, ip);
     let alloc_caller = caller_of_current_call();
     // Our walk where it can (see user_stack.rs: about a third of the kernel's time), else the kernel's.
-    let stack_id = match crate::alloc::event_stack_id(ip, sp, rbp) {
+    let stack_id = match crate::alloc::event_stack_id(ip, sp, rbp, preemption) {
         Some(id) => Ok(id as i64),
         None => ctx.get_stackid(&STACKS, BPF_F_USER_STACK),
     };
+    if stops_at(stop_at::KEEP) || stops_at(stop_at::SEND) {
+        return;
+    }
     match (stack_id, with_top) {
         (Ok(id), false) => reserve_and_send(|event: &mut MemEvent| {
             fill(event);

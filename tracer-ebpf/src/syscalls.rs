@@ -27,7 +27,8 @@ use tracer_common::{
 
 use crate::{
     maps::PENDING_SYSCALLS,
-    record::{count, send, send_with_stack, traced_tgid},
+    record::{count, send, send_with_stack, traced_target, traced_tgid},
+    user_stack::Preemption,
 };
 
 /// madvise behaviours after which the kernel may drop the pages (asm-generic/mman-common.h).
@@ -182,7 +183,7 @@ pub fn sys_exit_madvise(ctx: TracePointContext) -> u32 {
 /// Pairs an exit with its entry and sends the event when the call succeeded.
 #[inline(always)]
 fn finish(ctx: &TracePointContext, kind: EventKind) {
-    let Some(tgid) = traced_tgid() else { return };
+    let Some((tgid, target)) = traced_target() else { return };
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(pending) = (unsafe { PENDING_SYSCALLS.get(&pid_tgid) }).copied() else {
         // madvise entries with a behaviour we ignore are never stored: not a lost pair.
@@ -234,7 +235,7 @@ fn finish(ctx: &TracePointContext, kind: EventKind) {
     };
     // Only calls that can add memory need to say where they came from.
     if matches!(kind, EventKind::Mmap | EventKind::Mremap | EventKind::Brk) {
-        send_with_stack(ctx, tgid, fill);
+        send_with_stack(ctx, target, Preemption::Possible, fill);
     } else {
         send(fill);
     }

@@ -16,11 +16,14 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
 };
-use crate::alloc::{BPF_F_NO_PREALLOC, SPILL_SCRATCH};
+use crate::{
+    alloc::{BPF_F_NO_PREALLOC, STACK_HASH_SEED, hash_frame},
+    record::stops_at,
+};
 use tracer_common::{
     MAX_STACK_DEPTH,
-    alloc::{AT_INSTRUCTION, CallerRule, RBP_NOT_SAVED},
-    events::InlineStack,
+    alloc::{AT_INSTRUCTION, CallerRule, RBP_NOT_SAVED, RULED_CODE_RANGES, RuledCode},
+    events::{InlineStack, stop_at},
 };
 
 /// Return addresses in code without frame pointers, with the CFI rule that steps out of the function there
@@ -33,10 +36,30 @@ pub static CALLER_RULES: HashMap<u64, CallerRule> = HashMap::with_max_entries(CA
 /// memory only once used (about 80 bytes each).
 const CALLER_RULES_ENTRIES: u32 = 262_144;
 
-/// Slot 0 not 0: the program has code without frame pointers of its own (not only the C runtime's), and
-/// every return address is looked up in [`CALLER_RULES`]; otherwise only the allocator's caller is.
+/// Where [`CALLER_RULES`] has rules, and whether every return address is looked up there (the program has
+/// code without frame pointers of its own, not only the C runtime's) or only the allocator's caller, an
+/// event's instruction and the frames of a chain of rules: see [`RuledCode`].
 #[map]
-static WALK_BY_RULES: Array<u64> = Array::with_max_entries(1, 0);
+static RULED_CODE: Array<RuledCode> = Array::with_max_entries(1, 0);
+
+/// Whether [`CALLER_RULES`] may have a rule at `address` (see [`RuledCode`]). A walk that reads the slot
+/// while userspace writes it may miss a rule just given, as if it came a moment later.
+#[inline(always)]
+fn in_ruled_code(address: u64) -> bool {
+    let Some(ruled) = RULED_CODE.get(0) else { return true };
+    if ruled.anywhere != 0 {
+        return true;
+    }
+    let mut index = 0;
+    while index < RULED_CODE_RANGES {
+        let [start, end] = ruled.ranges[index];
+        if address >= start && address < end {
+            return true;
+        }
+        index += 1;
+    }
+    false
+}
 
 /// The stack copied at once: its first bytes from the stack pointer, then, when a frame lies beyond them,
 /// the rest of the page, then the next page. The frames of most calls lie within them (a malloc 7 C frames
@@ -47,10 +70,6 @@ const PAGE: u64 = 4096;
 const FIRST_COPY: u64 = 512;
 const WINDOW_BYTES: usize = 2 * PAGE as usize;
 const WINDOW_WORDS: usize = WINDOW_BYTES / 8;
-
-/// The copied top of the stack, per CPU (too large for the BPF stack).
-#[map]
-static STACK_WINDOW: PerCpuArray<[u64; WINDOW_WORDS]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Where the stack is at an allocator's entry.
 pub struct EntryRegisters {
@@ -67,10 +86,11 @@ const NO_CALLER: u64 = u64::MAX;
 /// Where the walk is, between its steps: the frame's return address, its stack pointer after the return
 /// and %rbp; the frames taken so far; where the copied window of the stack starts and how much of it was
 /// copied. In a map, not on the BPF stack: the verifier then knows nothing of the values, and one check of
-/// a step stands for every step, where values it tracked (the depth) would have it check each one.
+/// a step stands for every step, where values it tracked (the depth) would have it check each one. The
+/// copied stack and the frames taken are in the same map value, so that a step looks up one value, not
+/// three (each lookup is a dozen instructions, and a step about a hundred).
 #[repr(C)]
-#[derive(Clone, Copy)]
-struct Walk {
+pub struct Walk {
     pc: u64,
     sp: u64,
     rbp: u64,
@@ -94,19 +114,49 @@ struct Walk {
     /// The thread walking. A uprobe's program can be preempted, and another thread's walk on the same CPU
     /// then takes over these per-CPU buffers: the first walk sees it and gives up its stack.
     owner: u64,
+    /// Whether the walk may be preempted (see [`Preemption`]): only then does each step check its owner.
+    preemptible: u64,
+    /// The frames taken so far, hashed as the stack's id is (see `alloc::stack_hash`).
+    hash: u64,
+    /// The copied top of the stack (too large for the BPF stack), and a word to spare: a frame's two words
+    /// are read at one index masked within the window, the second one past it.
+    window: [u64; WINDOW_WORDS + 1],
+    /// The frames taken: by this walk, or by the kernel's (see [`scratch_stack`]).
+    stack: InlineStack,
+}
+
+/// Whether a program may be preempted while it walks. A page fault's program runs before the fault handler
+/// turns interrupts on, so no other walk can come between its steps; checking the owner at every step (a
+/// helper call) cost such a walk about a tenth of its time.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Preemption {
+    Off,
+    Possible,
 }
 
 #[map]
 static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
 
-/// Copies the first bytes of the stack from `sp` ([`FIRST_COPY`], or to the end of its page if nearer) into
-/// [`STACK_WINDOW`]; the bytes copied.
+/// This CPU's buffer for a stack being built (by our walk, or by the kernel's before it is kept: too large
+/// for the BPF stack).
 #[inline(always)]
-fn copy_window(sp: u64) -> u64 {
-    let Some(words) = STACK_WINDOW.get_ptr_mut(0) else { return 0 };
+pub fn scratch_stack() -> Option<&'static mut InlineStack> {
+    let walk = WALK.get_ptr_mut(0)?;
+    // SAFETY: this CPU's; another thread's walk may take it over (see `Walk::owner`).
+    Some(unsafe { &mut (*walk).stack })
+}
+
+/// Copies the first bytes of the stack from `sp` ([`FIRST_COPY`], or to the end of its page if nearer) into
+/// the window; the bytes copied.
+#[inline(always)]
+fn copy_window(walk: &mut Walk, sp: u64) -> u64 {
     let len = (PAGE - (sp & (PAGE - 1))).min(FIRST_COPY);
-    // SAFETY: the helper writes at most FIRST_COPY bytes into the per-CPU buffer of two pages.
-    if unsafe { probe_read_user_raw(words.cast(), len as u32, sp as *const _) } == 0 { len } else { 0 }
+    // SAFETY: the helper writes at most FIRST_COPY bytes into the window of two pages.
+    if unsafe { probe_read_user_raw(walk.window.as_mut_ptr().cast(), len as u32, sp as *const _) } == 0 {
+        len
+    } else {
+        0
+    }
 }
 
 /// Copies more of the stack into the window, once a frame lies past what it holds: the rest of the first
@@ -117,7 +167,6 @@ fn extend_window(walk: &mut Walk) -> bool {
         return false;
     }
     walk.extended += 1;
-    let Some(words) = STACK_WINDOW.get_ptr_mut(0) else { return false };
     let first_page = PAGE - (walk.base & (PAGE - 1));
     let (from, size) = if walk.len < first_page { (walk.len, first_page - walk.len) } else { (first_page, PAGE) };
     // Checked as the helper gets them (hidden from the compiler, which would otherwise check values it
@@ -127,7 +176,7 @@ fn extend_window(walk: &mut Walk) -> bool {
         return false;
     }
     // SAFETY: `from` and `size` are at most a page each, and the buffer holds two.
-    let dst = unsafe { words.cast::<u8>().add(from as usize) };
+    let dst = unsafe { walk.window.as_mut_ptr().cast::<u8>().add(from as usize) };
     if unsafe { probe_read_user_raw(dst.cast(), size as u32, (walk.base + from) as *const _) } != 0 {
         return false;
     }
@@ -148,13 +197,11 @@ fn extend_window_to(walk: &mut Walk, offset: u64) -> bool {
 fn word(walk: &mut Walk, addr: u64) -> Option<u64> {
     let offset = addr.wrapping_sub(walk.base);
     if offset < walk.len || (offset < WINDOW_BYTES as u64 && extend_window_to(walk, offset)) {
-        let words = STACK_WINDOW.get_ptr_mut(0)?;
         // Masked where the verifier sees it: hidden from the compiler, which would otherwise fold the mask
         // and the scaling into `offset & 0x1fff`, knowing the offset aligned, and the verifier would see a
         // read past the buffer.
         let index = core::hint::black_box(offset / 8) as usize & (WINDOW_WORDS - 1);
-        // SAFETY: the buffer is this CPU's, and the index is masked within it.
-        return Some(unsafe { (*words)[index] });
+        return Some(walk.window[index]);
     }
     unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
 }
@@ -164,8 +211,17 @@ fn word(walk: &mut Walk, addr: u64) -> Option<u64> {
 /// frames lie 8 to 256 KiB above the stack pointer, about 6 frames a fault).
 #[inline(always)]
 fn frame_words(walk: &mut Walk, addr: u64) -> Option<(u64, u64)> {
-    if addr.wrapping_sub(walk.base) < WINDOW_BYTES as u64 {
+    let offset = addr.wrapping_sub(walk.base);
+    if offset < WINDOW_BYTES as u64 {
+        if offset + 16 <= walk.len {
+            // Both copied: one index for the two (masked as in `word`).
+            let index = core::hint::black_box(offset / 8) as usize & (WINDOW_WORDS - 1);
+            return Some((walk.window[index], walk.window[index + 1]));
+        }
         return Some((word(walk, addr)?, word(walk, addr + 8)?));
+    }
+    if stops_at(stop_at::FAR_FRAMES) {
+        return None;
     }
     let [next_rbp, return_address] = unsafe { bpf_probe_read_user(addr as *const [u64; 2]) }.ok()?;
     Some((next_rbp, return_address))
@@ -173,64 +229,67 @@ fn frame_words(walk: &mut Walk, addr: u64) -> Option<(u64, u64)> {
 
 /// Walks the stack of an allocator call into `stack`: the entry, the caller, then at each return address
 /// by its CFI rule when [`CALLER_RULES`] has one (the function keeps no frame pointer; looked up for the
-/// caller, and for every frame once userspace has turned [`WALK_BY_RULES`] on), else by the frame pointer.
+/// caller, and for every frame once userspace has turned `RuledCode::every_frame` on), else by the frame pointer.
 /// A function without frame pointer whose rule is not known yet ends the stack there or skips to an outer
 /// frame: userspace learns its rule from that stack, and the next call walks one function further. The
-/// frames past the depth are left as they were. Whether the stack could be read.
+/// frames past the depth are left as they were. The stack's hash (see `alloc::stack_hash`), or None when it
+/// could not be read.
 ///
 /// Each frame is a step of `bpf_loop`: the verifier checks one step, not every depth of the stack.
 #[inline(always)]
-pub fn walk(at: &EntryRegisters, stack: &mut InlineStack) -> bool {
+pub fn walk(at: &EntryRegisters) -> Option<u64> {
     if at.caller == 0 {
-        return false;
+        return None;
     }
-    stack.ips[0] = at.ip;
-    stack.ips[1] = at.caller;
     // At the entry the return address is on top of the stack: the caller's stack pointer is past it.
-    walk_from(at.caller, at.sp, at.sp + 8, at.rbp, 2, stack)
+    walk_from([at.ip, at.caller], at.sp, at.sp + 8, at.rbp, 2, Preemption::Possible)
 }
 
 /// Walks the user stack of an event (a page fault, a system call) from the registers it left user space
 /// with, as the kernel's walk does: the instruction pointer, then frames, by frame pointer, and by CFI rules
 /// from the instruction on where userspace has given them (code without frame pointers).
 #[inline(always)]
-pub fn walk_from_registers(ip: u64, sp: u64, rbp: u64, stack: &mut InlineStack) -> bool {
+pub fn walk_from_registers(ip: u64, sp: u64, rbp: u64, preemption: Preemption) -> Option<u64> {
     if ip == 0 {
-        return false;
+        return None;
     }
-    stack.ips[0] = ip;
-    walk_from(ip, sp, sp, rbp, 1, stack)
+    walk_from([ip, 0], sp, sp, rbp, 1, preemption)
 }
 
-/// The walk from frame `depth` on, whose return address is `pc`, its stack pointer `sp` and %rbp `rbp`;
-/// the window copied from `base` (the stack pointer the thread stopped at).
+/// The walk into [`scratch_stack`] from frame `depth` (1 or 2) on, the frames before it `first`: the last of
+/// them, `pc`, is a return address (or the instruction a thread stopped at), its stack pointer `sp` and
+/// %rbp `rbp`; the window copied from `base` (the stack pointer the thread stopped at). The stack's hash.
 #[inline(always)]
-fn walk_from(pc: u64, base: u64, sp: u64, rbp: u64, depth: u64, stack: &mut InlineStack) -> bool {
+fn walk_from(first: [u64; 2], base: u64, sp: u64, rbp: u64, depth: u64, preemption: Preemption) -> Option<u64> {
     // The stack pointer of a thread in user space is 8-aligned; anything else is no stack.
     if base & 7 != 0 {
-        return false;
+        return None;
     }
-    let Some(walk) = WALK.get_ptr_mut(0) else { return false };
+    let walk = WALK.get_ptr_mut(0)?;
     // SAFETY: this CPU's; another thread's walk may take it over (see `Walk::owner`).
     let walk = unsafe { &mut *walk };
-    *walk = Walk {
-        pc,
-        sp,
-        rbp,
-        depth,
-        base,
-        len: copy_window(base),
-        extended: 0,
-        every_frame_by_rules: WALK_BY_RULES.get(0).copied().unwrap_or(0),
-        caller_depth: if depth == 2 { 2 } else { NO_CALLER },
-        instruction_depth: if depth == 1 { 1 } else { NO_CALLER },
-        in_rule_chain: 0,
-        owner: bpf_get_current_pid_tgid(),
-    };
+    // Field by field: the buffers are not cleared (the frames past the depth are left as they were).
+    walk.stack.ips[0] = first[0];
+    walk.stack.ips[1] = first[1];
+    walk.pc = first[depth as usize - 1];
+    walk.sp = sp;
+    walk.rbp = rbp;
+    walk.depth = depth;
+    walk.base = base;
+    walk.len = copy_window(walk, base);
+    walk.extended = 0;
+    walk.every_frame_by_rules = RULED_CODE.get(0).map_or(0, |ruled| ruled.every_frame);
+    walk.caller_depth = if depth == 2 { 2 } else { NO_CALLER };
+    walk.instruction_depth = if depth == 1 { 1 } else { NO_CALLER };
+    walk.in_rule_chain = 0;
+    walk.owner = bpf_get_current_pid_tgid();
+    walk.preemptible = (preemption == Preemption::Possible) as u64;
+    let hash = hash_frame(STACK_HASH_SEED, first[0]);
+    walk.hash = if depth == 2 { hash_frame(hash, first[1]) } else { hash };
     // SAFETY: `step` is a BPF function of the signature bpf_loop calls.
     unsafe { bpf_loop(MAX_STACK_DEPTH as u32, step as *mut c_void, core::ptr::null_mut(), 0) };
-    stack.depth = walk.depth.min(MAX_STACK_DEPTH as u64);
-    still_ours()
+    walk.stack.depth = walk.depth.min(MAX_STACK_DEPTH as u64);
+    still_ours().then(|| hash_frame(walk.hash, walk.stack.depth))
 }
 
 /// Whether the per-CPU buffers of the walk still hold the current thread's walk (see [`Walk::owner`]).
@@ -245,17 +304,16 @@ const UPROBES_PAGE: core::ops::Range<u64> = 0x7fff_ffff_e000..0x7fff_ffff_f000;
 const STOP: i64 = 1;
 const GO_ON: i64 = 0;
 
-/// One frame of [`walk`]: from the frame at `walk.pc` to its caller's, its return address put in
-/// [`SPILL_SCRATCH`]'s stack at `walk.depth`.
+/// One frame of [`walk`]: from the frame at `walk.pc` to its caller's, its return address put in the stack
+/// at `walk.depth`.
 #[inline(never)]
 extern "C" fn step(_index: u64, _context: *mut c_void) -> i64 {
     let Some(walk) = WALK.get_ptr_mut(0) else { return STOP };
     // SAFETY: this CPU's, as above.
     let walk = unsafe { &mut *walk };
-    if walk.owner != bpf_get_current_pid_tgid() {
+    if walk.preemptible != 0 && walk.owner != bpf_get_current_pid_tgid() {
         return STOP;
     }
-    let Some(stack) = SPILL_SCRATCH.get_ptr_mut(0) else { return STOP };
     let depth = walk.depth as usize;
     if depth >= MAX_STACK_DEPTH {
         return STOP;
@@ -266,7 +324,7 @@ extern "C" fn step(_index: u64, _context: *mut c_void) -> i64 {
         || walk.in_rule_chain != 0
         || walk.depth == walk.caller_depth
         || walk.depth == walk.instruction_depth;
-    let rule = if look_up {
+    let rule = if look_up && in_ruled_code(walk.pc) {
         let key = if walk.depth == walk.instruction_depth { walk.pc | AT_INSTRUCTION } else { walk.pc };
         unsafe { CALLER_RULES.get(&key) }
     } else {
@@ -314,8 +372,8 @@ extern "C" fn step(_index: u64, _context: *mut c_void) -> i64 {
     } else {
         return_address
     };
-    // SAFETY: this CPU's scratch stack; the depth was checked.
-    unsafe { (*stack).ips[depth] = return_address };
+    walk.stack.ips[depth] = return_address;
+    walk.hash = hash_frame(walk.hash, return_address);
     walk.depth += 1;
     walk.pc = return_address;
     GO_ON

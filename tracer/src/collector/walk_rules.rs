@@ -111,8 +111,12 @@ impl Collector {
     }
 
     /// Whether the kernel's table took the rule.
-    fn teach_kernel_the_rule(&mut self, return_address: u64, rule: CallerRule) -> bool {
-        if self.maps.caller_rules.insert(return_address, rule, 0).is_err() {
+    fn teach_kernel_the_rule(&mut self, key: u64, rule: CallerRule) -> bool {
+        // The rule is looked up only in the mapping it lies in (see `RuledCode`).
+        let Some(mapping) = self.modules.lookup(key & !AT_INSTRUCTION).map(|m| (m.start, m.end)) else {
+            return false;
+        };
+        if self.maps.add_caller_rule(key, rule, mapping).is_err() {
             // The table is full: stacks through this function stay as the walk without it gives them
             // (counted).
             self.callers_untaught += 1;

@@ -29,12 +29,26 @@ use std::{
 
 use tracer_common::{
     alloc::{
-        AllocCall, AllocCookie, AllocShape, AllocSite, Block, BlockKey, CallerRule, SITES_PAST_THE_TABLE,
-        StackAllocStats,
+        AT_INSTRUCTION, AllocCall, AllocCookie, AllocShape, AllocSite, Block, BlockKey, CallerRule, RuledCode,
+        SITES_PAST_THE_TABLE, StackAllocStats,
     },
-    events::{InlineStack, RuntimeText},
+    events::{InlineStack, Target, stop_at},
     map_names,
 };
+
+/// `LEAKTRACE_STOP_AT`: where the benchmark's account of an event's cost stops recording events (see
+/// [`stop_at`]); None when not set.
+fn stop_at_from_env() -> Result<Option<u32>> {
+    let Some(value) = std::env::var_os("LEAKTRACE_STOP_AT") else { return Ok(None) };
+    let names = || stop_at::NAMES.map(|(name, _)| name).join(", ");
+    let stage = stop_at::NAMES.iter().find(|(name, _)| value.to_str() == Some(*name)).map(|&(_, stage)| stage);
+    let stage =
+        stage.ok_or_else(|| anyhow!("LEAKTRACE_STOP_AT={}: give one of {}", value.to_string_lossy(), names()))?;
+    Ok(Some(stage))
+}
+
+/// A map update's flag: only an existing entry.
+const BPF_EXIST: u64 = 2;
 
 /// The kernel object built by `cargo xtask build-ebpf` (see build.rs).
 static KERNEL_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LEAKTRACE_EBPF_OBJECT"));
@@ -74,7 +88,8 @@ const WRITE_TRACEPOINTS: &[(&str, &str, &str)] =
 
 /// The maps the collector reads and writes, taken out of the loaded object so they outlive the programs.
 pub struct KernelMaps {
-    pub targets: HashMap<MapData, u32, u32>,
+    /// Traced processes, with what their programs need to know of them (see [`Target`]).
+    pub targets: HashMap<MapData, u32, Target>,
     pub stacks: StackTraceMap<MapData>,
     pub counters: PerCpuArray<MapData, u64>,
     /// Live allocator blocks: the preallocated table, then the one past it (see [`block_table_entries`]).
@@ -84,8 +99,6 @@ pub struct KernelMaps {
     pub alloc_stats: HashMap<MapData, AllocSite, StackAllocStats>,
     /// (tgid << 32 | fd) of the descriptors whose writes are log lines.
     pub log_fds: HashMap<MapData, u64, u8>,
-    /// Where the C runtime's code lies, by tgid.
-    pub runtime_text: HashMap<MapData, u32, RuntimeText>,
     /// `--sample-bytes` for the allocator probes.
     pub sampling: Array<MapData, u64>,
     /// Allocator calls under way, by thread.
@@ -96,8 +109,10 @@ pub struct KernelMaps {
     pub spilled_stacks: HashMap<MapData, u32, InlineStack>,
     /// CFI rules of functions without frame pointers, by return address (see alloc.rs in tracer-ebpf).
     pub caller_rules: HashMap<MapData, u64, CallerRule>,
-    /// Slot 0 set: every allocator stack is walked by those rules in the kernel, not by the kernel's walk.
-    pub walk_by_rules: Array<MapData, u64>,
+    /// Where those rules are, and whether every frame is looked up (see [`RuledCode`]).
+    ruled_code_map: Array<MapData, RuledCode>,
+    /// What the kernel was last told in it.
+    ruled_code: RuledCode,
     /// The attached programs, whose skipped runs count as losses (see [`misses`]).
     pub program_ids: Vec<u32>,
     /// The kernel programs' log, with `-v`.
@@ -150,7 +165,7 @@ impl KernelMaps {
     }
 
     pub fn add_target(&mut self, tgid: u32) -> Result<()> {
-        self.targets.insert(tgid, 1, 0).context("cannot add the target to the kernel's target map")
+        self.targets.insert(tgid, Target::default(), 0).context("cannot add the target to the kernel's target map")
     }
 
     /// Descriptors of `tgid` whose writes are log lines (see `writes.rs`).
@@ -178,13 +193,27 @@ impl KernelMaps {
         for caller in callers {
             let _ = self.caller_rules.remove(&caller);
         }
-        let _ = self.walk_by_rules.set(0, 0, 0);
+        self.ruled_code = RuledCode::default();
+        let _ = self.ruled_code_map.set(0, self.ruled_code, 0);
+    }
+
+    /// Gives the kernel the CFI rule at `key` (a return address, or an instruction with `AT_INSTRUCTION`),
+    /// which lies in the executable mapping [start, end): the rule first, then the mapping among those the
+    /// kernel looks rules up in, so that a walk between the two only misses the rule, as before it was given.
+    pub fn add_caller_rule(&mut self, key: u64, rule: CallerRule, (start, end): (u64, u64)) -> Result<()> {
+        self.caller_rules.insert(key, rule, 0).context("cannot add a rule to the kernel's table")?;
+        if !self.ruled_code.contains(key & !AT_INSTRUCTION) {
+            self.ruled_code.add(start, end);
+            self.ruled_code_map.set(0, self.ruled_code, 0).context("cannot update where the kernel's rules are")?;
+        }
+        Ok(())
     }
 
     /// From now on the kernel walks every allocator stack by the CFI rules it was given (the program has
     /// code without frame pointers of its own).
     pub fn walk_by_rules(&mut self) -> Result<()> {
-        self.walk_by_rules.set(0, 1, 0).context("cannot turn on the walk by rules")
+        self.ruled_code.every_frame = 1;
+        self.ruled_code_map.set(0, self.ruled_code, 0).context("cannot turn on the walk by rules")
     }
 
     /// Page-fault sampling: one page in `pages` (a power of two; 1: every page).
@@ -192,20 +221,20 @@ impl KernelMaps {
         self.page_sampling.set(0, pages.saturating_sub(1), 0).context("cannot set the page sampling")
     }
 
-    /// The C runtime's code ranges in `tgid` (the first [`RUNTIME_TEXT_RANGES`]).
+    /// The C runtime's code ranges in `tgid` (the first [`tracer_common::events::RUNTIME_TEXT_RANGES`]). Only a
+    /// process still in the target map is updated: one that left it (gone, or forgotten) is not traced again.
     pub fn set_runtime_text(&mut self, tgid: u32, ranges: &[(u64, u64)]) -> Result<()> {
-        let mut text = RuntimeText::default();
-        for (slot, (start, end)) in text.ranges.iter_mut().zip(ranges) {
+        let mut target = Target { runtime_text_known: 1, ..Target::default() };
+        for (slot, (start, end)) in target.runtime_text.iter_mut().zip(ranges) {
             *slot = [*start, *end];
         }
-        self.runtime_text.insert(tgid, text, 0).context("cannot update the runtime code ranges")
+        self.targets.insert(tgid, target, BPF_EXIST).context("cannot update the runtime code ranges")
     }
 
     /// Forgets a process that is gone, so that the next one (a followed program's restart) starts clean:
     /// its entry in every per-process map, the allocator's blocks and figures, the stacks, the counters.
     pub fn forget_target(&mut self, tgid: u32) -> Result<()> {
         let _ = self.targets.remove(&tgid);
-        let _ = self.runtime_text.remove(&tgid);
         let log_keys: Vec<u64> =
             self.log_fds.keys().filter_map(Result::ok).filter(|k| (k >> 32) as u32 == tgid).collect();
         for key in log_keys {
@@ -417,6 +446,10 @@ impl Probes {
         loader.map_max_entries(map_names::STACKS, stack_buckets);
         loader.map_max_entries(map_names::SPILLED_STACKS, spilled_stacks);
         loader.map_max_entries(map_names::EVENTS, ring_buffer_bytes(max_memory));
+        let stop_at = stop_at_from_env()?;
+        if let Some(stage) = &stop_at {
+            loader.override_global("STOP_AT", stage, true);
+        }
         let log_level: u8 = if kernel_log { KERNEL_LOG_LEVEL } else { 0 };
         loader.override_global(aya_log::LEVEL, &log_level, true);
         if std::env::var_os("LEAKTRACE_VERIFIER_LOG").is_some() {
@@ -446,13 +479,13 @@ impl Probes {
             more_blocks: HashMap::try_from(take(map_names::MORE_ALLOCS)?)?,
             alloc_stats: HashMap::try_from(take(map_names::ALLOC_STATS)?)?,
             log_fds: HashMap::try_from(take(map_names::LOG_FDS)?)?,
-            runtime_text: HashMap::try_from(take(map_names::RUNTIME_TEXT)?)?,
             sampling: Array::try_from(take(map_names::SAMPLING)?)?,
             alloc_calls: HashMap::try_from(take(map_names::ALLOC_CALLS)?)?,
             page_sampling: Array::try_from(take(map_names::PAGE_SAMPLING)?)?,
             spilled_stacks: HashMap::try_from(take(map_names::SPILLED_STACKS)?)?,
             caller_rules: HashMap::try_from(take(map_names::CALLER_RULES)?)?,
-            walk_by_rules: Array::try_from(take(map_names::WALK_BY_RULES)?)?,
+            ruled_code_map: Array::try_from(take(map_names::RULED_CODE)?)?,
+            ruled_code: RuledCode::default(),
             program_ids: Vec::new(),
             kernel_log: None,
         };
