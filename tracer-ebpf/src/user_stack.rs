@@ -304,8 +304,7 @@ const UPROBES_PAGE: core::ops::Range<u64> = 0x7fff_ffff_e000..0x7fff_ffff_f000;
 const STOP: i64 = 1;
 const GO_ON: i64 = 0;
 
-/// One frame of [`walk`]: from the frame at `walk.pc` to its caller's, its return address put in the stack
-/// at `walk.depth`.
+/// Two frames of [`walk`] (see [`frame`]): a step's call and lookup cost as much as a third of a frame.
 #[inline(never)]
 extern "C" fn step(_index: u64, _context: *mut c_void) -> i64 {
     let Some(walk) = WALK.get_ptr_mut(0) else { return STOP };
@@ -314,6 +313,16 @@ extern "C" fn step(_index: u64, _context: *mut c_void) -> i64 {
     if walk.preemptible != 0 && walk.owner != bpf_get_current_pid_tgid() {
         return STOP;
     }
+    if frame(walk) == STOP {
+        return STOP;
+    }
+    frame(walk)
+}
+
+/// One frame: from the frame at `walk.pc` to its caller's, its return address put in the stack at
+/// `walk.depth`.
+#[inline(always)]
+fn frame(walk: &mut Walk) -> i64 {
     let depth = walk.depth as usize;
     if depth >= MAX_STACK_DEPTH {
         return STOP;
