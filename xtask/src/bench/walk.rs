@@ -2,7 +2,9 @@
 //! page-fault program per page fault, with the tracer's own walk of the stack and with the kernel's
 //! (`bpf_get_stackid`, `LEAKTRACE_KERNEL_WALK=1`), on `bench/deep_stack.c` at several depths: the same
 //! host, the same run, alternating. With `--baseline PATH`, another build of the tracer is measured with
-//! its own walk in the same rotation: two commits compared on the same host in the same hour.
+//! its own walk in the same rotation: two commits compared on the same host in the same hour. On the Bun
+//! demo, the page-fault program is also measured stopped at each stage (`LEAKTRACE_STOP_AT`): where its
+//! time goes, which perf cannot see (the program runs with interrupts off).
 
 use nix::sys::signal::Signal;
 
@@ -83,14 +85,68 @@ impl Walk {
     }
 }
 
+/// Where the page-fault program may be stopped (`LEAKTRACE_STOP_AT`, tracer-common's `stop_at::NAMES`),
+/// in the order of the program, with what runs up to there.
+const STAGES: [(&str, &str); 4] = [
+    ("target", "entry, sampling test, target lookup, registers"),
+    ("keep", "then the clock, the fault's slot, and the walk"),
+    ("send", "then the stack kept (its hash looked up, its frames compared)"),
+    ("far-frames", "all but the frames beyond the copied stack"),
+];
+
+/// One configuration of the runs on the Bun demo.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum BunRun {
+    Walk(Walk),
+    /// Our walk, the program stopped at the stage of this index in [`STAGES`].
+    Stopped(usize),
+}
+
+impl BunRun {
+    fn all(bench: &Bench) -> Vec<Self> {
+        let walks = Walk::all(bench).into_iter().map(Self::Walk);
+        walks.chain((0..STAGES.len()).map(Self::Stopped)).collect()
+    }
+
+    fn name(self) -> String {
+        match self {
+            Self::Walk(walk) => walk.name().to_string(),
+            Self::Stopped(stage) => format!("our walk stopped at {}", STAGES[stage].0),
+        }
+    }
+
+    fn slug(self) -> String {
+        match self {
+            Self::Walk(walk) => walk.slug().to_string(),
+            Self::Stopped(stage) => format!("stop-{}", STAGES[stage].0),
+        }
+    }
+
+    fn tracer(self, bench: &Bench) -> &Path {
+        match self {
+            Self::Walk(walk) => walk.tracer(bench),
+            Self::Stopped(_) => &bench.tracer,
+        }
+    }
+
+    fn env(self) -> Vec<(&'static str, &'static str)> {
+        match self {
+            Self::Walk(Walk::Kernel) => vec![("LEAKTRACE_KERNEL_WALK", "1")],
+            Self::Walk(_) => Vec::new(),
+            Self::Stopped(stage) => vec![("LEAKTRACE_STOP_AT", STAGES[stage].0)],
+        }
+    }
+}
+
 pub(super) struct WalkSeries {
     /// (event, depth, walk) -> ns of the event's program per event, one per repetition.
     pub(super) ns_per_event: Vec<(Event, u32, Walk, Vec<f64>)>,
     /// (depth, walk) -> ns of the allocator's return program (the block recorded) per malloc, with our walk
     /// and the baseline's, one per repetition.
     pub(super) return_ns_per_malloc: Vec<(u32, Walk, Vec<f64>)>,
-    /// walk -> BPF ns of the page-fault program per page fault of the Bun demo server, one per repetition.
-    pub(super) bun_ns_per_fault: Vec<(Walk, Vec<f64>)>,
+    /// configuration -> BPF ns of the page-fault program per page fault of the Bun demo server, one per
+    /// repetition.
+    pub(super) bun_ns_per_fault: Vec<(BunRun, Vec<f64>)>,
     pub(super) failure: Option<String>,
 }
 
@@ -100,7 +156,7 @@ impl WalkSeries {
         let mut series = Self {
             ns_per_event: Vec::new(),
             return_ns_per_malloc: Vec::new(),
-            bun_ns_per_fault: walks.iter().map(|&walk| (walk, Vec::new())).collect(),
+            bun_ns_per_fault: BunRun::all(bench).into_iter().map(|run| (run, Vec::new())).collect(),
             failure: None,
         };
         for event in Event::ALL {
@@ -138,10 +194,10 @@ impl WalkSeries {
                     }
                 }
             }
-            for walk in rotated(&walks, rep) {
-                eprintln!("xtask bench: [{}/{runs}] stack walk, Bun demo page faults, {}", rep + 1, walk.name());
-                match bun_ns_per_fault(bench, walk, rep) {
-                    Ok(ns) => series.bun_ns_per_fault.iter_mut().find(|r| r.0 == walk).expect("every walk").1.push(ns),
+            for run in rotated(&BunRun::all(bench), rep) {
+                eprintln!("xtask bench: [{}/{runs}] stack walk, Bun demo page faults, {}", rep + 1, run.name());
+                match bun_ns_per_fault(bench, run, rep) {
+                    Ok(ns) => series.bun_ns_per_fault.iter_mut().find(|r| r.0 == run).expect("every run").1.push(ns),
                     Err(error) => {
                         eprintln!("xtask bench: stack walk on the Bun demo failed: {error:#}");
                         series.failure = Some(format!("{error:#}"));
@@ -237,17 +293,52 @@ impl WalkSeries {
         );
         let _ = writeln!(md, "| event | kernel's walk, ns | our walk, ns | ratio |{extra_head}");
         let _ = writeln!(md, "| --- | --- | --- | --- |{extra_rule}");
-        let stats = |walk: Walk| {
-            let row = self.bun_ns_per_fault.iter().find(|r| r.0 == walk);
+        let stats = |run: BunRun| {
+            let row = self.bun_ns_per_fault.iter().find(|r| r.0 == run);
             row.and_then(|r| Stats::of(r.1.clone()))
         };
-        let (kernel, ours) = (stats(Walk::Kernel), stats(Walk::Ours));
+        let (kernel, ours) = (stats(BunRun::Walk(Walk::Kernel)), stats(BunRun::Walk(Walk::Ours)));
         let ratio = match (&kernel, &ours) {
             (Some(k), Some(o)) if o.median > 0.0 => format!("{:.2}x", k.median / o.median),
             _ => "?".into(),
         };
-        let extra = if baseline { baseline_cells(&ours, &stats(Walk::Baseline)) } else { String::new() };
+        let extra = if baseline { baseline_cells(&ours, &stats(BunRun::Walk(Walk::Baseline))) } else { String::new() };
         let _ = writeln!(md, "| Bun demo page fault | {} | {} | {ratio} |{extra}\n", cell(&kernel), cell(&ours));
+        self.render_bun_stages(md, &ours, &stats);
+    }
+
+    /// Where the time of a Bun page fault goes: the program stopped at each stage, in the same rotation.
+    fn render_bun_stages(&self, md: &mut String, whole: &Option<Stats>, stats: &dyn Fn(BunRun) -> Option<Stats>) {
+        let _ = writeln!(
+            md,
+            "Where that time goes, with our walk: the same runs with the program stopped at a stage \
+             (`LEAKTRACE_STOP_AT`, the events not sent), in the same rotation. perf cannot split the program: it \
+             runs with interrupts off, where perf's timer samples do not land. A part's cost is the difference \
+             of two medians, so it is rough (the runs' spread is in brackets).\n"
+        );
+        let _ = writeln!(md, "| stopped at | what runs | ns per fault |");
+        let _ = writeln!(md, "| --- | --- | --- |");
+        for (index, (name, what)) in STAGES.iter().enumerate() {
+            let _ = writeln!(md, "| {name} | {what} | {} |", cell(&stats(BunRun::Stopped(index))));
+        }
+        let _ = writeln!(md, "| (nowhere) | the whole program: the event sent | {} |\n", cell(whole));
+        let median = |index: usize| stats(BunRun::Stopped(index)).map(|s| s.median);
+        let whole = whole.as_ref().map(|s| s.median);
+        let part = |to: Option<f64>, from: Option<f64>| match (to, from) {
+            (Some(to), Some(from)) => format!("{:.0}", to - from),
+            _ => "?".into(),
+        };
+        let _ = writeln!(
+            md,
+            "Parts, ns per fault: entry to registers {}; the walk and what precedes it {}; keeping the stack {}; \
+             sending the event {}; of the whole, the frames beyond the copied stack (their reads, steps, hashing \
+             and comparing) {}.\n",
+            median(0).map_or("?".into(), |ns| format!("{ns:.0}")),
+            part(median(1), median(0)),
+            part(median(2), median(1)),
+            part(whole, median(2)),
+            part(whole, median(3)),
+        );
     }
 }
 
@@ -265,17 +356,16 @@ fn baseline_cells(ours: &Option<Stats>, baseline: &Option<Stats>) -> String {
     format!(" {} | {difference} |", cell(baseline))
 }
 
-/// One run on the Bun demo: the page-fault program's BPF time per page fault of the server, with `walk`.
-fn bun_ns_per_fault(bench: &Bench, walk: Walk, rep: usize) -> Result<f64> {
+/// One run on the Bun demo: the page-fault program's BPF time per page fault of the server, as `run` has it.
+fn bun_ns_per_fault(bench: &Bench, run: BunRun, rep: usize) -> Result<f64> {
     const SWITCH: &str = "/proc/sys/kernel/bpf_stats_enabled";
-    let kind = walk.slug();
+    let kind = run.slug();
     let dir = bench.work.join(format!("walk-bun-{kind}-{rep}"));
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let server = BunServer::start(bench, &dir)?;
     drive(bench, &server, &dir, "warmup")?;
-    let env: &[(&str, &str)] = if walk == Walk::Kernel { &[("LEAKTRACE_KERNEL_WALK", "1")] } else { &[] };
     let args = ["--quiet", "--no-alloc", "--overhead", "off"];
-    let tracer = attach_tracer_with(walk.tracer(bench), &server, &args, env, &dir)?
+    let tracer = attach_tracer_with(run.tracer(bench), &server, &args, &run.env(), &dir)?
         .ok_or_else(|| anyhow!("the tracer rejected {args:?}: see {}", dir.join("tracer.stderr").display()))?;
     let faults = || {
         let fields = proc_stat_fields(&server.process.pid.to_string());
@@ -294,7 +384,7 @@ fn bun_ns_per_fault(bench: &Bench, walk: Walk, rep: usize) -> Result<f64> {
     let runs = after.runs.saturating_sub(before.runs);
     eprintln!(
         "xtask bench: Bun demo, {}: {runs} runs of the page-fault program, {faults} server page faults",
-        walk.name()
+        run.name()
     );
     if faults < 1000.0 {
         bail!("the Bun demo server took only {faults} page faults in a round");
