@@ -282,7 +282,7 @@ impl RuledCode {
 
     /// Whether rules at `address` may be in `CALLER_RULES`.
     pub fn contains(&self, address: u64) -> bool {
-        self.anywhere != 0 || self.ranges.iter().any(|&[start, end]| address >= start && address < end)
+        self.anywhere != 0 || crate::in_ranges(&self.ranges, address)
     }
 }
 

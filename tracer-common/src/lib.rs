@@ -29,6 +29,21 @@ pub mod map_names {
     pub const RULED_CODE: &str = "RULED_CODE";
 }
 
+/// Whether `address` lies in one of `ranges`, each [start, end) (an unused one, [0, 0], holds nothing). A
+/// loop of fixed count, as the kernel programs run it.
+#[inline(always)]
+pub fn in_ranges<const N: usize>(ranges: &[[u64; 2]; N], address: u64) -> bool {
+    let mut index = 0;
+    while index < N {
+        let [start, end] = ranges[index];
+        if address >= start && address < end {
+            return true;
+        }
+        index += 1;
+    }
+    false
+}
+
 /// Flag for `bpf_get_stackid`: walk the user stack (frame pointers), not the kernel one.
 pub const BPF_F_USER_STACK: u64 = 1 << 8;
 

@@ -11,9 +11,10 @@ use aya_ebpf::{
 };
 use tracer_common::{
     BPF_F_USER_STACK, MAX_STACK_DEPTH,
+    in_ranges,
     counters::Counter,
     events::{
-        InlineStack, MemEvent, MemEventStack, MemEventTop, MemEventTopStack, RUNTIME_TEXT_RANGES, STACK_TOP_WORDS,
+        InlineStack, MemEvent, MemEventStack, MemEventTop, MemEventTopStack, STACK_TOP_WORDS,
         StackTop, Target, parts, stop_at,
     },
 };
@@ -120,18 +121,7 @@ fn user_registers() -> (u64, u64, u64) {
 /// launched process loads its libc after the probes are attached), every event counts as in it.
 #[inline(always)]
 fn in_runtime_text(target: &Target, ip: u64) -> bool {
-    if target.runtime_text_known == 0 {
-        return true;
-    }
-    let mut index = 0;
-    while index < RUNTIME_TEXT_RANGES {
-        let [start, end] = target.runtime_text[index];
-        if ip >= start && ip < end {
-            return true;
-        }
-        index += 1;
-    }
-    false
+    target.runtime_text_known == 0 || in_ranges(&target.runtime_text, ip)
 }
 
 /// Copies the top of the user stack from `sp`; returns `sp`, or 0 when it could not be read.

@@ -22,7 +22,7 @@ use crate::{
 };
 use tracer_common::{
     MAX_STACK_DEPTH,
-    alloc::{AT_INSTRUCTION, CallerRule, RBP_NOT_SAVED, RULED_CODE_RANGES, RuledCode},
+    alloc::{AT_INSTRUCTION, CallerRule, RBP_NOT_SAVED, RuledCode},
     events::{InlineStack, stop_at},
 };
 
@@ -46,19 +46,7 @@ static RULED_CODE: Array<RuledCode> = Array::with_max_entries(1, 0);
 /// while userspace writes it may miss a rule just given, as if it came a moment later.
 #[inline(always)]
 fn in_ruled_code(address: u64) -> bool {
-    let Some(ruled) = RULED_CODE.get(0) else { return true };
-    if ruled.anywhere != 0 {
-        return true;
-    }
-    let mut index = 0;
-    while index < RULED_CODE_RANGES {
-        let [start, end] = ruled.ranges[index];
-        if address >= start && address < end {
-            return true;
-        }
-        index += 1;
-    }
-    false
+    RULED_CODE.get(0).is_none_or(|ruled| ruled.contains(address))
 }
 
 /// The stack copied at once: its first bytes from the stack pointer, then, when a frame lies beyond them,
