@@ -271,7 +271,7 @@ pub const RULED_CODE_RANGES: usize = 8;
 impl RuledCode {
     /// Adds the module at [start, end) (or turns `anywhere` on when no slot is left).
     pub fn add(&mut self, start: u64, end: u64) {
-        if self.contains(start) || self.anywhere != 0 {
+        if self.contains(start) {
             return;
         }
         match self.ranges.iter_mut().find(|range| range[1] == 0) {

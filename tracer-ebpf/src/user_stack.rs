@@ -215,7 +215,7 @@ fn frame_words(walk: &mut Walk, addr: u64) -> Option<(u64, u64)> {
     Some((next_rbp, return_address))
 }
 
-/// Walks the stack of an allocator call into `stack`: the entry, the caller, then at each return address
+/// Walks the stack of an allocator call into [`scratch_stack`]: the entry, the caller, then at each return address
 /// by its CFI rule when [`CALLER_RULES`] has one (the function keeps no frame pointer; looked up for the
 /// caller, and for every frame once userspace has turned `RuledCode::every_frame` on), else by the frame pointer.
 /// A function without frame pointer whose rule is not known yet ends the stack there or skips to an outer
@@ -223,7 +223,7 @@ fn frame_words(walk: &mut Walk, addr: u64) -> Option<(u64, u64)> {
 /// frames past the depth are left as they were. The stack's hash (see `alloc::stack_hash`), or None when it
 /// could not be read.
 ///
-/// Each frame is a step of `bpf_loop`: the verifier checks one step, not every depth of the stack.
+/// Each two frames are a step of `bpf_loop`: the verifier checks one step, not every depth of the stack.
 #[inline(always)]
 pub fn walk(at: &EntryRegisters) -> Option<u64> {
     if at.caller == 0 {

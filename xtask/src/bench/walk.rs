@@ -76,6 +76,11 @@ impl Walk {
         }
     }
 
+    /// The environment that chooses this walk in the tracer.
+    fn env(self) -> Vec<(&'static str, &'static str)> {
+        if self == Self::Kernel { vec![("LEAKTRACE_KERNEL_WALK", "1")] } else { Vec::new() }
+    }
+
     /// The tracer binary that runs this walk.
     fn tracer(self, bench: &Bench) -> &Path {
         match self {
@@ -131,8 +136,7 @@ impl BunRun {
 
     fn env(self) -> Vec<(&'static str, &'static str)> {
         match self {
-            Self::Walk(Walk::Kernel) => vec![("LEAKTRACE_KERNEL_WALK", "1")],
-            Self::Walk(_) => Vec::new(),
+            Self::Walk(walk) => walk.env(),
             Self::Stopped(stage) => vec![("LEAKTRACE_STOP_AT", STAGES[stage].0)],
         }
     }
@@ -419,9 +423,7 @@ fn ns_per_event(bench: &Bench, event: Event, depth: u32, walk: Walk, rep: usize)
         .stdin(Stdio::null())
         .stdout(log_file(&dir, "tracer.stdout")?)
         .stderr(Stdio::piped());
-    if walk == Walk::Kernel {
-        command.env("LEAKTRACE_KERNEL_WALK", "1");
-    }
+    command.envs(walk.env());
     let mut tracer = Process::spawn("dispatch-leaktrace", &mut command)?;
     let tracer_lines = tracer.lines_of_stderr(&dir.join("tracer.stderr"))?;
     wait_for_line(&tracer_lines, "tracing pid", Duration::from_secs(120))
