@@ -42,10 +42,14 @@ pub enum Counter {
     /// kernel refuses such a call only when it would exceed the process's map count (ENOMEM) or the range
     /// is sealed (EPERM).
     UnmapFailedAfterRelease = 11,
+    /// Events in the C runtime's code (a page fault in memset, a system call in its wrapper) whose stack our
+    /// walk stepped out of by the instruction's CFI rule straight into the program's code: sent without the
+    /// copy of the stack's top the collector otherwise unwinds the runtime's frames from. Not a loss.
+    RuntimeEventsWalkedByRule = 12,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 12] = [
+    pub const ALL: [Counter; 13] = [
         Counter::LostEvents,
         Counter::MapFull,
         Counter::StackErrors,
@@ -58,6 +62,7 @@ impl Counter {
         Counter::BlockTableFullBytes,
         Counter::KernelWalkFallbacks,
         Counter::UnmapFailedAfterRelease,
+        Counter::RuntimeEventsWalkedByRule,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -80,6 +85,7 @@ impl Counter {
             Counter::BlockTableFullBytes => "block_table_full_bytes",
             Counter::KernelWalkFallbacks => "kernel_walk_fallbacks",
             Counter::UnmapFailedAfterRelease => "unmap_failed_after_release",
+            Counter::RuntimeEventsWalkedByRule => "runtime_events_walked_by_rule",
         }
     }
 
@@ -101,6 +107,7 @@ impl Counter {
                 | Counter::BlockTableFull
                 | Counter::BlockTableFullBytes
                 | Counter::KernelWalkFallbacks
+                | Counter::RuntimeEventsWalkedByRule
         )
     }
 }

@@ -68,8 +68,12 @@ pub struct EntryRegisters {
     pub caller: u64,
 }
 
-/// The depth of no frame: a walk from an event's registers looks rules up only when it walks by rules.
-const NO_CALLER: u64 = u64::MAX;
+/// Where a walk starts: at an allocator's entry (its caller known, frame 1) or at the instruction an event
+/// stopped at. Each has its own step function: the event's also notes whether it stepped out of the
+/// instruction by a rule, and the allocator entry's program has no BPF stack to spare for that (its own frame
+/// and the step's are at the verifier's limit of 512 bytes together).
+const FROM_ENTRY: bool = false;
+const FROM_EVENT: bool = true;
 
 /// Where the walk is, between its steps: the frame's return address, its stack pointer after the return
 /// and %rbp; the frames taken so far; where the copied window of the stack starts and how much of it was
@@ -88,17 +92,15 @@ pub struct Walk {
     /// How many times the window was extended (see [`extend_window`]): twice at most.
     extended: u64,
     every_frame_by_rules: u64,
-    /// The depth of the allocator's caller, whose rule is looked up even when the others' are not.
-    caller_depth: u64,
-    /// The depth whose `pc` is the instruction an event stopped at, not a return address: its rule is kept
-    /// under the address with [`AT_INSTRUCTION`] set.
-    instruction_depth: u64,
     /// Whether the last frame was stepped out of by a rule: the next one is looked up too, until a frame
     /// has none (from there the frame pointers hold). Code without frame pointers is learned a module at a
     /// time, all its calls (see the collector's walk_rules.rs): a chain from the first frame goes through it
     /// all. Only a module learned a function at a time (too large to read whole) has every frame looked up
     /// (`every_frame_by_rules`).
     in_rule_chain: u64,
+    /// Whether the walk stepped out of the instruction an event stopped at by the instruction's rule (see
+    /// [`caller_by_instruction_rule`]).
+    instruction_ruled: u64,
     /// The thread walking. A uprobe's program can be preempted, and another thread's walk on the same CPU
     /// then takes over these per-CPU buffers: the first walk sees it and gives up its stack.
     owner: u64,
@@ -230,7 +232,7 @@ pub fn walk(at: &EntryRegisters) -> Option<u64> {
         return None;
     }
     // At the entry the return address is on top of the stack: the caller's stack pointer is past it.
-    walk_from([at.ip, at.caller], at.sp, at.sp + 8, at.rbp, 2, Preemption::Possible)
+    walk_from::<FROM_ENTRY>([at.ip, at.caller], at.sp, at.sp + 8, at.rbp, Preemption::Possible)
 }
 
 /// Walks the user stack of an event (a page fault, a system call) from the registers it left user space
@@ -241,14 +243,16 @@ pub fn walk_from_registers(ip: u64, sp: u64, rbp: u64, preemption: Preemption) -
     if ip == 0 {
         return None;
     }
-    walk_from([ip, 0], sp, sp, rbp, 1, preemption)
+    walk_from::<FROM_EVENT>([ip, 0], sp, sp, rbp, preemption)
 }
 
-/// The walk into [`scratch_stack`] from frame `depth` (1 or 2) on, the frames before it `first`: the last of
-/// them, `pc`, is a return address (or the instruction a thread stopped at), its stack pointer `sp` and
-/// %rbp `rbp`; the window copied from `base` (the stack pointer the thread stopped at). The stack's hash.
+/// The walk into [`scratch_stack`] from the frames before it, `first`: an allocator's entry and its caller
+/// (frame 1: a return address), or the instruction an event stopped at (frame 0). The last of them is
+/// `pc`, at stack pointer `sp` and %rbp `rbp`; the window copied from `base` (the stack pointer the thread
+/// stopped at). The stack's hash.
 #[inline(always)]
-fn walk_from(first: [u64; 2], base: u64, sp: u64, rbp: u64, depth: u64, preemption: Preemption) -> Option<u64> {
+fn walk_from<const FROM: bool>(first: [u64; 2], base: u64, sp: u64, rbp: u64, preemption: Preemption) -> Option<u64> {
+    let depth = first_depth::<FROM>();
     // The stack pointer of a thread in user space is 8-aligned; anything else is no stack.
     if base & 7 != 0 {
         return None;
@@ -267,17 +271,26 @@ fn walk_from(first: [u64; 2], base: u64, sp: u64, rbp: u64, depth: u64, preempti
     walk.len = copy_window(walk, base);
     walk.extended = 0;
     walk.every_frame_by_rules = RULED_CODE.get(0).map_or(0, |ruled| ruled.every_frame);
-    walk.caller_depth = if depth == 2 { 2 } else { NO_CALLER };
-    walk.instruction_depth = if depth == 1 { 1 } else { NO_CALLER };
     walk.in_rule_chain = 0;
+    walk.instruction_ruled = 0;
     walk.owner = bpf_get_current_pid_tgid();
     walk.preemptible = (preemption == Preemption::Possible) as u64;
     let hash = hash_frame(STACK_HASH_SEED, first[0]);
     walk.hash = if depth == 2 { hash_frame(hash, first[1]) } else { hash };
     // SAFETY: `step` is a BPF function of the signature bpf_loop calls.
-    unsafe { bpf_loop(MAX_STACK_DEPTH as u32, step as *mut c_void, core::ptr::null_mut(), 0) };
+    unsafe { bpf_loop(MAX_STACK_DEPTH as u32, step::<FROM> as *mut c_void, core::ptr::null_mut(), 0) };
     walk.stack.depth = walk.depth.min(MAX_STACK_DEPTH as u64);
     still_ours().then(|| hash_frame(walk.hash, walk.stack.depth))
+}
+
+/// The current thread's last walk from an event's registers stepped out of the instruction it stopped at by
+/// the instruction's CFI rule: the return address it stepped to (the stack's frame 1), which is then exact
+/// even in code without frame pointers.
+#[inline(always)]
+pub fn caller_by_instruction_rule() -> Option<u64> {
+    let walk = WALK.get(0)?;
+    let ruled = walk.instruction_ruled != 0 && walk.depth >= 2 && walk.owner == bpf_get_current_pid_tgid();
+    ruled.then_some(walk.stack.ips[1])
 }
 
 /// Whether the per-CPU buffers of the walk still hold the current thread's walk (see [`Walk::owner`]).
@@ -294,40 +307,50 @@ const GO_ON: i64 = 0;
 
 /// Two frames of [`walk`] (see [`frame`]): a step's call and lookup cost as much as a third of a frame.
 #[inline(never)]
-extern "C" fn step(_index: u64, _context: *mut c_void) -> i64 {
+extern "C" fn step<const FROM: bool>(_index: u64, _context: *mut c_void) -> i64 {
     let Some(walk) = WALK.get_ptr_mut(0) else { return STOP };
     // SAFETY: this CPU's, as above.
     let walk = unsafe { &mut *walk };
     if walk.preemptible != 0 && walk.owner != bpf_get_current_pid_tgid() {
         return STOP;
     }
-    if frame(walk) == STOP {
+    if frame::<FROM>(walk) == STOP {
         return STOP;
     }
-    frame(walk)
+    frame::<FROM>(walk)
+}
+
+/// The depth a walk's steps start at: the frame whose rule is always looked up.
+#[inline(always)]
+const fn first_depth<const FROM: bool>() -> u64 {
+    if FROM == FROM_EVENT { 1 } else { 2 }
 }
 
 /// One frame: from the frame at `walk.pc` to its caller's, its return address put in the stack at
 /// `walk.depth`.
 #[inline(always)]
-fn frame(walk: &mut Walk) -> i64 {
+fn frame<const FROM: bool>(walk: &mut Walk) -> i64 {
     let depth = walk.depth as usize;
     if depth >= MAX_STACK_DEPTH {
         return STOP;
     }
     // The first frame's rule (an allocator's caller, an event's instruction) is always looked up: one lookup a
     // walk, and the start of a chain through code without frame pointers.
-    let look_up = walk.every_frame_by_rules != 0
-        || walk.in_rule_chain != 0
-        || walk.depth == walk.caller_depth
-        || walk.depth == walk.instruction_depth;
+    let first = walk.depth == first_depth::<FROM>();
+    let look_up = walk.every_frame_by_rules != 0 || walk.in_rule_chain != 0 || first;
+    // An event's first frame is the instruction it stopped at, not a return address: its rule is kept under
+    // the address with AT_INSTRUCTION set.
+    let at_instruction = FROM == FROM_EVENT && first;
     let rule = if look_up && in_ruled_code(walk.pc) {
-        let key = if walk.depth == walk.instruction_depth { walk.pc | AT_INSTRUCTION } else { walk.pc };
+        let key = if at_instruction { walk.pc | AT_INSTRUCTION } else { walk.pc };
         unsafe { CALLER_RULES.get(&key) }
     } else {
         None
     };
     walk.in_rule_chain = rule.is_some() as u64;
+    if at_instruction {
+        walk.instruction_ruled = rule.is_some() as u64;
+    }
     // A call site in a function with a frame pointer (`BY_FRAME_POINTER`): stepped by it, the chain going on.
     let rule = rule.filter(|rule| rule.cfa_from_sp != 0);
     let return_address = if let Some(rule) = rule {

@@ -179,3 +179,50 @@ fn faults_in_code_without_frame_pointers_reach_main_and_are_exact_per_caller() {
         assert_eq!(report.counter(counter), 0, "{counter}");
     }
 }
+
+/// Page faults inside libc's memset: the C runtime keeps no frame pointer. The first ones come with a copy of
+/// the stack's top, from which the collector unwinds memset's frame; it then gives the kernel the CFI rule of
+/// memset's faulting instruction, and the second phase's faults are walked out of memset by the kernel
+/// itself, sent without a copy. Both phases exact, under whole stacks.
+#[test]
+fn faults_in_the_c_runtime_are_exact_before_and_after_the_kernel_has_their_rule() {
+    let out = output_dir("faults_in_memset");
+    let mut target = Running::spawn(Command::new(fixture("faults_in_memset")).arg("wait"));
+    let pid = target.pid().to_string();
+    let mut tracer =
+        common::start_tracer(&["-o", out.to_str().unwrap(), "--pid", &pid, "--no-alloc", "--overhead", "off"]);
+    target.send_line("before");
+    target.stdout.wait_for("first");
+    // The first phase's stacks read: the kernel has memset's rule from here on.
+    tracer.snapshot();
+    target.send_line("after");
+    let sites = ["memset_before", "memset_after"];
+    let truth = target.read_truth(&sites);
+    let report = common::finish_waiting_fixture(target, tracer, &out);
+    for (site, bytes, pages) in truth {
+        let stacks: Vec<&serde_json::Value> = report
+            .stacks()
+            .iter()
+            .filter(|s| s["source"] == "page-fault" && s["frames"].as_array().unwrap().iter().any(|f| f == &site))
+            .collect();
+        assert_eq!(stacks.len(), 1, "{site}: one stack, {stacks:?}");
+        let stack = stacks[0];
+        assert_eq!(
+            (stack["outstanding_bytes"].as_u64(), stack["outstanding_allocs"].as_u64()),
+            (Some(bytes), Some(pages)),
+            "{site}"
+        );
+        let frames: Vec<&str> = stack["frames"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+        let at = frames.len() - 3;
+        assert_eq!(frames[at..], ["main", site.as_str(), "touch_pages_with_memset"], "{frames:?}");
+        assert!(frames[..at].iter().all(|f| f.starts_with("__libc_start")) && at > 0, "{frames:?}");
+        let runtime = stack["runtime_frames"].as_array().unwrap();
+        assert!(runtime.iter().any(|f| f.as_str().unwrap().contains("memset")), "{site}: {runtime:?}");
+    }
+    // Every fault of the second phase was walked out of memset by its rule.
+    let walked = report.counter("runtime_events_walked_by_rule");
+    assert!(walked >= 256, "{walked} events walked by the instruction's rule");
+    for counter in ["lost_events", "map_full", "stack_errors", "caller_rules_full"] {
+        assert_eq!(report.counter(counter), 0, "{counter}");
+    }
+}

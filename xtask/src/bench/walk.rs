@@ -21,15 +21,17 @@ const COUNT_QUICK: u64 = 50_000;
 pub(super) enum Event {
     Malloc,
     PageFault,
+    /// A page fault in libc's memset: in the C runtime, whose code keeps no frame pointer.
+    PageFaultInMemset,
 }
 
 impl Event {
-    const ALL: [Self; 2] = [Self::Malloc, Self::PageFault];
+    const ALL: [Self; 3] = [Self::Malloc, Self::PageFault, Self::PageFaultInMemset];
 
     fn program(self) -> &'static str {
         match self {
             Self::Malloc => "alloc_entry",
-            Self::PageFault => "page_fault_user_btf",
+            Self::PageFault | Self::PageFaultInMemset => "page_fault_user_btf",
         }
     }
 
@@ -37,6 +39,25 @@ impl Event {
         match self {
             Self::Malloc => "malloc",
             Self::PageFault => "page fault",
+            Self::PageFaultInMemset => "page fault in memset",
+        }
+    }
+
+    /// `bench/deep_stack.c`'s mode.
+    fn mode(self) -> &'static str {
+        match self {
+            Self::Malloc => "malloc",
+            Self::PageFault => "touch",
+            Self::PageFaultInMemset => "memset",
+        }
+    }
+
+    /// The stack's depth as the tracer reports it, `descend` recursing `depth` times: main, allocate and the
+    /// C runtime's start around it, and malloc or memset on top (a plain fault is taken in `allocate`).
+    fn frames(self, depth: u32) -> u32 {
+        match self {
+            Self::Malloc | Self::PageFaultInMemset => depth + 5,
+            Self::PageFault => depth + 4,
         }
     }
 }
@@ -219,7 +240,9 @@ impl WalkSeries {
             md,
             "`bench/deep_stack.c N` recurses N + 1 frames, then mallocs {} blocks of 64 bytes and keeps them (so \
              every run of the allocator entry program is a malloc, with its stack), or with `touch` touches as \
-             many fresh pages once each (a page fault each). The tracer is attached by pid (`--overhead off`), \
+             many fresh pages once each (a page fault each), or with `memset` touches them through libc's \
+             `memset` (the fault in the C runtime, whose code keeps no frame pointer: a stack the collector \
+             completes from a copy of the stack's top until the kernel has the instruction's rule). The tracer is attached by pid (`--overhead off`), \
              with its own walk of the stack (the default) or the kernel's (`LEAKTRACE_KERNEL_WALK=1`: \
              `bpf_get_stackid`), alternating, at each depth. The figure is the run time of `alloc_entry` per \
              malloc, or of `page_fault_user_btf` per page touched, during the loop, from the kernel's BPF \
@@ -255,8 +278,7 @@ impl WalkSeries {
                     (Some(k), Some(o)) if o.median > 0.0 => format!("{:.2}x", k.median / o.median),
                     _ => "?".into(),
                 };
-                // A fault is taken in `allocate` itself: no malloc frame.
-                let frames = if event == Event::Malloc { depth + 5 } else { depth + 4 };
+                let frames = event.frames(depth);
                 let _ = writeln!(
                     md,
                     "| {} | {depth} | {frames} | {} | {} | {ratio} |{}",
@@ -402,12 +424,12 @@ fn ns_per_event(bench: &Bench, event: Event, depth: u32, walk: Walk, rep: usize)
     const SWITCH: &str = "/proc/sys/kernel/bpf_stats_enabled";
     let count = if bench.options.quick { COUNT_QUICK } else { COUNT };
     let kind = walk.slug();
-    let touch = if event == Event::PageFault { "touch" } else { "malloc" };
-    let dir = bench.work.join(format!("walk-{touch}-{depth}-{kind}-{rep}"));
+    let mode = event.mode();
+    let dir = bench.work.join(format!("walk-{mode}-{depth}-{kind}-{rep}"));
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut command = Command::new(&bench.deep_stack);
     command
-        .args([depth.to_string(), count.to_string(), touch.to_string()])
+        .args([depth.to_string(), count.to_string(), mode.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log_file(&dir, "target.stderr")?);
