@@ -282,8 +282,15 @@ fn stacks_through_code_without_frame_pointers_reach_main_and_are_exact_per_calle
 /// a page of the stack or of the heap moves with the stack's random placement, and glibc makes arenas for
 /// threads as they happen to meet.
 fn comparable_stacks(report: &Report) -> Vec<(String, Vec<String>, u64, u64, u64)> {
-    const TOUCHERS: [&str; 6] =
-        ["touch_kept", "touch_with_memset", "touch_then_unmap", "touch_then_dontneed", "first_toucher", "retouch"];
+    const TOUCHERS: [&str; 7] = [
+        "touch_kept",
+        "touch_with_memset",
+        "touch_then_unmap",
+        "touch_then_dontneed",
+        "first_toucher",
+        "retouch",
+        "touch_deep",
+    ];
     let mut stacks: Vec<_> = report
         .stacks()
         .iter()
@@ -307,8 +314,9 @@ fn comparable_stacks(report: &Report) -> Vec<(String, Vec<String>, u64, u64, u64
 
 /// Our walk of user stacks (a copy of the stack's top pages, frames read from it, the rest one by one) gives
 /// the very stacks the kernel's walk (`bpf_get_stackid`) gives: allocator calls' on allocs.c (threads, every
-/// function of the malloc family) and on deep_frames.c (48 frames of 600 bytes: far past the copy), page
-/// faults' on touches.c (in the program's code and in libc's memset); deep_frames' own truth holds.
+/// function of the malloc family) and on deep_frames.c (48 frames of 600 bytes: far past the copy, for a
+/// malloc and for page faults), page faults' on touches.c (in the program's code and in libc's memset);
+/// deep_frames' own truth holds.
 #[test]
 fn our_stack_walk_gives_the_stacks_of_the_kernels() {
     for (name, source) in [("allocs", "malloc"), ("deep_frames", "malloc"), ("touches", "page-fault")] {
@@ -344,6 +352,12 @@ fn our_stack_walk_gives_the_stacks_of_the_kernels() {
     assert!(deep[0].starts_with("__libc_start"), "{deep:?}");
     let (_, _, bytes, blocks, _) = through("keep_shallow").expect("keep_shallow's stack");
     assert_eq!((bytes, blocks), (4000, 20));
+    let faulted =
+        ours.iter().find(|(source, frames, ..)| source == "page-fault" && frames.last().unwrap() == "touch_deep");
+    let (_, deep, bytes, pages, _) = faulted.expect("touch_deep's stack").clone();
+    assert_eq!((bytes, pages), (32768, 8));
+    assert_eq!(deep.iter().filter(|f| *f == "descend").count(), 48, "{deep:?}");
+    assert!(deep[0].starts_with("__libc_start"), "{deep:?}");
 }
 
 /// sqlite3 as Debian builds it (-O2, no frame pointers, libsqlite3 stripped to its dynamic symbols): its
