@@ -59,13 +59,6 @@ const FIRST_COPY: u64 = 512;
 const WINDOW_BYTES: usize = 2 * PAGE as usize;
 const WINDOW_WORDS: usize = WINDOW_BYTES / 8;
 
-/// Beyond the window, an event's walk copies this much from a frame on (to the end of its page at most): the
-/// frames of the Bun demo's event loop lie 11 to 175 KiB above the stack pointer, and of every 6 such frames 3
-/// lie within 512 bytes above the one before (measured: gaps of 32-64, 64-128 and 256-512 bytes, then 16-32
-/// and 128-256 KiB). A read costs about as much for 16 bytes as for a KiB: its fixed cost is the larger part.
-const FAR_BYTES: u64 = 1024;
-const FAR_WORDS: usize = FAR_BYTES as usize / 8;
-
 /// Where the stack is at an allocator's entry.
 pub struct EntryRegisters {
     pub ip: u64,
@@ -120,11 +113,6 @@ pub struct Walk {
     window: [u64; WINDOW_WORDS + 1],
     /// The frames taken: by this walk, or by the kernel's (see [`scratch_stack`]).
     stack: InlineStack,
-    /// Where the last copy beyond the window starts (see [`FAR_BYTES`]), how much of it was copied, and the
-    /// copy, with a word to spare as the window has.
-    far_base: u64,
-    far_len: u64,
-    far: [u64; FAR_WORDS + 1],
 }
 
 /// Whether a program may be preempted while it walks. A page fault's program runs before the fault handler
@@ -209,12 +197,10 @@ fn word(walk: &mut Walk, addr: u64) -> Option<u64> {
 }
 
 /// The frame at `addr`: the caller's %rbp and the return address. Within the window's reach from it; beyond,
-/// for an event's walk from a copy of the stack from the frame on (see [`FAR_BYTES`]), else both in one read
-/// of 16 bytes rather than two of 8 (each read costs about 50 ns: the Bun demo's outer frames lie 8 to 256
-/// KiB above the stack pointer, about 6 frames a fault). An allocator's walk has no BPF stack to spare for
-/// the copy's code (see [`FROM_ENTRY`]), and its stacks seldom reach that far.
+/// both in one read of 16 bytes rather than two of 8 (each read costs about 50 ns: the Bun demo's outer
+/// frames lie 8 to 256 KiB above the stack pointer, about 6 frames a fault).
 #[inline(always)]
-fn frame_words<const FROM: bool>(walk: &mut Walk, addr: u64) -> Option<(u64, u64)> {
+fn frame_words(walk: &mut Walk, addr: u64) -> Option<(u64, u64)> {
     let offset = addr.wrapping_sub(walk.base);
     if offset < WINDOW_BYTES as u64 {
         if offset + 16 <= walk.len {
@@ -227,36 +213,8 @@ fn frame_words<const FROM: bool>(walk: &mut Walk, addr: u64) -> Option<(u64, u64
     if stops_at(stop_at::FAR_FRAMES) {
         return None;
     }
-    if FROM == FROM_EVENT {
-        let far_offset = addr.wrapping_sub(walk.far_base);
-        if (far_offset < walk.far_len && walk.far_len - far_offset >= 16) || copy_far(walk, addr) {
-            let far_offset = addr.wrapping_sub(walk.far_base);
-            // Masked as in `word`: the offset is below FAR_BYTES - 8, 8-aligned.
-            let index = core::hint::black_box(far_offset / 8) as usize & (FAR_WORDS - 1);
-            return Some((walk.far[index], walk.far[index + 1]));
-        }
-    }
     let [next_rbp, return_address] = unsafe { bpf_probe_read_user(addr as *const [u64; 2]) }.ok()?;
     Some((next_rbp, return_address))
-}
-
-/// Copies the stack from the frame at `addr` (8-aligned) on, [`FAR_BYTES`] or to the end of its page (a read
-/// into the next page could fault, past the top of the stack); whether it holds the frame's 16 bytes. Out of
-/// line, as [`extend_window_to`].
-#[inline(never)]
-fn copy_far(walk: &mut Walk, addr: u64) -> bool {
-    walk.far_len = 0;
-    let len = core::hint::black_box((PAGE - (addr & (PAGE - 1))).min(FAR_BYTES));
-    if len < 16 || len > FAR_BYTES {
-        return false;
-    }
-    // SAFETY: the helper writes at most FAR_BYTES bytes into the buffer of FAR_WORDS + 1 words.
-    if unsafe { probe_read_user_raw(walk.far.as_mut_ptr().cast(), len as u32, addr as *const _) } != 0 {
-        return false;
-    }
-    walk.far_base = addr;
-    walk.far_len = len;
-    true
 }
 
 /// Walks the stack of an allocator call into [`scratch_stack`]: the entry, the caller, then at each return address
@@ -312,7 +270,6 @@ fn walk_from<const FROM: bool>(first: [u64; 2], base: u64, sp: u64, rbp: u64, pr
     walk.base = base;
     walk.len = copy_window(walk, base);
     walk.extended = 0;
-    walk.far_len = 0;
     walk.every_frame_by_rules = RULED_CODE.get(0).map_or(0, |ruled| ruled.every_frame);
     walk.in_rule_chain = 0;
     walk.instruction_ruled = 0;
@@ -419,7 +376,7 @@ fn frame<const FROM: bool>(walk: &mut Walk) -> i64 {
         if rbp < walk.sp || rbp & 7 != 0 {
             return STOP;
         }
-        let Some((next_rbp, return_address)) = frame_words::<FROM>(walk, rbp) else { return STOP };
+        let Some((next_rbp, return_address)) = frame_words(walk, rbp) else { return STOP };
         walk.sp = rbp + 16;
         walk.rbp = next_rbp;
         return_address
