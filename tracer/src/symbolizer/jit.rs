@@ -527,6 +527,8 @@ pub struct JitFrame {
     /// The code's first address and size.
     pub start: u64,
     pub size: u64,
+    /// When the code was loaded (CLOCK_MONOTONIC, as events' times): older events ran what was there before.
+    pub loaded_ns: u64,
 }
 
 struct InternedName {
@@ -642,6 +644,7 @@ impl JitIndex {
             tier: name.tier,
             start: load.start,
             size: load.size,
+            loaded_ns: load.time,
         }
     }
 
@@ -963,6 +966,11 @@ impl JitSymbols {
     pub fn index(&self) -> &JitIndex {
         &self.index
     }
+
+    #[cfg(test)]
+    pub fn index_mut(&mut self) -> &mut JitIndex {
+        &mut self.index
+    }
 }
 
 fn refresh_source(source: &mut Source, index: &mut JitIndex) -> Result<ReadProgress> {
@@ -1246,7 +1254,8 @@ mod tests {
                 raw: "JSC-FTL: second#BBBBBB".into(),
                 tier: JitTier::Ftl,
                 start: 0x1000,
-                size: 0x80
+                size: 0x80,
+                loaded_ns: 200
             }
         );
     }

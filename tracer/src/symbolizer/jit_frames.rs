@@ -32,8 +32,10 @@ pub struct JitFrames {
     symbols: JitSymbols,
     names: Vec<FrameName>,
     ids: HashMap<Arc<str>, u64>,
-    /// Address -> tagged frame, valid until the index gains records.
-    cache: HashMap<u64, u64>,
+    /// Address -> tagged frame of the newest code loaded there, and when it was loaded; valid until the index
+    /// gains records, and only for events at or after that time (JIT code is freed and its addresses reused:
+    /// an older event ran what was there before).
+    cache: HashMap<u64, (u64, u64)>,
     indexed: usize,
     last_refresh: Option<Instant>,
     warned: bool,
@@ -98,8 +100,9 @@ impl JitFrames {
                 continue;
             }
             let address = lookup_address(*ip, index);
-            if let Some(tagged) = self.cache.get(&address) {
-                *ip = *tagged;
+            let cached = self.cache.get(&address).copied();
+            if let Some((tagged, _)) = cached.filter(|&(_, loaded_ns)| time_ns >= loaded_ns) {
+                *ip = tagged;
                 continue;
             }
             let mut frame = self.symbols.lookup(address, time_ns);
@@ -114,7 +117,10 @@ impl JitFrames {
                     if let Some(tier) = frame.tier.label().filter(|_| javascript) {
                         self.tiers.entry(name).or_default().insert(tier);
                     }
-                    self.cache.insert(address, tagged);
+                    // Kept only if it is the newest code there: an older event's lookup found older code.
+                    if cached.is_none_or(|(_, newest_ns)| frame.loaded_ns >= newest_ns) {
+                        self.cache.insert(address, (tagged, frame.loaded_ns));
+                    }
                     *ip = tagged;
                 }
                 None if is_jit_code(*ip, modules) => {
@@ -281,7 +287,29 @@ mod tests {
 
     fn frame(raw: &str) -> JitFrame {
         let (name, tier) = display_name(raw);
-        JitFrame { name: name.into(), raw: raw.into(), tier, start: 0x1000, size: 16 }
+        JitFrame { name: name.into(), raw: raw.into(), tier, start: 0x1000, size: 16, loaded_ns: 0 }
+    }
+
+    /// JIT code is freed and its addresses reused: a frame is named by the code there at the event's time,
+    /// whichever event came first to the cache of names.
+    #[test]
+    fn a_reused_address_is_named_at_each_event_s_time_through_the_cache() {
+        let pid = std::process::id();
+        let mut modules = ModuleMap::new(pid);
+        let mut frames = JitFrames::for_process(pid, &modules);
+        // Addresses no mapping of this process holds, as JIT code is named only outside files.
+        let start = 0x10_0000_0000;
+        frames.symbols.index_mut().insert(start, 0x100, 100, "JSC-DFG: older#AAAAAA");
+        frames.symbols.index_mut().insert(start, 0x100, 200, "JSC-DFG: newer#BBBBBB");
+        let mut name_at = |time_ns: u64| {
+            let mut ips = [start + 0x10];
+            frames.tag(&mut ips, time_ns, &mut modules);
+            (ips[0] & JIT_FRAME != 0).then(|| frames.names[(ips[0] & !JIT_FRAME) as usize].name.to_string())
+        };
+        assert_eq!(name_at(250).as_deref(), Some("newer [JS]"));
+        assert_eq!(name_at(150).as_deref(), Some("older [JS]"), "an older event, after the newer one was cached");
+        assert_eq!(name_at(300).as_deref(), Some("newer [JS]"), "the older one did not take the newer's place");
+        assert_eq!(name_at(50), None, "before any code there");
     }
 
     #[test]
