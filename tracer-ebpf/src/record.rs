@@ -125,11 +125,23 @@ fn in_runtime_text(target: &Target, ip: u64) -> bool {
     target.runtime_text_known == 0 || in_ranges(&target.runtime_text, ip)
 }
 
-/// Copies the top of the user stack from `sp`; returns `sp`, or 0 when it could not be read.
+/// Copies the top of the user stack from `sp`; returns `sp`, or 0 when it could not be read. A stack that
+/// ends closer than the copy's size (a thread's first frames, its stack's end followed by a page that cannot
+/// be read) is copied to the end of `sp`'s page, the rest left zero: the collector's unwinder stops at a zero
+/// return address, where without any copy the walk would skip the caller of the runtime's function.
 #[inline(always)]
 fn copy_stack_top(sp: u64, top: &mut StackTop) -> u64 {
+    const PAGE: u64 = 4096;
     let bytes = unsafe { core::slice::from_raw_parts_mut(top.words.as_mut_ptr().cast::<u8>(), STACK_TOP_WORDS * 8) };
-    match unsafe { bpf_probe_read_user_buf(sp as *const u8, bytes) } {
+    if unsafe { bpf_probe_read_user_buf(sp as *const u8, bytes) }.is_ok() {
+        return sp;
+    }
+    // The failed read zeroed the whole buffer (the helper does so on failure).
+    let to_page_end = (PAGE - (sp & (PAGE - 1))) as usize;
+    if to_page_end >= bytes.len() {
+        return 0;
+    }
+    match unsafe { bpf_probe_read_user_buf(sp as *const u8, &mut bytes[..to_page_end]) } {
         Ok(()) => sp,
         Err(_) => 0,
     }

@@ -226,3 +226,27 @@ fn faults_in_the_c_runtime_are_exact_before_and_after_the_kernel_has_their_rule(
         assert_eq!(report.counter(counter), 0, "{counter}");
     }
 }
+
+/// Page faults in libc's memset on a thread whose stack ends a few hundred bytes above them, a page that
+/// cannot be read beyond: the copy of the stack's top goes only as far as the stack, and the collector still
+/// unwinds memset's frame from it (the frame-pointer walk alone would skip memset's caller).
+#[test]
+fn a_fault_near_the_end_of_its_stack_keeps_its_caller() {
+    let program = fixture("fault_near_stack_end");
+    let out = output_dir("fault_near_stack_end");
+    let mut target = Running::spawn(Command::new(&program).arg("wait"));
+    let pid = target.pid().to_string();
+    let tracer = common::start_tracer(&["-o", out.to_str().unwrap(), "--pid", &pid, "--no-alloc", "--overhead", "off"]);
+    target.send_line("go");
+    let sites = ["touch_near_stack_end"];
+    let truth = target.read_truth(&sites);
+    let report = common::finish_waiting_fixture(target, tracer, &out);
+    for (site, bytes, pages) in truth {
+        let figures = report.by_leaf("page-fault", &site);
+        assert_eq!((figures.outstanding_bytes, figures.outstanding_allocs), (bytes, pages), "{site}");
+    }
+    assert_eq!(report.by_leaf("page-fault", "thread_on_short_stack"), Figures::default(), "memset's caller skipped");
+    for counter in ["lost_events", "map_full", "stack_errors"] {
+        assert_eq!(report.counter(counter), 0, "{counter}");
+    }
+}
