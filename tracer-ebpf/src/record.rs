@@ -131,13 +131,12 @@ fn in_runtime_text(target: &Target, ip: u64) -> bool {
 /// return address, where without any copy the walk would skip the caller of the runtime's function.
 #[inline(always)]
 fn copy_stack_top(sp: u64, top: &mut StackTop) -> u64 {
-    const PAGE: u64 = 4096;
     let bytes = unsafe { core::slice::from_raw_parts_mut(top.words.as_mut_ptr().cast::<u8>(), STACK_TOP_WORDS * 8) };
     if unsafe { bpf_probe_read_user_buf(sp as *const u8, bytes) }.is_ok() {
         return sp;
     }
     // The failed read zeroed the whole buffer (the helper does so on failure).
-    let to_page_end = (PAGE - (sp & (PAGE - 1))) as usize;
+    let to_page_end = user_stack::to_page_end(sp) as usize;
     if to_page_end >= bytes.len() {
         return 0;
     }

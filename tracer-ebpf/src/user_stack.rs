@@ -55,6 +55,13 @@ fn in_ruled_code(address: u64) -> bool {
 /// its cost grows with its size (a page: about a quarter of the walk). Never more than a page at once: a
 /// read into an unmapped page (above the main thread's stack) faults, which costs more than the whole walk.
 const PAGE: u64 = 4096;
+
+/// The bytes from `address` to the end of its page: a copy that goes no further cannot run into a page that
+/// is not mapped.
+#[inline(always)]
+pub fn to_page_end(address: u64) -> u64 {
+    PAGE - (address & (PAGE - 1))
+}
 const FIRST_COPY: u64 = 512;
 const WINDOW_BYTES: usize = 2 * PAGE as usize;
 const WINDOW_WORDS: usize = WINDOW_BYTES / 8;
@@ -140,7 +147,7 @@ pub fn scratch_stack() -> Option<&'static mut InlineStack> {
 /// the window; the bytes copied.
 #[inline(always)]
 fn copy_window(walk: &mut Walk, sp: u64) -> u64 {
-    let len = (PAGE - (sp & (PAGE - 1))).min(FIRST_COPY);
+    let len = to_page_end(sp).min(FIRST_COPY);
     // SAFETY: the helper writes at most FIRST_COPY bytes into the window of two pages.
     if unsafe { probe_read_user_raw(walk.window.as_mut_ptr().cast(), len as u32, sp as *const _) } == 0 {
         len
@@ -157,7 +164,7 @@ fn extend_window(walk: &mut Walk) -> bool {
         return false;
     }
     walk.extended += 1;
-    let first_page = PAGE - (walk.base & (PAGE - 1));
+    let first_page = to_page_end(walk.base);
     let (from, size) = if walk.len < first_page { (walk.len, first_page - walk.len) } else { (first_page, PAGE) };
     // Checked as the helper gets them (hidden from the compiler, which would otherwise check values it
     // derives them from): both within the buffer of two pages, the first page's part of it at most a page.
