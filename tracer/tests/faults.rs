@@ -141,11 +141,8 @@ fn faults_in_code_without_frame_pointers_reach_main_and_are_exact_per_caller() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/faults_without_frame_pointers.c");
     let program =
         common::compile_with("faults_without_frame_pointers", &source, "cc", &["-O2", "-fomit-frame-pointer"]);
-    let out = output_dir("faults_without_frame_pointers");
-    let mut target = Running::spawn(Command::new(&program).arg("wait"));
-    let pid = target.pid().to_string();
-    let mut tracer =
-        common::start_tracer(&["-o", out.to_str().unwrap(), "--pid", &pid, "--no-alloc", "--overhead", "off"]);
+    let (mut target, mut tracer, out) =
+        common::start_waiting_fixture("faults_without_frame_pointers", &program, &["--no-alloc"]);
     // A round per function without frame pointers on the paths (touch, record, fill_*, step, main), and one
     // more: the tracer learns each from the stacks of the round before (read by the snapshot).
     for round in 0..6 {
@@ -186,11 +183,8 @@ fn faults_in_code_without_frame_pointers_reach_main_and_are_exact_per_caller() {
 /// itself, sent without a copy. Both phases exact, under whole stacks.
 #[test]
 fn faults_in_the_c_runtime_are_exact_before_and_after_the_kernel_has_their_rule() {
-    let out = output_dir("faults_in_memset");
-    let mut target = Running::spawn(Command::new(fixture("faults_in_memset")).arg("wait"));
-    let pid = target.pid().to_string();
-    let mut tracer =
-        common::start_tracer(&["-o", out.to_str().unwrap(), "--pid", &pid, "--no-alloc", "--overhead", "off"]);
+    let (mut target, mut tracer, out) =
+        common::start_waiting_fixture("faults_in_memset", &fixture("faults_in_memset"), &["--no-alloc"]);
     target.send_line("before");
     target.stdout.wait_for("first");
     // The first phase's stacks read: the kernel has memset's rule from here on.
@@ -232,11 +226,8 @@ fn faults_in_the_c_runtime_are_exact_before_and_after_the_kernel_has_their_rule(
 /// unwinds memset's frame from it (the frame-pointer walk alone would skip memset's caller).
 #[test]
 fn a_fault_near_the_end_of_its_stack_keeps_its_caller() {
-    let program = fixture("fault_near_stack_end");
-    let out = output_dir("fault_near_stack_end");
-    let mut target = Running::spawn(Command::new(&program).arg("wait"));
-    let pid = target.pid().to_string();
-    let tracer = common::start_tracer(&["-o", out.to_str().unwrap(), "--pid", &pid, "--no-alloc", "--overhead", "off"]);
+    let (mut target, tracer, out) =
+        common::start_waiting_fixture("fault_near_stack_end", &fixture("fault_near_stack_end"), &["--no-alloc"]);
     target.send_line("go");
     let sites = ["touch_near_stack_end"];
     let truth = target.read_truth(&sites);

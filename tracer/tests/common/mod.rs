@@ -215,8 +215,26 @@ pub fn trace_waiting_fixture(test: &str, program: &Path, extra: &[&str]) -> Repo
 
 /// [`trace_waiting_fixture`] with variables added to the tracer's environment.
 pub fn trace_waiting_fixture_with_env(test: &str, program: &Path, extra: &[&str], env: &[(&str, &str)]) -> Report {
+    let (mut target, tracer, out) = start_waiting_fixture_with_env(test, program, extra, env);
+    target.send_line("go");
+    finish_waiting_fixture(target, tracer, &out)
+}
+
+/// Starts `program wait` and the tracer on it by pid with `extra` options (`--overhead off` unless `extra`
+/// says `--overhead`), for a test that drives the fixture itself: the fixture, the tracer and the output
+/// folder. The fixture waits for its first line.
+pub fn start_waiting_fixture(test: &str, program: &Path, extra: &[&str]) -> (Running, Running, PathBuf) {
+    start_waiting_fixture_with_env(test, program, extra, &[])
+}
+
+fn start_waiting_fixture_with_env(
+    test: &str,
+    program: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Running, Running, PathBuf) {
     let out = output_dir(test);
-    let mut target = Running::spawn(Command::new(program).arg("wait"));
+    let target = Running::spawn(Command::new(program).arg("wait"));
     let pid = target.pid().to_string();
     let mut args = vec!["-o", out.to_str().unwrap(), "--pid", &pid];
     args.extend_from_slice(extra);
@@ -224,8 +242,7 @@ pub fn trace_waiting_fixture_with_env(test: &str, program: &Path, extra: &[&str]
         args.extend_from_slice(&["--overhead", "off"]);
     }
     let tracer = start_tracer_with_env(&args, env);
-    target.send_line("go");
-    finish_waiting_fixture(target, tracer, &out)
+    (target, tracer, out)
 }
 
 /// Lets a fixture that follows the "wait" protocol run to its "done", takes a snapshot while it still
